@@ -1,0 +1,7 @@
+//! rill: a streaming feature engine.
+//!
+//! The event-time core (`time`, `window`, `aggregate`, `engine`) is
+//! synchronous and does no I/O; sources, sinks and the CLI wrap it.
+
+pub mod config;
+pub mod time;

@@ -1,0 +1,632 @@
+//! Pipeline files: YAML text -> [`spec::PipelineSpec`] (serde) -> `validate()`
+//! -> [`Pipeline`], the checked form the engine runs.
+//!
+//! Validation does no I/O. Every refusal names the file, line and column of
+//! the offending node and what was expected there ([`ConfigError`]).
+
+pub mod expr;
+pub mod spec;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde_saphyr::{Location, Spanned};
+
+use crate::time::{format_duration, parse_duration, Micros, TimeFormat, MICROS_PER_HOUR};
+use expr::Expr;
+use spec::*;
+
+/// A refused pipeline file: `file:line:column: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+/// The window kind of a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    Tumbling { size: Micros, offset: Micros },
+    Session { gap: Micros },
+}
+
+/// Which panes fire after the on-time pane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LateTrigger {
+    EveryEvent,
+    Every(Micros),
+    None,
+}
+
+/// How successive panes of one window relate (SPEC 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accumulation {
+    Discarding,
+    Accumulating,
+    AccumulatingAndRetracting,
+}
+
+impl Accumulation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accumulation::Discarding => "discarding",
+            Accumulation::Accumulating => "accumulating",
+            Accumulation::AccumulatingAndRetracting => "accumulating_and_retracting",
+        }
+    }
+}
+
+/// An aggregate function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AggKind {
+    Count,
+    Sum,
+    Mean,
+    Std,
+    StdPop,
+    Var,
+    Min,
+    Max,
+    First,
+    Last,
+}
+
+impl AggKind {
+    pub const ALL: [(&'static str, AggKind); 10] = [
+        ("count", AggKind::Count),
+        ("sum", AggKind::Sum),
+        ("mean", AggKind::Mean),
+        ("std", AggKind::Std),
+        ("std_pop", AggKind::StdPop),
+        ("var", AggKind::Var),
+        ("min", AggKind::Min),
+        ("max", AggKind::Max),
+        ("first", AggKind::First),
+        ("last", AggKind::Last),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, k)| *k == self).map_or("?", |(n, _)| n)
+    }
+
+    /// Aggregates that need a numeric field.
+    pub fn is_numeric(self) -> bool {
+        !matches!(self, AggKind::Count | AggKind::First | AggKind::Last)
+    }
+}
+
+/// Output type of a feature column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueType {
+    Int,
+    Float,
+    Bool,
+    String,
+    /// first/last without a declared type: taken from the values.
+    Inferred,
+}
+
+/// A checked feature.
+#[derive(Debug, Clone)]
+pub struct Feature {
+    pub name: String,
+    pub kind: FeatureKind,
+    pub value_type: ValueType,
+    pub description: Option<String>,
+    pub default: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone)]
+pub enum FeatureKind {
+    Agg { agg: AggKind, field: Option<String>, filter: Option<Expr> },
+    Derived(Expr),
+}
+
+/// Where the event time comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventTimeSource {
+    Field { name: String, format: TimeFormat },
+    KafkaTimestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaSource {
+    pub brokers: String,
+    pub topic: String,
+    pub group_id: String,
+    pub start: Option<serde_json::Value>,
+    pub properties: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSink {
+    pub url: String,
+    pub ttl: Option<Micros>,
+    pub key_prefix: String,
+}
+
+/// A checked pipeline, ready to run.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub version: u32,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    pub team: Option<String>,
+    pub tags: Vec<String>,
+    pub kafka: Option<KafkaSource>,
+    pub key_fields: Vec<String>,
+    pub event_time: EventTimeSource,
+    pub max_out_of_orderness: Micros,
+    pub idle_timeout: Option<Micros>,
+    pub idle_advance: bool,
+    pub max_future: Micros,
+    pub window: WindowKind,
+    pub allowed_lateness: Micros,
+    pub early_every: Option<Micros>,
+    pub late: LateTrigger,
+    pub accumulation: Accumulation,
+    pub features: Vec<Feature>,
+    pub redis: Option<RedisSink>,
+    pub parquet_path: Option<PathBuf>,
+    pub dead_letter_path: Option<PathBuf>,
+    pub dead_letter_topic: Option<String>,
+    pub freshness_sla: Option<Micros>,
+    /// The file it was read from, when it came from one.
+    pub source_file: Option<PathBuf>,
+}
+
+impl Pipeline {
+    /// Reads and validates a pipeline file.
+    pub fn from_file(path: &Path) -> Result<Pipeline, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read file: {e}"),
+        })?;
+        let mut p = Pipeline::from_yaml(&text, &path.display().to_string())?;
+        p.source_file = Some(path.to_path_buf());
+        Ok(p)
+    }
+
+    /// Parses and validates pipeline YAML; `file` names it in errors.
+    pub fn from_yaml(text: &str, file: &str) -> Result<Pipeline, ConfigError> {
+        let spec: PipelineSpec = serde_saphyr::from_str(text).map_err(|e| yaml_error(file, text, &e))?;
+        validate(spec, file)
+    }
+
+    /// Short description of the window for summaries and the registry.
+    pub fn window_text(&self) -> String {
+        match self.window {
+            WindowKind::Tumbling { size, offset: 0 } => format!("tumbling {}", format_duration(size)),
+            WindowKind::Tumbling { size, offset } => {
+                format!("tumbling {} offset {}", format_duration(size), format_duration(offset))
+            }
+            WindowKind::Session { gap } => format!("session gap {}", format_duration(gap)),
+        }
+    }
+}
+
+fn yaml_error(file: &str, text: &str, e: &serde_saphyr::Error) -> ConfigError {
+    let (line, column) = match e.location() {
+        Some(l) => (l.line(), l.column()),
+        None => (0, 0),
+    };
+    let (line, column) = if line == 0 {
+        // An empty document has no node to point at: report its start.
+        (1, 1)
+    } else {
+        (line, column)
+    };
+    let _ = text;
+    ConfigError { file: file.to_string(), line, column, message: clean_yaml_message(&e.to_string()) }
+}
+
+/// The YAML library's message without its own location suffix or snippet.
+fn clean_yaml_message(msg: &str) -> String {
+    let first = msg.lines().next().unwrap_or(msg).trim();
+    // Drop the library's own "line N column M: " prefix: ours comes first.
+    let rest = match first.strip_prefix("line ") {
+        Some(r) => r.split_once(": ").map_or(first, |(_, m)| m),
+        None => first,
+    };
+    let rest = rest.replace("invalid u32", "expected a non-negative integer");
+    rest.trim_end_matches('.').to_string()
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, at: &Location, message: impl Into<String>) -> ConfigError {
+        ConfigError { file: self.file.to_string(), line: at.line().max(1), column: at.column().max(1), message: message.into() }
+    }
+
+    fn duration(&self, s: &Spanned<String>, what: &str) -> Result<Micros, ConfigError> {
+        parse_duration(&s.value).map_err(|e| self.err(&s.referenced, format!("{what}: {e}")))
+    }
+
+    fn positive_duration(&self, s: &Spanned<String>, what: &str) -> Result<Micros, ConfigError> {
+        let d = self.duration(s, what)?;
+        if d <= 0 {
+            return Err(self.err(&s.referenced, format!("{what}: expected a duration above zero, found {:?}", s.value)));
+        }
+        Ok(d)
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks a parsed pipeline and turns it into a [`Pipeline`].
+pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError> {
+    let cx = Ctx { file };
+    if spec.version.value != 1 {
+        return Err(cx.err(&spec.version.referenced, format!("unsupported version {}: expected 1", spec.version.value)));
+    }
+    let name = spec.name.value.clone();
+    if !is_identifier(&name) {
+        return Err(cx.err(
+            &spec.name.referenced,
+            format!("invalid name {name:?}: expected letters, digits and '_', starting with a letter"),
+        ));
+    }
+
+    // Source.
+    let src = spec.source;
+    if let Some(f) = &src.format {
+        if f.value != "json" {
+            return Err(cx.err(&f.referenced, format!("unknown format {:?}: expected json", f.value)));
+        }
+    }
+    let key_loc = src.key.referenced;
+    let key_fields = src.key.value.into_vec();
+    if key_fields.is_empty() {
+        return Err(cx.err(&key_loc, "expected at least one key field"));
+    }
+    let mut seen = HashSet::new();
+    for k in &key_fields {
+        if k.is_empty() {
+            return Err(cx.err(&key_loc, "expected a non-empty key field name"));
+        }
+        if !seen.insert(k) {
+            return Err(cx.err(&key_loc, format!("key field {k:?} is named twice")));
+        }
+    }
+    let et = src.event_time;
+    let event_time = if et.kafka_timestamp == Some(true) {
+        if let Some(f) = &et.field {
+            return Err(cx.err(&f.referenced, "expected either event_time.field or kafka_timestamp: true, not both"));
+        }
+        EventTimeSource::KafkaTimestamp
+    } else {
+        let format = match &et.format {
+            None => TimeFormat::Rfc3339,
+            Some(f) => match f.value.as_str() {
+                "rfc3339" => TimeFormat::Rfc3339,
+                "epoch_millis" => TimeFormat::EpochMillis,
+                "epoch_seconds" => TimeFormat::EpochSeconds,
+                "epoch_micros" => TimeFormat::EpochMicros,
+                other => {
+                    return Err(cx.err(
+                        &f.referenced,
+                        format!("unknown time format {other:?}: expected rfc3339, epoch_millis, epoch_seconds or epoch_micros"),
+                    ))
+                }
+            },
+        };
+        match et.field {
+            Some(f) if !f.value.is_empty() => EventTimeSource::Field { name: f.value, format },
+            Some(f) => return Err(cx.err(&f.referenced, "expected a field name")),
+            None => {
+                return Err(ConfigError {
+                    file: file.to_string(),
+                    line: key_loc.line(),
+                    column: 1,
+                    message: "source.event_time: expected `field:` or `kafka_timestamp: true`".into(),
+                })
+            }
+        }
+    };
+    let kafka = src.kafka.map(|k| KafkaSource {
+        brokers: k.brokers,
+        topic: k.topic,
+        group_id: k.group_id,
+        start: k.start,
+        properties: k.properties.into_iter().collect(),
+    });
+
+    // Watermark.
+    let (mut ooo, mut idle_timeout, mut idle_advance, mut max_future) = (0, None, false, MICROS_PER_HOUR);
+    if let Some(w) = &spec.watermark {
+        if let Some(d) = &w.max_out_of_orderness {
+            ooo = cx.duration(d, "max_out_of_orderness")?;
+        }
+        if let Some(d) = &w.idle_timeout {
+            idle_timeout = Some(cx.positive_duration(d, "idle_timeout")?);
+        }
+        idle_advance = w.idle_advance.unwrap_or(false);
+        if let Some(d) = &w.max_future {
+            max_future = cx.duration(d, "max_future")?;
+        }
+    }
+
+    // Window.
+    let win = spec.window;
+    if let Some(h) = &win.hopping {
+        return Err(cx.err(&h.referenced, "hopping windows are not supported yet: expected tumbling or session"));
+    }
+    let window = match (&win.tumbling, &win.session) {
+        (Some(t), None) => {
+            let size = cx.positive_duration(&t.value.size, "tumbling size")?;
+            let offset = match &t.value.offset {
+                Some(o) => cx.duration(o, "tumbling offset")?,
+                None => 0,
+            };
+            WindowKind::Tumbling { size, offset: offset.rem_euclid(size) }
+        }
+        (None, Some(s)) => WindowKind::Session { gap: cx.positive_duration(&s.value.gap, "session gap")? },
+        (Some(_), Some(s)) => return Err(cx.err(&s.referenced, "expected one window kind, found both tumbling and session")),
+        (None, None) => {
+            let at = win.allowed_lateness.as_ref().map(|a| a.referenced);
+            return Err(match at {
+                Some(at) => cx.err(&at, "window: expected `tumbling:` or `session:`"),
+                None => cx.err(&spec.name.referenced, "window: expected `tumbling:` or `session:`"),
+            });
+        }
+    };
+    let allowed_lateness = match &win.allowed_lateness {
+        Some(a) => cx.duration(a, "allowed_lateness")?,
+        None => 0,
+    };
+
+    // Trigger.
+    let (mut early_every, mut late) = (None, LateTrigger::None);
+    if let Some(t) = spec.trigger {
+        if let Some(e) = &t.early {
+            early_every = Some(cx.positive_duration(&e.every, "early trigger period")?);
+        }
+        if let Some(l) = &t.late {
+            late = match &l.value {
+                LateSpec::Word(w) if w == "every_event" => LateTrigger::EveryEvent,
+                LateSpec::Word(w) if w == "none" => LateTrigger::None,
+                LateSpec::Word(w) => {
+                    return Err(cx.err(&l.referenced, format!("unknown late trigger {w:?}: expected every_event, none or {{ every: <duration> }}")))
+                }
+                LateSpec::Every(e) => LateTrigger::Every(cx.positive_duration(&e.every, "late trigger period")?),
+            };
+        }
+    }
+    let accumulation = match &spec.accumulation {
+        None => Accumulation::Accumulating,
+        Some(a) => match a.value.as_str() {
+            "discarding" => Accumulation::Discarding,
+            "accumulating" => Accumulation::Accumulating,
+            "accumulating_and_retracting" => Accumulation::AccumulatingAndRetracting,
+            other => {
+                return Err(cx.err(
+                    &a.referenced,
+                    format!("unknown accumulation {other:?}: expected discarding, accumulating or accumulating_and_retracting"),
+                ))
+            }
+        },
+    };
+
+    // Features.
+    let features_loc = spec.features.referenced;
+    if spec.features.value.is_empty() {
+        return Err(cx.err(&features_loc, "expected at least one feature"));
+    }
+    let reserved: HashSet<&str> = [
+        "window_start",
+        "window_end",
+        "pane_index",
+        "timing",
+        "is_final",
+        "retraction",
+        "emitted_at",
+        "watermark",
+    ]
+    .into_iter()
+    .collect();
+    let mut names: HashMap<String, Location> = HashMap::new();
+    for f in &spec.features.value {
+        let n = &f.name;
+        if !is_identifier(&n.value) {
+            return Err(cx.err(&n.referenced, format!("invalid feature name {:?}: expected letters, digits and '_'", n.value)));
+        }
+        if reserved.contains(n.value.as_str()) || key_fields.contains(&n.value) {
+            return Err(cx.err(&n.referenced, format!("feature name {:?} is taken by an output column", n.value)));
+        }
+        if let Some(first) = names.get(&n.value) {
+            return Err(cx.err(
+                &n.referenced,
+                format!("duplicate feature name {:?} (first defined at line {})", n.value, first.line()),
+            ));
+        }
+        names.insert(n.value.clone(), n.referenced);
+    }
+    let mut features = Vec::with_capacity(spec.features.value.len());
+    for f in spec.features.value {
+        let value_type = match &f.value_type {
+            None => ValueType::Inferred,
+            Some(t) => match t.value.as_str() {
+                "string" => ValueType::String,
+                "float" => ValueType::Float,
+                "int" => ValueType::Int,
+                "bool" => ValueType::Bool,
+                other => return Err(cx.err(&t.referenced, format!("unknown type {other:?}: expected string, float, int or bool"))),
+            },
+        };
+        let kind = match (&f.agg, &f.expr) {
+            (Some(_), Some(e)) => return Err(cx.err(&e.referenced, "expected either agg or expr, not both")),
+            (None, None) => {
+                return Err(cx.err(&f.name.referenced, format!("feature {:?}: expected `agg:` or `expr:`", f.name.value)))
+            }
+            (Some(a), None) => {
+                let Some(agg) = AggKind::ALL.iter().find(|(n, _)| *n == a.value).map(|(_, k)| *k) else {
+                    let hint = if matches!(a.value.as_str(), "count_distinct" | "p50" | "p90" | "p99") {
+                        " (count_distinct and percentiles are not available yet)"
+                    } else {
+                        ""
+                    };
+                    return Err(cx.err(
+                        &a.referenced,
+                        format!(
+                            "unknown aggregate {:?}: expected count, sum, mean, std, std_pop, var, min, max, first or last{hint}",
+                            a.value
+                        ),
+                    ));
+                };
+                let field = f.field.as_ref().map(|s| s.value.clone());
+                if field.is_none() && agg != AggKind::Count {
+                    return Err(cx.err(&a.referenced, format!("aggregate {} needs `field:`", agg.name())));
+                }
+                if let Some(fl) = &f.field {
+                    if fl.value.is_empty() {
+                        return Err(cx.err(&fl.referenced, "expected a field name"));
+                    }
+                }
+                let filter = match &f.filter {
+                    Some(w) => Some(parse_expr(&cx, w)?),
+                    None => None,
+                };
+                if value_type != ValueType::Inferred && !matches!(agg, AggKind::First | AggKind::Last) {
+                    let t = f.value_type.as_ref().expect("checked above");
+                    return Err(cx.err(&t.referenced, "`type:` applies only to first and last"));
+                }
+                FeatureKind::Agg { agg, field, filter }
+            }
+            (None, Some(e)) => {
+                if let Some(fl) = &f.field {
+                    return Err(cx.err(&fl.referenced, "a derived feature takes no `field:`"));
+                }
+                if let Some(w) = &f.filter {
+                    return Err(cx.err(&w.referenced, "a derived feature takes no `where:`"));
+                }
+                let ex = parse_expr(&cx, e)?;
+                for id in ex.idents() {
+                    if !names.contains_key(id) {
+                        return Err(cx.err(&e.referenced, format!("expr refers to unknown feature {id:?}")));
+                    }
+                }
+                FeatureKind::Derived(ex)
+            }
+        };
+        features.push(Feature { name: f.name.value, kind, value_type, description: f.description, default: f.default });
+    }
+    check_derived_cycles(&cx, &features, &features_loc)?;
+
+    // Sinks.
+    let (mut redis, mut parquet_path, mut dead_letter_path, mut dead_letter_topic) = (None, None, None, None);
+    if let Some(s) = spec.sinks {
+        if let Some(o) = s.online {
+            let ttl = match &o.redis.ttl {
+                Some(t) => Some(cx.positive_duration(t, "redis ttl")?),
+                None => None,
+            };
+            redis = Some(RedisSink { url: o.redis.url, ttl, key_prefix: o.redis.key_prefix.unwrap_or_else(|| "rill".into()) });
+        }
+        if let Some(o) = s.offline {
+            parquet_path = Some(PathBuf::from(o.parquet.path));
+        }
+        if let Some(d) = s.dead_letter {
+            dead_letter_path = d.path.map(PathBuf::from);
+            dead_letter_topic = d.topic;
+        }
+    }
+    let freshness_sla = match &spec.freshness_sla {
+        Some(s) => Some(cx.positive_duration(s, "freshness_sla")?),
+        None => None,
+    };
+
+    Ok(Pipeline {
+        name,
+        version: spec.version.value,
+        description: spec.description,
+        owner: spec.owner,
+        team: spec.team,
+        tags: spec.tags,
+        kafka,
+        key_fields,
+        event_time,
+        max_out_of_orderness: ooo,
+        idle_timeout,
+        idle_advance,
+        max_future,
+        window,
+        allowed_lateness,
+        early_every,
+        late,
+        accumulation,
+        features,
+        redis,
+        parquet_path,
+        dead_letter_path,
+        dead_letter_topic,
+        freshness_sla,
+        source_file: None,
+    })
+}
+
+fn parse_expr(cx: &Ctx<'_>, s: &Spanned<String>) -> Result<Expr, ConfigError> {
+    expr::parse(&s.value).map_err(|e| cx.err(&s.referenced, format!("invalid expression {:?}: {e}", s.value)))
+}
+
+fn check_derived_cycles(cx: &Ctx<'_>, features: &[Feature], loc: &Location) -> Result<(), ConfigError> {
+    let index: HashMap<&str, usize> = features.iter().enumerate().map(|(i, f)| (f.name.as_str(), i)).collect();
+    // 0 = unvisited, 1 = on the stack, 2 = done.
+    let mut state = vec![0u8; features.len()];
+    fn visit(i: usize, features: &[Feature], index: &HashMap<&str, usize>, state: &mut [u8]) -> Option<String> {
+        match state[i] {
+            1 => return Some(features[i].name.clone()),
+            2 => return None,
+            _ => {}
+        }
+        state[i] = 1;
+        if let FeatureKind::Derived(e) = &features[i].kind {
+            for id in e.idents() {
+                if let Some(&j) = index.get(id) {
+                    if let Some(c) = visit(j, features, index, state) {
+                        return Some(c);
+                    }
+                }
+            }
+        }
+        state[i] = 2;
+        None
+    }
+    for i in 0..features.len() {
+        if let Some(name) = visit(i, features, &index, &mut state) {
+            return Err(cx.err(loc, format!("derived feature {name:?} depends on itself")));
+        }
+    }
+    Ok(())
+}
+
+/// Loads every `*.yaml`/`*.yml` file of a directory (sorted by name).
+pub fn load_dir(dir: &Path) -> Result<Vec<Pipeline>, ConfigError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| ConfigError {
+        file: dir.display().to_string(),
+        line: 0,
+        column: 0,
+        message: format!("cannot read directory: {e}"),
+    })?;
+    let mut paths: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| Pipeline::from_file(p)).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,296 @@
+//! The pipeline file as written by operators (serde, `version: 1`).
+//!
+//! Every struct refuses unknown fields, and every field's `///` comment is its
+//! user documentation. Values that need checking beyond their YAML type
+//! (durations, names, expressions) keep their source location through
+//! [`Spanned`] so that `validate()` can point at them.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// A whole pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// Format version of the file; only `1` exists.
+    pub version: Spanned<u32>,
+    /// The feature group's name: letters, digits and `_`, unique across pipelines.
+    pub name: Spanned<String>,
+    /// What the features describe, for the registry.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Who answers for the pipeline (an address or a handle).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// The owning team.
+    #[serde(default)]
+    pub team: Option<String>,
+    /// Free-form tags for search.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Where events come from and how to read them.
+    pub source: SourceSpec,
+    /// Watermark settings; defaults to no out-of-orderness allowance.
+    #[serde(default)]
+    pub watermark: Option<WatermarkSpec>,
+    /// The window and its allowed lateness.
+    pub window: WindowSpec,
+    /// When panes fire besides the on-time pane; omitted: on-time panes only.
+    #[serde(default)]
+    pub trigger: Option<TriggerSpec>,
+    /// `discarding`, `accumulating` (default) or `accumulating_and_retracting`.
+    #[serde(default)]
+    pub accumulation: Option<Spanned<String>>,
+    /// The features computed per key and window.
+    pub features: Spanned<Vec<FeatureSpec>>,
+    /// Where results go.
+    #[serde(default)]
+    pub sinks: Option<SinksSpec>,
+    /// The freshness promise: the watermark may lag the wall clock by at most this.
+    #[serde(default)]
+    pub freshness_sla: Option<Spanned<String>>,
+}
+
+/// Source of events.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// A Kafka topic read through a consumer group.
+    #[serde(default)]
+    pub kafka: Option<KafkaSpec>,
+    /// Encoding of each record; only `json` (one object per record) exists.
+    #[serde(default)]
+    pub format: Option<Spanned<String>>,
+    /// The entity key: one field name or a list of them.
+    pub key: Spanned<OneOrMany>,
+    /// Where the event time is read from.
+    pub event_time: EventTimeSpec,
+}
+
+/// One string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// Kafka consumer settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSpec {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// The topic to consume.
+    pub topic: String,
+    /// Consumer group id; one group per pipeline.
+    pub group_id: String,
+    /// Where a group without committed offsets starts: `earliest` (default),
+    /// `latest`, or `{ timestamp: <RFC 3339> }`.
+    #[serde(default)]
+    pub start: Option<serde_json::Value>,
+    /// Extra librdkafka properties passed as they are.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// Where the event time is.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeSpec {
+    /// The field holding the event time.
+    #[serde(default)]
+    pub field: Option<Spanned<String>>,
+    /// `rfc3339` (default), `epoch_millis`, `epoch_seconds` or `epoch_micros`.
+    #[serde(default)]
+    pub format: Option<Spanned<String>>,
+    /// Use the Kafka message timestamp instead of a field.
+    #[serde(default)]
+    pub kafka_timestamp: Option<bool>,
+}
+
+/// Watermark settings (SPEC 2).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkSpec {
+    /// How far behind the greatest event time of a partition its watermark trails.
+    #[serde(default)]
+    pub max_out_of_orderness: Option<Spanned<String>>,
+    /// A partition at the end of its log and silent this long stops holding the watermark back.
+    #[serde(default)]
+    pub idle_timeout: Option<Spanned<String>>,
+    /// With every partition idle, let the watermark follow processing time.
+    #[serde(default)]
+    pub idle_advance: Option<bool>,
+    /// Event times further than this ahead of the wall clock are bad input (default 1h).
+    #[serde(default)]
+    pub max_future: Option<Spanned<String>>,
+}
+
+/// The window: exactly one of `tumbling` or `session`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSpec {
+    /// Fixed, epoch-aligned windows.
+    #[serde(default)]
+    pub tumbling: Option<Spanned<TumblingSpec>>,
+    /// Per-key activity sessions closed by a gap.
+    #[serde(default)]
+    pub session: Option<Spanned<SessionSpec>>,
+    /// Overlapping windows (not available yet; refused with a clear message).
+    #[serde(default)]
+    pub hopping: Option<Spanned<serde_json::Value>>,
+    /// How long after completion a window still takes late events (default 0).
+    #[serde(default)]
+    pub allowed_lateness: Option<Spanned<String>>,
+}
+
+/// Tumbling window settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TumblingSpec {
+    /// Window length, e.g. `5m`.
+    pub size: Spanned<String>,
+    /// Shift of the window grid from the epoch (default 0).
+    #[serde(default)]
+    pub offset: Option<Spanned<String>>,
+}
+
+/// Session window settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSpec {
+    /// Inactivity that closes a session, e.g. `30m`.
+    pub gap: Spanned<String>,
+}
+
+/// Triggers besides the on-time pane.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// Early panes while the window is open: `{ every: 1m }` of processing time.
+    #[serde(default)]
+    pub early: Option<EverySpec>,
+    /// Late panes: `every_event`, `none`, or `{ every: 1m }`.
+    #[serde(default)]
+    pub late: Option<Spanned<LateSpec>>,
+}
+
+/// A processing-time period.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EverySpec {
+    /// The period, e.g. `1m`.
+    pub every: Spanned<String>,
+}
+
+/// The late trigger as written.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum LateSpec {
+    Word(String),
+    Every(EverySpec),
+}
+
+/// One feature: an aggregate (`agg`) or a derived expression (`expr`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureSpec {
+    /// Column and field name of the feature.
+    pub name: Spanned<String>,
+    /// count, sum, mean, std, std_pop, var, min, max, first, last.
+    #[serde(default)]
+    pub agg: Option<Spanned<String>>,
+    /// The event field aggregated (count without a field counts events).
+    #[serde(default)]
+    pub field: Option<Spanned<String>>,
+    /// A filter over event fields: only matching events feed this feature.
+    #[serde(default, rename = "where")]
+    pub filter: Option<Spanned<String>>,
+    /// A derived feature: arithmetic over other features of the same window.
+    #[serde(default)]
+    pub expr: Option<Spanned<String>>,
+    /// Output type of `first`/`last`: string, float, int or bool (default: inferred).
+    #[serde(default, rename = "type")]
+    pub value_type: Option<Spanned<String>>,
+    /// What the feature means, for the registry.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Value served online when the feature is missing.
+    #[serde(default)]
+    pub default: Option<serde_json::Value>,
+}
+
+/// Output sinks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinksSpec {
+    /// The online store.
+    #[serde(default)]
+    pub online: Option<OnlineSpec>,
+    /// The offline store.
+    #[serde(default)]
+    pub offline: Option<OfflineSpec>,
+    /// Where bad input goes (default: files beside the offline store).
+    #[serde(default)]
+    pub dead_letter: Option<DeadLetterSpec>,
+}
+
+/// Online store settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnlineSpec {
+    /// A Redis server.
+    pub redis: RedisSpec,
+}
+
+/// Redis sink settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSpec {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Time to live of each entity's hash, e.g. `7d`.
+    #[serde(default)]
+    pub ttl: Option<Spanned<String>>,
+    /// Key prefix (default `rill`).
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+}
+
+/// Offline store settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineSpec {
+    /// Parquet files under a root directory.
+    pub parquet: ParquetSpec,
+}
+
+/// Parquet sink settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetSpec {
+    /// Root directory; files go to `<path>/<name>/date=YYYY-MM-DD/`.
+    pub path: String,
+}
+
+/// Dead-letter settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterSpec {
+    /// Directory for dead-letter files.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Kafka topic for dead letters (daemon only).
+    #[serde(default)]
+    pub topic: Option<String>,
+}
