@@ -229,6 +229,7 @@ fn yaml_error(file: &str, text: &str, e: &serde_saphyr::Error) -> ConfigError {
 /// The YAML library's message without its own location suffix or snippet.
 fn clean_yaml_message(msg: &str) -> String {
     let first = msg.lines().next().unwrap_or(msg).trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
     // Drop the library's own "line N column M: " prefix: ours comes first.
     let rest = match first.strip_prefix("line ") {
         Some(r) => r.split_once(": ").map_or(first, |(_, m)| m),
