@@ -4,4 +4,8 @@
 //! synchronous and does no I/O; sources, sinks and the CLI wrap it.
 
 pub mod config;
+pub mod event;
 pub mod time;
+pub mod aggregate;
+pub mod engine;
+pub mod window;

@@ -1,0 +1,849 @@
+//! The windowed aggregation operator: events in, panes out (SPEC 1-4).
+//!
+//! [`Engine`] keeps, per entity key, its open windows with their accumulators
+//! and pane bookkeeping, a timer index of event-time deadlines (on-time at
+//! `end`, expiry at `end + allowed_lateness`), the watermark tracker, and the
+//! lists of windows with new data for processing-time triggers. It does no
+//! I/O and reads no clock: processing time is either the stream time (the
+//! greatest event time seen: replay) or what the caller sets (the daemon).
+//!
+//! Invariants: the watermark never moves back; every window that ends
+//! normally emits exactly one pane with `is_final`, its last; a key's on-time
+//! panes are emitted in increasing `end`; a window swallowed by a session
+//! merge emits no further pane.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use crate::aggregate::{Acc, AccKind, Finish, ScalarRef, Value};
+use crate::config::expr::{Compiled, Val};
+use crate::config::{Accumulation, AggKind, FeatureKind, LateTrigger, Pipeline, WindowKind};
+use crate::event::{decode_key, DecodePlan, EventRef, FieldVal, KeyValue, Reason, Refusal};
+use crate::time::watermark::{WatermarkTracker, WATERMARK_MAX, WATERMARK_MIN};
+use crate::time::Micros;
+use crate::window::{sessions_meet, tumbling_start};
+
+/// Why a pane fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Timing {
+    Early,
+    OnTime,
+    Late,
+}
+
+impl Timing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Timing::Early => "EARLY",
+            Timing::OnTime => "ON_TIME",
+            Timing::Late => "LATE",
+        }
+    }
+}
+
+/// One emitted row: a pane of a window of a key, or the retraction of one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pane {
+    pub key: Arc<[KeyValue]>,
+    pub window_start: Micros,
+    pub window_end: Micros,
+    pub pane_index: u32,
+    pub timing: Timing,
+    pub is_final: bool,
+    pub retraction: bool,
+    /// Processing time of emission.
+    pub emitted_at: Micros,
+    /// The watermark at emission; `None` before the first watermark and at
+    /// the end of a bounded input (where it is +infinity).
+    pub watermark: Option<Micros>,
+    /// One value per feature, in the pipeline's order.
+    pub values: Box<[Value]>,
+}
+
+/// Where processing time comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessingTime {
+    /// The greatest event time seen so far (replay).
+    StreamTime,
+    /// Set by the caller through [`Engine::set_processing_time`].
+    External,
+}
+
+/// Counters a run reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub events: u64,
+    pub late_kept: u64,
+    pub late_dropped: u64,
+    pub windows_opened: u64,
+    pub panes: u64,
+    pub retractions: u64,
+    pub session_merges: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum TimerKind {
+    OnTime,
+    Expire,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timer {
+    key: u32,
+    window: u64,
+    kind: TimerKind,
+}
+
+#[derive(Debug, Clone)]
+struct LastPane {
+    start: Micros,
+    end: Micros,
+    pane_index: u32,
+    timing: Timing,
+    values: Box<[Value]>,
+}
+
+#[derive(Debug)]
+struct Window {
+    id: u64,
+    start: Micros,
+    end: Micros,
+    accs: Vec<Acc>,
+    next_pane: u32,
+    /// The on-time moment has passed (on-time pane fired, or the window was
+    /// opened by a late event): from now on only late panes.
+    past_on_time: bool,
+    dirty: bool,
+    in_early_list: bool,
+    in_late_list: bool,
+    last: Option<LastPane>,
+}
+
+#[derive(Debug)]
+struct KeyState {
+    key: Arc<[KeyValue]>,
+    windows: Vec<Window>,
+}
+
+/// Compiled feature layout: accumulators, filters, and how to finish each feature.
+#[derive(Debug)]
+struct Layout {
+    accs: Vec<(AccKind, Option<usize>)>,
+    filters: Vec<Compiled>,
+    /// Per feature: aggregate (acc index, finish) or derived expression.
+    outputs: Vec<Output>,
+    /// Derived features in dependency order.
+    derived_order: Vec<usize>,
+}
+
+#[derive(Debug)]
+enum Output {
+    Agg(usize, Finish),
+    Derived(Compiled),
+}
+
+impl Layout {
+    fn new(p: &Pipeline, plan: &DecodePlan) -> Layout {
+        let mut accs: Vec<(AccKind, Option<usize>)> = Vec::new();
+        let mut filters: Vec<Compiled> = Vec::new();
+        let mut filter_texts: Vec<String> = Vec::new();
+        let mut outputs = Vec::new();
+        for f in &p.features {
+            match &f.kind {
+                FeatureKind::Agg { agg, field, filter } => {
+                    let fi = filter.as_ref().map(|e| {
+                        let text = e.to_string();
+                        if let Some(i) = filter_texts.iter().position(|t| *t == text) {
+                            i
+                        } else {
+                            filter_texts.push(text);
+                            filters.push(e.compile(&mut |name| plan.slot_of(name).expect("filter fields are decoded")));
+                            filters.len() - 1
+                        }
+                    });
+                    let slot = field.as_ref().map(|n| plan.slot_of(n).expect("aggregated fields are decoded"));
+                    let (kind, finish) = match (agg, slot) {
+                        (AggKind::Count, None) => (AccKind::CountEvents, Finish::Count),
+                        (AggKind::Count, Some(s)) => (AccKind::CountField(s), Finish::Count),
+                        (AggKind::First, Some(s)) => (AccKind::First(s), Finish::Pick),
+                        (AggKind::Last, Some(s)) => (AccKind::Last(s), Finish::Pick),
+                        (a, Some(s)) => (
+                            AccKind::Stats(s),
+                            match a {
+                                AggKind::Sum => Finish::Sum,
+                                AggKind::Mean => Finish::Mean,
+                                AggKind::Std => Finish::Std,
+                                AggKind::StdPop => Finish::StdPop,
+                                AggKind::Var => Finish::Var,
+                                AggKind::Min => Finish::Min,
+                                _ => Finish::Max,
+                            },
+                        ),
+                        (_, None) => (AccKind::CountEvents, Finish::Count),
+                    };
+                    let ai = match accs.iter().position(|a| *a == (kind, fi)) {
+                        Some(i) => i,
+                        None => {
+                            accs.push((kind, fi));
+                            accs.len() - 1
+                        }
+                    };
+                    outputs.push(Output::Agg(ai, finish));
+                }
+                FeatureKind::Derived(e) => {
+                    let idx = |name: &str| p.features.iter().position(|f| f.name == name).expect("validated reference");
+                    outputs.push(Output::Derived(e.compile(&mut |n| idx(n))));
+                }
+            }
+        }
+        // Dependency order of derived features (validation refused cycles).
+        let mut order = Vec::new();
+        let mut done = vec![false; p.features.len()];
+        for (i, f) in p.features.iter().enumerate() {
+            if !matches!(f.kind, FeatureKind::Derived(_)) {
+                done[i] = true;
+            }
+        }
+        while order.len() < outputs.iter().filter(|o| matches!(o, Output::Derived(_))).count() {
+            let before = order.len();
+            for (i, f) in p.features.iter().enumerate() {
+                if done[i] {
+                    continue;
+                }
+                if let FeatureKind::Derived(e) = &f.kind {
+                    let ready = e.idents().iter().all(|n| p.features.iter().position(|g| g.name == *n).is_some_and(|j| done[j]));
+                    if ready {
+                        done[i] = true;
+                        order.push(i);
+                    }
+                }
+            }
+            if order.len() == before {
+                break;
+            }
+        }
+        Layout { accs, filters, outputs, derived_order: order }
+    }
+
+    fn fresh_accs(&self) -> Vec<Acc> {
+        self.accs.iter().map(|(k, _)| k.empty()).collect()
+    }
+
+    fn values(&self, accs: &[Acc]) -> Box<[Value]> {
+        let mut out: Vec<Value> = self
+            .outputs
+            .iter()
+            .map(|o| match o {
+                Output::Agg(a, f) => f.value(&accs[*a]),
+                Output::Derived(_) => Value::Null,
+            })
+            .collect();
+        for &i in &self.derived_order {
+            if let Output::Derived(c) = &self.outputs[i] {
+                let v = {
+                    let get = |j: usize| match out[j].as_f64() {
+                        Some(x) => Val::Num(x),
+                        None => Val::Null,
+                    };
+                    match c.eval(&get) {
+                        Val::Num(x) => Value::Float(x),
+                        _ => Value::Null,
+                    }
+                };
+                out[i] = v;
+            }
+        }
+        out.into_boxed_slice()
+    }
+}
+
+#[inline]
+fn to_val(f: FieldVal<'_>) -> Val<'_> {
+    match f {
+        FieldVal::Missing | FieldVal::Null | FieldVal::Nested => Val::Null,
+        FieldVal::Bool(b) => Val::Bool(b),
+        FieldVal::Num(n) => Val::Num(n),
+        FieldVal::Str(s) => Val::Str(std::borrow::Cow::Borrowed(s)),
+    }
+}
+
+/// The operator. See the module documentation.
+pub struct Engine {
+    window: WindowKind,
+    allowed_lateness: Micros,
+    early_every: Option<Micros>,
+    late: LateTrigger,
+    accumulation: Accumulation,
+    max_future: Micros,
+    layout: Layout,
+    keys: FxHashMap<Box<[u8]>, u32>,
+    states: Vec<KeyState>,
+    wm: WatermarkTracker,
+    timers: BTreeMap<Micros, Vec<Timer>>,
+    early_list: Vec<(u32, u64)>,
+    late_list: Vec<(u32, u64)>,
+    mode: ProcessingTime,
+    now: Micros,
+    wall: Micros,
+    seq: u64,
+    next_window_id: u64,
+    filter_bits: Vec<bool>,
+    pool: Vec<Vec<Acc>>,
+    slot_names: Vec<String>,
+    pub stats: EngineStats,
+}
+
+impl Engine {
+    pub fn new(p: &Pipeline, plan: &DecodePlan, mode: ProcessingTime) -> Engine {
+        let layout = Layout::new(p, plan);
+        let n_filters = layout.filters.len();
+        Engine {
+            window: p.window,
+            allowed_lateness: p.allowed_lateness,
+            early_every: p.early_every,
+            late: p.late,
+            accumulation: p.accumulation,
+            max_future: p.max_future,
+            layout,
+            keys: FxHashMap::default(),
+            states: Vec::new(),
+            wm: WatermarkTracker::new(p.max_out_of_orderness, p.idle_timeout, p.idle_advance),
+            timers: BTreeMap::new(),
+            early_list: Vec::new(),
+            late_list: Vec::new(),
+            mode,
+            now: WATERMARK_MIN,
+            wall: i64::MAX,
+            seq: 0,
+            next_window_id: 0,
+            filter_bits: vec![false; n_filters],
+            pool: Vec::new(),
+            slot_names: plan.slot_names.clone(),
+            stats: EngineStats::default(),
+        }
+    }
+
+    /// The pipeline watermark `W`.
+    pub fn watermark(&self) -> Micros {
+        self.wm.current()
+    }
+
+    /// Current processing time.
+    pub fn processing_time(&self) -> Micros {
+        self.now
+    }
+
+    /// Sets the wall clock used for the `max_future` check.
+    pub fn set_wall_clock(&mut self, wall: Micros) {
+        self.wall = wall;
+    }
+
+    /// Number of windows held now.
+    pub fn open_windows(&self) -> usize {
+        self.states.iter().map(|s| s.windows.len()).sum()
+    }
+
+    /// Number of distinct keys seen.
+    pub fn key_count(&self) -> usize {
+        self.states.len()
+    }
+
+    /// Makes a partition take part in the watermark.
+    pub fn assign_partition(&mut self, p: usize) {
+        let now = self.now;
+        self.wm.assign(p, now);
+    }
+
+    /// Takes a partition out of the watermark.
+    pub fn revoke_partition(&mut self, p: usize, out: &mut Vec<Pane>) {
+        self.wm.revoke(p);
+        let now = self.now;
+        if self.wm.on_processing_time(now) {
+            self.fire_timers(out);
+        }
+    }
+
+    /// Tells whether a partition's consumer is at the end of its log.
+    pub fn set_end_of_log(&mut self, p: usize, at_end: bool, out: &mut Vec<Pane>) {
+        let now = self.now;
+        if self.wm.set_end_of_log(p, at_end, now) {
+            self.fire_timers(out);
+        }
+    }
+
+    /// Moves processing time forward (external mode, or tests): fires due
+    /// processing-time triggers and re-evaluates idleness.
+    pub fn set_processing_time(&mut self, now: Micros, out: &mut Vec<Pane>) {
+        if now <= self.now {
+            return;
+        }
+        let prev = self.now;
+        self.now = now;
+        if prev != WATERMARK_MIN {
+            if let Some(e) = self.early_every {
+                let tick = (prev.div_euclid(e) + 1).saturating_mul(e);
+                if tick <= now && !self.early_list.is_empty() {
+                    self.fire_tick(tick, true, out);
+                }
+            }
+            if let LateTrigger::Every(e) = self.late {
+                let tick = (prev.div_euclid(e) + 1).saturating_mul(e);
+                if tick <= now && !self.late_list.is_empty() {
+                    self.fire_tick(tick, false, out);
+                }
+            }
+        }
+        if self.wm.on_processing_time(now) {
+            self.fire_timers(out);
+        }
+    }
+
+    /// Raises the watermark to at least `w` (tests, punctuation) and fires what completes.
+    pub fn advance_watermark(&mut self, w: Micros, out: &mut Vec<Pane>) {
+        if self.wm.advance_to(w) {
+            self.fire_timers(out);
+        }
+    }
+
+    /// End of a bounded input: `W` becomes +infinity and every window fires.
+    pub fn finish(&mut self, out: &mut Vec<Pane>) {
+        self.wm.advance_to(WATERMARK_MAX);
+        self.timers.clear();
+        self.early_list.clear();
+        self.late_list.clear();
+        // Every window completes and expires at once: fire in `end` order
+        // (ties in the order the windows were opened).
+        let mut all: Vec<(Micros, u64, u32)> = Vec::with_capacity(self.open_windows());
+        for (k, st) in self.states.iter().enumerate() {
+            all.extend(st.windows.iter().map(|w| (w.end, w.id, k as u32)));
+        }
+        all.sort_unstable();
+        for (_, id, key) in all {
+            let Some(idx) = self.find(key, id) else { continue };
+            let timing = if self.states[key as usize].windows[idx].past_on_time { Timing::Late } else { Timing::OnTime };
+            self.emit(key, idx, timing, true, self.now, out);
+            self.remove_window(key, idx);
+        }
+    }
+
+    /// Processes one event from partition `partition`.
+    ///
+    /// On `Err` nothing changed except counters: the caller dead-letters the record.
+    pub fn process(&mut self, ev: &EventRef<'_>, partition: usize, out: &mut Vec<Pane>) -> Result<(), Refusal> {
+        let t = ev.time;
+        if t > self.wall.saturating_add(self.max_future) {
+            return Err(Refusal::new(
+                Reason::FutureTimestamp,
+                format!("event time {} is more than max_future ahead of the wall clock", crate::time::format_rfc3339(t)),
+            ));
+        }
+        // Filters and value checks, before any state changes.
+        for (i, f) in self.layout.filters.iter().enumerate() {
+            self.filter_bits[i] = f.eval(&|s| to_val(ev.field(s))).truthy();
+        }
+        for (kind, filter) in &self.layout.accs {
+            if filter.is_some_and(|f| !self.filter_bits[f]) {
+                continue;
+            }
+            match *kind {
+                AccKind::Stats(s) => match ev.field(s) {
+                    FieldVal::Str(_) | FieldVal::Bool(_) | FieldVal::Nested => {
+                        return Err(Refusal::new(
+                            Reason::BadValue,
+                            format!("field {:?} is not a number", self.field_name(s)),
+                        ))
+                    }
+                    _ => {}
+                },
+                AccKind::First(s) | AccKind::Last(s) => {
+                    if let FieldVal::Nested = ev.field(s) {
+                        return Err(Refusal::new(
+                            Reason::BadValue,
+                            format!("field {:?} is not a scalar", self.field_name(s)),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.mode == ProcessingTime::StreamTime && t > self.now {
+            self.set_processing_time(t, out);
+        }
+        let w = self.wm.current();
+        let key_id = self.intern(ev.key);
+        let (window_idx, late) = match self.window {
+            WindowKind::Tumbling { size, offset } => {
+                let start = tumbling_start(t, size, offset);
+                let end = start.saturating_add(size);
+                if w >= end.saturating_add(self.allowed_lateness) {
+                    self.stats.late_dropped += 1;
+                    return Err(self.too_late(t, start, end));
+                }
+                let st = &self.states[key_id as usize];
+                let idx = match st.windows.iter().position(|x| x.start == start) {
+                    Some(i) => i,
+                    None => self.open_window(key_id, start, end),
+                };
+                (idx, t < w)
+            }
+            WindowKind::Session { gap } => {
+                let (ps, pe) = (t, t.saturating_add(gap));
+                let st = &self.states[key_id as usize];
+                let meets = st.windows.iter().any(|x| sessions_meet((x.start, x.end), (ps, pe)));
+                if !meets && w >= pe.saturating_add(self.allowed_lateness) {
+                    self.stats.late_dropped += 1;
+                    return Err(self.too_late(t, ps, pe));
+                }
+                let idx = if meets { self.merge_sessions(key_id, ps, pe, out) } else { self.open_window(key_id, ps, pe) };
+                (idx, t < w)
+            }
+        };
+        self.stats.events += 1;
+        if late {
+            self.stats.late_kept += 1;
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        // Update accumulators.
+        {
+            let win = &mut self.states[key_id as usize].windows[window_idx];
+            for (acc, (kind, filter)) in win.accs.iter_mut().zip(self.layout.accs.iter()) {
+                if filter.is_some_and(|f| !self.filter_bits[f]) {
+                    continue;
+                }
+                match (*kind, acc) {
+                    (AccKind::CountEvents, Acc::Count(c)) => *c += 1,
+                    (AccKind::CountField(s), Acc::Count(c)) => {
+                        if !matches!(ev.field(s), FieldVal::Missing | FieldVal::Null) {
+                            *c += 1
+                        }
+                    }
+                    (AccKind::Stats(s), Acc::Stats(st)) => {
+                        if let FieldVal::Num(x) = ev.field(s) {
+                            st.update(x)
+                        }
+                    }
+                    (AccKind::First(s) | AccKind::Last(s), acc) => match ev.field(s) {
+                        FieldVal::Num(x) => acc.pick(t, seq, ScalarRef::Num(x)),
+                        FieldVal::Str(x) => acc.pick(t, seq, ScalarRef::Str(x)),
+                        FieldVal::Bool(x) => acc.pick(t, seq, ScalarRef::Bool(x)),
+                        _ => {}
+                    },
+                    _ => {}
+                }
+            }
+            win.dirty = true;
+        }
+        // Processing-time and late triggers.
+        let (past, id) = {
+            let win = &self.states[key_id as usize].windows[window_idx];
+            (win.past_on_time, win.id)
+        };
+        if past {
+            match self.late {
+                LateTrigger::EveryEvent => self.emit(key_id, window_idx, Timing::Late, false, self.now, out),
+                LateTrigger::Every(_) => {
+                    let win = &mut self.states[key_id as usize].windows[window_idx];
+                    if !win.in_late_list {
+                        win.in_late_list = true;
+                        self.late_list.push((key_id, id));
+                    }
+                }
+                LateTrigger::None => {}
+            }
+        } else if self.early_every.is_some() {
+            let win = &mut self.states[key_id as usize].windows[window_idx];
+            if !win.in_early_list {
+                win.in_early_list = true;
+                self.early_list.push((key_id, id));
+            }
+        }
+        let now = self.now;
+        if self.wm.observe(partition, t, now) {
+            self.fire_timers(out);
+        }
+        Ok(())
+    }
+
+    fn field_name(&self, slot: usize) -> &str {
+        self.slot_names.get(slot).map_or("?", String::as_str)
+    }
+
+    fn too_late(&self, t: Micros, start: Micros, end: Micros) -> Refusal {
+        Refusal::new(
+            Reason::TooLate,
+            format!(
+                "event time {} falls in window [{}, {}) which was dropped at watermark {}",
+                crate::time::format_rfc3339(t),
+                crate::time::format_rfc3339(start),
+                crate::time::format_rfc3339(end),
+                crate::time::format_rfc3339(self.wm.current())
+            ),
+        )
+    }
+
+    #[inline]
+    fn intern(&mut self, key: &[u8]) -> u32 {
+        if let Some(&id) = self.keys.get(key) {
+            return id;
+        }
+        let id = self.states.len() as u32;
+        self.states.push(KeyState { key: decode_key(key).into(), windows: Vec::new() });
+        self.keys.insert(key.into(), id);
+        id
+    }
+
+    fn open_window(&mut self, key: u32, start: Micros, end: Micros) -> usize {
+        let id = self.next_window_id;
+        self.next_window_id += 1;
+        self.stats.windows_opened += 1;
+        let accs = match self.pool.pop() {
+            Some(mut a) => {
+                a.iter_mut().for_each(Acc::reset);
+                a
+            }
+            None => self.layout.fresh_accs(),
+        };
+        let w = self.wm.current();
+        // A window opened when already complete gets no on-time pane: its data is late.
+        let past = w >= end;
+        let st = &mut self.states[key as usize];
+        st.windows.push(Window {
+            id,
+            start,
+            end,
+            accs,
+            next_pane: 0,
+            past_on_time: past,
+            dirty: false,
+            in_early_list: false,
+            in_late_list: false,
+            last: None,
+        });
+        let idx = st.windows.len() - 1;
+        if past {
+            self.add_timer(end.saturating_add(self.allowed_lateness), key, id, TimerKind::Expire);
+        } else {
+            self.add_timer(end, key, id, TimerKind::OnTime);
+        }
+        idx
+    }
+
+    #[inline]
+    fn add_timer(&mut self, at: Micros, key: u32, window: u64, kind: TimerKind) {
+        self.timers.entry(at).or_default().push(Timer { key, window, kind });
+    }
+
+    /// Merges the proto-session `[ps, pe)` with every session of `key` it
+    /// meets, transitively; the earliest-starting session survives.
+    fn merge_sessions(&mut self, key: u32, ps: Micros, pe: Micros, out: &mut Vec<Pane>) -> usize {
+        let (mut lo, mut hi) = (ps, pe);
+        // Sessions of one key never meet each other, so one pass over the
+        // sorted list finds the contiguous run the new interval bridges.
+        let st = &mut self.states[key as usize];
+        st.windows.sort_by_key(|w| w.start);
+        let mut members: Vec<usize> = Vec::new();
+        for (i, w) in st.windows.iter().enumerate() {
+            if sessions_meet((w.start, w.end), (lo, hi)) {
+                members.push(i);
+                lo = lo.min(w.start);
+                hi = hi.max(w.end);
+            }
+        }
+        let survivor = members[0];
+        if members.len() > 1 {
+            self.stats.session_merges += (members.len() - 1) as u64;
+        }
+        // Retract and fold the swallowed sessions, highest index first.
+        for &i in members[1..].iter().rev() {
+            let gone = self.states[key as usize].windows.swap_remove(i);
+            if self.accumulation == Accumulation::AccumulatingAndRetracting {
+                if let Some(last) = &gone.last {
+                    let key_vals = self.states[key as usize].key.clone();
+                    self.push_retraction(key_vals, last, out);
+                }
+            }
+            let st = &mut self.states[key as usize];
+            // swap_remove moved the last element into `i`; survivor index is
+            // lower than every swallowed one, so it did not move.
+            let surv = &mut st.windows[survivor];
+            for (a, b) in surv.accs.iter_mut().zip(gone.accs.iter()) {
+                a.merge(b);
+            }
+            surv.dirty |= gone.dirty;
+            self.pool.push(gone.accs);
+        }
+        let w = self.wm.current();
+        let (id, past, old_end, old_start) = {
+            let surv = &mut self.states[key as usize].windows[survivor];
+            let old = (surv.end, surv.start);
+            surv.start = lo;
+            surv.end = hi;
+            (surv.id, surv.past_on_time, old.0, old.1)
+        };
+        let _ = old_start;
+        if hi != old_end || members.len() > 1 {
+            if past {
+                self.add_timer(hi.saturating_add(self.allowed_lateness), key, id, TimerKind::Expire);
+            } else if w < hi {
+                self.add_timer(hi, key, id, TimerKind::OnTime);
+            }
+        }
+        survivor
+    }
+
+    fn push_retraction(&mut self, key: Arc<[KeyValue]>, last: &LastPane, out: &mut Vec<Pane>) {
+        self.stats.retractions += 1;
+        out.push(Pane {
+            key,
+            window_start: last.start,
+            window_end: last.end,
+            pane_index: last.pane_index,
+            timing: last.timing,
+            is_final: false,
+            retraction: true,
+            emitted_at: self.now,
+            watermark: self.visible_watermark(),
+            values: last.values.clone(),
+        });
+    }
+
+    fn visible_watermark(&self) -> Option<Micros> {
+        let w = self.wm.current();
+        (w != WATERMARK_MIN && w != WATERMARK_MAX).then_some(w)
+    }
+
+    /// Emits a pane of window `idx` of `key`.
+    fn emit(&mut self, key: u32, idx: usize, timing: Timing, is_final: bool, emitted_at: Micros, out: &mut Vec<Pane>) {
+        let watermark = self.visible_watermark();
+        let retracting = self.accumulation == Accumulation::AccumulatingAndRetracting;
+        let discarding = self.accumulation == Accumulation::Discarding;
+        let st = &mut self.states[key as usize];
+        let win = &mut st.windows[idx];
+        let values = self.layout.values(&win.accs);
+        if retracting {
+            if let Some(last) = &win.last {
+                self.stats.retractions += 1;
+                out.push(Pane {
+                    key: st.key.clone(),
+                    window_start: last.start,
+                    window_end: last.end,
+                    pane_index: last.pane_index,
+                    timing: last.timing,
+                    is_final: false,
+                    retraction: true,
+                    emitted_at,
+                    watermark,
+                    values: last.values.clone(),
+                });
+            }
+            win.last = Some(LastPane {
+                start: win.start,
+                end: win.end,
+                pane_index: win.next_pane,
+                timing,
+                values: values.clone(),
+            });
+        }
+        self.stats.panes += 1;
+        out.push(Pane {
+            key: st.key.clone(),
+            window_start: win.start,
+            window_end: win.end,
+            pane_index: win.next_pane,
+            timing,
+            is_final,
+            retraction: false,
+            emitted_at,
+            watermark,
+            values,
+        });
+        win.next_pane += 1;
+        win.dirty = false;
+        if discarding {
+            win.accs.iter_mut().for_each(Acc::reset);
+        }
+    }
+
+    fn remove_window(&mut self, key: u32, idx: usize) {
+        let w = self.states[key as usize].windows.swap_remove(idx);
+        self.pool.push(w.accs);
+    }
+
+    fn find(&self, key: u32, id: u64) -> Option<usize> {
+        self.states[key as usize].windows.iter().position(|w| w.id == id)
+    }
+
+    /// Fires the early (or late-every) tick at processing time `tick`.
+    fn fire_tick(&mut self, tick: Micros, early: bool, out: &mut Vec<Pane>) {
+        let list = std::mem::take(if early { &mut self.early_list } else { &mut self.late_list });
+        for &(key, id) in &list {
+            let Some(idx) = self.find(key, id) else { continue };
+            let win = &mut self.states[key as usize].windows[idx];
+            if early {
+                win.in_early_list = false;
+            } else {
+                win.in_late_list = false;
+            }
+            let eligible = win.dirty && (win.past_on_time != early);
+            if eligible {
+                let timing = if early { Timing::Early } else { Timing::Late };
+                self.emit(key, idx, timing, false, tick, out);
+            }
+        }
+        let reuse = if early { &mut self.early_list } else { &mut self.late_list };
+        if reuse.is_empty() {
+            let mut list = list;
+            list.clear();
+            *reuse = list;
+        }
+    }
+
+    /// Fires every event-time timer due at the current watermark, in time order.
+    fn fire_timers(&mut self, out: &mut Vec<Pane>) {
+        let w = self.wm.current();
+        while let Some(entry) = self.timers.first_entry() {
+            let at = *entry.key();
+            if at > w {
+                break;
+            }
+            let timers = entry.remove();
+            for t in timers {
+                let Some(idx) = self.find(t.key, t.window) else { continue };
+                let (end, past) = {
+                    let win = &self.states[t.key as usize].windows[idx];
+                    (win.end, win.past_on_time)
+                };
+                let expiry = end.saturating_add(self.allowed_lateness);
+                match t.kind {
+                    TimerKind::OnTime => {
+                        if past || end != at {
+                            continue; // stale: the session grew, or already fired
+                        }
+                        if expiry <= w {
+                            self.emit(t.key, idx, Timing::OnTime, true, self.now, out);
+                            self.remove_window(t.key, idx);
+                        } else {
+                            self.emit(t.key, idx, Timing::OnTime, false, self.now, out);
+                            self.states[t.key as usize].windows[idx].past_on_time = true;
+                            self.add_timer(expiry, t.key, t.window, TimerKind::Expire);
+                        }
+                    }
+                    TimerKind::Expire => {
+                        if !past || expiry != at {
+                            continue;
+                        }
+                        self.emit(t.key, idx, Timing::Late, true, self.now, out);
+                        self.remove_window(t.key, idx);
+                    }
+                }
+            }
+        }
+    }
+
+}

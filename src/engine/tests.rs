@@ -1,0 +1,385 @@
+//! The operator harness: push events, move the watermark and the clock,
+//! and check the panes, one rule of SPEC 1-3 per test.
+
+use super::*;
+use crate::config::Pipeline;
+use crate::event::Decoder;
+
+pub(crate) struct Harness {
+    pub engine: Engine,
+    pub dec: Decoder,
+    pub out: Vec<Pane>,
+    pub dead: Vec<(Reason, String)>,
+}
+
+/// A pipeline over `{"k": .., "t": <millis>, "v": ..}` with the given window
+/// and extra settings.
+pub(crate) fn pipeline(window: &str, extra: &str, features: &str) -> Pipeline {
+    let yaml = format!(
+        "version: 1\nname: t\nsource:\n  key: [k]\n  event_time: {{ field: t, format: epoch_millis }}\nwindow:\n{window}\n{extra}\nfeatures:\n{features}\n"
+    );
+    Pipeline::from_yaml(&yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+pub(crate) const BASIC: &str = "  - { name: n, agg: count }\n  - { name: s, agg: sum, field: v }";
+
+impl Harness {
+    pub fn new(p: &Pipeline, mode: ProcessingTime) -> Harness {
+        let dec = Decoder::new(DecodePlan::new(p));
+        let engine = Engine::new(p, &dec.plan, mode);
+        Harness { engine, dec, out: Vec::new(), dead: Vec::new() }
+    }
+
+    pub fn replay(window: &str, extra: &str) -> Harness {
+        Harness::new(&pipeline(window, extra, BASIC), ProcessingTime::StreamTime)
+    }
+
+    pub fn push_on(&mut self, partition: usize, json: &str) -> Result<(), Reason> {
+        let r = match self.dec.decode_json(json.as_bytes()) {
+            Ok(ev) => self.engine.process(&ev, partition, &mut self.out),
+            Err(e) => Err(e),
+        };
+        r.map_err(|e| {
+            self.dead.push((e.reason, json.to_string()));
+            e.reason
+        })
+    }
+
+    pub fn push(&mut self, json: &str) -> Result<(), Reason> {
+        self.push_on(0, json)
+    }
+
+    /// Pushes `{"k": key, "t": t, "v": v}`.
+    pub fn ev(&mut self, key: &str, t: i64, v: f64) -> Result<(), Reason> {
+        self.push(&format!(r#"{{"k":"{key}","t":{t},"v":{v}}}"#))
+    }
+
+    pub fn advance_watermark(&mut self, ms: i64) {
+        self.engine.advance_watermark(ms * 1000, &mut self.out);
+    }
+
+    pub fn set_time(&mut self, ms: i64) {
+        self.engine.set_processing_time(ms * 1000, &mut self.out);
+    }
+
+    pub fn finish(&mut self) {
+        self.engine.finish(&mut self.out);
+    }
+
+    /// Panes emitted since the last call, as compact tuples.
+    pub fn take(&mut self) -> Vec<P> {
+        self.out.drain(..).map(|p| P::of(&p)).collect()
+    }
+}
+
+/// A compact pane for assertions: key, [start, end) in ms, pane index,
+/// timing, final, retraction, count, sum.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct P {
+    pub key: String,
+    pub start: i64,
+    pub end: i64,
+    pub idx: u32,
+    pub timing: Timing,
+    pub fin: bool,
+    pub retr: bool,
+    pub n: i64,
+    pub s: Option<f64>,
+}
+
+impl P {
+    fn of(p: &Pane) -> P {
+        P {
+            key: p.key.iter().map(|k| k.to_string()).collect::<Vec<_>>().join("|"),
+            start: p.window_start / 1000,
+            end: p.window_end / 1000,
+            idx: p.pane_index,
+            timing: p.timing,
+            fin: p.is_final,
+            retr: p.retraction,
+            n: match p.values[0] {
+                Value::Int(i) => i,
+                _ => -1,
+            },
+            s: p.values.get(1).and_then(Value::as_f64),
+        }
+    }
+}
+
+fn p(key: &str, start: i64, end: i64, idx: u32, timing: Timing, fin: bool, n: i64, s: Option<f64>) -> P {
+    P { key: key.into(), start, end, idx, timing, fin, retr: false, n, s }
+}
+
+use Timing::*;
+
+const TUMBLE_10: &str = "  tumbling: { size: 10ms }";
+
+#[test]
+fn tumbling_half_open_and_on_time() {
+    let mut h = Harness::replay(TUMBLE_10, "");
+    h.ev("a", 0, 1.0).unwrap();
+    h.ev("a", 9, 2.0).unwrap();
+    assert_eq!(h.take(), vec![]);
+    // t = 10 belongs to [10, 20), and moves W to 10: [0, 10) completes.
+    h.ev("a", 10, 4.0).unwrap();
+    assert_eq!(h.take(), vec![p("a", 0, 10, 0, OnTime, true, 2, Some(3.0))]);
+    h.finish();
+    assert_eq!(h.take(), vec![p("a", 10, 20, 0, OnTime, true, 1, Some(4.0))]);
+}
+
+#[test]
+fn times_before_1970_floor() {
+    let mut h = Harness::replay(TUMBLE_10, "");
+    h.ev("a", -11, 1.0).unwrap();
+    h.ev("a", -10, 1.0).unwrap();
+    h.ev("a", -1, 1.0).unwrap();
+    h.finish();
+    assert_eq!(h.take(), vec![p("a", -20, -10, 0, OnTime, true, 1, Some(1.0)), p("a", -10, 0, 0, OnTime, true, 2, Some(2.0))]);
+}
+
+#[test]
+fn out_of_orderness_delays_completion_and_panes_come_in_end_order() {
+    let mut h = Harness::replay(TUMBLE_10, "watermark: { max_out_of_orderness: 5ms }");
+    h.ev("a", 3, 1.0).unwrap();
+    h.ev("b", 12, 1.0).unwrap(); // W = 7
+    assert_eq!(h.take(), vec![]);
+    h.ev("a", 8, 1.0).unwrap(); // 8 >= W: not late, same window
+    h.ev("b", 26, 1.0).unwrap(); // W = 21: [0,10) and [10,20) complete
+    assert_eq!(h.take(), vec![p("a", 0, 10, 0, OnTime, true, 2, Some(2.0)), p("b", 10, 20, 0, OnTime, true, 1, Some(1.0))]);
+    assert_eq!(h.engine.stats.late_kept, 0);
+}
+
+#[test]
+fn late_within_lateness_fires_late_panes_then_a_closing_pane() {
+    let mut h = Harness::replay(TUMBLE_10, "  allowed_lateness: 20ms\ntrigger: { late: every_event }");
+    h.ev("a", 1, 1.0).unwrap();
+    h.ev("a", 15, 1.0).unwrap(); // W=15: [0,10) on time, not final (kept until W >= 30)
+    assert_eq!(h.take(), vec![p("a", 0, 10, 0, OnTime, false, 1, Some(1.0))]);
+    h.ev("a", 2, 5.0).unwrap(); // late, kept: LATE pane, accumulating
+    assert_eq!(h.take(), vec![p("a", 0, 10, 1, Late, false, 2, Some(6.0))]);
+    assert_eq!(h.engine.stats.late_kept, 1);
+    h.ev("a", 31, 1.0).unwrap(); // W=31 >= 30: [0,10) expires; [10,20) completes (and its expiry is 40)
+    assert_eq!(
+        h.take(),
+        vec![p("a", 10, 20, 0, OnTime, false, 1, Some(1.0)), p("a", 0, 10, 2, Late, true, 2, Some(6.0))]
+    );
+    // Now [0,10) is gone: a late event for it is dropped, counted, dead-lettered.
+    assert_eq!(h.ev("a", 5, 1.0), Err(Reason::TooLate));
+    assert_eq!(h.engine.stats.late_dropped, 1);
+    assert_eq!(h.dead.len(), 1);
+    h.finish();
+    assert_eq!(h.take(), vec![p("a", 10, 20, 1, Late, true, 1, Some(1.0)), p("a", 30, 40, 0, OnTime, true, 1, Some(1.0))]);
+}
+
+#[test]
+fn late_trigger_none_still_closes_with_late_data() {
+    let mut h = Harness::replay(TUMBLE_10, "  allowed_lateness: 20ms");
+    h.ev("a", 1, 1.0).unwrap();
+    h.ev("a", 15, 1.0).unwrap();
+    assert_eq!(h.take(), vec![p("a", 0, 10, 0, OnTime, false, 1, Some(1.0))]);
+    h.ev("a", 2, 5.0).unwrap();
+    assert_eq!(h.take(), vec![]);
+    h.advance_watermark(30);
+    assert_eq!(h.take(), vec![p("a", 10, 20, 0, OnTime, false, 1, Some(1.0)), p("a", 0, 10, 1, Late, true, 2, Some(6.0))]);
+}
+
+#[test]
+fn zero_lateness_drops_every_late_event() {
+    let mut h = Harness::replay(TUMBLE_10, "");
+    h.ev("a", 12, 1.0).unwrap(); // W = 12
+    assert_eq!(h.ev("a", 9, 1.0), Err(Reason::TooLate)); // [0,10) gone at W >= 10
+    // Late (t < W) but its window [10,20) is still open: kept, no late pane.
+    h.ev("a", 11, 1.0).unwrap();
+    assert_eq!(h.engine.stats.late_kept, 1);
+    h.finish();
+    assert_eq!(h.take(), vec![p("a", 10, 20, 0, OnTime, true, 2, Some(2.0))]);
+}
+
+#[test]
+fn late_event_opening_a_window_gets_a_late_pane_not_an_on_time_one() {
+    let mut h = Harness::replay(TUMBLE_10, "  allowed_lateness: 30ms\ntrigger: { late: every_event }");
+    h.ev("a", 25, 1.0).unwrap(); // W = 25
+    h.ev("b", 3, 7.0).unwrap(); // [0,10) of b never existed; kept until W >= 40
+    assert_eq!(h.take(), vec![p("b", 0, 10, 0, Late, false, 1, Some(7.0))]);
+    h.finish();
+    assert_eq!(h.take(), vec![p("b", 0, 10, 1, Late, true, 1, Some(7.0)), p("a", 20, 30, 0, OnTime, true, 1, Some(1.0))]);
+}
+
+#[test]
+fn early_panes_every_period_only_with_new_data() {
+    let mut h = Harness::new(
+        &pipeline("  tumbling: { size: 100ms }", "trigger: { early: { every: 10ms } }", BASIC),
+        ProcessingTime::External,
+    );
+    h.set_time(1);
+    h.ev("a", 1, 1.0).unwrap();
+    h.ev("a", 2, 2.0).unwrap();
+    h.set_time(9);
+    assert_eq!(h.take(), vec![]);
+    h.set_time(10); // tick at 10
+    let got = h.out.clone();
+    assert_eq!(h.take(), vec![p("a", 0, 100, 0, Early, false, 2, Some(3.0))]);
+    assert_eq!(got[0].emitted_at, 10_000);
+    h.set_time(35); // no new data: nothing
+    assert_eq!(h.take(), vec![]);
+    h.ev("a", 3, 4.0).unwrap();
+    h.set_time(45); // the tick at 40 fires
+    let got = h.out.clone();
+    assert_eq!(h.take(), vec![p("a", 0, 100, 1, Early, false, 3, Some(7.0))]);
+    assert_eq!(got[0].emitted_at, 40_000);
+    h.advance_watermark(100);
+    assert_eq!(h.take(), vec![p("a", 0, 100, 2, OnTime, true, 3, Some(7.0))]);
+}
+
+#[test]
+fn replay_processing_time_is_stream_time() {
+    let mut h = Harness::replay("  tumbling: { size: 100ms }", "trigger: { early: { every: 10ms } }");
+    h.ev("a", 1, 1.0).unwrap();
+    h.ev("a", 12, 1.0).unwrap(); // stream time 12: the tick at 10 fires before this event
+    let got = h.out.clone();
+    assert_eq!(h.take(), vec![p("a", 0, 100, 0, Early, false, 1, Some(1.0))]);
+    assert_eq!((got[0].emitted_at, got[0].watermark), (10_000, Some(1_000)));
+}
+
+#[test]
+fn discarding_panes_hold_only_new_events() {
+    let mut h = Harness::replay(TUMBLE_10, "  allowed_lateness: 20ms\ntrigger: { late: every_event }\naccumulation: discarding");
+    h.ev("a", 1, 1.0).unwrap();
+    h.ev("a", 2, 2.0).unwrap();
+    h.ev("a", 15, 1.0).unwrap();
+    h.ev("a", 3, 4.0).unwrap();
+    h.ev("a", 4, 8.0).unwrap();
+    h.advance_watermark(30);
+    let got = h.take();
+    assert_eq!(
+        got,
+        vec![
+            p("a", 0, 10, 0, OnTime, false, 2, Some(3.0)),
+            p("a", 0, 10, 1, Late, false, 1, Some(4.0)),
+            p("a", 0, 10, 2, Late, false, 1, Some(8.0)),
+            p("a", 10, 20, 0, OnTime, false, 1, Some(1.0)),
+            // The closing pane holds the events since the previous pane: none.
+            p("a", 0, 10, 3, Late, true, 0, None),
+        ]
+    );
+}
+
+#[test]
+fn retracting_mode_retracts_the_previous_pane() {
+    let mut h = Harness::replay(TUMBLE_10, "  allowed_lateness: 20ms\ntrigger: { late: every_event }\naccumulation: accumulating_and_retracting");
+    h.ev("a", 1, 1.0).unwrap();
+    h.ev("a", 15, 1.0).unwrap();
+    h.ev("a", 2, 2.0).unwrap();
+    let got = h.take();
+    let mut retr = p("a", 0, 10, 0, OnTime, false, 1, Some(1.0));
+    retr.retr = true;
+    assert_eq!(got, vec![p("a", 0, 10, 0, OnTime, false, 1, Some(1.0)), retr, p("a", 0, 10, 1, Late, false, 2, Some(3.0))]);
+}
+
+#[test]
+fn completing_and_expiring_at_once_gives_one_final_on_time_pane() {
+    let mut h = Harness::replay(TUMBLE_10, "  allowed_lateness: 1h\ntrigger: { late: every_event }");
+    h.ev("a", 1, 1.0).unwrap();
+    h.finish();
+    assert_eq!(h.take(), vec![p("a", 0, 10, 0, OnTime, true, 1, Some(1.0))]);
+}
+
+const SESSION_10: &str = "  session: { gap: 10ms }";
+
+#[test]
+fn sessions_extend_and_close_after_the_gap() {
+    let mut h = Harness::replay(SESSION_10, "");
+    h.ev("a", 0, 1.0).unwrap();
+    h.ev("a", 5, 1.0).unwrap(); // [0, 15)
+    h.ev("a", 15, 1.0).unwrap(); // touches: [0, 25); W = 15 does not complete it
+    assert_eq!(h.take(), vec![]);
+    h.ev("a", 40, 1.0).unwrap(); // W = 40: [0,25) completes; new [40,50)
+    assert_eq!(h.take(), vec![p("a", 0, 25, 0, OnTime, true, 3, Some(3.0))]);
+    h.finish();
+    assert_eq!(h.take(), vec![p("a", 40, 50, 0, OnTime, true, 1, Some(1.0))]);
+}
+
+#[test]
+fn a_bridging_event_merges_three_sessions_and_swallowed_ones_are_retracted() {
+    let mut h = Harness::new(
+        &pipeline(SESSION_10, "trigger: { early: { every: 1ms } }\naccumulation: accumulating_and_retracting\nwatermark: { max_out_of_orderness: 100ms }", BASIC),
+        ProcessingTime::External,
+    );
+    h.set_time(1);
+    h.ev("a", 0, 1.0).unwrap(); // [0,10)
+    h.ev("a", 25, 2.0).unwrap(); // [25,35)
+    h.set_time(2); // early panes for both
+    let got = h.take();
+    assert_eq!(got, vec![p("a", 0, 10, 0, Early, false, 1, Some(1.0)), p("a", 25, 35, 0, Early, false, 1, Some(2.0))]);
+    h.ev("a", 12, 4.0).unwrap(); // [12,22) meets neither: [0,10) ends at 10, [25,35) starts at 25
+    h.ev("a", 15, 8.0).unwrap(); // [12,25) now touches [25,35): merges into [12,35)
+    let got = h.take();
+    let mut r = p("a", 25, 35, 0, Early, false, 1, Some(2.0));
+    r.retr = true;
+    assert_eq!(got, vec![r]);
+    h.ev("a", 10, 16.0).unwrap(); // [10,20) touches [0,10) and [12,35): all three merge
+    h.set_time(3);
+    let got = h.take();
+    let mut r0 = p("a", 0, 10, 0, Early, false, 1, Some(1.0));
+    r0.retr = true;
+    assert_eq!(got, vec![r0.clone(), p("a", 0, 35, 1, Early, false, 5, Some(31.0))]);
+    h.finish();
+    let mut r1 = p("a", 0, 35, 1, Early, false, 5, Some(31.0));
+    r1.retr = true;
+    assert_eq!(h.take(), vec![r1, p("a", 0, 35, 2, OnTime, true, 5, Some(31.0))]);
+    assert_eq!(h.engine.stats.session_merges, 2);
+}
+
+#[test]
+fn late_session_event_past_lateness_is_dropped() {
+    let mut h = Harness::replay(SESSION_10, "  allowed_lateness: 5ms");
+    h.ev("a", 0, 1.0).unwrap();
+    h.ev("b", 30, 1.0).unwrap(); // W = 30: a's [0,10) expired (10 + 5 <= 30)
+    assert_eq!(h.ev("a", 14, 1.0), Err(Reason::TooLate)); // [14,24): 24 + 5 <= 30
+    assert!(h.ev("a", 16, 1.0).is_ok()); // [16,26): 26 + 5 > 30, kept
+}
+
+#[test]
+fn idle_partition_stops_holding_the_watermark() {
+    let pl = pipeline(TUMBLE_10, "watermark: { idle_timeout: 100ms }", BASIC);
+    let mut h = Harness::new(&pl, ProcessingTime::External);
+    h.engine.assign_partition(0);
+    h.engine.assign_partition(1);
+    h.set_time(1);
+    h.push_on(0, r#"{"k":"a","t":5,"v":1}"#).unwrap();
+    h.push_on(0, r#"{"k":"a","t":50,"v":1}"#).unwrap();
+    assert_eq!(h.take(), vec![], "partition 1 holds W back");
+    h.set_time(500);
+    assert_eq!(h.take(), vec![], "not idle before reaching the end of its log");
+    h.engine.set_end_of_log(1, true, &mut h.out);
+    assert_eq!(h.take(), vec![p("a", 0, 10, 0, OnTime, true, 1, Some(1.0))]);
+    // Partition 1 delivers again and rejoins; W does not move back.
+    h.push_on(1, r#"{"k":"b","t":55,"v":1}"#).unwrap();
+    assert!(!h.engine.wm.is_idle(1));
+    assert_eq!(h.engine.watermark(), 50_000);
+}
+
+#[test]
+fn future_bad_and_derived() {
+    let pl = pipeline(
+        TUMBLE_10,
+        "",
+        "  - { name: n, agg: count }\n  - { name: s, agg: sum, field: v }\n  - { name: c, agg: count, where: 'kind == \"click\"' }\n  - { name: ctr, expr: c / n }\n  - { name: r, expr: s / (n - n) }\n  - { name: last_page, agg: last, field: page }\n  - { name: first_page, agg: first, field: page }",
+    );
+    let mut h = Harness::new(&pl, ProcessingTime::StreamTime);
+    h.engine.set_wall_clock(1_000_000);
+    assert_eq!(h.push(r#"{"k":"a","t":3602000,"v":1}"#), Err(Reason::FutureTimestamp));
+    assert_eq!(h.push(r#"{"k":"a","t":1,"v":"12"}"#), Err(Reason::BadValue));
+    h.push(r#"{"k":"a","t":3,"v":1,"kind":"click","page":"/b"}"#).unwrap();
+    h.push(r#"{"k":"a","t":1,"v":null,"kind":"view","page":"/a"}"#).unwrap();
+    h.push(r#"{"k":"a","t":5,"kind":"view","page":"/c"}"#).unwrap();
+    h.finish();
+    let pane = &h.out[0];
+    assert_eq!(pane.values[0], Value::Int(3));
+    assert_eq!(pane.values[1], Value::Float(1.0));
+    assert_eq!(pane.values[2], Value::Int(1));
+    assert_eq!(pane.values[3], Value::Float(1.0 / 3.0));
+    assert_eq!(pane.values[4], Value::Null);
+    assert_eq!(pane.values[5], Value::Str("/c".into()));
+    assert_eq!(pane.values[6], Value::Str("/a".into()));
+}

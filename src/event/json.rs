@@ -1,0 +1,447 @@
+//! A validating reader for one flat JSON object per record.
+//!
+//! It checks the whole record against the JSON grammar (RFC 8259) but only
+//! materialises the top-level members the pipeline uses; nested objects and
+//! arrays are validated and skipped. Escapes are decoded only in strings that
+//! are used. This is the hot path of replay and the daemon.
+
+use super::{Decoder, EventRef, Reason, Refusal, Slot};
+use crate::time::{epoch_int_to_micros, parse_epoch_decimal, TimeFormat};
+
+/// Nesting deeper than this is refused rather than risking the stack.
+const MAX_DEPTH: usize = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawKind {
+    Str,
+    /// A string with escapes to decode.
+    StrEsc,
+    Num,
+    True,
+    False,
+    Null,
+    Nested,
+}
+
+/// Where a top-level value sits in the record.
+#[derive(Debug, Clone, Copy)]
+pub struct RawValue {
+    pub kind: RawKind,
+    pub start: u32,
+    pub end: u32,
+}
+
+struct Scan<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+type R<T> = Result<T, String>;
+
+impl<'a> Scan<'a> {
+    #[inline(always)]
+    fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.i) {
+            if c == b' ' || c == b'\n' || c == b'\t' || c == b'\r' {
+                self.i += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn fail<T>(&self, what: &str) -> R<T> {
+        match self.b.get(self.i) {
+            Some(&c) => Err(format!("{what} at byte {}, found {:?}", self.i, c as char)),
+            None => Err(format!("{what} at byte {}, found the end of the record", self.i)),
+        }
+    }
+
+    /// At the opening quote; returns (content start, end, has escapes).
+    #[inline]
+    fn string(&mut self) -> R<(usize, usize, bool)> {
+        self.i += 1;
+        let start = self.i;
+        let mut esc = false;
+        loop {
+            let rest = &self.b[self.i..];
+            let Some(off) = memchr::memchr2(b'"', b'\\', rest) else {
+                self.i = self.b.len();
+                return self.fail("unterminated string");
+            };
+            if rest[..off].iter().any(|&c| c < 0x20) {
+                let bad = rest[..off].iter().position(|&c| c < 0x20).unwrap_or(0);
+                self.i += bad;
+                return self.fail("control character in string");
+            }
+            self.i += off;
+            if self.b[self.i] == b'"' {
+                let end = self.i;
+                self.i += 1;
+                return Ok((start, end, esc));
+            }
+            esc = true;
+            match self.b.get(self.i + 1) {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 2,
+                Some(b'u') => {
+                    let hex = self.b.get(self.i + 2..self.i + 6);
+                    if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                        self.i += 1;
+                        return self.fail("invalid \\u escape");
+                    }
+                    self.i += 6;
+                }
+                _ => {
+                    self.i += 1;
+                    return self.fail("invalid escape");
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn number(&mut self) -> R<(usize, usize)> {
+        let start = self.i;
+        let b = self.b;
+        if b.get(self.i) == Some(&b'-') {
+            self.i += 1;
+        }
+        match b.get(self.i) {
+            Some(b'0') => self.i += 1,
+            Some(c) if c.is_ascii_digit() => {
+                while b.get(self.i).is_some_and(u8::is_ascii_digit) {
+                    self.i += 1;
+                }
+            }
+            _ => return self.fail("expected a digit"),
+        }
+        if b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            if !b.get(self.i).is_some_and(u8::is_ascii_digit) {
+                return self.fail("expected a digit after '.'");
+            }
+            while b.get(self.i).is_some_and(u8::is_ascii_digit) {
+                self.i += 1;
+            }
+        }
+        if matches!(b.get(self.i), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(b.get(self.i), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            if !b.get(self.i).is_some_and(u8::is_ascii_digit) {
+                return self.fail("expected a digit in the exponent");
+            }
+            while b.get(self.i).is_some_and(u8::is_ascii_digit) {
+                self.i += 1;
+            }
+        }
+        Ok((start, self.i))
+    }
+
+    fn literal(&mut self, lit: &[u8]) -> R<()> {
+        if self.b.get(self.i..self.i + lit.len()) == Some(lit) {
+            self.i += lit.len();
+            Ok(())
+        } else {
+            self.fail("invalid literal")
+        }
+    }
+
+    /// Any value; returns its kind and extent.
+    fn value(&mut self, depth: usize) -> R<RawValue> {
+        let start = self.i;
+        let kind = match self.b.get(self.i) {
+            Some(b'"') => {
+                let (s, e, esc) = self.string()?;
+                return Ok(RawValue { kind: if esc { RawKind::StrEsc } else { RawKind::Str }, start: s as u32, end: e as u32 });
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                self.number()?;
+                RawKind::Num
+            }
+            Some(b't') => {
+                self.literal(b"true")?;
+                RawKind::True
+            }
+            Some(b'f') => {
+                self.literal(b"false")?;
+                RawKind::False
+            }
+            Some(b'n') => {
+                self.literal(b"null")?;
+                RawKind::Null
+            }
+            Some(b'{') => {
+                self.object_skip(depth + 1)?;
+                RawKind::Nested
+            }
+            Some(b'[') => {
+                self.array_skip(depth + 1)?;
+                RawKind::Nested
+            }
+            _ => return self.fail("expected a value"),
+        };
+        Ok(RawValue { kind, start: start as u32, end: self.i as u32 })
+    }
+
+    fn object_skip(&mut self, depth: usize) -> R<()> {
+        if depth > MAX_DEPTH {
+            return self.fail("nesting too deep");
+        }
+        self.i += 1;
+        self.ws();
+        if self.b.get(self.i) == Some(&b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            if self.b.get(self.i) != Some(&b'"') {
+                return self.fail("expected a member name");
+            }
+            self.string()?;
+            self.ws();
+            if self.b.get(self.i) != Some(&b':') {
+                return self.fail("expected ':'");
+            }
+            self.i += 1;
+            self.ws();
+            self.value(depth)?;
+            self.ws();
+            match self.b.get(self.i) {
+                Some(b',') => {
+                    self.i += 1;
+                    self.ws();
+                }
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return self.fail("expected ',' or '}'"),
+            }
+        }
+    }
+
+    fn array_skip(&mut self, depth: usize) -> R<()> {
+        if depth > MAX_DEPTH {
+            return self.fail("nesting too deep");
+        }
+        self.i += 1;
+        self.ws();
+        if self.b.get(self.i) == Some(&b']') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.value(depth)?;
+            self.ws();
+            match self.b.get(self.i) {
+                Some(b',') => {
+                    self.i += 1;
+                    self.ws();
+                }
+                Some(b']') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return self.fail("expected ',' or ']'"),
+            }
+        }
+    }
+}
+
+/// Decodes the JSON string content `raw` (between the quotes, escapes included).
+pub fn unescape(raw: &str, out: &mut String) {
+    let b = raw.as_bytes();
+    let mut i = 0;
+    let mut last = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        out.push_str(&raw[last..i]);
+        let c = b[i + 1];
+        i += 2;
+        match c {
+            b'n' => out.push('\n'),
+            b't' => out.push('\t'),
+            b'r' => out.push('\r'),
+            b'b' => out.push('\u{8}'),
+            b'f' => out.push('\u{c}'),
+            b'u' => {
+                let hex = |s: &str| u32::from_str_radix(s, 16).unwrap_or(0xFFFD);
+                let mut cp = hex(&raw[i..i + 4]);
+                i += 4;
+                if (0xD800..0xDC00).contains(&cp) && b.get(i) == Some(&b'\\') && b.get(i + 1) == Some(&b'u') && i + 6 <= b.len() {
+                    let lo = hex(&raw[i + 2..i + 6]);
+                    if (0xDC00..0xE000).contains(&lo) {
+                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                        i += 6;
+                    }
+                }
+                out.push(char::from_u32(cp).unwrap_or('\u{FFFD}'));
+            }
+            other => out.push(other as char),
+        }
+        last = i;
+    }
+    out.push_str(&raw[last..]);
+}
+
+impl Decoder {
+    /// Decodes one JSON record.
+    pub fn decode_json(&mut self, line: &[u8]) -> Result<EventRef<'_>, Refusal> {
+        let text = std::str::from_utf8(line)
+            .map_err(|e| Refusal::new(Reason::InvalidJson, format!("not UTF-8 at byte {}", e.valid_up_to())))?;
+        self.begin();
+        for r in self.raw.iter_mut() {
+            *r = None;
+        }
+        let mut s = Scan { b: line, i: 0 };
+        s.ws();
+        if s.b.get(s.i) != Some(&b'{') {
+            let msg = if s.i >= s.b.len() { "empty record".to_string() } else { s.fail::<()>("expected a JSON object").unwrap_err() };
+            return Err(Refusal::new(Reason::InvalidJson, msg));
+        }
+        s.i += 1;
+        s.ws();
+        let inv = |e: String| Refusal::new(Reason::InvalidJson, e);
+        if s.b.get(s.i) == Some(&b'}') {
+            s.i += 1;
+        } else {
+            loop {
+                if s.b.get(s.i) != Some(&b'"') {
+                    return Err(inv(s.fail::<()>("expected a member name").unwrap_err()));
+                }
+                let (ks, ke, kesc) = s.string().map_err(inv)?;
+                let target = if kesc {
+                    let mut name = String::new();
+                    unescape(&text[ks..ke], &mut name);
+                    self.plan.lookup(name.as_bytes())
+                } else {
+                    self.plan.lookup(&line[ks..ke])
+                };
+                s.ws();
+                if s.b.get(s.i) != Some(&b':') {
+                    return Err(inv(s.fail::<()>("expected ':'").unwrap_err()));
+                }
+                s.i += 1;
+                s.ws();
+                let v = s.value(0).map_err(inv)?;
+                if let Some(t) = target {
+                    self.raw[t] = Some(v);
+                }
+                s.ws();
+                match s.b.get(s.i) {
+                    Some(b',') => {
+                        s.i += 1;
+                        s.ws();
+                    }
+                    Some(b'}') => {
+                        s.i += 1;
+                        break;
+                    }
+                    _ => return Err(inv(s.fail::<()>("expected ',' or '}'").unwrap_err())),
+                }
+            }
+        }
+        s.ws();
+        if s.i != s.b.len() {
+            return Err(inv(s.fail::<()>("unexpected data after the object").unwrap_err()));
+        }
+        // Materialise the used members.
+        for fi in 0..self.raw.len() {
+            let Some(v) = self.raw[fi] else { continue };
+            let raw = &text[v.start as usize..v.end as usize];
+            let (slot, key_pos, is_time) = {
+                let u = &self.plan.fields[fi].1;
+                (u.slot, u.key_pos, u.is_time)
+            };
+            if let Some(pos) = key_pos {
+                match v.kind {
+                    RawKind::Str => self.key_str(pos, raw),
+                    RawKind::StrEsc => {
+                        let mut tmp = String::new();
+                        unescape(raw, &mut tmp);
+                        self.key_str(pos, &tmp);
+                    }
+                    RawKind::Num => match raw.parse::<i64>() {
+                        Ok(i) => self.key_int(pos, i),
+                        Err(_) => self.key_str(pos, raw),
+                    },
+                    RawKind::True | RawKind::False => self.key_str(pos, raw),
+                    RawKind::Null => self.key_null(pos),
+                    RawKind::Nested => self.key_bad(pos),
+                }
+            }
+            if is_time {
+                let fmt = self.plan.time_format();
+                match v.kind {
+                    RawKind::Null => {}
+                    RawKind::Str => self.time_text(raw),
+                    RawKind::StrEsc => {
+                        let mut tmp = String::new();
+                        unescape(raw, &mut tmp);
+                        self.time_text(&tmp);
+                    }
+                    RawKind::Num if fmt != TimeFormat::Rfc3339 => {
+                        let t = match raw.parse::<i64>() {
+                            Ok(i) => epoch_int_to_micros(i, fmt),
+                            Err(_) => parse_epoch_decimal(raw, epoch_unit(fmt)),
+                        };
+                        self.time(t.map_err(|e| e.to_string()));
+                    }
+                    _ => self.time(Err(format!("event time {raw:?} is not a {}", format_name(fmt)))),
+                }
+            }
+            if let Some(i) = slot {
+                match v.kind {
+                    RawKind::Str => self.slot_str(i, raw),
+                    RawKind::StrEsc => {
+                        let start = self.scratch_len();
+                        self.push_unescaped(raw);
+                        let end = self.scratch_len();
+                        self.slot(i, Slot::Str(start, end));
+                    }
+                    RawKind::Num => {
+                        // The grammar was checked: parsing cannot fail, but a
+                        // huge exponent gives infinity, which is no value.
+                        let n: f64 = raw.parse().unwrap_or(f64::NAN);
+                        self.slot(i, if n.is_finite() { Slot::Num(n) } else { Slot::Nested });
+                    }
+                    RawKind::True => self.slot(i, Slot::Bool(true)),
+                    RawKind::False => self.slot(i, Slot::Bool(false)),
+                    RawKind::Null => self.slot(i, Slot::Null),
+                    RawKind::Nested => self.slot(i, Slot::Nested),
+                }
+            }
+        }
+        self.finish()
+    }
+
+    fn scratch_len(&self) -> u32 {
+        self.scratch.len() as u32
+    }
+
+    fn push_unescaped(&mut self, raw: &str) {
+        unescape(raw, &mut self.scratch);
+    }
+}
+
+fn epoch_unit(f: TimeFormat) -> i64 {
+    match f {
+        TimeFormat::EpochSeconds => 1_000_000,
+        TimeFormat::EpochMillis => 1_000,
+        _ => 1,
+    }
+}
+
+fn format_name(f: TimeFormat) -> &'static str {
+    match f {
+        TimeFormat::Rfc3339 => "rfc 3339 string",
+        TimeFormat::EpochSeconds => "number of epoch seconds",
+        TimeFormat::EpochMillis => "number of epoch milliseconds",
+        TimeFormat::EpochMicros => "number of epoch microseconds",
+    }
+}

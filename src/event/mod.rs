@@ -1,0 +1,417 @@
+//! Bytes -> events: the decode plan of a pipeline and a JSON reader built for it.
+//!
+//! A [`Decoder`] reads one record (a JSON object, or a Parquet row through the
+//! same builder calls) into reused buffers and hands out an [`EventRef`]: the
+//! encoded entity key, the event time in micros, and the values of the fields
+//! the pipeline uses. Nothing is allocated per event once the buffers have
+//! grown. Fields the pipeline does not use are checked for JSON validity and
+//! skipped. Every refusal carries a dead-letter [`Reason`].
+
+pub mod json;
+
+use std::fmt;
+
+use crate::config::{EventTimeSource, FeatureKind, Pipeline};
+use crate::time::{Micros, TimeFormat};
+
+/// Why an event went to the dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Not a JSON object (syntax error, not UTF-8, truncated).
+    InvalidJson,
+    /// A key field is absent or null.
+    MissingKey,
+    /// A key field is an object or an array.
+    BadKey,
+    /// The event-time field is absent or null.
+    MissingEventTime,
+    /// The event-time field cannot be read in the pipeline's format.
+    BadEventTime,
+    /// A numeric aggregate met a non-numeric value.
+    BadValue,
+    /// The event time is more than `max_future` ahead of the wall clock.
+    FutureTimestamp,
+    /// The event's window was already dropped (`W >= end + allowed_lateness`).
+    TooLate,
+    /// The record exceeds the size limit.
+    Oversized,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 9] = [
+        Reason::InvalidJson,
+        Reason::MissingKey,
+        Reason::BadKey,
+        Reason::MissingEventTime,
+        Reason::BadEventTime,
+        Reason::BadValue,
+        Reason::FutureTimestamp,
+        Reason::TooLate,
+        Reason::Oversized,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidJson => "invalid_json",
+            Reason::MissingKey => "missing_key",
+            Reason::BadKey => "bad_key",
+            Reason::MissingEventTime => "missing_event_time",
+            Reason::BadEventTime => "bad_event_time",
+            Reason::BadValue => "bad_value",
+            Reason::FutureTimestamp => "future_timestamp",
+            Reason::TooLate => "too_late",
+            Reason::Oversized => "oversized",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused record: the reason and a human detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl Refusal {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self { reason, detail: detail.into() }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+/// A decoded field value, stored without lifetimes (strings live in the scratch).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Slot {
+    Missing,
+    Null,
+    Bool(bool),
+    Num(f64),
+    /// `scratch[start..end]`.
+    Str(u32, u32),
+    /// An object or an array.
+    Nested,
+}
+
+/// A field value as the engine sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FieldVal<'a> {
+    Missing,
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(&'a str),
+    Nested,
+}
+
+/// One entity-key value, as written to outputs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeyValue {
+    Int(i64),
+    Str(String),
+}
+
+impl fmt::Display for KeyValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyValue::Int(i) => write!(f, "{i}"),
+            KeyValue::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Decodes an encoded composite key (tag, length-prefixed parts: no two
+/// different tuples share an encoding).
+pub fn decode_key(mut b: &[u8]) -> Vec<KeyValue> {
+    let mut out = Vec::new();
+    while let Some((&tag, rest)) = b.split_first() {
+        match tag {
+            b'i' if rest.len() >= 8 => {
+                let (n, r) = rest.split_at(8);
+                out.push(KeyValue::Int(i64::from_le_bytes(n.try_into().expect("8 bytes"))));
+                b = r;
+            }
+            b's' if rest.len() >= 4 => {
+                let (n, r) = rest.split_at(4);
+                let len = u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize;
+                let (s, r) = r.split_at(len.min(r.len()));
+                out.push(KeyValue::Str(String::from_utf8_lossy(s).into_owned()));
+                b = r;
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// Encodes key values the way the decoder does.
+pub fn encode_key(vals: &[KeyValue], out: &mut Vec<u8>) {
+    for v in vals {
+        match v {
+            KeyValue::Int(i) => {
+                out.push(b'i');
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            KeyValue::Str(s) => {
+                out.push(b's');
+                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+}
+
+/// A decoded event, borrowing the decoder's buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a> {
+    /// Encoded composite key ([`decode_key`]).
+    pub key: &'a [u8],
+    /// Event time, micros since the epoch.
+    pub time: Micros,
+    slots: &'a [Slot],
+    scratch: &'a str,
+}
+
+impl<'a> EventRef<'a> {
+    /// The value of value slot `i` (see [`DecodePlan::slot_of`]).
+    #[inline]
+    pub fn field(&self, i: usize) -> FieldVal<'a> {
+        match self.slots[i] {
+            Slot::Missing => FieldVal::Missing,
+            Slot::Null => FieldVal::Null,
+            Slot::Bool(b) => FieldVal::Bool(b),
+            Slot::Num(n) => FieldVal::Num(n),
+            Slot::Str(s, e) => FieldVal::Str(&self.scratch[s as usize..e as usize]),
+            Slot::Nested => FieldVal::Nested,
+        }
+    }
+
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+/// What a top-level field of a record is used for.
+#[derive(Debug, Clone, Default)]
+pub struct FieldUse {
+    pub slot: Option<usize>,
+    pub key_pos: Option<usize>,
+    pub is_time: bool,
+}
+
+/// The fields a pipeline reads, and what each is for.
+#[derive(Debug, Clone)]
+pub struct DecodePlan {
+    /// Top-level field names and their uses.
+    pub fields: Vec<(String, FieldUse)>,
+    /// Value slot names, in slot order.
+    pub slot_names: Vec<String>,
+    pub key_fields: Vec<String>,
+    pub time: EventTimeSource,
+}
+
+impl DecodePlan {
+    pub fn new(p: &Pipeline) -> Self {
+        let mut slot_names: Vec<String> = Vec::new();
+        let add = |n: &str, slot_names: &mut Vec<String>| {
+            if !slot_names.iter().any(|s| s == n) {
+                slot_names.push(n.to_string());
+            }
+        };
+        for f in &p.features {
+            if let FeatureKind::Agg { field, filter, .. } = &f.kind {
+                if let Some(field) = field {
+                    add(field, &mut slot_names);
+                }
+                if let Some(flt) = filter {
+                    for id in flt.idents() {
+                        add(id, &mut slot_names);
+                    }
+                }
+            }
+        }
+        let mut fields: Vec<(String, FieldUse)> = Vec::new();
+        fn entry(fields: &mut Vec<(String, FieldUse)>, name: &str) -> usize {
+            if let Some(i) = fields.iter().position(|(n, _)| n == name) {
+                i
+            } else {
+                fields.push((name.to_string(), FieldUse::default()));
+                fields.len() - 1
+            }
+        }
+        for (i, k) in p.key_fields.iter().enumerate() {
+            let e = entry(&mut fields, k);
+            fields[e].1.key_pos = Some(i);
+        }
+        if let EventTimeSource::Field { name, .. } = &p.event_time {
+            let e = entry(&mut fields, name);
+            fields[e].1.is_time = true;
+        }
+        for (i, s) in slot_names.iter().enumerate() {
+            let e = entry(&mut fields, s);
+            fields[e].1.slot = Some(i);
+        }
+        DecodePlan { fields, slot_names, key_fields: p.key_fields.clone(), time: p.event_time.clone() }
+    }
+
+    /// The value slot of a field name.
+    pub fn slot_of(&self, name: &str) -> Option<usize> {
+        self.slot_names.iter().position(|s| s == name)
+    }
+
+    /// The time format of the event-time field.
+    pub fn time_format(&self) -> TimeFormat {
+        match &self.time {
+            EventTimeSource::Field { format, .. } => *format,
+            EventTimeSource::KafkaTimestamp => TimeFormat::EpochMillis,
+        }
+    }
+
+    /// The index in `fields` of a top-level name.
+    #[inline]
+    pub fn lookup(&self, name: &[u8]) -> Option<usize> {
+        self.fields.iter().position(|(n, _)| n.as_bytes() == name)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum KeyTmp {
+    Missing,
+    Null,
+    Int(i64),
+    Str(u32, u32),
+    Bad,
+}
+
+/// Reused buffers for decoding records into [`EventRef`]s.
+#[derive(Debug)]
+pub struct Decoder {
+    pub plan: DecodePlan,
+    slots: Vec<Slot>,
+    keys: Vec<KeyTmp>,
+    key_buf: Vec<u8>,
+    scratch: String,
+    time: Option<Result<Micros, String>>,
+    /// Per top-level field: (kind, start, end) of the raw JSON value.
+    raw: Vec<Option<json::RawValue>>,
+}
+
+impl Decoder {
+    pub fn new(plan: DecodePlan) -> Self {
+        let n_slots = plan.slot_names.len();
+        let n_keys = plan.key_fields.len();
+        let n_fields = plan.fields.len();
+        Decoder {
+            plan,
+            slots: vec![Slot::Missing; n_slots],
+            keys: vec![KeyTmp::Missing; n_keys],
+            key_buf: Vec::with_capacity(64),
+            scratch: String::with_capacity(256),
+            time: None,
+            raw: vec![None; n_fields],
+        }
+    }
+
+    /// Starts a record.
+    #[inline]
+    pub fn begin(&mut self) {
+        self.slots.iter_mut().for_each(|s| *s = Slot::Missing);
+        self.keys.iter_mut().for_each(|k| *k = KeyTmp::Missing);
+        self.scratch.clear();
+        self.time = None;
+    }
+
+    fn push_str(&mut self, s: &str) -> (u32, u32) {
+        let start = self.scratch.len() as u32;
+        self.scratch.push_str(s);
+        (start, self.scratch.len() as u32)
+    }
+
+    /// Sets a key part from a string.
+    pub fn key_str(&mut self, pos: usize, s: &str) {
+        let (a, b) = self.push_str(s);
+        self.keys[pos] = KeyTmp::Str(a, b);
+    }
+    pub fn key_int(&mut self, pos: usize, v: i64) {
+        self.keys[pos] = KeyTmp::Int(v);
+    }
+    pub fn key_null(&mut self, pos: usize) {
+        self.keys[pos] = KeyTmp::Null;
+    }
+    pub fn key_bad(&mut self, pos: usize) {
+        self.keys[pos] = KeyTmp::Bad;
+    }
+
+    /// Sets a value slot.
+    pub fn slot_str(&mut self, i: usize, s: &str) {
+        let (a, b) = self.push_str(s);
+        self.slots[i] = Slot::Str(a, b);
+    }
+    pub fn slot(&mut self, i: usize, v: Slot) {
+        self.slots[i] = v;
+    }
+
+    /// Sets the event time (or why it could not be read).
+    pub fn time(&mut self, t: Result<Micros, String>) {
+        self.time = Some(t);
+    }
+
+    /// Parses the event time from text in the pipeline's format.
+    pub fn time_text(&mut self, s: &str) {
+        let r = crate::time::parse_time_text(s, self.plan.time_format()).map_err(|e| e.to_string());
+        self.time = Some(r);
+    }
+
+    /// Finishes a record: checks key and time, encodes the key.
+    pub fn finish(&mut self) -> Result<EventRef<'_>, Refusal> {
+        self.key_buf.clear();
+        for (pos, k) in self.keys.iter().enumerate() {
+            match *k {
+                KeyTmp::Missing | KeyTmp::Null => {
+                    let what = if matches!(k, KeyTmp::Null) { "is null" } else { "is missing" };
+                    return Err(Refusal::new(Reason::MissingKey, format!("key field {:?} {what}", self.plan.key_fields[pos])));
+                }
+                KeyTmp::Bad => {
+                    return Err(Refusal::new(
+                        Reason::BadKey,
+                        format!("key field {:?} is not a string or a number", self.plan.key_fields[pos]),
+                    ))
+                }
+                KeyTmp::Int(v) => {
+                    self.key_buf.push(b'i');
+                    self.key_buf.extend_from_slice(&v.to_le_bytes());
+                }
+                KeyTmp::Str(a, b) => {
+                    self.key_buf.push(b's');
+                    self.key_buf.extend_from_slice(&(b - a).to_le_bytes());
+                    self.key_buf.extend_from_slice(&self.scratch.as_bytes()[a as usize..b as usize]);
+                }
+            }
+        }
+        let time = match self.time.take() {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => return Err(Refusal::new(Reason::BadEventTime, e)),
+            None => {
+                let name = match &self.plan.time {
+                    EventTimeSource::Field { name, .. } => name.as_str(),
+                    EventTimeSource::KafkaTimestamp => "kafka timestamp",
+                };
+                return Err(Refusal::new(Reason::MissingEventTime, format!("event-time field {name:?} is missing or null")));
+            }
+        };
+        Ok(EventRef { key: &self.key_buf, time, slots: &self.slots, scratch: &self.scratch })
+    }
+}
+
+#[cfg(test)]
+mod tests;

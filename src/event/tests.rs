@@ -1,0 +1,111 @@
+use super::*;
+use crate::config::Pipeline;
+use proptest::prelude::*;
+
+fn decoder() -> Decoder {
+    let p = Pipeline::from_yaml(
+        r#"version: 1
+name: t
+source:
+  key: [user_id, region]
+  event_time: { field: ts, format: epoch_millis }
+window: { tumbling: { size: 1m } }
+features:
+  - { name: s, agg: sum, field: amount }
+  - { name: c, agg: count, where: 'kind == "click"' }
+"#,
+        "t.yaml",
+    )
+    .expect("valid");
+    Decoder::new(DecodePlan::new(&p))
+}
+
+#[test]
+fn reads_used_fields_and_skips_the_rest() {
+    let mut d = decoder();
+    let ev = d
+        .decode_json(br#" {"user_id":"u1","x":{"deep":[1,2,{"a":null}]},"region":7,"ts":1700000000123,"amount":12.5,"kind":"cl\u0069ck"} "#)
+        .expect("valid");
+    assert_eq!(ev.time, 1_700_000_000_123_000);
+    assert_eq!(decode_key(ev.key), vec![KeyValue::Str("u1".into()), KeyValue::Int(7)]);
+    assert_eq!(ev.field(0), FieldVal::Num(12.5));
+    assert_eq!(ev.field(1), FieldVal::Str("click"));
+}
+
+#[test]
+fn refusals_carry_reasons() {
+    let mut d = decoder();
+    let r = |d: &mut Decoder, s: &str| d.decode_json(s.as_bytes()).map(|_| ()).unwrap_err().reason;
+    assert_eq!(r(&mut d, r#"{"user_id":"u1","region":1,"ts":5"#), Reason::InvalidJson);
+    assert_eq!(r(&mut d, r#"{"region":1,"ts":5}"#), Reason::MissingKey);
+    assert_eq!(r(&mut d, r#"{"user_id":null,"region":1,"ts":5}"#), Reason::MissingKey);
+    assert_eq!(r(&mut d, r#"{"user_id":[1],"region":1,"ts":5}"#), Reason::BadKey);
+    assert_eq!(r(&mut d, r#"{"user_id":"u","region":1}"#), Reason::MissingEventTime);
+    assert_eq!(r(&mut d, r#"{"user_id":"u","region":1,"ts":"soon"}"#), Reason::BadEventTime);
+    assert_eq!(r(&mut d, r#"[1,2]"#), Reason::InvalidJson);
+    assert_eq!(r(&mut d, ""), Reason::InvalidJson);
+    assert_eq!(r(&mut d, "{\"user_id\":\"a\tb\",\"region\":1,\"ts\":5}"), Reason::InvalidJson);
+    assert_eq!(d.decode_json(&[0xff, 0xfe, b'{']).map(|_| ()).unwrap_err().reason, Reason::InvalidJson);
+}
+
+#[test]
+fn composite_keys_never_collide() {
+    let mut d = decoder();
+    let a = d.decode_json(br#"{"user_id":"1","region":"12","ts":1}"#).expect("valid").key.to_vec();
+    let b = d.decode_json(br#"{"user_id":"11","region":"2","ts":1}"#).expect("valid").key.to_vec();
+    assert_ne!(a, b);
+}
+
+fn json_value() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just("null".to_string()),
+        Just("true".to_string()),
+        any::<i32>().prop_map(|i| i.to_string()),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:e}")),
+        "[a-z\\\\\"\u{e9} ]{0,6}".prop_map(|s| serde_json::to_string(&s).expect("string")),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
+            prop::collection::vec(("[a-z]{1,3}", inner), 0..4)
+                .prop_map(|v| format!("{{{}}}", v.iter().map(|(k, x)| format!("\"{k}\":{x}")).collect::<Vec<_>>().join(","))),
+        ]
+    })
+}
+
+proptest! {
+    /// The reader accepts exactly the objects serde_json accepts, and reads the same values.
+    #[test]
+    fn agrees_with_serde_json(extra in prop::collection::vec(("[a-z]{1,4}", json_value()), 0..5),
+                              amount in json_value(), cut in 0usize..200, mutate in any::<bool>()) {
+        let mut members: Vec<String> = vec!["\"user_id\":\"u\"".into(), "\"region\":3".into(), "\"ts\":99".into()];
+        members.push(format!("\"amount\":{amount}"));
+        for (k, v) in &extra {
+            members.push(format!("\"x{k}\":{v}"));
+        }
+        let mut line = format!("{{{}}}", members.join(","));
+        if mutate {
+            let cut = cut % line.len();
+            line.truncate(cut);
+            if !line.is_char_boundary(line.len()) { return Ok(()); }
+        }
+        let want = serde_json::from_str::<serde_json::Value>(&line);
+        let mut d = decoder();
+        let got = d.decode_json(line.as_bytes());
+        match (&want, &got) {
+            (Ok(v), Ok(ev)) => {
+                let a = &v["amount"];
+                let f = ev.field(0);
+                match a {
+                    serde_json::Value::Number(n) => prop_assert_eq!(f, FieldVal::Num(n.as_f64().expect("finite"))),
+                    serde_json::Value::String(s) => prop_assert_eq!(f, FieldVal::Str(s.as_str())),
+                    serde_json::Value::Bool(b) => prop_assert_eq!(f, FieldVal::Bool(*b)),
+                    serde_json::Value::Null => prop_assert_eq!(f, FieldVal::Null),
+                    _ => prop_assert_eq!(f, FieldVal::Nested),
+                }
+            }
+            (Err(_), Err(r)) => prop_assert_eq!(r.reason, Reason::InvalidJson),
+            _ => prop_assert!(false, "disagree on {:?}: serde {:?}, ours {:?}", line, want.is_ok(), got.is_ok()),
+        }
+    }
+}
