@@ -9,3 +9,7 @@ pub mod time;
 pub mod aggregate;
 pub mod engine;
 pub mod window;
+pub mod sink;
+pub mod source;
+pub mod replay;
+pub mod gen;

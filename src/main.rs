@@ -1,1 +1,26 @@
-fn main(){}
+//! The `rill` binary: parse the command line, set up logs, map errors to exit codes.
+
+mod cli;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RILL_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match args.command {
+        cli::Command::Validate(a) => cli::validate::run(a).map(|bad| if bad == 0 { 0 } else { 1 }),
+        cli::Command::Replay(a) => cli::replay::run(a).map(|_| 0),
+        cli::Command::Gen(a) => cli::gen::run(a).map(|_| 0),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

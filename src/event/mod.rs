@@ -202,7 +202,7 @@ impl<'a> EventRef<'a> {
 }
 
 /// What a top-level field of a record is used for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct FieldUse {
     pub slot: Option<usize>,
     pub key_pos: Option<usize>,

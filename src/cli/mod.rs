@@ -1,0 +1,34 @@
+//! The command line: one file per subcommand. Errors are `anyhow` here and
+//! are printed with their whole chain by `main`.
+
+pub mod gen;
+pub mod replay;
+pub mod validate;
+
+use clap::{Parser, Subcommand};
+
+/// rill: a streaming feature engine (event-time windows into Redis and Parquet).
+#[derive(Debug, Parser)]
+#[command(name = "rill", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check pipeline files; prints `file:line:column: problem` for each bad one.
+    Validate(validate::Args),
+    /// Run a pipeline over history (JSONL, .gz, .zst or Parquet) into the offline store.
+    Replay(replay::Args),
+    /// Generate the standard data set (deterministic for a seed).
+    Gen(gen::Args),
+}
+
+/// Parses a time given on the command line: RFC 3339 or a date `YYYY-MM-DD`.
+pub fn parse_time_arg(s: &str) -> anyhow::Result<rill::time::Micros> {
+    if s.len() == 10 {
+        return Ok(rill::time::parse_rfc3339(&format!("{s}T00:00:00Z"))?);
+    }
+    Ok(rill::time::parse_rfc3339(s)?)
+}

@@ -1,0 +1,220 @@
+//! Replay: the engine over a bounded input, into the offline store.
+//!
+//! Processing time is the stream time (the greatest event time seen), so
+//! early panes and `emitted_at` are what a live run over real-time data
+//! would have produced, and two replays of one input give the same rows in
+//! files of the same names. The end of input moves the watermark to
+//! +infinity: every open window fires.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::Pipeline;
+use crate::engine::{Engine, ProcessingTime};
+use crate::event::{DecodePlan, Decoder, Reason, Refusal};
+use crate::sink::dead_letter::{DeadLetterWriter, Position};
+use crate::sink::parquet::{ParquetSink, ParquetSinkError};
+use crate::source::file::{self, Input, InputError};
+use crate::time::{Clock, Micros};
+
+/// Errors that stop a replay (bad records never do).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Parquet(#[from] ParquetSinkError),
+    #[error("failed to write dead letters to {path}: {source}")]
+    DeadLetter { path: PathBuf, source: std::io::Error },
+}
+
+/// What to replay.
+pub struct ReplayOptions {
+    pub pipeline: Pipeline,
+    pub input: PathBuf,
+    /// Root of the offline store (`<output>/<group>/date=.../`).
+    pub output: PathBuf,
+    /// Only events with `from <= time < to` are processed.
+    pub from: Option<Micros>,
+    pub to: Option<Micros>,
+    /// The wall clock for the `max_future` check.
+    pub wall_clock: Arc<dyn Clock>,
+    /// Called every few thousand records with (bytes read, size if known, records).
+    pub progress: Option<Box<dyn FnMut(u64, Option<u64>, u64)>>,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReplaySummary {
+    pub pipeline: String,
+    pub input: String,
+    /// Records read (lines or rows), blank lines excluded.
+    pub records: u64,
+    /// Events that reached a window.
+    pub events: u64,
+    pub blank_lines: u64,
+    pub out_of_range: u64,
+    pub dead_letters: BTreeMap<String, u64>,
+    pub dead_letters_total: u64,
+    pub late_events_kept: u64,
+    pub late_events_dropped: u64,
+    pub windows: u64,
+    pub panes: u64,
+    pub retractions: u64,
+    pub rows: u64,
+    pub files: Vec<String>,
+    pub dead_letter_file: Option<String>,
+    pub seconds: f64,
+    pub events_per_second: f64,
+    pub peak_memory_bytes: Option<u64>,
+}
+
+/// A stable 64-bit FNV-1a hash (file names must not change across builds).
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in *p {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The run identifier of a replay: same pipeline name, input and range, same files.
+pub fn run_id(pipeline: &str, input: &Path, from: Option<Micros>, to: Option<Micros>) -> String {
+    let input = if input == Path::new("-") {
+        "-".to_string()
+    } else {
+        std::fs::canonicalize(input).unwrap_or_else(|_| input.to_path_buf()).display().to_string()
+    };
+    let from = from.map(|f| f.to_string()).unwrap_or_default();
+    let to = to.map(|f| f.to_string()).unwrap_or_default();
+    format!("r{:016x}", fnv1a(&[pipeline.as_bytes(), input.as_bytes(), from.as_bytes(), to.as_bytes()]))
+}
+
+/// Peak resident memory of this process, from `/proc/self/status`.
+pub fn peak_memory_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Runs a replay to the end of its input.
+pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
+    let started = Instant::now();
+    let p = &opts.pipeline;
+    let rid = run_id(&p.name, &opts.input, opts.from, opts.to);
+    let plan = DecodePlan::new(p);
+    let mut dec = Decoder::new(plan);
+    let mut engine = Engine::new(p, &dec.plan, ProcessingTime::StreamTime);
+    engine.assign_partition(0);
+    engine.set_wall_clock(opts.wall_clock.now());
+    let mut sink = ParquetSink::new(&opts.output, p, &rid);
+    let dl_dir = opts.output.join("_dead_letter");
+    let mut dl = DeadLetterWriter::new(&dl_dir, &p.name, &rid);
+    let dl_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ReplayError::DeadLetter { path, source }
+    };
+    let mut opened = file::open(&opts.input, 8192)?;
+    let name = opened.name.clone();
+    let mut out = Vec::with_capacity(4096);
+    let mut s = ReplaySummary { pipeline: p.name.clone(), input: name.clone(), ..Default::default() };
+    let (from, to) = (opts.from.unwrap_or(i64::MIN), opts.to.unwrap_or(i64::MAX));
+    let tick = |records: u64, engine: &mut Engine, sink: &mut ParquetSink, progress: &mut Option<Box<dyn FnMut(u64, Option<u64>, u64)>>| -> Result<(), ReplayError> {
+        engine.set_wall_clock(opts.wall_clock.now());
+        sink.on_watermark(engine.watermark())?;
+        if let Some(f) = progress.as_mut() {
+            f(opened.progress.load(Ordering::Relaxed), opened.size, records);
+        }
+        Ok(())
+    };
+    match &mut opened.input {
+        Input::Lines(reader) => {
+            while let Some(line) = reader.next_line()? {
+                if line.bytes.iter().all(|b| b.is_ascii_whitespace()) && !line.oversized {
+                    s.blank_lines += 1;
+                    continue;
+                }
+                s.records += 1;
+                let pos = || Position::File { file: name.clone(), line: line.number };
+                if line.oversized {
+                    let r = Refusal::new(Reason::Oversized, format!("record of {} bytes exceeds {} bytes", line.len, file::MAX_LINE_BYTES));
+                    dl.write(&r, &pos(), line.bytes).map_err(dl_err(dl.path()))?;
+                    continue;
+                }
+                let result = match dec.decode_json(line.bytes) {
+                    Ok(ev) if ev.time < from || ev.time >= to => {
+                        s.out_of_range += 1;
+                        Ok(())
+                    }
+                    Ok(ev) => engine.process(&ev, 0, &mut out),
+                    Err(r) => Err(r),
+                };
+                if let Err(r) = result {
+                    dl.write(&r, &pos(), line.bytes).map_err(dl_err(dl.path()))?;
+                }
+                if !out.is_empty() {
+                    sink.write(&mut out)?;
+                }
+                if s.records % 65_536 == 0 {
+                    tick(s.records, &mut engine, &mut sink, &mut opts.progress)?;
+                }
+            }
+        }
+        Input::Parquet(rows) => {
+            while let Some((row, result)) = rows.next_row(&mut dec)? {
+                s.records += 1;
+                let result = match result {
+                    Ok(ev) if ev.time < from || ev.time >= to => {
+                        s.out_of_range += 1;
+                        Ok(())
+                    }
+                    Ok(ev) => engine.process(&ev, 0, &mut out),
+                    Err(r) => Err(r),
+                };
+                if let Err(r) = result {
+                    dl.write(&r, &Position::Row { file: name.clone(), row }, b"").map_err(dl_err(dl.path()))?;
+                }
+                if !out.is_empty() {
+                    sink.write(&mut out)?;
+                }
+                if s.records % 65_536 == 0 {
+                    tick(s.records, &mut engine, &mut sink, &mut opts.progress)?;
+                }
+            }
+        }
+    }
+    engine.finish(&mut out);
+    sink.write(&mut out)?;
+    sink.finish()?;
+    sink.remove_stale()?;
+    dl.finish().map_err(dl_err(dl.path()))?;
+    if let Some(f) = opts.progress.as_mut() {
+        f(opened.progress.load(Ordering::Relaxed), opened.size, s.records);
+    }
+    let elapsed = started.elapsed().max(Duration::from_micros(1));
+    let st = &engine.stats;
+    s.events = st.events;
+    s.late_events_kept = st.late_kept;
+    s.late_events_dropped = st.late_dropped;
+    s.windows = st.windows_opened;
+    s.panes = st.panes;
+    s.retractions = st.retractions;
+    s.rows = sink.rows();
+    s.files = sink.files().iter().map(|f| f.display().to_string()).collect();
+    s.dead_letters = dl.counts().iter().map(|(r, n)| (r.as_str().to_string(), *n)).collect();
+    s.dead_letters_total = dl.total();
+    s.dead_letter_file = (dl.total() > 0).then(|| dl.path().display().to_string());
+    s.seconds = elapsed.as_secs_f64();
+    s.events_per_second = s.records as f64 / s.seconds;
+    s.peak_memory_bytes = peak_memory_bytes();
+    Ok(s)
+}

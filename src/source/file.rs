@@ -1,0 +1,382 @@
+//! Bounded inputs for replay: JSON lines (plain, gzip, zstd; a file or
+//! standard input) and Parquet files with the event fields as columns.
+//!
+//! The format is recognised by its first bytes, not by the file name. Lines
+//! are read into one reused buffer; a line longer than the limit is cut,
+//! flagged and skipped to its end, so a binary file without newlines cannot
+//! exhaust memory.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::{DataType, TimeUnit};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
+
+use crate::config::EventTimeSource;
+use crate::event::{Decoder, EventRef, Refusal, Slot};
+
+/// Longest record accepted; longer ones become `oversized` dead letters.
+pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Errors opening or reading an input.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("failed to open {path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("failed to read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("failed to read parquet {path}: {source}")]
+    Parquet { path: PathBuf, source: parquet::errors::ParquetError },
+    #[error("failed to read parquet {path}: {source}")]
+    Arrow { path: PathBuf, source: arrow_schema::ArrowError },
+}
+
+/// Counts bytes pulled from the underlying file (for progress).
+struct Counting<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// A line of input.
+pub struct Line<'a> {
+    pub bytes: &'a [u8],
+    /// 1-based line number.
+    pub number: u64,
+    /// The line was longer than [`MAX_LINE_BYTES`]; `bytes` is its start.
+    pub oversized: bool,
+    /// Full length of the line in bytes.
+    pub len: usize,
+}
+
+/// Reads lines into a reused buffer.
+pub struct LineReader {
+    inner: Box<dyn BufRead>,
+    buf: Vec<u8>,
+    number: u64,
+    path: PathBuf,
+}
+
+impl LineReader {
+    /// The next line, without its `\n` (and `\r\n`); `None` at the end.
+    pub fn next_line(&mut self) -> Result<Option<Line<'_>>, InputError> {
+        self.buf.clear();
+        let mut len = 0usize;
+        let mut oversized = false;
+        let mut any = false;
+        loop {
+            let chunk = self.inner.fill_buf().map_err(|source| InputError::Read { path: self.path.clone(), source })?;
+            if chunk.is_empty() {
+                break;
+            }
+            any = true;
+            let (take, done) = match memchr::memchr(b'\n', chunk) {
+                Some(i) => (i, true),
+                None => (chunk.len(), false),
+            };
+            let room = MAX_LINE_BYTES.saturating_sub(self.buf.len());
+            if take > room {
+                oversized = true;
+            }
+            self.buf.extend_from_slice(&chunk[..take.min(room)]);
+            len += take;
+            self.inner.consume(if done { take + 1 } else { take });
+            if done {
+                break;
+            }
+        }
+        if !any {
+            return Ok(None);
+        }
+        self.number += 1;
+        if self.buf.last() == Some(&b'\r') {
+            self.buf.pop();
+            len -= 1;
+        }
+        Ok(Some(Line { bytes: &self.buf, number: self.number, oversized, len }))
+    }
+}
+
+/// An opened replay input.
+pub enum Input {
+    Lines(LineReader),
+    Parquet(ParquetRows),
+}
+
+/// What an input is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    Json,
+    JsonGzip,
+    JsonZstd,
+    Parquet,
+}
+
+/// An input, its kind, its size in bytes (when known) and a byte counter.
+pub struct Opened {
+    pub input: Input,
+    pub kind: InputKind,
+    pub size: Option<u64>,
+    pub progress: Arc<AtomicU64>,
+    pub name: String,
+}
+
+fn sniff(head: &[u8]) -> InputKind {
+    if head.starts_with(b"PAR1") {
+        InputKind::Parquet
+    } else if head.starts_with(&[0x1f, 0x8b]) {
+        InputKind::JsonGzip
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        InputKind::JsonZstd
+    } else {
+        InputKind::Json
+    }
+}
+
+/// Opens `path` (`-` is standard input) for `decoder`'s pipeline.
+pub fn open(path: &Path, batch_rows: usize) -> Result<Opened, InputError> {
+    let progress = Arc::new(AtomicU64::new(0));
+    let open_err = |source| InputError::Open { path: path.to_path_buf(), source };
+    let (reader, size, name): (Box<dyn Read>, Option<u64>, String) = if path == Path::new("-") {
+        (Box::new(std::io::stdin()), None, "-".to_string())
+    } else {
+        let f = File::open(path).map_err(open_err)?;
+        let size = f.metadata().ok().map(|m| m.len());
+        (Box::new(f), size, path.display().to_string())
+    };
+    let mut buffered = BufReader::with_capacity(1 << 20, Counting { inner: reader, count: progress.clone() });
+    let head = buffered.fill_buf().map_err(|source| InputError::Read { path: path.to_path_buf(), source })?.to_vec();
+    let kind = sniff(&head);
+    let input = match kind {
+        InputKind::Parquet => {
+            // Parquet needs random access: a file is read in place, standard input in memory.
+            let bytes = if path == Path::new("-") {
+                let mut v = Vec::new();
+                buffered.read_to_end(&mut v).map_err(|source| InputError::Read { path: path.to_path_buf(), source })?;
+                Some(bytes::Bytes::from(v))
+            } else {
+                None
+            };
+            Input::Parquet(ParquetRows::open(path, bytes, batch_rows, progress.clone())?)
+        }
+        InputKind::JsonGzip => Input::Lines(LineReader {
+            inner: Box::new(BufReader::with_capacity(1 << 20, flate2::bufread::MultiGzDecoder::new(buffered))),
+            buf: Vec::with_capacity(4096),
+            number: 0,
+            path: path.to_path_buf(),
+        }),
+        InputKind::JsonZstd => {
+            let dec = zstd::stream::read::Decoder::with_buffer(buffered).map_err(open_err)?;
+            Input::Lines(LineReader {
+                inner: Box::new(BufReader::with_capacity(1 << 20, dec)),
+                buf: Vec::with_capacity(4096),
+                number: 0,
+                path: path.to_path_buf(),
+            })
+        }
+        InputKind::Json => Input::Lines(LineReader {
+            inner: Box::new(buffered),
+            buf: Vec::with_capacity(4096),
+            number: 0,
+            path: path.to_path_buf(),
+        }),
+    };
+    Ok(Opened { input, kind, size, progress, name })
+}
+
+/// One needed column of the current batch, cast to a canonical type.
+enum Col {
+    Str(arrow_array::StringArray),
+    Int(arrow_array::Int64Array),
+    Float(arrow_array::Float64Array),
+    Bool(arrow_array::BooleanArray),
+    Time(arrow_array::TimestampMicrosecondArray),
+    Absent,
+    Unsupported(String),
+}
+
+/// Rows of a Parquet file, decoded through a [`Decoder`].
+pub struct ParquetRows {
+    reader: ParquetRecordBatchReader,
+    path: PathBuf,
+    batch: Option<RecordBatch>,
+    cols: Vec<Col>,
+    row_in_batch: usize,
+    row: u64,
+    file_size: u64,
+    total_rows: u64,
+    progress: Arc<AtomicU64>,
+}
+
+impl ParquetRows {
+    fn open(path: &Path, bytes: Option<bytes::Bytes>, batch_rows: usize, progress: Arc<AtomicU64>) -> Result<ParquetRows, InputError> {
+        let perr = |source| InputError::Parquet { path: path.to_path_buf(), source };
+        let (reader, file_size, total_rows) = match bytes {
+            Some(b) => {
+                let size = b.len() as u64;
+                let builder = ParquetRecordBatchReaderBuilder::try_new(b).map_err(perr)?;
+                let rows = builder.metadata().file_metadata().num_rows() as u64;
+                (builder.with_batch_size(batch_rows).build().map_err(perr)?, size, rows)
+            }
+            None => {
+                let f = File::open(path).map_err(|source| InputError::Open { path: path.to_path_buf(), source })?;
+                let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(perr)?;
+                let rows = builder.metadata().file_metadata().num_rows() as u64;
+                let mask = ProjectionMask::all();
+                (builder.with_projection(mask).with_batch_size(batch_rows).build().map_err(perr)?, size, rows)
+            }
+        };
+        Ok(ParquetRows { reader, path: path.to_path_buf(), batch: None, cols: Vec::new(), row_in_batch: 0, row: 0, file_size, total_rows, progress })
+    }
+
+    /// Decodes the next row; `None` at the end. The row number is 1-based.
+    pub fn next_row<'d>(&mut self, dec: &'d mut Decoder) -> Result<Option<(u64, Result<EventRef<'d>, Refusal>)>, InputError> {
+        loop {
+            if let Some(b) = &self.batch {
+                if self.row_in_batch < b.num_rows() {
+                    break;
+                }
+            }
+            match self.reader.next() {
+                None => return Ok(None),
+                Some(Err(source)) => return Err(InputError::Arrow { path: self.path.clone(), source }),
+                Some(Ok(batch)) => {
+                    self.prepare(&batch, dec);
+                    self.batch = Some(batch);
+                    self.row_in_batch = 0;
+                }
+            }
+        }
+        let i = self.row_in_batch;
+        self.row_in_batch += 1;
+        self.row += 1;
+        if self.total_rows > 0 && self.row % 4096 == 0 {
+            self.progress.store(self.file_size * self.row / self.total_rows, Ordering::Relaxed);
+        }
+        dec.begin();
+        for fi in 0..self.cols.len() {
+            let usage = dec.plan.fields[fi].1;
+            let col = &self.cols[fi];
+            let null = match col {
+                Col::Absent => true,
+                Col::Unsupported(_) => false,
+                Col::Str(a) => a.is_null(i),
+                Col::Int(a) => a.is_null(i),
+                Col::Float(a) => a.is_null(i),
+                Col::Bool(a) => a.is_null(i),
+                Col::Time(a) => a.is_null(i),
+            };
+            if null {
+                if let Some(k) = usage.key_pos {
+                    if matches!(col, Col::Str(_) | Col::Int(_) | Col::Float(_) | Col::Bool(_) | Col::Time(_)) {
+                        dec.key_null(k);
+                    }
+                }
+                if let Some(s) = usage.slot {
+                    if !matches!(col, Col::Absent) {
+                        dec.slot(s, Slot::Null);
+                    }
+                }
+                continue;
+            }
+            if let Some(k) = usage.key_pos {
+                match col {
+                    Col::Str(a) => dec.key_str(k, a.value(i)),
+                    Col::Int(a) => dec.key_int(k, a.value(i)),
+                    Col::Bool(a) => dec.key_str(k, if a.value(i) { "true" } else { "false" }),
+                    Col::Float(a) => dec.key_str(k, &crate::sink::format_f64(a.value(i))),
+                    _ => dec.key_bad(k),
+                }
+            }
+            if usage.is_time {
+                match col {
+                    Col::Time(a) => dec.time(Ok(a.value(i))),
+                    Col::Str(a) => dec.time_text(a.value(i)),
+                    Col::Int(a) => {
+                        let fmt = dec.plan.time_format();
+                        dec.time(crate::time::epoch_int_to_micros(a.value(i), fmt).map_err(|e| e.to_string()));
+                    }
+                    Col::Unsupported(t) => {
+                        let msg = format!("event-time column {:?} has unsupported type {t}", dec.plan.fields[fi].0);
+                        dec.time(Err(msg));
+                    }
+                    _ => {
+                        let msg = format!("event-time column {:?} is not a timestamp, string or integer", dec.plan.fields[fi].0);
+                        dec.time(Err(msg));
+                    }
+                }
+            }
+            if let Some(s) = usage.slot {
+                match col {
+                    Col::Str(a) => dec.slot_str(s, a.value(i)),
+                    Col::Int(a) => dec.slot(s, Slot::Num(a.value(i) as f64)),
+                    Col::Float(a) => {
+                        let v = a.value(i);
+                        dec.slot(s, if v.is_finite() { Slot::Num(v) } else { Slot::Nested });
+                    }
+                    Col::Bool(a) => dec.slot(s, Slot::Bool(a.value(i))),
+                    Col::Time(a) => dec.slot(s, Slot::Num(a.value(i) as f64)),
+                    _ => dec.slot(s, Slot::Nested),
+                }
+            }
+        }
+        Ok(Some((self.row, dec.finish())))
+    }
+
+    fn prepare(&mut self, batch: &RecordBatch, dec: &Decoder) {
+        self.cols.clear();
+        for (name, usage) in &dec.plan.fields {
+            let _ = usage;
+            let Some(arr) = batch.column_by_name(name) else {
+                self.cols.push(Col::Absent);
+                continue;
+            };
+            let canon = match arr.data_type() {
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _) => Some(DataType::Utf8),
+                DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
+                    Some(DataType::Int64)
+                }
+                DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Decimal128(_, _) => Some(DataType::Float64),
+                DataType::Boolean => Some(DataType::Boolean),
+                DataType::Timestamp(_, tz) => Some(DataType::Timestamp(TimeUnit::Microsecond, tz.clone())),
+                DataType::Date32 | DataType::Date64 => Some(DataType::Timestamp(TimeUnit::Microsecond, None)),
+                _ => None,
+            };
+            let col = match canon.and_then(|t| arrow_cast::cast(arr, &t).ok()) {
+                None => Col::Unsupported(arr.data_type().to_string()),
+                Some(c) => match c.data_type() {
+                    DataType::Utf8 => Col::Str(c.as_string::<i32>().clone()),
+                    DataType::Int64 => Col::Int(c.as_primitive::<Int64Type>().clone()),
+                    DataType::Float64 => Col::Float(c.as_primitive::<Float64Type>().clone()),
+                    DataType::Boolean => Col::Bool(c.as_boolean().clone()),
+                    DataType::Timestamp(_, _) => Col::Time(c.as_primitive::<TimestampMicrosecondType>().clone()),
+                    other => Col::Unsupported(other.to_string()),
+                },
+            };
+            self.cols.push(col);
+        }
+    }
+}
+
+/// The event-time field name of a pipeline, for messages.
+pub fn time_field(src: &EventTimeSource) -> &str {
+    match src {
+        EventTimeSource::Field { name, .. } => name,
+        EventTimeSource::KafkaTimestamp => "kafka timestamp",
+    }
+}

@@ -1,0 +1,3 @@
+//! Sources of events: bounded files for replay (`file`); Kafka comes with the daemon.
+
+pub mod file;
