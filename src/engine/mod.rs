@@ -18,7 +18,8 @@ mod tests;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use hashbrown::HashTable;
+use smallvec::SmallVec;
 
 use crate::aggregate::{Acc, AccKind, Finish, ScalarRef, Value};
 use crate::config::expr::{Compiled, Val};
@@ -86,16 +87,17 @@ pub struct EngineStats {
     pub session_merges: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TimerKind {
     OnTime,
     Expire,
 }
 
+/// A deadline of window `slot`, valid while that slot still holds window `id`.
 #[derive(Debug, Clone, Copy)]
 struct Timer {
-    key: u32,
-    window: u64,
+    slot: u32,
+    id: u64,
     kind: TimerKind,
 }
 
@@ -108,26 +110,78 @@ struct LastPane {
     values: Box<[Value]>,
 }
 
+/// Accumulators of a window, inline for the common small feature sets.
+type Accs = SmallVec<[Acc; 4]>;
+
 #[derive(Debug)]
 struct Window {
+    /// Unique for the life of the engine; timers name it to detect reuse of the slot.
     id: u64,
+    key: u32,
     start: Micros,
     end: Micros,
-    accs: Vec<Acc>,
     next_pane: u32,
+    live: bool,
     /// The on-time moment has passed (on-time pane fired, or the window was
     /// opened by a late event): from now on only late panes.
     past_on_time: bool,
     dirty: bool,
     in_early_list: bool,
     in_late_list: bool,
-    last: Option<LastPane>,
+    last: Option<Box<LastPane>>,
+    accs: Accs,
+}
+
+/// An encoded key, inline when short so that lookups touch no other memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyBytes {
+    Inline(u8, [u8; 30]),
+    Heap(Box<[u8]>),
+}
+
+impl KeyBytes {
+    fn new(b: &[u8]) -> KeyBytes {
+        if b.len() <= 30 {
+            let mut a = [0u8; 30];
+            a[..b.len()].copy_from_slice(b);
+            KeyBytes::Inline(b.len() as u8, a)
+        } else {
+            KeyBytes::Heap(b.into())
+        }
+    }
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        match self {
+            KeyBytes::Inline(n, a) => &a[..*n as usize],
+            KeyBytes::Heap(b) => b,
+        }
+    }
+}
+
+#[inline]
+fn hash_key(b: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(b);
+    h.finish()
 }
 
 #[derive(Debug)]
 struct KeyState {
     key: Arc<[KeyValue]>,
-    windows: Vec<Window>,
+    /// Slots of this key's open windows.
+    windows: Vec<u32>,
+}
+
+/// Entry of the key index: encoded key -> key id, plus the window the key's
+/// last event went to, so that most events find their window in this entry.
+#[derive(Debug)]
+struct KeyEntry {
+    key: KeyBytes,
+    id: u32,
+    hot_slot: u32,
+    hot_window: u64,
+    hot_start: i64,
 }
 
 /// Compiled feature layout: accumulators, filters, and how to finish each feature.
@@ -230,7 +284,7 @@ impl Layout {
         Layout { accs, filters, outputs, derived_order: order }
     }
 
-    fn fresh_accs(&self) -> Vec<Acc> {
+    fn fresh_accs(&self) -> Accs {
         self.accs.iter().map(|(k, _)| k.empty()).collect()
     }
 
@@ -281,8 +335,11 @@ pub struct Engine {
     accumulation: Accumulation,
     max_future: Micros,
     layout: Layout,
-    keys: FxHashMap<Box<[u8]>, u32>,
+    keys: HashTable<KeyEntry>,
     states: Vec<KeyState>,
+    slab: Vec<Window>,
+    free: Vec<u32>,
+    live_windows: usize,
     wm: WatermarkTracker,
     timers: BTreeMap<Micros, Vec<Timer>>,
     early_list: Vec<(u32, u64)>,
@@ -293,7 +350,6 @@ pub struct Engine {
     seq: u64,
     next_window_id: u64,
     filter_bits: Vec<bool>,
-    pool: Vec<Vec<Acc>>,
     slot_names: Vec<String>,
     pub stats: EngineStats,
 }
@@ -310,8 +366,11 @@ impl Engine {
             accumulation: p.accumulation,
             max_future: p.max_future,
             layout,
-            keys: FxHashMap::default(),
+            keys: HashTable::new(),
             states: Vec::new(),
+            slab: Vec::new(),
+            free: Vec::new(),
+            live_windows: 0,
             wm: WatermarkTracker::new(p.max_out_of_orderness, p.idle_timeout, p.idle_advance),
             timers: BTreeMap::new(),
             early_list: Vec::new(),
@@ -322,7 +381,6 @@ impl Engine {
             seq: 0,
             next_window_id: 0,
             filter_bits: vec![false; n_filters],
-            pool: Vec::new(),
             slot_names: plan.slot_names.clone(),
             stats: EngineStats::default(),
         }
@@ -345,7 +403,7 @@ impl Engine {
 
     /// Number of windows held now.
     pub fn open_windows(&self) -> usize {
-        self.states.iter().map(|s| s.windows.len()).sum()
+        self.live_windows
     }
 
     /// Number of distinct keys seen.
@@ -385,6 +443,9 @@ impl Engine {
         let prev = self.now;
         self.now = now;
         if prev != WATERMARK_MIN {
+            // Ticks are aligned to multiples of the period. Every listed
+            // window is handled at the first tick in (prev, now]; later ticks
+            // in that span have nothing new to fire.
             if let Some(e) = self.early_every {
                 let tick = (prev.div_euclid(e) + 1).saturating_mul(e);
                 if tick <= now && !self.early_list.is_empty() {
@@ -410,24 +471,25 @@ impl Engine {
         }
     }
 
-    /// End of a bounded input: `W` becomes +infinity and every window fires.
+    /// End of a bounded input: `W` becomes +infinity and every window fires,
+    /// in `end` order (ties in the order the windows were opened).
     pub fn finish(&mut self, out: &mut Vec<Pane>) {
         self.wm.advance_to(WATERMARK_MAX);
         self.timers.clear();
         self.early_list.clear();
         self.late_list.clear();
-        // Every window completes and expires at once: fire in `end` order
-        // (ties in the order the windows were opened).
-        let mut all: Vec<(Micros, u64, u32)> = Vec::with_capacity(self.open_windows());
-        for (k, st) in self.states.iter().enumerate() {
-            all.extend(st.windows.iter().map(|w| (w.end, w.id, k as u32)));
-        }
+        let mut all: Vec<(Micros, u64, u32)> = self
+            .slab
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.live)
+            .map(|(i, w)| (w.end, w.id, i as u32))
+            .collect();
         all.sort_unstable();
-        for (_, id, key) in all {
-            let Some(idx) = self.find(key, id) else { continue };
-            let timing = if self.states[key as usize].windows[idx].past_on_time { Timing::Late } else { Timing::OnTime };
-            self.emit(key, idx, timing, true, self.now, out);
-            self.remove_window(key, idx);
+        for (_, _, slot) in all {
+            let timing = if self.slab[slot as usize].past_on_time { Timing::Late } else { Timing::OnTime };
+            self.emit(slot, timing, true, self.now, out);
+            self.remove_window(slot);
         }
     }
 
@@ -451,21 +513,14 @@ impl Engine {
                 continue;
             }
             match *kind {
-                AccKind::Stats(s) => match ev.field(s) {
-                    FieldVal::Str(_) | FieldVal::Bool(_) | FieldVal::Nested => {
-                        return Err(Refusal::new(
-                            Reason::BadValue,
-                            format!("field {:?} is not a number", self.field_name(s)),
-                        ))
+                AccKind::Stats(s) => {
+                    if let FieldVal::Str(_) | FieldVal::Bool(_) | FieldVal::Nested = ev.field(s) {
+                        return Err(Refusal::new(Reason::BadValue, format!("field {:?} is not a number", self.field_name(s))));
                     }
-                    _ => {}
-                },
+                }
                 AccKind::First(s) | AccKind::Last(s) => {
                     if let FieldVal::Nested = ev.field(s) {
-                        return Err(Refusal::new(
-                            Reason::BadValue,
-                            format!("field {:?} is not a scalar", self.field_name(s)),
-                        ));
+                        return Err(Refusal::new(Reason::BadValue, format!("field {:?} is not a scalar", self.field_name(s))));
                     }
                 }
                 _ => {}
@@ -475,93 +530,105 @@ impl Engine {
             self.set_processing_time(t, out);
         }
         let w = self.wm.current();
-        let key_id = self.intern(ev.key);
-        let (window_idx, late) = match self.window {
+        let hash = hash_key(ev.key);
+        let (key, hot) = match self.keys.find(hash, |e| e.key.bytes() == ev.key) {
+            Some(e) => (e.id, Some((e.hot_slot, e.hot_window, e.hot_start))),
+            None => (self.new_key(hash, ev.key), None),
+        };
+        let slot = match self.window {
             WindowKind::Tumbling { size, offset } => {
                 let start = tumbling_start(t, size, offset);
-                let end = start.saturating_add(size);
-                if w >= end.saturating_add(self.allowed_lateness) {
-                    self.stats.late_dropped += 1;
-                    return Err(self.too_late(t, start, end));
+                let cached = hot.filter(|&(s, id, st)| st == start && self.valid(s, id)).map(|h| h.0);
+                match cached.or_else(|| {
+                    self.states[key as usize].windows.iter().copied().find(|&s| self.slab[s as usize].start == start)
+                }) {
+                    Some(s) => s,
+                    None => {
+                        let end = start.saturating_add(size);
+                        if w >= end.saturating_add(self.allowed_lateness) {
+                            self.stats.late_dropped += 1;
+                            return Err(self.too_late(t, start, end));
+                        }
+                        let slot = self.open_window(key, start, end);
+                        self.states[key as usize].windows.push(slot);
+                        slot
+                    }
                 }
-                let st = &self.states[key_id as usize];
-                let idx = match st.windows.iter().position(|x| x.start == start) {
-                    Some(i) => i,
-                    None => self.open_window(key_id, start, end),
-                };
-                (idx, t < w)
             }
             WindowKind::Session { gap } => {
                 let (ps, pe) = (t, t.saturating_add(gap));
-                let st = &self.states[key_id as usize];
-                let meets = st.windows.iter().any(|x| sessions_meet((x.start, x.end), (ps, pe)));
+                let meets = self.states[key as usize].windows.iter().any(|&s| {
+                    let x = &self.slab[s as usize];
+                    sessions_meet((x.start, x.end), (ps, pe))
+                });
                 if !meets && w >= pe.saturating_add(self.allowed_lateness) {
                     self.stats.late_dropped += 1;
                     return Err(self.too_late(t, ps, pe));
                 }
-                let idx = if meets { self.merge_sessions(key_id, ps, pe, out) } else { self.open_window(key_id, ps, pe) };
-                (idx, t < w)
+                if meets {
+                    self.merge_sessions(key, ps, pe, out)
+                } else {
+                    let slot = self.open_window(key, ps, pe);
+                    self.states[key as usize].windows.push(slot);
+                    slot
+                }
             }
         };
+        if let Some(e) = self.keys.find_mut(hash, |e| e.id == key) {
+            let win = &self.slab[slot as usize];
+            e.hot_slot = slot;
+            e.hot_window = win.id;
+            e.hot_start = win.start;
+        }
         self.stats.events += 1;
-        if late {
+        if t < w {
             self.stats.late_kept += 1;
         }
         self.seq += 1;
         let seq = self.seq;
-        // Update accumulators.
-        {
-            let win = &mut self.states[key_id as usize].windows[window_idx];
-            for (acc, (kind, filter)) in win.accs.iter_mut().zip(self.layout.accs.iter()) {
-                if filter.is_some_and(|f| !self.filter_bits[f]) {
-                    continue;
-                }
-                match (*kind, acc) {
-                    (AccKind::CountEvents, Acc::Count(c)) => *c += 1,
-                    (AccKind::CountField(s), Acc::Count(c)) => {
-                        if !matches!(ev.field(s), FieldVal::Missing | FieldVal::Null) {
-                            *c += 1
-                        }
-                    }
-                    (AccKind::Stats(s), Acc::Stats(st)) => {
-                        if let FieldVal::Num(x) = ev.field(s) {
-                            st.update(x)
-                        }
-                    }
-                    (AccKind::First(s) | AccKind::Last(s), acc) => match ev.field(s) {
-                        FieldVal::Num(x) => acc.pick(t, seq, ScalarRef::Num(x)),
-                        FieldVal::Str(x) => acc.pick(t, seq, ScalarRef::Str(x)),
-                        FieldVal::Bool(x) => acc.pick(t, seq, ScalarRef::Bool(x)),
-                        _ => {}
-                    },
-                    _ => {}
-                }
+        let win = &mut self.slab[slot as usize];
+        for (acc, (kind, filter)) in win.accs.iter_mut().zip(self.layout.accs.iter()) {
+            if filter.is_some_and(|f| !self.filter_bits[f]) {
+                continue;
             }
-            win.dirty = true;
+            match (*kind, acc) {
+                (AccKind::CountEvents, Acc::Count(c)) => *c += 1,
+                (AccKind::CountField(s), Acc::Count(c)) => {
+                    if !matches!(ev.field(s), FieldVal::Missing | FieldVal::Null) {
+                        *c += 1
+                    }
+                }
+                (AccKind::Stats(s), Acc::Stats(st)) => {
+                    if let FieldVal::Num(x) = ev.field(s) {
+                        st.update(x)
+                    }
+                }
+                (AccKind::First(s) | AccKind::Last(s), acc) => match ev.field(s) {
+                    FieldVal::Num(x) => acc.pick(t, seq, ScalarRef::Num(x)),
+                    FieldVal::Str(x) => acc.pick(t, seq, ScalarRef::Str(x)),
+                    FieldVal::Bool(x) => acc.pick(t, seq, ScalarRef::Bool(x)),
+                    _ => {}
+                },
+                _ => {}
+            }
         }
+        win.dirty = true;
+        let id = win.id;
         // Processing-time and late triggers.
-        let (past, id) = {
-            let win = &self.states[key_id as usize].windows[window_idx];
-            (win.past_on_time, win.id)
-        };
-        if past {
+        if win.past_on_time {
             match self.late {
-                LateTrigger::EveryEvent => self.emit(key_id, window_idx, Timing::Late, false, self.now, out),
+                LateTrigger::EveryEvent => self.emit(slot, Timing::Late, false, self.now, out),
                 LateTrigger::Every(_) => {
-                    let win = &mut self.states[key_id as usize].windows[window_idx];
                     if !win.in_late_list {
                         win.in_late_list = true;
-                        self.late_list.push((key_id, id));
+                        self.late_list.push((slot, id));
                     }
                 }
                 LateTrigger::None => {}
             }
-        } else if self.early_every.is_some() {
-            let win = &mut self.states[key_id as usize].windows[window_idx];
-            if !win.in_early_list {
-                win.in_early_list = true;
-                self.early_list.push((key_id, id));
-            }
+        } else if self.early_every.is_some() && !win.in_early_list {
+            win.in_early_list = true;
+            self.early_list.push((slot, id));
         }
         let now = self.now;
         if self.wm.observe(partition, t, now) {
@@ -587,111 +654,119 @@ impl Engine {
         )
     }
 
-    #[inline]
-    fn intern(&mut self, key: &[u8]) -> u32 {
-        if let Some(&id) = self.keys.get(key) {
-            return id;
-        }
+    fn new_key(&mut self, hash: u64, key: &[u8]) -> u32 {
         let id = self.states.len() as u32;
         self.states.push(KeyState { key: decode_key(key).into(), windows: Vec::new() });
-        self.keys.insert(key.into(), id);
+        let entry = KeyEntry { key: KeyBytes::new(key), id, hot_slot: 0, hot_window: u64::MAX, hot_start: 0 };
+        self.keys.insert_unique(hash, entry, |e| hash_key(e.key.bytes()));
         id
     }
 
-    fn open_window(&mut self, key: u32, start: Micros, end: Micros) -> usize {
+    fn open_window(&mut self, key: u32, start: Micros, end: Micros) -> u32 {
         let id = self.next_window_id;
         self.next_window_id += 1;
         self.stats.windows_opened += 1;
-        let accs = match self.pool.pop() {
-            Some(mut a) => {
-                a.iter_mut().for_each(Acc::reset);
-                a
-            }
-            None => self.layout.fresh_accs(),
-        };
+        self.live_windows += 1;
         let w = self.wm.current();
         // A window opened when already complete gets no on-time pane: its data is late.
         let past = w >= end;
-        let st = &mut self.states[key as usize];
-        st.windows.push(Window {
-            id,
-            start,
-            end,
-            accs,
-            next_pane: 0,
-            past_on_time: past,
-            dirty: false,
-            in_early_list: false,
-            in_late_list: false,
-            last: None,
-        });
-        let idx = st.windows.len() - 1;
+        let slot = match self.free.pop() {
+            Some(s) => {
+                let win = &mut self.slab[s as usize];
+                win.id = id;
+                win.key = key;
+                win.start = start;
+                win.end = end;
+                win.next_pane = 0;
+                win.live = true;
+                win.past_on_time = past;
+                win.dirty = false;
+                win.in_early_list = false;
+                win.in_late_list = false;
+                win.last = None;
+                win.accs.iter_mut().for_each(Acc::reset);
+                s
+            }
+            None => {
+                self.slab.push(Window {
+                    id,
+                    key,
+                    start,
+                    end,
+                    next_pane: 0,
+                    live: true,
+                    past_on_time: past,
+                    dirty: false,
+                    in_early_list: false,
+                    in_late_list: false,
+                    last: None,
+                    accs: self.layout.fresh_accs(),
+                });
+                (self.slab.len() - 1) as u32
+            }
+        };
         if past {
-            self.add_timer(end.saturating_add(self.allowed_lateness), key, id, TimerKind::Expire);
+            self.add_timer(end.saturating_add(self.allowed_lateness), slot, id, TimerKind::Expire);
         } else {
-            self.add_timer(end, key, id, TimerKind::OnTime);
+            self.add_timer(end, slot, id, TimerKind::OnTime);
         }
-        idx
+        slot
     }
 
     #[inline]
-    fn add_timer(&mut self, at: Micros, key: u32, window: u64, kind: TimerKind) {
-        self.timers.entry(at).or_default().push(Timer { key, window, kind });
+    fn add_timer(&mut self, at: Micros, slot: u32, id: u64, kind: TimerKind) {
+        self.timers.entry(at).or_default().push(Timer { slot, id, kind });
     }
 
     /// Merges the proto-session `[ps, pe)` with every session of `key` it
-    /// meets, transitively; the earliest-starting session survives.
-    fn merge_sessions(&mut self, key: u32, ps: Micros, pe: Micros, out: &mut Vec<Pane>) -> usize {
+    /// meets; the earliest-starting session survives.
+    fn merge_sessions(&mut self, key: u32, ps: Micros, pe: Micros, out: &mut Vec<Pane>) -> u32 {
         let (mut lo, mut hi) = (ps, pe);
-        // Sessions of one key never meet each other, so one pass over the
-        // sorted list finds the contiguous run the new interval bridges.
-        let st = &mut self.states[key as usize];
-        st.windows.sort_by_key(|w| w.start);
-        let mut members: Vec<usize> = Vec::new();
-        for (i, w) in st.windows.iter().enumerate() {
-            if sessions_meet((w.start, w.end), (lo, hi)) {
-                members.push(i);
-                lo = lo.min(w.start);
-                hi = hi.max(w.end);
+        // Sessions of one key never meet each other; sorted by start, the
+        // ones the new interval bridges form one run.
+        let mut sessions = std::mem::take(&mut self.states[key as usize].windows);
+        sessions.sort_by_key(|&s| self.slab[s as usize].start);
+        let mut members: Vec<u32> = Vec::new();
+        for &s in &sessions {
+            let x = &self.slab[s as usize];
+            if sessions_meet((x.start, x.end), (lo, hi)) {
+                members.push(s);
+                lo = lo.min(x.start);
+                hi = hi.max(x.end);
             }
         }
         let survivor = members[0];
-        if members.len() > 1 {
-            self.stats.session_merges += (members.len() - 1) as u64;
-        }
-        // Retract and fold the swallowed sessions, highest index first.
-        for &i in members[1..].iter().rev() {
-            let gone = self.states[key as usize].windows.swap_remove(i);
+        self.stats.session_merges += (members.len() - 1) as u64;
+        for &gone in &members[1..] {
             if self.accumulation == Accumulation::AccumulatingAndRetracting {
-                if let Some(last) = &gone.last {
-                    let key_vals = self.states[key as usize].key.clone();
-                    self.push_retraction(key_vals, last, out);
+                if let Some(last) = self.slab[gone as usize].last.take() {
+                    let k = self.states[key as usize].key.clone();
+                    self.push_retraction(k, &last, out);
                 }
             }
-            let st = &mut self.states[key as usize];
-            // swap_remove moved the last element into `i`; survivor index is
-            // lower than every swallowed one, so it did not move.
-            let surv = &mut st.windows[survivor];
-            for (a, b) in surv.accs.iter_mut().zip(gone.accs.iter()) {
+            let gone_accs = std::mem::take(&mut self.slab[gone as usize].accs);
+            let gone_dirty = self.slab[gone as usize].dirty;
+            let surv = &mut self.slab[survivor as usize];
+            for (a, b) in surv.accs.iter_mut().zip(gone_accs.iter()) {
                 a.merge(b);
             }
-            surv.dirty |= gone.dirty;
-            self.pool.push(gone.accs);
+            surv.dirty |= gone_dirty;
+            self.slab[gone as usize].accs = gone_accs;
+            self.release(gone);
         }
+        sessions.retain(|s| !members[1..].contains(s));
+        self.states[key as usize].windows = sessions;
         let w = self.wm.current();
-        let (id, past, old_end, old_start) = {
-            let surv = &mut self.states[key as usize].windows[survivor];
-            let old = (surv.end, surv.start);
-            surv.start = lo;
-            surv.end = hi;
-            (surv.id, surv.past_on_time, old.0, old.1)
-        };
-        let _ = old_start;
-        if hi != old_end || members.len() > 1 {
+        let surv = &mut self.slab[survivor as usize];
+        let changed = hi != surv.end || members.len() > 1;
+        surv.start = lo;
+        surv.end = hi;
+        let (id, past) = (surv.id, surv.past_on_time);
+        if changed {
             if past {
-                self.add_timer(hi.saturating_add(self.allowed_lateness), key, id, TimerKind::Expire);
+                self.add_timer(hi.saturating_add(self.allowed_lateness), survivor, id, TimerKind::Expire);
             } else if w < hi {
-                self.add_timer(hi, key, id, TimerKind::OnTime);
+                self.add_timer(hi, survivor, id, TimerKind::OnTime);
             }
         }
         survivor
@@ -718,19 +793,19 @@ impl Engine {
         (w != WATERMARK_MIN && w != WATERMARK_MAX).then_some(w)
     }
 
-    /// Emits a pane of window `idx` of `key`.
-    fn emit(&mut self, key: u32, idx: usize, timing: Timing, is_final: bool, emitted_at: Micros, out: &mut Vec<Pane>) {
+    /// Emits a pane of the window in `slot`.
+    fn emit(&mut self, slot: u32, timing: Timing, is_final: bool, emitted_at: Micros, out: &mut Vec<Pane>) {
         let watermark = self.visible_watermark();
         let retracting = self.accumulation == Accumulation::AccumulatingAndRetracting;
         let discarding = self.accumulation == Accumulation::Discarding;
-        let st = &mut self.states[key as usize];
-        let win = &mut st.windows[idx];
+        let win = &mut self.slab[slot as usize];
+        let key = self.states[win.key as usize].key.clone();
         let values = self.layout.values(&win.accs);
         if retracting {
             if let Some(last) = &win.last {
                 self.stats.retractions += 1;
                 out.push(Pane {
-                    key: st.key.clone(),
+                    key: key.clone(),
                     window_start: last.start,
                     window_end: last.end,
                     pane_index: last.pane_index,
@@ -742,17 +817,17 @@ impl Engine {
                     values: last.values.clone(),
                 });
             }
-            win.last = Some(LastPane {
+            win.last = Some(Box::new(LastPane {
                 start: win.start,
                 end: win.end,
                 pane_index: win.next_pane,
                 timing,
                 values: values.clone(),
-            });
+            }));
         }
         self.stats.panes += 1;
         out.push(Pane {
-            key: st.key.clone(),
+            key,
             window_start: win.start,
             window_end: win.end,
             pane_index: win.next_pane,
@@ -770,36 +845,51 @@ impl Engine {
         }
     }
 
-    fn remove_window(&mut self, key: u32, idx: usize) {
-        let w = self.states[key as usize].windows.swap_remove(idx);
-        self.pool.push(w.accs);
+    /// Drops a window that emitted its final pane.
+    fn remove_window(&mut self, slot: u32) {
+        let key = self.slab[slot as usize].key;
+        let ws = &mut self.states[key as usize].windows;
+        if let Some(i) = ws.iter().position(|&s| s == slot) {
+            ws.swap_remove(i);
+        }
+        self.release(slot);
     }
 
-    fn find(&self, key: u32, id: u64) -> Option<usize> {
-        self.states[key as usize].windows.iter().position(|w| w.id == id)
+    fn release(&mut self, slot: u32) {
+        let w = &mut self.slab[slot as usize];
+        w.live = false;
+        w.last = None;
+        self.live_windows -= 1;
+        self.free.push(slot);
+    }
+
+    #[inline]
+    fn valid(&self, slot: u32, id: u64) -> bool {
+        let w = &self.slab[slot as usize];
+        w.live && w.id == id
     }
 
     /// Fires the early (or late-every) tick at processing time `tick`.
     fn fire_tick(&mut self, tick: Micros, early: bool, out: &mut Vec<Pane>) {
-        let list = std::mem::take(if early { &mut self.early_list } else { &mut self.late_list });
-        for &(key, id) in &list {
-            let Some(idx) = self.find(key, id) else { continue };
-            let win = &mut self.states[key as usize].windows[idx];
+        let mut list = std::mem::take(if early { &mut self.early_list } else { &mut self.late_list });
+        for &(slot, id) in &list {
+            if !self.valid(slot, id) {
+                continue;
+            }
+            let win = &mut self.slab[slot as usize];
             if early {
                 win.in_early_list = false;
             } else {
                 win.in_late_list = false;
             }
-            let eligible = win.dirty && (win.past_on_time != early);
-            if eligible {
+            if win.dirty && (win.past_on_time != early) {
                 let timing = if early { Timing::Early } else { Timing::Late };
-                self.emit(key, idx, timing, false, tick, out);
+                self.emit(slot, timing, false, tick, out);
             }
         }
+        list.clear();
         let reuse = if early { &mut self.early_list } else { &mut self.late_list };
         if reuse.is_empty() {
-            let mut list = list;
-            list.clear();
             *reuse = list;
         }
     }
@@ -814,9 +904,11 @@ impl Engine {
             }
             let timers = entry.remove();
             for t in timers {
-                let Some(idx) = self.find(t.key, t.window) else { continue };
+                if !self.valid(t.slot, t.id) {
+                    continue;
+                }
                 let (end, past) = {
-                    let win = &self.states[t.key as usize].windows[idx];
+                    let win = &self.slab[t.slot as usize];
                     (win.end, win.past_on_time)
                 };
                 let expiry = end.saturating_add(self.allowed_lateness);
@@ -826,24 +918,23 @@ impl Engine {
                             continue; // stale: the session grew, or already fired
                         }
                         if expiry <= w {
-                            self.emit(t.key, idx, Timing::OnTime, true, self.now, out);
-                            self.remove_window(t.key, idx);
+                            self.emit(t.slot, Timing::OnTime, true, self.now, out);
+                            self.remove_window(t.slot);
                         } else {
-                            self.emit(t.key, idx, Timing::OnTime, false, self.now, out);
-                            self.states[t.key as usize].windows[idx].past_on_time = true;
-                            self.add_timer(expiry, t.key, t.window, TimerKind::Expire);
+                            self.emit(t.slot, Timing::OnTime, false, self.now, out);
+                            self.slab[t.slot as usize].past_on_time = true;
+                            self.add_timer(expiry, t.slot, t.id, TimerKind::Expire);
                         }
                     }
                     TimerKind::Expire => {
                         if !past || expiry != at {
                             continue;
                         }
-                        self.emit(t.key, idx, Timing::Late, true, self.now, out);
-                        self.remove_window(t.key, idx);
+                        self.emit(t.slot, Timing::Late, true, self.now, out);
+                        self.remove_window(t.slot);
                     }
                 }
             }
         }
     }
-
 }

@@ -63,6 +63,21 @@ impl<'a> Scan<'a> {
         self.i += 1;
         let start = self.i;
         let mut esc = false;
+        // Most strings are short: a plain loop beats setting up a search.
+        let b = self.b;
+        let stop = (self.i + 32).min(b.len());
+        while self.i < stop {
+            let c = b[self.i];
+            if c == b'"' {
+                let end = self.i;
+                self.i += 1;
+                return Ok((start, end, false));
+            }
+            if c == b'\\' || c < 0x20 {
+                break;
+            }
+            self.i += 1;
+        }
         loop {
             let rest = &self.b[self.i..];
             let Some(off) = memchr::memchr2(b'"', b'\\', rest) else {
