@@ -16,7 +16,6 @@
 mod tests;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use hashbrown::HashTable;
 use smallvec::SmallVec;
@@ -24,7 +23,7 @@ use smallvec::SmallVec;
 use crate::aggregate::{Acc, AccKind, Finish, ScalarRef, Value};
 use crate::config::expr::{Compiled, Val};
 use crate::config::{Accumulation, AggKind, FeatureKind, LateTrigger, Pipeline, WindowKind};
-use crate::event::{decode_key, DecodePlan, EventRef, FieldVal, KeyValue, Reason, Refusal};
+use crate::event::{DecodePlan, EncodedKey, EventRef, FieldVal, Reason, Refusal};
 use crate::time::watermark::{WatermarkTracker, WATERMARK_MAX, WATERMARK_MIN};
 use crate::time::Micros;
 use crate::window::{sessions_meet, tumbling_start};
@@ -50,7 +49,7 @@ impl Timing {
 /// One emitted row: a pane of a window of a key, or the retraction of one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pane {
-    pub key: Arc<[KeyValue]>,
+    pub key: EncodedKey,
     pub window_start: Micros,
     pub window_end: Micros,
     pub pane_index: u32,
@@ -117,7 +116,8 @@ type Accs = SmallVec<[Acc; 4]>;
 struct Window {
     /// Unique for the life of the engine; timers name it to detect reuse of the slot.
     id: u64,
-    key: u32,
+    key: EncodedKey,
+    key_hash: u64,
     start: Micros,
     end: Micros,
     next_pane: u32,
@@ -132,32 +132,6 @@ struct Window {
     accs: Accs,
 }
 
-/// An encoded key, inline when short so that lookups touch no other memory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum KeyBytes {
-    Inline(u8, [u8; 30]),
-    Heap(Box<[u8]>),
-}
-
-impl KeyBytes {
-    fn new(b: &[u8]) -> KeyBytes {
-        if b.len() <= 30 {
-            let mut a = [0u8; 30];
-            a[..b.len()].copy_from_slice(b);
-            KeyBytes::Inline(b.len() as u8, a)
-        } else {
-            KeyBytes::Heap(b.into())
-        }
-    }
-    #[inline]
-    fn bytes(&self) -> &[u8] {
-        match self {
-            KeyBytes::Inline(n, a) => &a[..*n as usize],
-            KeyBytes::Heap(b) => b,
-        }
-    }
-}
-
 #[inline]
 fn hash_key(b: &[u8]) -> u64 {
     use std::hash::Hasher;
@@ -166,22 +140,16 @@ fn hash_key(b: &[u8]) -> u64 {
     h.finish()
 }
 
-#[derive(Debug)]
-struct KeyState {
-    key: Arc<[KeyValue]>,
-    /// Slots of this key's open windows.
-    windows: Vec<u32>,
-}
-
 /// Entry of the key index: encoded key -> key id, plus the window the key's
 /// last event went to, so that most events find their window in this entry.
 #[derive(Debug)]
 struct KeyEntry {
-    key: KeyBytes,
-    id: u32,
+    key: EncodedKey,
     hot_slot: u32,
     hot_window: u64,
     hot_start: i64,
+    /// Slots of this key's open windows.
+    windows: SmallVec<[u32; 2]>,
 }
 
 /// Compiled feature layout: accumulators, filters, and how to finish each feature.
@@ -336,7 +304,6 @@ pub struct Engine {
     max_future: Micros,
     layout: Layout,
     keys: HashTable<KeyEntry>,
-    states: Vec<KeyState>,
     slab: Vec<Window>,
     free: Vec<u32>,
     live_windows: usize,
@@ -367,7 +334,6 @@ impl Engine {
             max_future: p.max_future,
             layout,
             keys: HashTable::new(),
-            states: Vec::new(),
             slab: Vec::new(),
             free: Vec::new(),
             live_windows: 0,
@@ -408,7 +374,7 @@ impl Engine {
 
     /// Number of distinct keys seen.
     pub fn key_count(&self) -> usize {
-        self.states.len()
+        self.keys.len()
     }
 
     /// Makes a partition take part in the watermark.
@@ -531,55 +497,58 @@ impl Engine {
         }
         let w = self.wm.current();
         let hash = hash_key(ev.key);
-        let (key, hot) = match self.keys.find(hash, |e| e.key.bytes() == ev.key) {
-            Some(e) => (e.id, Some((e.hot_slot, e.hot_window, e.hot_start))),
-            None => (self.new_key(hash, ev.key), None),
+        let hot = match self.keys.find(hash, |e| e.key.bytes() == ev.key) {
+            Some(e) => Some((e.hot_slot, e.hot_window, e.hot_start)),
+            None => {
+                self.new_key(hash, ev.key);
+                None
+            }
         };
         let slot = match self.window {
             WindowKind::Tumbling { size, offset } => {
                 let start = tumbling_start(t, size, offset);
-                let cached = hot.filter(|&(s, id, st)| st == start && self.valid(s, id)).map(|h| h.0);
-                match cached.or_else(|| {
-                    self.states[key as usize].windows.iter().copied().find(|&s| self.slab[s as usize].start == start)
-                }) {
-                    Some(s) => s,
+                match hot.filter(|&(s, id, st)| st == start && self.valid(s, id)) {
+                    Some((s, _, _)) => s,
                     None => {
-                        let end = start.saturating_add(size);
-                        if w >= end.saturating_add(self.allowed_lateness) {
-                            self.stats.late_dropped += 1;
-                            return Err(self.too_late(t, start, end));
-                        }
-                        let slot = self.open_window(key, start, end);
-                        self.states[key as usize].windows.push(slot);
+                        let existing = self
+                            .keys
+                            .find(hash, |e| e.key.bytes() == ev.key)
+                            .and_then(|e| e.windows.iter().copied().find(|&s| self.slab[s as usize].start == start));
+                        let slot = match existing {
+                            Some(s) => s,
+                            None => {
+                                let end = start.saturating_add(size);
+                                if w >= end.saturating_add(self.allowed_lateness) {
+                                    self.stats.late_dropped += 1;
+                                    return Err(self.too_late(t, start, end));
+                                }
+                                self.open_window(ev.key, hash, start, end)
+                            }
+                        };
+                        self.set_hot(hash, slot);
                         slot
                     }
                 }
             }
             WindowKind::Session { gap } => {
                 let (ps, pe) = (t, t.saturating_add(gap));
-                let meets = self.states[key as usize].windows.iter().any(|&s| {
-                    let x = &self.slab[s as usize];
-                    sessions_meet((x.start, x.end), (ps, pe))
+                let meets = self.keys.find(hash, |e| e.key.bytes() == ev.key).is_some_and(|e| {
+                    e.windows.iter().any(|&s| {
+                        let x = &self.slab[s as usize];
+                        sessions_meet((x.start, x.end), (ps, pe))
+                    })
                 });
                 if !meets && w >= pe.saturating_add(self.allowed_lateness) {
                     self.stats.late_dropped += 1;
                     return Err(self.too_late(t, ps, pe));
                 }
                 if meets {
-                    self.merge_sessions(key, ps, pe, out)
+                    self.merge_sessions(hash, ev.key, ps, pe, out)
                 } else {
-                    let slot = self.open_window(key, ps, pe);
-                    self.states[key as usize].windows.push(slot);
-                    slot
+                    self.open_window(ev.key, hash, ps, pe)
                 }
             }
         };
-        if let Some(e) = self.keys.find_mut(hash, |e| e.id == key) {
-            let win = &self.slab[slot as usize];
-            e.hot_slot = slot;
-            e.hot_window = win.id;
-            e.hot_start = win.start;
-        }
         self.stats.events += 1;
         if t < w {
             self.stats.late_kept += 1;
@@ -654,15 +623,25 @@ impl Engine {
         )
     }
 
-    fn new_key(&mut self, hash: u64, key: &[u8]) -> u32 {
-        let id = self.states.len() as u32;
-        self.states.push(KeyState { key: decode_key(key).into(), windows: Vec::new() });
-        let entry = KeyEntry { key: KeyBytes::new(key), id, hot_slot: 0, hot_window: u64::MAX, hot_start: 0 };
+    fn new_key(&mut self, hash: u64, key: &[u8]) {
+        let entry = KeyEntry { key: EncodedKey::new(key), hot_slot: 0, hot_window: u64::MAX, hot_start: 0, windows: SmallVec::new() };
         self.keys.insert_unique(hash, entry, |e| hash_key(e.key.bytes()));
-        id
     }
 
-    fn open_window(&mut self, key: u32, start: Micros, end: Micros) -> u32 {
+    /// Remembers `slot` as the window of the key's latest event.
+    fn set_hot(&mut self, hash: u64, slot: u32) {
+        let win = &self.slab[slot as usize];
+        let (id, start) = (win.id, win.start);
+        let key = &win.key;
+        if let Some(e) = self.keys.find_mut(hash, |e| e.key == *key) {
+            e.hot_slot = slot;
+            e.hot_window = id;
+            e.hot_start = start;
+        }
+    }
+
+    /// Opens a window of `key` and lists it under the key.
+    fn open_window(&mut self, key: &[u8], hash: u64, start: Micros, end: Micros) -> u32 {
         let id = self.next_window_id;
         self.next_window_id += 1;
         self.stats.windows_opened += 1;
@@ -674,7 +653,8 @@ impl Engine {
             Some(s) => {
                 let win = &mut self.slab[s as usize];
                 win.id = id;
-                win.key = key;
+                win.key = EncodedKey::new(key);
+                win.key_hash = hash;
                 win.start = start;
                 win.end = end;
                 win.next_pane = 0;
@@ -690,7 +670,8 @@ impl Engine {
             None => {
                 self.slab.push(Window {
                     id,
-                    key,
+                    key: EncodedKey::new(key),
+                    key_hash: hash,
                     start,
                     end,
                     next_pane: 0,
@@ -710,6 +691,9 @@ impl Engine {
         } else {
             self.add_timer(end, slot, id, TimerKind::OnTime);
         }
+        if let Some(e) = self.keys.find_mut(hash, |e| e.key.bytes() == key) {
+            e.windows.push(slot);
+        }
         slot
     }
 
@@ -720,11 +704,14 @@ impl Engine {
 
     /// Merges the proto-session `[ps, pe)` with every session of `key` it
     /// meets; the earliest-starting session survives.
-    fn merge_sessions(&mut self, key: u32, ps: Micros, pe: Micros, out: &mut Vec<Pane>) -> u32 {
+    fn merge_sessions(&mut self, hash: u64, key: &[u8], ps: Micros, pe: Micros, out: &mut Vec<Pane>) -> u32 {
         let (mut lo, mut hi) = (ps, pe);
         // Sessions of one key never meet each other; sorted by start, the
         // ones the new interval bridges form one run.
-        let mut sessions = std::mem::take(&mut self.states[key as usize].windows);
+        let mut sessions = match self.keys.find_mut(hash, |e| e.key.bytes() == key) {
+            Some(e) => std::mem::take(&mut e.windows),
+            None => SmallVec::new(),
+        };
         sessions.sort_by_key(|&s| self.slab[s as usize].start);
         let mut members: Vec<u32> = Vec::new();
         for &s in &sessions {
@@ -740,7 +727,7 @@ impl Engine {
         for &gone in &members[1..] {
             if self.accumulation == Accumulation::AccumulatingAndRetracting {
                 if let Some(last) = self.slab[gone as usize].last.take() {
-                    let k = self.states[key as usize].key.clone();
+                    let k = self.slab[gone as usize].key.clone();
                     self.push_retraction(k, &last, out);
                 }
             }
@@ -755,7 +742,9 @@ impl Engine {
             self.release(gone);
         }
         sessions.retain(|s| !members[1..].contains(s));
-        self.states[key as usize].windows = sessions;
+        if let Some(e) = self.keys.find_mut(hash, |e| e.key.bytes() == key) {
+            e.windows = sessions;
+        }
         let w = self.wm.current();
         let surv = &mut self.slab[survivor as usize];
         let changed = hi != surv.end || members.len() > 1;
@@ -772,7 +761,7 @@ impl Engine {
         survivor
     }
 
-    fn push_retraction(&mut self, key: Arc<[KeyValue]>, last: &LastPane, out: &mut Vec<Pane>) {
+    fn push_retraction(&mut self, key: EncodedKey, last: &LastPane, out: &mut Vec<Pane>) {
         self.stats.retractions += 1;
         out.push(Pane {
             key,
@@ -799,7 +788,7 @@ impl Engine {
         let retracting = self.accumulation == Accumulation::AccumulatingAndRetracting;
         let discarding = self.accumulation == Accumulation::Discarding;
         let win = &mut self.slab[slot as usize];
-        let key = self.states[win.key as usize].key.clone();
+        let key = win.key.clone();
         let values = self.layout.values(&win.accs);
         if retracting {
             if let Some(last) = &win.last {
@@ -847,10 +836,11 @@ impl Engine {
 
     /// Drops a window that emitted its final pane.
     fn remove_window(&mut self, slot: u32) {
-        let key = self.slab[slot as usize].key;
-        let ws = &mut self.states[key as usize].windows;
-        if let Some(i) = ws.iter().position(|&s| s == slot) {
-            ws.swap_remove(i);
+        let win = &self.slab[slot as usize];
+        if let Some(e) = self.keys.find_mut(win.key_hash, |e| e.key == win.key) {
+            if let Some(i) = e.windows.iter().position(|&s| s == slot) {
+                e.windows.swap_remove(i);
+            }
         }
         self.release(slot);
     }

@@ -90,7 +90,7 @@ pub(crate) struct P {
 impl P {
     fn of(p: &Pane) -> P {
         P {
-            key: p.key.iter().map(|k| k.to_string()).collect::<Vec<_>>().join("|"),
+            key: p.key.to_string(),
             start: p.window_start / 1000,
             end: p.window_end / 1000,
             idx: p.pane_index,

@@ -154,6 +154,86 @@ pub fn decode_key(mut b: &[u8]) -> Vec<KeyValue> {
     out
 }
 
+/// One part of an encoded key, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPart<'a> {
+    Int(i64),
+    Str(&'a str),
+}
+
+/// An encoded composite key, inline when short (no allocation, no pointer to follow).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EncodedKey {
+    Inline(u8, [u8; 30]),
+    Heap(Box<[u8]>),
+}
+
+impl EncodedKey {
+    pub fn new(b: &[u8]) -> EncodedKey {
+        if b.len() <= 30 {
+            let mut a = [0u8; 30];
+            a[..b.len()].copy_from_slice(b);
+            EncodedKey::Inline(b.len() as u8, a)
+        } else {
+            EncodedKey::Heap(b.into())
+        }
+    }
+
+    /// From key values.
+    pub fn from_values(vals: &[KeyValue]) -> EncodedKey {
+        let mut b = Vec::new();
+        encode_key(vals, &mut b);
+        EncodedKey::new(&b)
+    }
+
+    #[inline]
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            EncodedKey::Inline(n, a) => &a[..*n as usize],
+            EncodedKey::Heap(b) => b,
+        }
+    }
+
+    /// The key values.
+    pub fn values(&self) -> Vec<KeyValue> {
+        decode_key(self.bytes())
+    }
+
+    /// Part `i` of the key, without allocating.
+    pub fn part(&self, i: usize) -> Option<KeyPart<'_>> {
+        let mut b = self.bytes();
+        let mut n = 0;
+        while let Some((&tag, rest)) = b.split_first() {
+            let (part, r) = match tag {
+                b'i' if rest.len() >= 8 => {
+                    let (x, r) = rest.split_at(8);
+                    (KeyPart::Int(i64::from_le_bytes(x.try_into().ok()?)), r)
+                }
+                b's' if rest.len() >= 4 => {
+                    let (x, r) = rest.split_at(4);
+                    let len = u32::from_le_bytes(x.try_into().ok()?) as usize;
+                    let (s, r) = r.split_at(len.min(r.len()));
+                    (KeyPart::Str(std::str::from_utf8(s).ok()?), r)
+                }
+                _ => return None,
+            };
+            if n == i {
+                return Some(part);
+            }
+            n += 1;
+            b = r;
+        }
+        None
+    }
+}
+
+impl fmt::Display for EncodedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.values().iter().map(|v| v.to_string()).collect();
+        f.write_str(&parts.join("|"))
+    }
+}
+
 /// Encodes key values the way the decoder does.
 pub fn encode_key(vals: &[KeyValue], out: &mut Vec<u8>) {
     for v in vals {

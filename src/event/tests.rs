@@ -86,8 +86,8 @@ proptest! {
         let mut line = format!("{{{}}}", members.join(","));
         if mutate {
             let cut = cut % line.len();
+            if !line.is_char_boundary(cut) { return Ok(()); }
             line.truncate(cut);
-            if !line.is_char_boundary(line.len()) { return Ok(()); }
         }
         let want = serde_json::from_str::<serde_json::Value>(&line);
         let mut d = decoder();
@@ -97,7 +97,9 @@ proptest! {
                 let a = &v["amount"];
                 let f = ev.field(0);
                 match a {
-                    serde_json::Value::Number(n) => prop_assert_eq!(f, FieldVal::Num(n.as_f64().expect("finite"))),
+                    // serde_json's default float parsing is not always correctly
+                    // rounded; the standard library's is the reference.
+                    serde_json::Value::Number(_) => prop_assert_eq!(f, FieldVal::Num(amount.parse::<f64>().expect("number"))),
                     serde_json::Value::String(s) => prop_assert_eq!(f, FieldVal::Str(s.as_str())),
                     serde_json::Value::Bool(b) => prop_assert_eq!(f, FieldVal::Bool(*b)),
                     serde_json::Value::Null => prop_assert_eq!(f, FieldVal::Null),

@@ -23,7 +23,7 @@ use parquet::file::properties::WriterProperties;
 use crate::aggregate::Value;
 use crate::config::{AggKind, FeatureKind, Pipeline, ValueType};
 use crate::engine::Pane;
-use crate::event::KeyValue;
+use crate::event::KeyPart;
 use crate::time::{utc_date, Micros, MICROS_PER_DAY};
 
 /// Errors of the offline sink.
@@ -224,7 +224,7 @@ impl ParquetSink {
         let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
         let mut fields = Vec::new();
         for (i, k) in self.key_names.iter().enumerate() {
-            let all_int = rows.iter().all(|p| matches!(p.key.get(i), Some(KeyValue::Int(_))));
+            let all_int = rows.iter().all(|p| matches!(p.key.part(i), Some(KeyPart::Int(_))));
             fields.push(Field::new(k, if all_int { DataType::Int64 } else { DataType::Utf8 }, false));
         }
         fields.push(Field::new("window_start", ts(), false));
@@ -299,9 +299,9 @@ pub fn build_batch(
             DataType::Int64 => {
                 let mut b = Int64Builder::with_capacity(n);
                 for p in rows {
-                    match &p.key[i] {
-                        KeyValue::Int(v) => b.append_value(*v),
-                        KeyValue::Str(_) => b.append_null(),
+                    match p.key.part(i) {
+                        Some(KeyPart::Int(v)) => b.append_value(v),
+                        _ => b.append_null(),
                     }
                 }
                 cols.push(Arc::new(b.finish()));
@@ -309,9 +309,10 @@ pub fn build_batch(
             _ => {
                 let mut b = StringBuilder::with_capacity(n, n * 8);
                 for p in rows {
-                    match &p.key[i] {
-                        KeyValue::Int(v) => b.append_value(v.to_string()),
-                        KeyValue::Str(s) => b.append_value(s),
+                    match p.key.part(i) {
+                        Some(KeyPart::Int(v)) => b.append_value(v.to_string()),
+                        Some(KeyPart::Str(s)) => b.append_value(s),
+                        None => b.append_null(),
                     }
                 }
                 cols.push(Arc::new(b.finish()));
