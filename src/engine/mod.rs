@@ -148,8 +148,10 @@ struct KeyEntry {
     hot_slot: u32,
     hot_window: u64,
     hot_start: i64,
-    /// Slots of this key's open windows.
-    windows: SmallVec<[u32; 2]>,
+    /// This key's windows as (slot, window id); entries whose slot no longer
+    /// holds that window are stale and pruned when the key is next touched,
+    /// so that dropping a window needs no lookup.
+    windows: SmallVec<[(u32, u64); 2]>,
 }
 
 /// Compiled feature layout: accumulators, filters, and how to finish each feature.
@@ -510,10 +512,13 @@ impl Engine {
                 match hot.filter(|&(s, id, st)| st == start && self.valid(s, id)) {
                     Some((s, _, _)) => s,
                     None => {
-                        let existing = self
-                            .keys
-                            .find(hash, |e| e.key.bytes() == ev.key)
-                            .and_then(|e| e.windows.iter().copied().find(|&s| self.slab[s as usize].start == start));
+                        let existing = self.keys.find(hash, |e| e.key.bytes() == ev.key).and_then(|e| {
+                            e.windows
+                                .iter()
+                                .copied()
+                                .find(|&(s, id)| self.valid(s, id) && self.slab[s as usize].start == start)
+                                .map(|(s, _)| s)
+                        });
                         let slot = match existing {
                             Some(s) => s,
                             None => {
@@ -533,9 +538,9 @@ impl Engine {
             WindowKind::Session { gap } => {
                 let (ps, pe) = (t, t.saturating_add(gap));
                 let meets = self.keys.find(hash, |e| e.key.bytes() == ev.key).is_some_and(|e| {
-                    e.windows.iter().any(|&s| {
+                    e.windows.iter().any(|&(s, id)| {
                         let x = &self.slab[s as usize];
-                        sessions_meet((x.start, x.end), (ps, pe))
+                        self.valid(s, id) && sessions_meet((x.start, x.end), (ps, pe))
                     })
                 });
                 if !meets && w >= pe.saturating_add(self.allowed_lateness) {
@@ -691,8 +696,10 @@ impl Engine {
         } else {
             self.add_timer(end, slot, id, TimerKind::OnTime);
         }
+        let slab = &self.slab;
         if let Some(e) = self.keys.find_mut(hash, |e| e.key.bytes() == key) {
-            e.windows.push(slot);
+            e.windows.retain(|&mut (s, wid)| s != slot && slab[s as usize].live && slab[s as usize].id == wid);
+            e.windows.push((slot, id));
         }
         slot
     }
@@ -708,8 +715,8 @@ impl Engine {
         let (mut lo, mut hi) = (ps, pe);
         // Sessions of one key never meet each other; sorted by start, the
         // ones the new interval bridges form one run.
-        let mut sessions = match self.keys.find_mut(hash, |e| e.key.bytes() == key) {
-            Some(e) => std::mem::take(&mut e.windows),
+        let mut sessions: SmallVec<[u32; 4]> = match self.keys.find_mut(hash, |e| e.key.bytes() == key) {
+            Some(e) => std::mem::take(&mut e.windows).into_iter().filter(|&(s, id)| self.valid(s, id)).map(|(s, _)| s).collect(),
             None => SmallVec::new(),
         };
         sessions.sort_by_key(|&s| self.slab[s as usize].start);
@@ -742,8 +749,9 @@ impl Engine {
             self.release(gone);
         }
         sessions.retain(|s| !members[1..].contains(s));
+        let listed = sessions.iter().map(|&s| (s, self.slab[s as usize].id)).collect();
         if let Some(e) = self.keys.find_mut(hash, |e| e.key.bytes() == key) {
-            e.windows = sessions;
+            e.windows = listed;
         }
         let w = self.wm.current();
         let surv = &mut self.slab[survivor as usize];
@@ -834,14 +842,8 @@ impl Engine {
         }
     }
 
-    /// Drops a window that emitted its final pane.
+    /// Drops a window that emitted its final pane (its key's list entry goes stale).
     fn remove_window(&mut self, slot: u32) {
-        let win = &self.slab[slot as usize];
-        if let Some(e) = self.keys.find_mut(win.key_hash, |e| e.key == win.key) {
-            if let Some(i) = e.windows.iter().position(|&s| s == slot) {
-                e.windows.swap_remove(i);
-            }
-        }
         self.release(slot);
     }
 

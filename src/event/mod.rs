@@ -360,7 +360,12 @@ impl DecodePlan {
     /// The index in `fields` of a top-level name.
     #[inline]
     pub fn lookup(&self, name: &[u8]) -> Option<usize> {
-        self.fields.iter().position(|(n, _)| n.as_bytes() == name)
+        // Length and first byte rule out most names without a compare call.
+        let first = *name.first()?;
+        self.fields.iter().position(|(n, _)| {
+            let n = n.as_bytes();
+            n.len() == name.len() && n[0] == first && n.iter().zip(name).all(|(a, b)| a == b)
+        })
     }
 }
 
@@ -384,6 +389,7 @@ pub struct Decoder {
     time: Option<Result<Micros, String>>,
     /// Per top-level field: (kind, start, end) of the raw JSON value.
     raw: Vec<Option<json::RawValue>>,
+    dates: crate::time::DateCache,
 }
 
 impl Decoder {
@@ -399,6 +405,7 @@ impl Decoder {
             scratch: String::with_capacity(256),
             time: None,
             raw: vec![None; n_fields],
+            dates: crate::time::DateCache::default(),
         }
     }
 
@@ -448,8 +455,11 @@ impl Decoder {
 
     /// Parses the event time from text in the pipeline's format.
     pub fn time_text(&mut self, s: &str) {
-        let r = crate::time::parse_time_text(s, self.plan.time_format()).map_err(|e| e.to_string());
-        self.time = Some(r);
+        let r = match self.plan.time_format() {
+            TimeFormat::Rfc3339 => crate::time::parse_rfc3339_cached(s, &mut self.dates),
+            f => crate::time::parse_time_text(s, f),
+        };
+        self.time = Some(r.map_err(|e| e.to_string()));
     }
 
     /// Finishes a record: checks key and time, encodes the key.

@@ -185,26 +185,56 @@ fn days_in_month(y: i64, m: u32) -> u32 {
 /// lowercase `t`/`z` is accepted as in RFC 3339's note. Fractions finer than a
 /// microsecond are truncated.
 pub fn parse_rfc3339(s: &str) -> Result<Micros, TimeError> {
+    let mut cache = DateCache::default();
+    parse_rfc3339_cached(s, &mut cache)
+}
+
+/// The last date seen, so that a stream of timestamps of one day parses its
+/// date once.
+#[derive(Debug, Clone, Default)]
+pub struct DateCache {
+    text: [u8; 10],
+    days: i64,
+    valid: bool,
+}
+
+/// [`parse_rfc3339`] with a date cache.
+pub fn parse_rfc3339_cached(s: &str, cache: &mut DateCache) -> Result<Micros, TimeError> {
     let err = || TimeError::Rfc3339(s.chars().take(64).collect());
     let b = s.as_bytes();
     if b.len() < 20 {
         return Err(err());
     }
-    let year = {
-        let (Some(hi), Some(lo)) = (digits2(b, 0), digits2(b, 2)) else {
-            return Err(err());
+    let days = if cache.valid && b[..10] == cache.text {
+        cache.days
+    } else {
+        let year = {
+            let (Some(hi), Some(lo)) = (digits2(b, 0), digits2(b, 2)) else {
+                return Err(err());
+            };
+            (hi * 100 + lo) as i64
         };
-        (hi * 100 + lo) as i64
+        if b[4] != b'-' || b[7] != b'-' {
+            return Err(err());
+        }
+        let month = digits2(b, 5).ok_or_else(err)?;
+        let day = digits2(b, 8).ok_or_else(err)?;
+        if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+            return Err(err());
+        }
+        let days = days_from_civil(year, month, day);
+        cache.text.copy_from_slice(&b[..10]);
+        cache.days = days;
+        cache.valid = true;
+        days
     };
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
         return Err(err());
     }
-    let month = digits2(b, 5).ok_or_else(err)?;
-    let day = digits2(b, 8).ok_or_else(err)?;
     let hour = digits2(b, 11).ok_or_else(err)?;
     let minute = digits2(b, 14).ok_or_else(err)?;
     let second = digits2(b, 17).ok_or_else(err)?;
-    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 60 {
+    if hour > 23 || minute > 59 || second > 60 {
         return Err(err());
     }
     let mut i = 19;
@@ -239,9 +269,7 @@ pub fn parse_rfc3339(s: &str) -> Result<Micros, TimeError> {
         }
         _ => return Err(err()),
     };
-    // A leap second (:60) is read as the last microsecond-resolution instant
-    // of its minute plus one second, as chrono does: it lands on the next minute.
-    let days = days_from_civil(year, month, day);
+    // A leap second (:60) lands on the first second of the next minute.
     let secs = days * 86_400 + hour as i64 * 3600 + minute as i64 * 60 + second as i64 - offset_secs;
     Ok(secs * MICROS_PER_SEC + frac)
 }
