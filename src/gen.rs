@@ -16,7 +16,9 @@ use arrow_array::builder::{Float64Builder, StringBuilder, TimestampMillisecondBu
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 
-use crate::time::{write_rfc3339, Micros, MICROS_PER_DAY, MICROS_PER_MILLI, MICROS_PER_MIN, MICROS_PER_SEC};
+use crate::time::{
+    write_rfc3339, Micros, MICROS_PER_DAY, MICROS_PER_MILLI, MICROS_PER_MIN, MICROS_PER_SEC,
+};
 
 /// Generator settings.
 #[derive(Debug, Clone)]
@@ -98,7 +100,18 @@ impl Rng {
 }
 
 const CATEGORIES: [&str; 12] = [
-    "grocery", "electronics", "fashion", "travel", "dining", "fuel", "health", "home", "games", "books", "beauty", "sports",
+    "grocery",
+    "electronics",
+    "fashion",
+    "travel",
+    "dining",
+    "fuel",
+    "health",
+    "home",
+    "games",
+    "books",
+    "beauty",
+    "sports",
 ];
 
 /// One generated event.
@@ -136,7 +149,13 @@ impl Generator {
         }
         let span = opts.days as i64 * MICROS_PER_DAY;
         let rng = Rng::new(opts.seed);
-        Generator { opts, rng, cdf, i: 0, span }
+        Generator {
+            opts,
+            rng,
+            cdf,
+            i: 0,
+            span,
+        }
     }
 
     fn user(&mut self) -> u32 {
@@ -166,7 +185,8 @@ impl Iterator for Generator {
         if self.i >= self.opts.events {
             return None;
         }
-        let arrival = self.opts.start + ((self.i as i128 * self.span as i128) / self.opts.events.max(1) as i128) as i64;
+        let arrival = self.opts.start
+            + ((self.i as i128 * self.span as i128) / self.opts.events.max(1) as i128) as i64;
         self.i += 1;
         let user = self.user();
         let merchant = self.rng.below(self.opts.merchants.max(1) as u64) as u32;
@@ -184,13 +204,26 @@ impl Iterator for Generator {
             cents = -cents;
         }
         let delay = if self.rng.unit() < self.opts.late_share {
-            2 * MICROS_PER_MIN + self.rng.below((8 * MICROS_PER_MIN / MICROS_PER_MILLI) as u64) as i64 * MICROS_PER_MILLI
+            2 * MICROS_PER_MIN
+                + self
+                    .rng
+                    .below((8 * MICROS_PER_MIN / MICROS_PER_MILLI) as u64) as i64
+                    * MICROS_PER_MILLI
         } else {
-            self.rng.below((20 * MICROS_PER_SEC / MICROS_PER_MILLI) as u64) as i64 * MICROS_PER_MILLI
+            self.rng
+                .below((20 * MICROS_PER_SEC / MICROS_PER_MILLI) as u64) as i64
+                * MICROS_PER_MILLI
         };
         // Whole milliseconds, as the RFC 3339 text carries.
         let event_time = (arrival - delay).div_euclid(MICROS_PER_MILLI) * MICROS_PER_MILLI;
-        Some(GenEvent { user, merchant, category, event_type, amount_cents: cents, event_time })
+        Some(GenEvent {
+            user,
+            merchant,
+            category,
+            event_type,
+            amount_cents: cents,
+            event_time,
+        })
     }
 }
 
@@ -239,7 +272,11 @@ impl GenFormat {
 }
 
 /// Writes the data set as JSON lines to `out`; returns the number of events.
-pub fn write_jsonl(opts: GenOptions, out: &mut dyn Write, mut progress: impl FnMut(u64)) -> std::io::Result<u64> {
+pub fn write_jsonl(
+    opts: GenOptions,
+    out: &mut dyn Write,
+    mut progress: impl FnMut(u64),
+) -> std::io::Result<u64> {
     let mut buf = String::with_capacity(1 << 20);
     let mut n = 0u64;
     for ev in Generator::new(opts) {
@@ -257,14 +294,22 @@ pub fn write_jsonl(opts: GenOptions, out: &mut dyn Write, mut progress: impl FnM
 }
 
 /// Writes the data set as a Parquet file (event_time as a UTC millisecond timestamp).
-pub fn write_parquet(opts: GenOptions, out: std::fs::File, mut progress: impl FnMut(u64)) -> Result<u64, parquet::errors::ParquetError> {
+pub fn write_parquet(
+    opts: GenOptions,
+    out: std::fs::File,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, parquet::errors::ParquetError> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("user_id", DataType::Utf8, false),
         Field::new("merchant_id", DataType::Utf8, false),
         Field::new("category", DataType::Utf8, false),
         Field::new("event_type", DataType::Utf8, false),
         Field::new("amount", DataType::Float64, false),
-        Field::new("event_time", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        Field::new(
+            "event_time",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
     ]));
     let props = parquet::file::properties::WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY)
@@ -288,7 +333,12 @@ pub fn write_parquet(opts: GenOptions, out: std::fs::File, mut progress: impl Fn
             c.append_value(ev.category);
             e.append_value(ev.event_type);
             // The same decimal the JSON text carries.
-            let s = format!("{}{}.{:02}", if ev.amount_cents < 0 { "-" } else { "" }, ev.amount_cents.unsigned_abs() / 100, ev.amount_cents.unsigned_abs() % 100);
+            let s = format!(
+                "{}{}.{:02}",
+                if ev.amount_cents < 0 { "-" } else { "" },
+                ev.amount_cents.unsigned_abs() / 100,
+                ev.amount_cents.unsigned_abs() % 100
+            );
             a.append_value(s.parse().unwrap_or(0.0));
             t.append_value(ev.event_time / MICROS_PER_MILLI);
             n += 1;
@@ -317,7 +367,11 @@ mod tests {
 
     #[test]
     fn same_seed_same_bytes_and_shape() {
-        let opts = GenOptions { events: 20_000, users: 1000, ..Default::default() };
+        let opts = GenOptions {
+            events: 20_000,
+            users: 1000,
+            ..Default::default()
+        };
         let mut a = Vec::new();
         let mut b = Vec::new();
         write_jsonl(opts.clone(), &mut a, |_| {}).expect("memory");
@@ -344,7 +398,8 @@ mod tests {
         let refunds = evs.iter().filter(|e| e.event_type == "refund").count();
         assert!(refunds > 0 && refunds < evs.len() / 50);
         let text = String::from_utf8(a).expect("utf8");
-        let first: serde_json::Value = serde_json::from_str(text.lines().next().expect("a line")).expect("json");
+        let first: serde_json::Value =
+            serde_json::from_str(text.lines().next().expect("a line")).expect("json");
         assert!(first["event_time"].as_str().expect("string").ends_with('Z'));
     }
 }

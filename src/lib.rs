@@ -3,13 +3,13 @@
 //! The event-time core (`time`, `window`, `aggregate`, `engine`) is
 //! synchronous and does no I/O; sources, sinks and the CLI wrap it.
 
-pub mod config;
-pub mod event;
-pub mod time;
 pub mod aggregate;
+pub mod config;
 pub mod engine;
-pub mod window;
+pub mod event;
+pub mod gen;
+pub mod replay;
 pub mod sink;
 pub mod source;
-pub mod replay;
-pub mod gen;
+pub mod time;
+pub mod window;

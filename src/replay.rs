@@ -28,7 +28,10 @@ pub enum ReplayError {
     #[error(transparent)]
     Parquet(#[from] ParquetSinkError),
     #[error("failed to write dead letters to {path}: {source}")]
-    DeadLetter { path: PathBuf, source: std::io::Error },
+    DeadLetter {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What to replay.
@@ -91,11 +94,22 @@ pub fn run_id(pipeline: &str, input: &Path, from: Option<Micros>, to: Option<Mic
     let input = if input == Path::new("-") {
         "-".to_string()
     } else {
-        std::fs::canonicalize(input).unwrap_or_else(|_| input.to_path_buf()).display().to_string()
+        std::fs::canonicalize(input)
+            .unwrap_or_else(|_| input.to_path_buf())
+            .display()
+            .to_string()
     };
     let from = from.map(|f| f.to_string()).unwrap_or_default();
     let to = to.map(|f| f.to_string()).unwrap_or_default();
-    format!("r{:016x}", fnv1a(&[pipeline.as_bytes(), input.as_bytes(), from.as_bytes(), to.as_bytes()]))
+    format!(
+        "r{:016x}",
+        fnv1a(&[
+            pipeline.as_bytes(),
+            input.as_bytes(),
+            from.as_bytes(),
+            to.as_bytes()
+        ])
+    )
 }
 
 /// Peak resident memory of this process, from `/proc/self/status`.
@@ -126,13 +140,25 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     let mut opened = file::open(&opts.input, 8192)?;
     let name = opened.name.clone();
     let mut out = Vec::with_capacity(4096);
-    let mut s = ReplaySummary { pipeline: p.name.clone(), input: name.clone(), ..Default::default() };
+    let mut s = ReplaySummary {
+        pipeline: p.name.clone(),
+        input: name.clone(),
+        ..Default::default()
+    };
     let (from, to) = (opts.from.unwrap_or(i64::MIN), opts.to.unwrap_or(i64::MAX));
-    let tick = |records: u64, engine: &mut Engine, sink: &mut ParquetSink, progress: &mut Option<Box<dyn FnMut(u64, Option<u64>, u64)>>| -> Result<(), ReplayError> {
+    let tick = |records: u64,
+                engine: &mut Engine,
+                sink: &mut ParquetSink,
+                progress: &mut Option<Box<dyn FnMut(u64, Option<u64>, u64)>>|
+     -> Result<(), ReplayError> {
         engine.set_wall_clock(opts.wall_clock.now());
         sink.on_watermark(engine.watermark())?;
         if let Some(f) = progress.as_mut() {
-            f(opened.progress.load(Ordering::Relaxed), opened.size, records);
+            f(
+                opened.progress.load(Ordering::Relaxed),
+                opened.size,
+                records,
+            );
         }
         Ok(())
     };
@@ -144,10 +170,21 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                     continue;
                 }
                 s.records += 1;
-                let pos = || Position::File { file: name.clone(), line: line.number };
+                let pos = || Position::File {
+                    file: name.clone(),
+                    line: line.number,
+                };
                 if line.oversized {
-                    let r = Refusal::new(Reason::Oversized, format!("record of {} bytes exceeds {} bytes", line.len, file::MAX_LINE_BYTES));
-                    dl.write(&r, &pos(), line.bytes).map_err(dl_err(dl.path()))?;
+                    let r = Refusal::new(
+                        Reason::Oversized,
+                        format!(
+                            "record of {} bytes exceeds {} bytes",
+                            line.len,
+                            file::MAX_LINE_BYTES
+                        ),
+                    );
+                    dl.write(&r, &pos(), line.bytes)
+                        .map_err(dl_err(dl.path()))?;
                     continue;
                 }
                 let result = match dec.decode_json(line.bytes) {
@@ -159,7 +196,8 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                     Err(r) => Err(r),
                 };
                 if let Err(r) = result {
-                    dl.write(&r, &pos(), line.bytes).map_err(dl_err(dl.path()))?;
+                    dl.write(&r, &pos(), line.bytes)
+                        .map_err(dl_err(dl.path()))?;
                 }
                 if !out.is_empty() {
                     sink.write(&mut out)?;
@@ -181,7 +219,15 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                     Err(r) => Err(r),
                 };
                 if let Err(r) = result {
-                    dl.write(&r, &Position::Row { file: name.clone(), row }, b"").map_err(dl_err(dl.path()))?;
+                    dl.write(
+                        &r,
+                        &Position::Row {
+                            file: name.clone(),
+                            row,
+                        },
+                        b"",
+                    )
+                    .map_err(dl_err(dl.path()))?;
                 }
                 if !out.is_empty() {
                     sink.write(&mut out)?;
@@ -198,7 +244,11 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     sink.remove_stale()?;
     dl.finish().map_err(dl_err(dl.path()))?;
     if let Some(f) = opts.progress.as_mut() {
-        f(opened.progress.load(Ordering::Relaxed), opened.size, s.records);
+        f(
+            opened.progress.load(Ordering::Relaxed),
+            opened.size,
+            s.records,
+        );
     }
     let elapsed = started.elapsed().max(Duration::from_micros(1));
     let st = &engine.stats;
@@ -209,8 +259,16 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     s.panes = st.panes;
     s.retractions = st.retractions;
     s.rows = sink.rows();
-    s.files = sink.files().iter().map(|f| f.display().to_string()).collect();
-    s.dead_letters = dl.counts().iter().map(|(r, n)| (r.as_str().to_string(), *n)).collect();
+    s.files = sink
+        .files()
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    s.dead_letters = dl
+        .counts()
+        .iter()
+        .map(|(r, n)| (r.as_str().to_string(), *n))
+        .collect();
     s.dead_letters_total = dl.total();
     s.dead_letter_file = (dl.total() > 0).then(|| dl.path().display().to_string());
     s.seconds = elapsed.as_secs_f64();

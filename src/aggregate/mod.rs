@@ -42,7 +42,15 @@ pub struct Stats {
 
 impl Default for Stats {
     fn default() -> Self {
-        Stats { n: 0, sum: 0.0, comp: 0.0, mean: 0.0, m2: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY }
+        Stats {
+            n: 0,
+            sum: 0.0,
+            comp: 0.0,
+            mean: 0.0,
+            m2: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
     }
 }
 
@@ -307,7 +315,11 @@ mod tests {
         xs.iter().for_each(|&x| s.update(x));
         let (m, v) = exact_mean_var(&xs);
         assert!((s.mean().expect("n>0") - m).abs() / m < 1e-12);
-        assert!((s.var_sample().expect("n>1") - v).abs() / v < 1e-9, "{:?} vs {v}", s.var_sample());
+        assert!(
+            (s.var_sample().expect("n>1") - v).abs() / v < 1e-9,
+            "{:?} vs {v}",
+            s.var_sample()
+        );
     }
 
     #[test]
@@ -324,7 +336,10 @@ mod tests {
     fn first_last_ties_go_by_arrival() {
         let mut f = Acc::First(None);
         let mut l = Acc::Last(None);
-        for (seq, (t, v)) in [(5, "b"), (3, "a"), (3, "a2"), (9, "z"), (9, "z2")].iter().enumerate() {
+        for (seq, (t, v)) in [(5, "b"), (3, "a"), (3, "a2"), (9, "z"), (9, "z2")]
+            .iter()
+            .enumerate()
+        {
             f.pick(*t, seq as u64, ScalarRef::Str(v));
             l.pick(*t, seq as u64, ScalarRef::Str(v));
         }

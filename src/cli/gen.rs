@@ -46,12 +46,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         n
     } else {
         let path = &args.output;
-        let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().and_then(|s| s.to_str()).unwrap_or("gen")));
-        let file = std::fs::File::create(&tmp).with_context(|| format!("failed to create {}", tmp.display()))?;
+        let tmp = path.with_file_name(format!(
+            ".{}.tmp",
+            path.file_name().and_then(|s| s.to_str()).unwrap_or("gen")
+        ));
+        let file = std::fs::File::create(&tmp)
+            .with_context(|| format!("failed to create {}", tmp.display()))?;
         let bar = progress_bar(args.events);
         let tick = |n: u64| bar.set_position(n);
         let n = match GenFormat::from_path(path) {
-            GenFormat::Parquet => write_parquet(opts, file, tick).context("failed to write parquet")?,
+            GenFormat::Parquet => {
+                write_parquet(opts, file, tick).context("failed to write parquet")?
+            }
             GenFormat::Json => {
                 let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
                 let n = write_jsonl(opts, &mut w, tick)?;
@@ -59,7 +65,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 n
             }
             GenFormat::JsonGzip => {
-                let mut w = flate2::write::GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::fast());
+                let mut w = flate2::write::GzEncoder::new(
+                    std::io::BufWriter::new(file),
+                    flate2::Compression::fast(),
+                );
                 let n = write_jsonl(opts, &mut w, tick)?;
                 w.finish()?.flush()?;
                 n
@@ -72,10 +81,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         };
         bar.finish_and_clear();
-        std::fs::rename(&tmp, path).with_context(|| format!("failed to move {} into place", path.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("failed to move {} into place", path.display()))?;
         n
     };
-    eprintln!("generated {n} events in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "generated {n} events in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -87,8 +100,10 @@ pub fn progress_bar(len: u64) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar
 }

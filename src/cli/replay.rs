@@ -42,23 +42,39 @@ pub fn run(args: Args) -> anyhow::Result<ReplaySummary> {
     let output = match (&args.output, &pipeline.parquet_path) {
         (Some(o), _) => o.clone(),
         (None, Some(p)) => p.clone(),
-        (None, None) => bail!("no --output given and pipeline {} has no offline parquet sink", pipeline.name),
+        (None, None) => bail!(
+            "no --output given and pipeline {} has no offline parquet sink",
+            pipeline.name
+        ),
     };
-    let from = args.from.as_deref().map(super::parse_time_arg).transpose().context("invalid --from")?;
-    let to = args.to.as_deref().map(super::parse_time_arg).transpose().context("invalid --to")?;
-    let progress: Option<Box<dyn FnMut(u64, Option<u64>, u64)>> = if std::io::stderr().is_terminal() {
+    let from = args
+        .from
+        .as_deref()
+        .map(super::parse_time_arg)
+        .transpose()
+        .context("invalid --from")?;
+    let to = args
+        .to
+        .as_deref()
+        .map(super::parse_time_arg)
+        .transpose()
+        .context("invalid --to")?;
+    let progress: Option<Box<dyn FnMut(u64, Option<u64>, u64)>> = if std::io::stderr().is_terminal()
+    {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
             indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
-        Some(Box::new(move |bytes: u64, size: Option<u64>, records: u64| {
-            if let Some(s) = size {
-                bar.set_length(s);
-            }
-            bar.set_position(bytes);
-            bar.set_message(format!("{records} records"));
-        }))
+        Some(Box::new(
+            move |bytes: u64, size: Option<u64>, records: u64| {
+                if let Some(s) = size {
+                    bar.set_length(s);
+                }
+                bar.set_position(bytes);
+                bar.set_message(format!("{records} records"));
+            },
+        ))
     } else {
         None
     };
@@ -82,7 +98,10 @@ pub fn run(args: Args) -> anyhow::Result<ReplaySummary> {
 fn print_summary(s: &ReplaySummary) {
     eprintln!("replay of {} from {}", s.pipeline, s.input);
     eprintln!("  records        {}", s.records);
-    eprintln!("  events         {} into windows ({} outside --from/--to)", s.events, s.out_of_range);
+    eprintln!(
+        "  events         {} into windows ({} outside --from/--to)",
+        s.events, s.out_of_range
+    );
     eprintln!("  dead letters   {}", s.dead_letters_total);
     for (r, n) in &s.dead_letters {
         eprintln!("    {r:<18} {n}");
@@ -90,10 +109,22 @@ fn print_summary(s: &ReplaySummary) {
     if let Some(f) = &s.dead_letter_file {
         eprintln!("    written to {f}");
     }
-    eprintln!("  late events    {} kept, {} dropped", s.late_events_kept, s.late_events_dropped);
+    eprintln!(
+        "  late events    {} kept, {} dropped",
+        s.late_events_kept, s.late_events_dropped
+    );
     eprintln!("  windows        {}", s.windows);
-    eprintln!("  panes          {} ({} retractions), {} rows in {} files", s.panes, s.retractions, s.rows, s.files.len());
-    eprintln!("  time           {:.2}s, {:.0} events/s", s.seconds, s.events_per_second);
+    eprintln!(
+        "  panes          {} ({} retractions), {} rows in {} files",
+        s.panes,
+        s.retractions,
+        s.rows,
+        s.files.len()
+    );
+    eprintln!(
+        "  time           {:.2}s, {:.0} events/s",
+        s.seconds, s.events_per_second
+    );
     if let Some(m) = s.peak_memory_bytes {
         eprintln!("  peak memory    {:.1} MiB", m as f64 / (1024.0 * 1024.0));
     }

@@ -33,12 +33,23 @@ pub fn run(args: Args) -> anyhow::Result<usize> {
         match Pipeline::from_file(f) {
             Ok(p) => {
                 if let Some(first) = names.get(&p.name) {
-                    eprintln!("{}:2:1: feature group name {:?} is already used by {}", f.display(), p.name, first.display());
+                    eprintln!(
+                        "{}:2:1: feature group name {:?} is already used by {}",
+                        f.display(),
+                        p.name,
+                        first.display()
+                    );
                     bad += 1;
                     continue;
                 }
                 names.insert(p.name.clone(), f.clone());
-                println!("{}: ok ({}, {}, {} features)", f.display(), p.name, p.window_text(), p.features.len());
+                println!(
+                    "{}: ok ({}, {}, {} features)",
+                    f.display(),
+                    p.name,
+                    p.window_text(),
+                    p.features.len()
+                );
             }
             Err(e) => {
                 eprintln!("{e}");

@@ -81,9 +81,10 @@ fn tokenize(src: &str) -> Result<Vec<(usize, Tok)>, ExprError> {
                     i += 1;
                 }
             }
-            let n: f64 = src[start..i]
-                .parse()
-                .map_err(|_| ExprError { offset: start, message: format!("invalid number {:?}", &src[start..i]) })?;
+            let n: f64 = src[start..i].parse().map_err(|_| ExprError {
+                offset: start,
+                message: format!("invalid number {:?}", &src[start..i]),
+            })?;
             out.push((start, Tok::Num(n)));
         } else if c.is_ascii_alphabetic() || c == b'_' {
             while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
@@ -96,7 +97,12 @@ fn tokenize(src: &str) -> Result<Vec<(usize, Tok)>, ExprError> {
             let mut s = String::new();
             loop {
                 match b.get(i) {
-                    None => return Err(ExprError { offset: start, message: "unterminated string".into() }),
+                    None => {
+                        return Err(ExprError {
+                            offset: start,
+                            message: "unterminated string".into(),
+                        })
+                    }
                     Some(&q) if q == quote => {
                         i += 1;
                         break;
@@ -107,12 +113,20 @@ fn tokenize(src: &str) -> Result<Vec<(usize, Tok)>, ExprError> {
                             Some(b'n') => s.push('\n'),
                             Some(b't') => s.push('\t'),
                             Some(e @ (b'\\' | b'"' | b'\'')) => s.push(e as char),
-                            _ => return Err(ExprError { offset: i, message: "invalid escape in string".into() }),
+                            _ => {
+                                return Err(ExprError {
+                                    offset: i,
+                                    message: "invalid escape in string".into(),
+                                })
+                            }
                         }
                         i += 2;
                     }
                     Some(_) => {
-                        let ch = src[i..].chars().next().expect("index is on a char boundary");
+                        let ch = src[i..]
+                            .chars()
+                            .next()
+                            .expect("index is on a char boundary");
                         s.push(ch);
                         i += ch.len_utf8();
                     }
@@ -143,15 +157,25 @@ fn tokenize(src: &str) -> Result<Vec<(usize, Tok)>, ExprError> {
                     b'>' => ">",
                     b'!' => "not",
                     b'=' => {
-                        return Err(ExprError { offset: start, message: "expected '==' for equality".into() });
+                        return Err(ExprError {
+                            offset: start,
+                            message: "expected '==' for equality".into(),
+                        });
                     }
                     _ => {
                         let ch = src[i..].chars().next().unwrap_or('?');
-                        return Err(ExprError { offset: start, message: format!("unexpected character {ch:?}") });
+                        return Err(ExprError {
+                            offset: start,
+                            message: format!("unexpected character {ch:?}"),
+                        });
                     }
                 },
             };
-            i += if matches!(op, "==" | "!=" | "<=" | ">=") || two == "&&" || two == "||" { 2 } else { 1 };
+            i += if matches!(op, "==" | "!=" | "<=" | ">=") || two == "&&" || two == "||" {
+                2
+            } else {
+                1
+            };
             out.push((start, Tok::Op(op)));
         }
     }
@@ -179,7 +203,10 @@ impl Parser {
         t
     }
     fn err<T>(&self, message: impl Into<String>) -> Result<T, ExprError> {
-        Err(ExprError { offset: self.offset(), message: message.into() })
+        Err(ExprError {
+            offset: self.offset(),
+            message: message.into(),
+        })
     }
 
     /// Binding power of an infix operator at the cursor.
@@ -272,7 +299,10 @@ pub fn parse(src: &str) -> Result<Expr, ExprError> {
     let mut p = Parser { toks, pos: 0 };
     let e = p.expr(0)?;
     if *p.peek() != Tok::End {
-        return p.err(format!("unexpected {} after the expression", describe(p.peek())));
+        return p.err(format!(
+            "unexpected {} after the expression",
+            describe(p.peek())
+        ));
     }
     Ok(e)
 }
@@ -311,7 +341,11 @@ impl Expr {
             Expr::Ident(s) => Compiled::Slot(resolve(s)),
             Expr::Neg(a) => Compiled::Neg(Box::new(a.compile(resolve))),
             Expr::Not(a) => Compiled::Not(Box::new(a.compile(resolve))),
-            Expr::Bin(op, a, b) => Compiled::Bin(*op, Box::new(a.compile(resolve)), Box::new(b.compile(resolve))),
+            Expr::Bin(op, a, b) => Compiled::Bin(
+                *op,
+                Box::new(a.compile(resolve)),
+                Box::new(b.compile(resolve)),
+            ),
         }
     }
 }
@@ -427,7 +461,9 @@ impl Compiled {
                             (Val::Str(a), Val::Str(b)) => Some(a.cmp(b)),
                             _ => None,
                         };
-                        let Some(ord) = ord else { return Val::Bool(false) };
+                        let Some(ord) = ord else {
+                            return Val::Bool(false);
+                        };
                         Val::Bool(match op {
                             BinOp::Lt => ord.is_lt(),
                             BinOp::Le => ord.is_le(),
@@ -460,9 +496,18 @@ mod tests {
 
     #[test]
     fn arithmetic_precedence_and_nulls() {
-        assert_eq!(eval_num("a + b * c", &[Some(1.0), Some(2.0), Some(3.0)]), Val::Num(7.0));
-        assert_eq!(eval_num("(a + b) * c", &[Some(1.0), Some(2.0), Some(3.0)]), Val::Num(9.0));
-        assert_eq!(eval_num("a - b - c", &[Some(10.0), Some(2.0), Some(3.0)]), Val::Num(5.0));
+        assert_eq!(
+            eval_num("a + b * c", &[Some(1.0), Some(2.0), Some(3.0)]),
+            Val::Num(7.0)
+        );
+        assert_eq!(
+            eval_num("(a + b) * c", &[Some(1.0), Some(2.0), Some(3.0)]),
+            Val::Num(9.0)
+        );
+        assert_eq!(
+            eval_num("a - b - c", &[Some(10.0), Some(2.0), Some(3.0)]),
+            Val::Num(5.0)
+        );
         assert_eq!(eval_num("a / b", &[Some(1.0), Some(0.0), None]), Val::Null);
         assert_eq!(eval_num("a + c", &[Some(1.0), None, None]), Val::Null);
         assert_eq!(eval_num("-a * 2", &[Some(1.5), None, None]), Val::Num(-3.0));
@@ -472,7 +517,12 @@ mod tests {
     fn filters() {
         let e = parse(r#"kind == "click" && (x > 3 or not flag)"#).expect("parses");
         assert_eq!(e.idents(), vec!["kind", "x", "flag"]);
-        let c = e.compile(&mut |s| ["kind", "x", "flag"].iter().position(|n| *n == s).expect("known"));
+        let c = e.compile(&mut |s| {
+            ["kind", "x", "flag"]
+                .iter()
+                .position(|n| *n == s)
+                .expect("known")
+        });
         let v = |k: &'static str, x: f64, f: bool| {
             move |i: usize| match i {
                 0 => Val::Str(k.into()),

@@ -89,7 +89,10 @@ impl AggKind {
     ];
 
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(_, k)| *k == self).map_or("?", |(n, _)| n)
+        Self::ALL
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map_or("?", |(n, _)| n)
     }
 
     /// Aggregates that need a numeric field.
@@ -121,7 +124,11 @@ pub struct Feature {
 
 #[derive(Debug, Clone)]
 pub enum FeatureKind {
-    Agg { agg: AggKind, field: Option<String>, filter: Option<Expr> },
+    Agg {
+        agg: AggKind,
+        field: Option<String>,
+        filter: Option<Expr>,
+    },
     Derived(Expr),
 }
 
@@ -195,16 +202,23 @@ impl Pipeline {
 
     /// Parses and validates pipeline YAML; `file` names it in errors.
     pub fn from_yaml(text: &str, file: &str) -> Result<Pipeline, ConfigError> {
-        let spec: PipelineSpec = serde_saphyr::from_str(text).map_err(|e| yaml_error(file, text, &e))?;
+        let spec: PipelineSpec =
+            serde_saphyr::from_str(text).map_err(|e| yaml_error(file, text, &e))?;
         validate(spec, file)
     }
 
     /// Short description of the window for summaries and the registry.
     pub fn window_text(&self) -> String {
         match self.window {
-            WindowKind::Tumbling { size, offset: 0 } => format!("tumbling {}", format_duration(size)),
+            WindowKind::Tumbling { size, offset: 0 } => {
+                format!("tumbling {}", format_duration(size))
+            }
             WindowKind::Tumbling { size, offset } => {
-                format!("tumbling {} offset {}", format_duration(size), format_duration(offset))
+                format!(
+                    "tumbling {} offset {}",
+                    format_duration(size),
+                    format_duration(offset)
+                )
             }
             WindowKind::Session { gap } => format!("session gap {}", format_duration(gap)),
         }
@@ -223,7 +237,12 @@ fn yaml_error(file: &str, text: &str, e: &serde_saphyr::Error) -> ConfigError {
         (line, column)
     };
     let _ = text;
-    ConfigError { file: file.to_string(), line, column, message: clean_yaml_message(&e.to_string()) }
+    ConfigError {
+        file: file.to_string(),
+        line,
+        column,
+        message: clean_yaml_message(&e.to_string()),
+    }
 }
 
 /// The YAML library's message without its own location suffix or snippet.
@@ -245,7 +264,12 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, at: &Location, message: impl Into<String>) -> ConfigError {
-        ConfigError { file: self.file.to_string(), line: at.line().max(1), column: at.column().max(1), message: message.into() }
+        ConfigError {
+            file: self.file.to_string(),
+            line: at.line().max(1),
+            column: at.column().max(1),
+            message: message.into(),
+        }
     }
 
     fn duration(&self, s: &Spanned<String>, what: &str) -> Result<Micros, ConfigError> {
@@ -255,7 +279,13 @@ impl Ctx<'_> {
     fn positive_duration(&self, s: &Spanned<String>, what: &str) -> Result<Micros, ConfigError> {
         let d = self.duration(s, what)?;
         if d <= 0 {
-            return Err(self.err(&s.referenced, format!("{what}: expected a duration above zero, found {:?}", s.value)));
+            return Err(self.err(
+                &s.referenced,
+                format!(
+                    "{what}: expected a duration above zero, found {:?}",
+                    s.value
+                ),
+            ));
         }
         Ok(d)
     }
@@ -271,13 +301,18 @@ fn is_identifier(s: &str) -> bool {
 pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError> {
     let cx = Ctx { file };
     if spec.version.value != 1 {
-        return Err(cx.err(&spec.version.referenced, format!("unsupported version {}: expected 1", spec.version.value)));
+        return Err(cx.err(
+            &spec.version.referenced,
+            format!("unsupported version {}: expected 1", spec.version.value),
+        ));
     }
     let name = spec.name.value.clone();
     if !is_identifier(&name) {
         return Err(cx.err(
             &spec.name.referenced,
-            format!("invalid name {name:?}: expected letters, digits and '_', starting with a letter"),
+            format!(
+                "invalid name {name:?}: expected letters, digits and '_', starting with a letter"
+            ),
         ));
     }
 
@@ -285,7 +320,10 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
     let src = spec.source;
     if let Some(f) = &src.format {
         if f.value != "json" {
-            return Err(cx.err(&f.referenced, format!("unknown format {:?}: expected json", f.value)));
+            return Err(cx.err(
+                &f.referenced,
+                format!("unknown format {:?}: expected json", f.value),
+            ));
         }
     }
     let key_loc = src.key.referenced;
@@ -305,7 +343,10 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
     let et = src.event_time;
     let event_time = if et.kafka_timestamp == Some(true) {
         if let Some(f) = &et.field {
-            return Err(cx.err(&f.referenced, "expected either event_time.field or kafka_timestamp: true, not both"));
+            return Err(cx.err(
+                &f.referenced,
+                "expected either event_time.field or kafka_timestamp: true, not both",
+            ));
         }
         EventTimeSource::KafkaTimestamp
     } else {
@@ -325,14 +366,18 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
             },
         };
         match et.field {
-            Some(f) if !f.value.is_empty() => EventTimeSource::Field { name: f.value, format },
+            Some(f) if !f.value.is_empty() => EventTimeSource::Field {
+                name: f.value,
+                format,
+            },
             Some(f) => return Err(cx.err(&f.referenced, "expected a field name")),
             None => {
                 return Err(ConfigError {
                     file: file.to_string(),
                     line: key_loc.line(),
                     column: 1,
-                    message: "source.event_time: expected `field:` or `kafka_timestamp: true`".into(),
+                    message: "source.event_time: expected `field:` or `kafka_timestamp: true`"
+                        .into(),
                 })
             }
         }
@@ -346,7 +391,8 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
     });
 
     // Watermark.
-    let (mut ooo, mut idle_timeout, mut idle_advance, mut max_future) = (0, None, false, MICROS_PER_HOUR);
+    let (mut ooo, mut idle_timeout, mut idle_advance, mut max_future) =
+        (0, None, false, MICROS_PER_HOUR);
     if let Some(w) = &spec.watermark {
         if let Some(d) = &w.max_out_of_orderness {
             ooo = cx.duration(d, "max_out_of_orderness")?;
@@ -363,7 +409,10 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
     // Window.
     let win = spec.window;
     if let Some(h) = &win.hopping {
-        return Err(cx.err(&h.referenced, "hopping windows are not supported yet: expected tumbling or session"));
+        return Err(cx.err(
+            &h.referenced,
+            "hopping windows are not supported yet: expected tumbling or session",
+        ));
     }
     let window = match (&win.tumbling, &win.session) {
         (Some(t), None) => {
@@ -372,15 +421,28 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
                 Some(o) => cx.duration(o, "tumbling offset")?,
                 None => 0,
             };
-            WindowKind::Tumbling { size, offset: offset.rem_euclid(size) }
+            WindowKind::Tumbling {
+                size,
+                offset: offset.rem_euclid(size),
+            }
         }
-        (None, Some(s)) => WindowKind::Session { gap: cx.positive_duration(&s.value.gap, "session gap")? },
-        (Some(_), Some(s)) => return Err(cx.err(&s.referenced, "expected one window kind, found both tumbling and session")),
+        (None, Some(s)) => WindowKind::Session {
+            gap: cx.positive_duration(&s.value.gap, "session gap")?,
+        },
+        (Some(_), Some(s)) => {
+            return Err(cx.err(
+                &s.referenced,
+                "expected one window kind, found both tumbling and session",
+            ))
+        }
         (None, None) => {
             let at = win.allowed_lateness.as_ref().map(|a| a.referenced);
             return Err(match at {
                 Some(at) => cx.err(&at, "window: expected `tumbling:` or `session:`"),
-                None => cx.err(&spec.name.referenced, "window: expected `tumbling:` or `session:`"),
+                None => cx.err(
+                    &spec.name.referenced,
+                    "window: expected `tumbling:` or `session:`",
+                ),
             });
         }
     };
@@ -442,15 +504,28 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
     for f in &spec.features.value {
         let n = &f.name;
         if !is_identifier(&n.value) {
-            return Err(cx.err(&n.referenced, format!("invalid feature name {:?}: expected letters, digits and '_'", n.value)));
+            return Err(cx.err(
+                &n.referenced,
+                format!(
+                    "invalid feature name {:?}: expected letters, digits and '_'",
+                    n.value
+                ),
+            ));
         }
         if reserved.contains(n.value.as_str()) || key_fields.contains(&n.value) {
-            return Err(cx.err(&n.referenced, format!("feature name {:?} is taken by an output column", n.value)));
+            return Err(cx.err(
+                &n.referenced,
+                format!("feature name {:?} is taken by an output column", n.value),
+            ));
         }
         if let Some(first) = names.get(&n.value) {
             return Err(cx.err(
                 &n.referenced,
-                format!("duplicate feature name {:?} (first defined at line {})", n.value, first.line()),
+                format!(
+                    "duplicate feature name {:?} (first defined at line {})",
+                    n.value,
+                    first.line()
+                ),
             ));
         }
         names.insert(n.value.clone(), n.referenced);
@@ -464,21 +539,36 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
                 "float" => ValueType::Float,
                 "int" => ValueType::Int,
                 "bool" => ValueType::Bool,
-                other => return Err(cx.err(&t.referenced, format!("unknown type {other:?}: expected string, float, int or bool"))),
+                other => {
+                    return Err(cx.err(
+                        &t.referenced,
+                        format!("unknown type {other:?}: expected string, float, int or bool"),
+                    ))
+                }
             },
         };
         let kind = match (&f.agg, &f.expr) {
-            (Some(_), Some(e)) => return Err(cx.err(&e.referenced, "expected either agg or expr, not both")),
+            (Some(_), Some(e)) => {
+                return Err(cx.err(&e.referenced, "expected either agg or expr, not both"))
+            }
             (None, None) => {
-                return Err(cx.err(&f.name.referenced, format!("feature {:?}: expected `agg:` or `expr:`", f.name.value)))
+                return Err(cx.err(
+                    &f.name.referenced,
+                    format!("feature {:?}: expected `agg:` or `expr:`", f.name.value),
+                ))
             }
             (Some(a), None) => {
-                let Some(agg) = AggKind::ALL.iter().find(|(n, _)| *n == a.value).map(|(_, k)| *k) else {
-                    let hint = if matches!(a.value.as_str(), "count_distinct" | "p50" | "p90" | "p99") {
-                        " (count_distinct and percentiles are not available yet)"
-                    } else {
-                        ""
-                    };
+                let Some(agg) = AggKind::ALL
+                    .iter()
+                    .find(|(n, _)| *n == a.value)
+                    .map(|(_, k)| *k)
+                else {
+                    let hint =
+                        if matches!(a.value.as_str(), "count_distinct" | "p50" | "p90" | "p99") {
+                            " (count_distinct and percentiles are not available yet)"
+                        } else {
+                            ""
+                        };
                     return Err(cx.err(
                         &a.referenced,
                         format!(
@@ -489,7 +579,10 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
                 };
                 let field = f.field.as_ref().map(|s| s.value.clone());
                 if field.is_none() && agg != AggKind::Count {
-                    return Err(cx.err(&a.referenced, format!("aggregate {} needs `field:`", agg.name())));
+                    return Err(cx.err(
+                        &a.referenced,
+                        format!("aggregate {} needs `field:`", agg.name()),
+                    ));
                 }
                 if let Some(fl) = &f.field {
                     if fl.value.is_empty() {
@@ -500,7 +593,9 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
                     Some(w) => Some(parse_expr(&cx, w)?),
                     None => None,
                 };
-                if value_type != ValueType::Inferred && !matches!(agg, AggKind::First | AggKind::Last) {
+                if value_type != ValueType::Inferred
+                    && !matches!(agg, AggKind::First | AggKind::Last)
+                {
                     let t = f.value_type.as_ref().expect("checked above");
                     return Err(cx.err(&t.referenced, "`type:` applies only to first and last"));
                 }
@@ -516,25 +611,39 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
                 let ex = parse_expr(&cx, e)?;
                 for id in ex.idents() {
                     if !names.contains_key(id) {
-                        return Err(cx.err(&e.referenced, format!("expr refers to unknown feature {id:?}")));
+                        return Err(cx.err(
+                            &e.referenced,
+                            format!("expr refers to unknown feature {id:?}"),
+                        ));
                     }
                 }
                 FeatureKind::Derived(ex)
             }
         };
-        features.push(Feature { name: f.name.value, kind, value_type, description: f.description, default: f.default });
+        features.push(Feature {
+            name: f.name.value,
+            kind,
+            value_type,
+            description: f.description,
+            default: f.default,
+        });
     }
     check_derived_cycles(&cx, &features, &features_loc)?;
 
     // Sinks.
-    let (mut redis, mut parquet_path, mut dead_letter_path, mut dead_letter_topic) = (None, None, None, None);
+    let (mut redis, mut parquet_path, mut dead_letter_path, mut dead_letter_topic) =
+        (None, None, None, None);
     if let Some(s) = spec.sinks {
         if let Some(o) = s.online {
             let ttl = match &o.redis.ttl {
                 Some(t) => Some(cx.positive_duration(t, "redis ttl")?),
                 None => None,
             };
-            redis = Some(RedisSink { url: o.redis.url, ttl, key_prefix: o.redis.key_prefix.unwrap_or_else(|| "rill".into()) });
+            redis = Some(RedisSink {
+                url: o.redis.url,
+                ttl,
+                key_prefix: o.redis.key_prefix.unwrap_or_else(|| "rill".into()),
+            });
         }
         if let Some(o) = s.offline {
             parquet_path = Some(PathBuf::from(o.parquet.path));
@@ -579,14 +688,32 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
 }
 
 fn parse_expr(cx: &Ctx<'_>, s: &Spanned<String>) -> Result<Expr, ConfigError> {
-    expr::parse(&s.value).map_err(|e| cx.err(&s.referenced, format!("invalid expression {:?}: {e}", s.value)))
+    expr::parse(&s.value).map_err(|e| {
+        cx.err(
+            &s.referenced,
+            format!("invalid expression {:?}: {e}", s.value),
+        )
+    })
 }
 
-fn check_derived_cycles(cx: &Ctx<'_>, features: &[Feature], loc: &Location) -> Result<(), ConfigError> {
-    let index: HashMap<&str, usize> = features.iter().enumerate().map(|(i, f)| (f.name.as_str(), i)).collect();
+fn check_derived_cycles(
+    cx: &Ctx<'_>,
+    features: &[Feature],
+    loc: &Location,
+) -> Result<(), ConfigError> {
+    let index: HashMap<&str, usize> = features
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.name.as_str(), i))
+        .collect();
     // 0 = unvisited, 1 = on the stack, 2 = done.
     let mut state = vec![0u8; features.len()];
-    fn visit(i: usize, features: &[Feature], index: &HashMap<&str, usize>, state: &mut [u8]) -> Option<String> {
+    fn visit(
+        i: usize,
+        features: &[Feature],
+        index: &HashMap<&str, usize>,
+        state: &mut [u8],
+    ) -> Option<String> {
         match state[i] {
             1 => return Some(features[i].name.clone()),
             2 => return None,

@@ -17,15 +17,28 @@ features:
 
 #[test]
 fn the_example_pipeline_validates() {
-    let p = Pipeline::from_file(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/user_spend_5m.yaml"))).expect("valid");
+    let p = Pipeline::from_file(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/pipelines/user_spend_5m.yaml"
+    )))
+    .expect("valid");
     assert_eq!(p.name, "user_spend_5m");
-    assert_eq!(p.window, WindowKind::Tumbling { size: 300_000_000, offset: 0 });
+    assert_eq!(
+        p.window,
+        WindowKind::Tumbling {
+            size: 300_000_000,
+            offset: 0
+        }
+    );
     assert_eq!(p.allowed_lateness, 600_000_000);
     assert_eq!(p.early_every, Some(60_000_000));
     assert_eq!(p.late, LateTrigger::EveryEvent);
     assert_eq!(p.max_out_of_orderness, 30_000_000);
     assert_eq!(p.features.len(), 8);
-    assert_eq!(p.redis.as_ref().and_then(|r| r.ttl), Some(7 * 86_400_000_000));
+    assert_eq!(
+        p.redis.as_ref().and_then(|r| r.ttl),
+        Some(7 * 86_400_000_000)
+    );
 }
 
 #[test]
@@ -54,7 +67,10 @@ fn bad_duration_is_located() {
 #[test]
 fn wrong_type_is_located() {
     let e = err(&BASE.replace("version: 1", "version: one"));
-    assert_eq!(e.to_string(), "p.yaml:1:10: expected a non-negative integer");
+    assert_eq!(
+        e.to_string(),
+        "p.yaml:1:10: expected a non-negative integer"
+    );
     let e = err("version: 1\nname: x\n");
     assert!(e.message.contains("missing field `source`"), "{e}");
 }
@@ -69,13 +85,16 @@ fn duplicate_and_unknown_features() {
     assert!(e.message.contains("unknown feature \"missing\""), "{e}");
     let e = err(&format!("{BASE}  - {{ name: r, agg: median, field: x }}\n"));
     assert!(e.message.contains("unknown aggregate"), "{e}");
-    let e = err(&format!("{BASE}  - {{ name: a, expr: b + 1 }}\n  - {{ name: b, expr: a * 2 }}\n"));
+    let e = err(&format!(
+        "{BASE}  - {{ name: a, expr: b + 1 }}\n  - {{ name: b, expr: a * 2 }}\n"
+    ));
     assert!(e.message.contains("depends on itself"), "{e}");
 }
 
 #[test]
 fn session_and_retracting() {
-    let y = BASE.replace("tumbling: { size: 5m }", "session: { gap: 30m }") + "accumulation: accumulating_and_retracting\n";
+    let y = BASE.replace("tumbling: { size: 5m }", "session: { gap: 30m }")
+        + "accumulation: accumulating_and_retracting\n";
     let p = Pipeline::from_yaml(&y, "p.yaml").expect("valid");
     assert_eq!(p.window, WindowKind::Session { gap: 1_800_000_000 });
     assert_eq!(p.accumulation, Accumulation::AccumulatingAndRetracting);

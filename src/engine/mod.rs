@@ -186,11 +186,15 @@ impl Layout {
                             i
                         } else {
                             filter_texts.push(text);
-                            filters.push(e.compile(&mut |name| plan.slot_of(name).expect("filter fields are decoded")));
+                            filters.push(e.compile(&mut |name| {
+                                plan.slot_of(name).expect("filter fields are decoded")
+                            }));
                             filters.len() - 1
                         }
                     });
-                    let slot = field.as_ref().map(|n| plan.slot_of(n).expect("aggregated fields are decoded"));
+                    let slot = field
+                        .as_ref()
+                        .map(|n| plan.slot_of(n).expect("aggregated fields are decoded"));
                     let (kind, finish) = match (agg, slot) {
                         (AggKind::Count, None) => (AccKind::CountEvents, Finish::Count),
                         (AggKind::Count, Some(s)) => (AccKind::CountField(s), Finish::Count),
@@ -220,7 +224,12 @@ impl Layout {
                     outputs.push(Output::Agg(ai, finish));
                 }
                 FeatureKind::Derived(e) => {
-                    let idx = |name: &str| p.features.iter().position(|f| f.name == name).expect("validated reference");
+                    let idx = |name: &str| {
+                        p.features
+                            .iter()
+                            .position(|f| f.name == name)
+                            .expect("validated reference")
+                    };
                     outputs.push(Output::Derived(e.compile(&mut |n| idx(n))));
                 }
             }
@@ -233,14 +242,24 @@ impl Layout {
                 done[i] = true;
             }
         }
-        while order.len() < outputs.iter().filter(|o| matches!(o, Output::Derived(_))).count() {
+        while order.len()
+            < outputs
+                .iter()
+                .filter(|o| matches!(o, Output::Derived(_)))
+                .count()
+        {
             let before = order.len();
             for (i, f) in p.features.iter().enumerate() {
                 if done[i] {
                     continue;
                 }
                 if let FeatureKind::Derived(e) = &f.kind {
-                    let ready = e.idents().iter().all(|n| p.features.iter().position(|g| g.name == *n).is_some_and(|j| done[j]));
+                    let ready = e.idents().iter().all(|n| {
+                        p.features
+                            .iter()
+                            .position(|g| g.name == *n)
+                            .is_some_and(|j| done[j])
+                    });
                     if ready {
                         done[i] = true;
                         order.push(i);
@@ -251,7 +270,12 @@ impl Layout {
                 break;
             }
         }
-        Layout { accs, filters, outputs, derived_order: order }
+        Layout {
+            accs,
+            filters,
+            outputs,
+            derived_order: order,
+        }
     }
 
     fn fresh_accs(&self) -> Accs {
@@ -455,7 +479,11 @@ impl Engine {
             .collect();
         all.sort_unstable();
         for (_, _, slot) in all {
-            let timing = if self.slab[slot as usize].past_on_time { Timing::Late } else { Timing::OnTime };
+            let timing = if self.slab[slot as usize].past_on_time {
+                Timing::Late
+            } else {
+                Timing::OnTime
+            };
             self.emit(slot, timing, true, self.now, out);
             self.remove_window(slot);
         }
@@ -464,12 +492,20 @@ impl Engine {
     /// Processes one event from partition `partition`.
     ///
     /// On `Err` nothing changed except counters: the caller dead-letters the record.
-    pub fn process(&mut self, ev: &EventRef<'_>, partition: usize, out: &mut Vec<Pane>) -> Result<(), Refusal> {
+    pub fn process(
+        &mut self,
+        ev: &EventRef<'_>,
+        partition: usize,
+        out: &mut Vec<Pane>,
+    ) -> Result<(), Refusal> {
         let t = ev.time;
         if t > self.wall.saturating_add(self.max_future) {
             return Err(Refusal::new(
                 Reason::FutureTimestamp,
-                format!("event time {} is more than max_future ahead of the wall clock", crate::time::format_rfc3339(t)),
+                format!(
+                    "event time {} is more than max_future ahead of the wall clock",
+                    crate::time::format_rfc3339(t)
+                ),
             ));
         }
         // Filters and value checks, before any state changes.
@@ -483,12 +519,18 @@ impl Engine {
             match *kind {
                 AccKind::Stats(s) => {
                     if let FieldVal::Str(_) | FieldVal::Bool(_) | FieldVal::Nested = ev.field(s) {
-                        return Err(Refusal::new(Reason::BadValue, format!("field {:?} is not a number", self.field_name(s))));
+                        return Err(Refusal::new(
+                            Reason::BadValue,
+                            format!("field {:?} is not a number", self.field_name(s)),
+                        ));
                     }
                 }
                 AccKind::First(s) | AccKind::Last(s) => {
                     if let FieldVal::Nested = ev.field(s) {
-                        return Err(Refusal::new(Reason::BadValue, format!("field {:?} is not a scalar", self.field_name(s))));
+                        return Err(Refusal::new(
+                            Reason::BadValue,
+                            format!("field {:?} is not a scalar", self.field_name(s)),
+                        ));
                     }
                 }
                 _ => {}
@@ -512,13 +554,19 @@ impl Engine {
                 match hot.filter(|&(s, id, st)| st == start && self.valid(s, id)) {
                     Some((s, _, _)) => s,
                     None => {
-                        let existing = self.keys.find(hash, |e| e.key.bytes() == ev.key).and_then(|e| {
-                            e.windows
-                                .iter()
-                                .copied()
-                                .find(|&(s, id)| self.valid(s, id) && self.slab[s as usize].start == start)
-                                .map(|(s, _)| s)
-                        });
+                        let existing =
+                            self.keys
+                                .find(hash, |e| e.key.bytes() == ev.key)
+                                .and_then(|e| {
+                                    e.windows
+                                        .iter()
+                                        .copied()
+                                        .find(|&(s, id)| {
+                                            self.valid(s, id)
+                                                && self.slab[s as usize].start == start
+                                        })
+                                        .map(|(s, _)| s)
+                                });
                         let slot = match existing {
                             Some(s) => s,
                             None => {
@@ -537,12 +585,15 @@ impl Engine {
             }
             WindowKind::Session { gap } => {
                 let (ps, pe) = (t, t.saturating_add(gap));
-                let meets = self.keys.find(hash, |e| e.key.bytes() == ev.key).is_some_and(|e| {
-                    e.windows.iter().any(|&(s, id)| {
-                        let x = &self.slab[s as usize];
-                        self.valid(s, id) && sessions_meet((x.start, x.end), (ps, pe))
-                    })
-                });
+                let meets = self
+                    .keys
+                    .find(hash, |e| e.key.bytes() == ev.key)
+                    .is_some_and(|e| {
+                        e.windows.iter().any(|&(s, id)| {
+                            let x = &self.slab[s as usize];
+                            self.valid(s, id) && sessions_meet((x.start, x.end), (ps, pe))
+                        })
+                    });
                 if !meets && w >= pe.saturating_add(self.allowed_lateness) {
                     self.stats.late_dropped += 1;
                     return Err(self.too_late(t, ps, pe));
@@ -629,8 +680,15 @@ impl Engine {
     }
 
     fn new_key(&mut self, hash: u64, key: &[u8]) {
-        let entry = KeyEntry { key: EncodedKey::new(key), hot_slot: 0, hot_window: u64::MAX, hot_start: 0, windows: SmallVec::new() };
-        self.keys.insert_unique(hash, entry, |e| hash_key(e.key.bytes()));
+        let entry = KeyEntry {
+            key: EncodedKey::new(key),
+            hot_slot: 0,
+            hot_window: u64::MAX,
+            hot_start: 0,
+            windows: SmallVec::new(),
+        };
+        self.keys
+            .insert_unique(hash, entry, |e| hash_key(e.key.bytes()));
     }
 
     /// Remembers `slot` as the window of the key's latest event.
@@ -692,13 +750,20 @@ impl Engine {
             }
         };
         if past {
-            self.add_timer(end.saturating_add(self.allowed_lateness), slot, id, TimerKind::Expire);
+            self.add_timer(
+                end.saturating_add(self.allowed_lateness),
+                slot,
+                id,
+                TimerKind::Expire,
+            );
         } else {
             self.add_timer(end, slot, id, TimerKind::OnTime);
         }
         let slab = &self.slab;
         if let Some(e) = self.keys.find_mut(hash, |e| e.key.bytes() == key) {
-            e.windows.retain(|&mut (s, wid)| s != slot && slab[s as usize].live && slab[s as usize].id == wid);
+            e.windows.retain(|&mut (s, wid)| {
+                s != slot && slab[s as usize].live && slab[s as usize].id == wid
+            });
             e.windows.push((slot, id));
         }
         slot
@@ -706,19 +771,34 @@ impl Engine {
 
     #[inline]
     fn add_timer(&mut self, at: Micros, slot: u32, id: u64, kind: TimerKind) {
-        self.timers.entry(at).or_default().push(Timer { slot, id, kind });
+        self.timers
+            .entry(at)
+            .or_default()
+            .push(Timer { slot, id, kind });
     }
 
     /// Merges the proto-session `[ps, pe)` with every session of `key` it
     /// meets; the earliest-starting session survives.
-    fn merge_sessions(&mut self, hash: u64, key: &[u8], ps: Micros, pe: Micros, out: &mut Vec<Pane>) -> u32 {
+    fn merge_sessions(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        ps: Micros,
+        pe: Micros,
+        out: &mut Vec<Pane>,
+    ) -> u32 {
         let (mut lo, mut hi) = (ps, pe);
         // Sessions of one key never meet each other; sorted by start, the
         // ones the new interval bridges form one run.
-        let mut sessions: SmallVec<[u32; 4]> = match self.keys.find_mut(hash, |e| e.key.bytes() == key) {
-            Some(e) => std::mem::take(&mut e.windows).into_iter().filter(|&(s, id)| self.valid(s, id)).map(|(s, _)| s).collect(),
-            None => SmallVec::new(),
-        };
+        let mut sessions: SmallVec<[u32; 4]> =
+            match self.keys.find_mut(hash, |e| e.key.bytes() == key) {
+                Some(e) => std::mem::take(&mut e.windows)
+                    .into_iter()
+                    .filter(|&(s, id)| self.valid(s, id))
+                    .map(|(s, _)| s)
+                    .collect(),
+                None => SmallVec::new(),
+            };
         sessions.sort_by_key(|&s| self.slab[s as usize].start);
         let mut members: Vec<u32> = Vec::new();
         for &s in &sessions {
@@ -749,7 +829,10 @@ impl Engine {
             self.release(gone);
         }
         sessions.retain(|s| !members[1..].contains(s));
-        let listed = sessions.iter().map(|&s| (s, self.slab[s as usize].id)).collect();
+        let listed = sessions
+            .iter()
+            .map(|&s| (s, self.slab[s as usize].id))
+            .collect();
         if let Some(e) = self.keys.find_mut(hash, |e| e.key.bytes() == key) {
             e.windows = listed;
         }
@@ -761,7 +844,12 @@ impl Engine {
         let (id, past) = (surv.id, surv.past_on_time);
         if changed {
             if past {
-                self.add_timer(hi.saturating_add(self.allowed_lateness), survivor, id, TimerKind::Expire);
+                self.add_timer(
+                    hi.saturating_add(self.allowed_lateness),
+                    survivor,
+                    id,
+                    TimerKind::Expire,
+                );
             } else if w < hi {
                 self.add_timer(hi, survivor, id, TimerKind::OnTime);
             }
@@ -791,7 +879,14 @@ impl Engine {
     }
 
     /// Emits a pane of the window in `slot`.
-    fn emit(&mut self, slot: u32, timing: Timing, is_final: bool, emitted_at: Micros, out: &mut Vec<Pane>) {
+    fn emit(
+        &mut self,
+        slot: u32,
+        timing: Timing,
+        is_final: bool,
+        emitted_at: Micros,
+        out: &mut Vec<Pane>,
+    ) {
         let watermark = self.visible_watermark();
         let retracting = self.accumulation == Accumulation::AccumulatingAndRetracting;
         let discarding = self.accumulation == Accumulation::Discarding;
@@ -863,7 +958,11 @@ impl Engine {
 
     /// Fires the early (or late-every) tick at processing time `tick`.
     fn fire_tick(&mut self, tick: Micros, early: bool, out: &mut Vec<Pane>) {
-        let mut list = std::mem::take(if early { &mut self.early_list } else { &mut self.late_list });
+        let mut list = std::mem::take(if early {
+            &mut self.early_list
+        } else {
+            &mut self.late_list
+        });
         for &(slot, id) in &list {
             if !self.valid(slot, id) {
                 continue;
@@ -880,7 +979,11 @@ impl Engine {
             }
         }
         list.clear();
-        let reuse = if early { &mut self.early_list } else { &mut self.late_list };
+        let reuse = if early {
+            &mut self.early_list
+        } else {
+            &mut self.late_list
+        };
         if reuse.is_empty() {
             *reuse = list;
         }

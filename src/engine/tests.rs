@@ -27,7 +27,12 @@ impl Harness {
     pub fn new(p: &Pipeline, mode: ProcessingTime) -> Harness {
         let dec = Decoder::new(DecodePlan::new(p));
         let engine = Engine::new(p, &dec.plan, mode);
-        Harness { engine, dec, out: Vec::new(), dead: Vec::new() }
+        Harness {
+            engine,
+            dec,
+            out: Vec::new(),
+            dead: Vec::new(),
+        }
     }
 
     pub fn replay(window: &str, extra: &str) -> Harness {
@@ -106,8 +111,27 @@ impl P {
     }
 }
 
-fn p(key: &str, start: i64, end: i64, idx: u32, timing: Timing, fin: bool, n: i64, s: Option<f64>) -> P {
-    P { key: key.into(), start, end, idx, timing, fin, retr: false, n, s }
+fn p(
+    key: &str,
+    start: i64,
+    end: i64,
+    idx: u32,
+    timing: Timing,
+    fin: bool,
+    n: i64,
+    s: Option<f64>,
+) -> P {
+    P {
+        key: key.into(),
+        start,
+        end,
+        idx,
+        timing,
+        fin,
+        retr: false,
+        n,
+        s,
+    }
 }
 
 use Timing::*;
@@ -124,7 +148,10 @@ fn tumbling_half_open_and_on_time() {
     h.ev("a", 10, 4.0).unwrap();
     assert_eq!(h.take(), vec![p("a", 0, 10, 0, OnTime, true, 2, Some(3.0))]);
     h.finish();
-    assert_eq!(h.take(), vec![p("a", 10, 20, 0, OnTime, true, 1, Some(4.0))]);
+    assert_eq!(
+        h.take(),
+        vec![p("a", 10, 20, 0, OnTime, true, 1, Some(4.0))]
+    );
 }
 
 #[test]
@@ -134,7 +161,13 @@ fn times_before_1970_floor() {
     h.ev("a", -10, 1.0).unwrap();
     h.ev("a", -1, 1.0).unwrap();
     h.finish();
-    assert_eq!(h.take(), vec![p("a", -20, -10, 0, OnTime, true, 1, Some(1.0)), p("a", -10, 0, 0, OnTime, true, 2, Some(2.0))]);
+    assert_eq!(
+        h.take(),
+        vec![
+            p("a", -20, -10, 0, OnTime, true, 1, Some(1.0)),
+            p("a", -10, 0, 0, OnTime, true, 2, Some(2.0))
+        ]
+    );
 }
 
 #[test]
@@ -145,30 +178,51 @@ fn out_of_orderness_delays_completion_and_panes_come_in_end_order() {
     assert_eq!(h.take(), vec![]);
     h.ev("a", 8, 1.0).unwrap(); // 8 >= W: not late, same window
     h.ev("b", 26, 1.0).unwrap(); // W = 21: [0,10) and [10,20) complete
-    assert_eq!(h.take(), vec![p("a", 0, 10, 0, OnTime, true, 2, Some(2.0)), p("b", 10, 20, 0, OnTime, true, 1, Some(1.0))]);
+    assert_eq!(
+        h.take(),
+        vec![
+            p("a", 0, 10, 0, OnTime, true, 2, Some(2.0)),
+            p("b", 10, 20, 0, OnTime, true, 1, Some(1.0))
+        ]
+    );
     assert_eq!(h.engine.stats.late_kept, 0);
 }
 
 #[test]
 fn late_within_lateness_fires_late_panes_then_a_closing_pane() {
-    let mut h = Harness::replay(TUMBLE_10, "  allowed_lateness: 20ms\ntrigger: { late: every_event }");
+    let mut h = Harness::replay(
+        TUMBLE_10,
+        "  allowed_lateness: 20ms\ntrigger: { late: every_event }",
+    );
     h.ev("a", 1, 1.0).unwrap();
     h.ev("a", 15, 1.0).unwrap(); // W=15: [0,10) on time, not final (kept until W >= 30)
-    assert_eq!(h.take(), vec![p("a", 0, 10, 0, OnTime, false, 1, Some(1.0))]);
+    assert_eq!(
+        h.take(),
+        vec![p("a", 0, 10, 0, OnTime, false, 1, Some(1.0))]
+    );
     h.ev("a", 2, 5.0).unwrap(); // late, kept: LATE pane, accumulating
     assert_eq!(h.take(), vec![p("a", 0, 10, 1, Late, false, 2, Some(6.0))]);
     assert_eq!(h.engine.stats.late_kept, 1);
     h.ev("a", 31, 1.0).unwrap(); // W=31 >= 30: [0,10) expires; [10,20) completes (and its expiry is 40)
     assert_eq!(
         h.take(),
-        vec![p("a", 10, 20, 0, OnTime, false, 1, Some(1.0)), p("a", 0, 10, 2, Late, true, 2, Some(6.0))]
+        vec![
+            p("a", 10, 20, 0, OnTime, false, 1, Some(1.0)),
+            p("a", 0, 10, 2, Late, true, 2, Some(6.0))
+        ]
     );
     // Now [0,10) is gone: a late event for it is dropped, counted, dead-lettered.
     assert_eq!(h.ev("a", 5, 1.0), Err(Reason::TooLate));
     assert_eq!(h.engine.stats.late_dropped, 1);
     assert_eq!(h.dead.len(), 1);
     h.finish();
-    assert_eq!(h.take(), vec![p("a", 10, 20, 1, Late, true, 1, Some(1.0)), p("a", 30, 40, 0, OnTime, true, 1, Some(1.0))]);
+    assert_eq!(
+        h.take(),
+        vec![
+            p("a", 10, 20, 1, Late, true, 1, Some(1.0)),
+            p("a", 30, 40, 0, OnTime, true, 1, Some(1.0))
+        ]
+    );
 }
 
 #[test]
@@ -176,11 +230,20 @@ fn late_trigger_none_still_closes_with_late_data() {
     let mut h = Harness::replay(TUMBLE_10, "  allowed_lateness: 20ms");
     h.ev("a", 1, 1.0).unwrap();
     h.ev("a", 15, 1.0).unwrap();
-    assert_eq!(h.take(), vec![p("a", 0, 10, 0, OnTime, false, 1, Some(1.0))]);
+    assert_eq!(
+        h.take(),
+        vec![p("a", 0, 10, 0, OnTime, false, 1, Some(1.0))]
+    );
     h.ev("a", 2, 5.0).unwrap();
     assert_eq!(h.take(), vec![]);
     h.advance_watermark(30);
-    assert_eq!(h.take(), vec![p("a", 10, 20, 0, OnTime, false, 1, Some(1.0)), p("a", 0, 10, 1, Late, true, 2, Some(6.0))]);
+    assert_eq!(
+        h.take(),
+        vec![
+            p("a", 10, 20, 0, OnTime, false, 1, Some(1.0)),
+            p("a", 0, 10, 1, Late, true, 2, Some(6.0))
+        ]
+    );
 }
 
 #[test]
@@ -188,27 +251,43 @@ fn zero_lateness_drops_every_late_event() {
     let mut h = Harness::replay(TUMBLE_10, "");
     h.ev("a", 12, 1.0).unwrap(); // W = 12
     assert_eq!(h.ev("a", 9, 1.0), Err(Reason::TooLate)); // [0,10) gone at W >= 10
-    // Late (t < W) but its window [10,20) is still open: kept, no late pane.
+                                                         // Late (t < W) but its window [10,20) is still open: kept, no late pane.
     h.ev("a", 11, 1.0).unwrap();
     assert_eq!(h.engine.stats.late_kept, 1);
     h.finish();
-    assert_eq!(h.take(), vec![p("a", 10, 20, 0, OnTime, true, 2, Some(2.0))]);
+    assert_eq!(
+        h.take(),
+        vec![p("a", 10, 20, 0, OnTime, true, 2, Some(2.0))]
+    );
 }
 
 #[test]
 fn late_event_opening_a_window_gets_a_late_pane_not_an_on_time_one() {
-    let mut h = Harness::replay(TUMBLE_10, "  allowed_lateness: 30ms\ntrigger: { late: every_event }");
+    let mut h = Harness::replay(
+        TUMBLE_10,
+        "  allowed_lateness: 30ms\ntrigger: { late: every_event }",
+    );
     h.ev("a", 25, 1.0).unwrap(); // W = 25
     h.ev("b", 3, 7.0).unwrap(); // [0,10) of b never existed; kept until W >= 40
     assert_eq!(h.take(), vec![p("b", 0, 10, 0, Late, false, 1, Some(7.0))]);
     h.finish();
-    assert_eq!(h.take(), vec![p("b", 0, 10, 1, Late, true, 1, Some(7.0)), p("a", 20, 30, 0, OnTime, true, 1, Some(1.0))]);
+    assert_eq!(
+        h.take(),
+        vec![
+            p("b", 0, 10, 1, Late, true, 1, Some(7.0)),
+            p("a", 20, 30, 0, OnTime, true, 1, Some(1.0))
+        ]
+    );
 }
 
 #[test]
 fn early_panes_every_period_only_with_new_data() {
     let mut h = Harness::new(
-        &pipeline("  tumbling: { size: 100ms }", "trigger: { early: { every: 10ms } }", BASIC),
+        &pipeline(
+            "  tumbling: { size: 100ms }",
+            "trigger: { early: { every: 10ms } }",
+            BASIC,
+        ),
         ProcessingTime::External,
     );
     h.set_time(1);
@@ -218,32 +297,50 @@ fn early_panes_every_period_only_with_new_data() {
     assert_eq!(h.take(), vec![]);
     h.set_time(10); // tick at 10
     let got = h.out.clone();
-    assert_eq!(h.take(), vec![p("a", 0, 100, 0, Early, false, 2, Some(3.0))]);
+    assert_eq!(
+        h.take(),
+        vec![p("a", 0, 100, 0, Early, false, 2, Some(3.0))]
+    );
     assert_eq!(got[0].emitted_at, 10_000);
     h.set_time(35); // no new data: nothing
     assert_eq!(h.take(), vec![]);
     h.ev("a", 3, 4.0).unwrap();
     h.set_time(45); // the tick at 40 fires
     let got = h.out.clone();
-    assert_eq!(h.take(), vec![p("a", 0, 100, 1, Early, false, 3, Some(7.0))]);
+    assert_eq!(
+        h.take(),
+        vec![p("a", 0, 100, 1, Early, false, 3, Some(7.0))]
+    );
     assert_eq!(got[0].emitted_at, 40_000);
     h.advance_watermark(100);
-    assert_eq!(h.take(), vec![p("a", 0, 100, 2, OnTime, true, 3, Some(7.0))]);
+    assert_eq!(
+        h.take(),
+        vec![p("a", 0, 100, 2, OnTime, true, 3, Some(7.0))]
+    );
 }
 
 #[test]
 fn replay_processing_time_is_stream_time() {
-    let mut h = Harness::replay("  tumbling: { size: 100ms }", "trigger: { early: { every: 10ms } }");
+    let mut h = Harness::replay(
+        "  tumbling: { size: 100ms }",
+        "trigger: { early: { every: 10ms } }",
+    );
     h.ev("a", 1, 1.0).unwrap();
     h.ev("a", 12, 1.0).unwrap(); // stream time 12: the tick at 10 fires before this event
     let got = h.out.clone();
-    assert_eq!(h.take(), vec![p("a", 0, 100, 0, Early, false, 1, Some(1.0))]);
+    assert_eq!(
+        h.take(),
+        vec![p("a", 0, 100, 0, Early, false, 1, Some(1.0))]
+    );
     assert_eq!((got[0].emitted_at, got[0].watermark), (10_000, Some(1_000)));
 }
 
 #[test]
 fn discarding_panes_hold_only_new_events() {
-    let mut h = Harness::replay(TUMBLE_10, "  allowed_lateness: 20ms\ntrigger: { late: every_event }\naccumulation: discarding");
+    let mut h = Harness::replay(
+        TUMBLE_10,
+        "  allowed_lateness: 20ms\ntrigger: { late: every_event }\naccumulation: discarding",
+    );
     h.ev("a", 1, 1.0).unwrap();
     h.ev("a", 2, 2.0).unwrap();
     h.ev("a", 15, 1.0).unwrap();
@@ -273,12 +370,22 @@ fn retracting_mode_retracts_the_previous_pane() {
     let got = h.take();
     let mut retr = p("a", 0, 10, 0, OnTime, false, 1, Some(1.0));
     retr.retr = true;
-    assert_eq!(got, vec![p("a", 0, 10, 0, OnTime, false, 1, Some(1.0)), retr, p("a", 0, 10, 1, Late, false, 2, Some(3.0))]);
+    assert_eq!(
+        got,
+        vec![
+            p("a", 0, 10, 0, OnTime, false, 1, Some(1.0)),
+            retr,
+            p("a", 0, 10, 1, Late, false, 2, Some(3.0))
+        ]
+    );
 }
 
 #[test]
 fn completing_and_expiring_at_once_gives_one_final_on_time_pane() {
-    let mut h = Harness::replay(TUMBLE_10, "  allowed_lateness: 1h\ntrigger: { late: every_event }");
+    let mut h = Harness::replay(
+        TUMBLE_10,
+        "  allowed_lateness: 1h\ntrigger: { late: every_event }",
+    );
     h.ev("a", 1, 1.0).unwrap();
     h.finish();
     assert_eq!(h.take(), vec![p("a", 0, 10, 0, OnTime, true, 1, Some(1.0))]);
@@ -296,7 +403,10 @@ fn sessions_extend_and_close_after_the_gap() {
     h.ev("a", 40, 1.0).unwrap(); // W = 40: [0,25) completes; new [40,50)
     assert_eq!(h.take(), vec![p("a", 0, 25, 0, OnTime, true, 3, Some(3.0))]);
     h.finish();
-    assert_eq!(h.take(), vec![p("a", 40, 50, 0, OnTime, true, 1, Some(1.0))]);
+    assert_eq!(
+        h.take(),
+        vec![p("a", 40, 50, 0, OnTime, true, 1, Some(1.0))]
+    );
 }
 
 #[test]
@@ -310,7 +420,13 @@ fn a_bridging_event_merges_three_sessions_and_swallowed_ones_are_retracted() {
     h.ev("a", 25, 2.0).unwrap(); // [25,35)
     h.set_time(2); // early panes for both
     let got = h.take();
-    assert_eq!(got, vec![p("a", 0, 10, 0, Early, false, 1, Some(1.0)), p("a", 25, 35, 0, Early, false, 1, Some(2.0))]);
+    assert_eq!(
+        got,
+        vec![
+            p("a", 0, 10, 0, Early, false, 1, Some(1.0)),
+            p("a", 25, 35, 0, Early, false, 1, Some(2.0))
+        ]
+    );
     h.ev("a", 12, 4.0).unwrap(); // [12,22) meets neither: [0,10) ends at 10, [25,35) starts at 25
     h.ev("a", 15, 8.0).unwrap(); // [12,25) now touches [25,35): merges into [12,35)
     let got = h.take();
@@ -322,11 +438,17 @@ fn a_bridging_event_merges_three_sessions_and_swallowed_ones_are_retracted() {
     let got = h.take();
     let mut r0 = p("a", 0, 10, 0, Early, false, 1, Some(1.0));
     r0.retr = true;
-    assert_eq!(got, vec![r0.clone(), p("a", 0, 35, 1, Early, false, 5, Some(31.0))]);
+    assert_eq!(
+        got,
+        vec![r0.clone(), p("a", 0, 35, 1, Early, false, 5, Some(31.0))]
+    );
     h.finish();
     let mut r1 = p("a", 0, 35, 1, Early, false, 5, Some(31.0));
     r1.retr = true;
-    assert_eq!(h.take(), vec![r1, p("a", 0, 35, 2, OnTime, true, 5, Some(31.0))]);
+    assert_eq!(
+        h.take(),
+        vec![r1, p("a", 0, 35, 2, OnTime, true, 5, Some(31.0))]
+    );
     assert_eq!(h.engine.stats.session_merges, 2);
 }
 
@@ -350,7 +472,11 @@ fn idle_partition_stops_holding_the_watermark() {
     h.push_on(0, r#"{"k":"a","t":50,"v":1}"#).unwrap();
     assert_eq!(h.take(), vec![], "partition 1 holds W back");
     h.set_time(500);
-    assert_eq!(h.take(), vec![], "not idle before reaching the end of its log");
+    assert_eq!(
+        h.take(),
+        vec![],
+        "not idle before reaching the end of its log"
+    );
     h.engine.set_end_of_log(1, true, &mut h.out);
     assert_eq!(h.take(), vec![p("a", 0, 10, 0, OnTime, true, 1, Some(1.0))]);
     // Partition 1 delivers again and rejoins; W does not move back.
@@ -368,11 +494,17 @@ fn future_bad_and_derived() {
     );
     let mut h = Harness::new(&pl, ProcessingTime::StreamTime);
     h.engine.set_wall_clock(1_000_000);
-    assert_eq!(h.push(r#"{"k":"a","t":3602000,"v":1}"#), Err(Reason::FutureTimestamp));
+    assert_eq!(
+        h.push(r#"{"k":"a","t":3602000,"v":1}"#),
+        Err(Reason::FutureTimestamp)
+    );
     assert_eq!(h.push(r#"{"k":"a","t":1,"v":"12"}"#), Err(Reason::BadValue));
-    h.push(r#"{"k":"a","t":3,"v":1,"kind":"click","page":"/b"}"#).unwrap();
-    h.push(r#"{"k":"a","t":1,"v":null,"kind":"view","page":"/a"}"#).unwrap();
-    h.push(r#"{"k":"a","t":5,"kind":"view","page":"/c"}"#).unwrap();
+    h.push(r#"{"k":"a","t":3,"v":1,"kind":"click","page":"/b"}"#)
+        .unwrap();
+    h.push(r#"{"k":"a","t":1,"v":null,"kind":"view","page":"/a"}"#)
+        .unwrap();
+    h.push(r#"{"k":"a","t":5,"kind":"view","page":"/c"}"#)
+        .unwrap();
     h.finish();
     let pane = &h.out[0];
     assert_eq!(pane.values[0], Value::Int(3));
@@ -393,11 +525,13 @@ use std::collections::BTreeMap;
 /// Events as (key, time ms, value) in arrival order: sorted by a noisy
 /// arrival time so that each event trails by at most `max_delay`.
 fn stream(max_delay: i64) -> impl Strategy<Value = Vec<(u8, i64, i32)>> {
-    prop::collection::vec((0u8..3, 0i64..2000, -50i32..50, 0..=max_delay), 1..120).prop_map(|mut v| {
-        // Arrival = time + delay; sort by arrival (ties by generation order).
-        v.sort_by_key(|&(_, t, _, d)| t + d);
-        v.into_iter().map(|(k, t, x, _)| (k, t, x)).collect()
-    })
+    prop::collection::vec((0u8..3, 0i64..2000, -50i32..50, 0..=max_delay), 1..120).prop_map(
+        |mut v| {
+            // Arrival = time + delay; sort by arrival (ties by generation order).
+            v.sort_by_key(|&(_, t, _, d)| t + d);
+            v.into_iter().map(|(k, t, x, _)| (k, t, x)).collect()
+        },
+    )
 }
 
 fn final_rows(out: &[Pane]) -> BTreeMap<(String, i64, i64), (i64, f64)> {
@@ -408,7 +542,14 @@ fn final_rows(out: &[Pane]) -> BTreeMap<(String, i64, i64), (i64, f64)> {
             _ => -1,
         };
         let s = p.values[1].as_f64().unwrap_or(0.0);
-        let prev = m.insert((p.key.to_string(), p.window_start / 1000, p.window_end / 1000), (n, s));
+        let prev = m.insert(
+            (
+                p.key.to_string(),
+                p.window_start / 1000,
+                p.window_end / 1000,
+            ),
+            (n, s),
+        );
         assert!(prev.is_none(), "two final panes for one window: {p:?}");
     }
     m
@@ -418,7 +559,9 @@ fn check_pane_sequences(out: &[Pane]) {
     // Per window: pane indexes 0, 1, 2... with the final pane last and no pane after it.
     let mut next: BTreeMap<(String, i64), (u32, bool)> = BTreeMap::new();
     for p in out.iter().filter(|p| !p.retraction) {
-        let e = next.entry((p.key.to_string(), p.window_start)).or_insert((0, false));
+        let e = next
+            .entry((p.key.to_string(), p.window_start))
+            .or_insert((0, false));
         // Sessions may grow: the window is identified by key and start here,
         // which is stable for tumbling windows and for sessions in order.
         assert!(!e.1, "pane after the final pane: {p:?}");

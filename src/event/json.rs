@@ -53,7 +53,10 @@ impl<'a> Scan<'a> {
     fn fail<T>(&self, what: &str) -> R<T> {
         match self.b.get(self.i) {
             Some(&c) => Err(format!("{what} at byte {}, found {:?}", self.i, c as char)),
-            None => Err(format!("{what} at byte {}, found the end of the record", self.i)),
+            None => Err(format!(
+                "{what} at byte {}, found the end of the record",
+                self.i
+            )),
         }
     }
 
@@ -169,7 +172,11 @@ impl<'a> Scan<'a> {
         let kind = match self.b.get(self.i) {
             Some(b'"') => {
                 let (s, e, esc) = self.string()?;
-                return Ok(RawValue { kind: if esc { RawKind::StrEsc } else { RawKind::Str }, start: s as u32, end: e as u32 });
+                return Ok(RawValue {
+                    kind: if esc { RawKind::StrEsc } else { RawKind::Str },
+                    start: s as u32,
+                    end: e as u32,
+                });
             }
             Some(b'-' | b'0'..=b'9') => {
                 self.number()?;
@@ -197,7 +204,11 @@ impl<'a> Scan<'a> {
             }
             _ => return self.fail("expected a value"),
         };
-        Ok(RawValue { kind, start: start as u32, end: self.i as u32 })
+        Ok(RawValue {
+            kind,
+            start: start as u32,
+            end: self.i as u32,
+        })
     }
 
     fn object_skip(&mut self, depth: usize) -> R<()> {
@@ -288,7 +299,11 @@ pub fn unescape(raw: &str, out: &mut String) {
                 let hex = |s: &str| u32::from_str_radix(s, 16).unwrap_or(0xFFFD);
                 let mut cp = hex(&raw[i..i + 4]);
                 i += 4;
-                if (0xD800..0xDC00).contains(&cp) && b.get(i) == Some(&b'\\') && b.get(i + 1) == Some(&b'u') && i + 6 <= b.len() {
+                if (0xD800..0xDC00).contains(&cp)
+                    && b.get(i) == Some(&b'\\')
+                    && b.get(i + 1) == Some(&b'u')
+                    && i + 6 <= b.len()
+                {
                     let lo = hex(&raw[i + 2..i + 6]);
                     if (0xDC00..0xE000).contains(&lo) {
                         cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
@@ -307,8 +322,12 @@ pub fn unescape(raw: &str, out: &mut String) {
 impl Decoder {
     /// Decodes one JSON record.
     pub fn decode_json(&mut self, line: &[u8]) -> Result<EventRef<'_>, Refusal> {
-        let text = std::str::from_utf8(line)
-            .map_err(|e| Refusal::new(Reason::InvalidJson, format!("not UTF-8 at byte {}", e.valid_up_to())))?;
+        let text = std::str::from_utf8(line).map_err(|e| {
+            Refusal::new(
+                Reason::InvalidJson,
+                format!("not UTF-8 at byte {}", e.valid_up_to()),
+            )
+        })?;
         self.begin();
         for r in self.raw.iter_mut() {
             *r = None;
@@ -316,7 +335,11 @@ impl Decoder {
         let mut s = Scan { b: line, i: 0 };
         s.ws();
         if s.b.get(s.i) != Some(&b'{') {
-            let msg = if s.i >= s.b.len() { "empty record".to_string() } else { s.fail::<()>("expected a JSON object").unwrap_err() };
+            let msg = if s.i >= s.b.len() {
+                "empty record".to_string()
+            } else {
+                s.fail::<()>("expected a JSON object").unwrap_err()
+            };
             return Err(Refusal::new(Reason::InvalidJson, msg));
         }
         s.i += 1;
@@ -363,7 +386,9 @@ impl Decoder {
         }
         s.ws();
         if s.i != s.b.len() {
-            return Err(inv(s.fail::<()>("unexpected data after the object").unwrap_err()));
+            return Err(inv(s
+                .fail::<()>("unexpected data after the object")
+                .unwrap_err()));
         }
         // Materialise the used members.
         for fi in 0..self.raw.len() {
@@ -407,7 +432,10 @@ impl Decoder {
                         };
                         self.time(t.map_err(|e| e.to_string()));
                     }
-                    _ => self.time(Err(format!("event time {raw:?} is not a {}", format_name(fmt)))),
+                    _ => self.time(Err(format!(
+                        "event time {raw:?} is not a {}",
+                        format_name(fmt)
+                    ))),
                 }
             }
             if let Some(i) = slot {
@@ -423,7 +451,14 @@ impl Decoder {
                         // The grammar was checked: parsing cannot fail, but a
                         // huge exponent gives infinity, which is no value.
                         let n: f64 = raw.parse().unwrap_or(f64::NAN);
-                        self.slot(i, if n.is_finite() { Slot::Num(n) } else { Slot::Nested });
+                        self.slot(
+                            i,
+                            if n.is_finite() {
+                                Slot::Num(n)
+                            } else {
+                                Slot::Nested
+                            },
+                        );
                     }
                     RawKind::True => self.slot(i, Slot::Bool(true)),
                     RawKind::False => self.slot(i, Slot::Bool(false)),

@@ -80,7 +80,10 @@ pub struct Refusal {
 
 impl Refusal {
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Self { reason, detail: detail.into() }
+        Self {
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -138,7 +141,9 @@ pub fn decode_key(mut b: &[u8]) -> Vec<KeyValue> {
         match tag {
             b'i' if rest.len() >= 8 => {
                 let (n, r) = rest.split_at(8);
-                out.push(KeyValue::Int(i64::from_le_bytes(n.try_into().expect("8 bytes"))));
+                out.push(KeyValue::Int(i64::from_le_bytes(
+                    n.try_into().expect("8 bytes"),
+                )));
                 b = r;
             }
             b's' if rest.len() >= 4 => {
@@ -298,7 +303,13 @@ pub struct DecodePlan {
     pub slot_names: Vec<String>,
     pub key_fields: Vec<String>,
     pub time: EventTimeSource,
+    /// The value slot fed with the event time itself (`$event_time`), if used.
+    pub event_time_slot: Option<usize>,
 }
+
+/// A pseudo-field: the event time in milliseconds since the epoch, as a
+/// number, usable by aggregates (`min`/`max` of it give a session's bounds).
+pub const EVENT_TIME_FIELD: &str = "$event_time";
 
 impl DecodePlan {
     pub fn new(p: &Pipeline) -> Self {
@@ -338,10 +349,20 @@ impl DecodePlan {
             fields[e].1.is_time = true;
         }
         for (i, s) in slot_names.iter().enumerate() {
+            if s == EVENT_TIME_FIELD {
+                continue;
+            }
             let e = entry(&mut fields, s);
             fields[e].1.slot = Some(i);
         }
-        DecodePlan { fields, slot_names, key_fields: p.key_fields.clone(), time: p.event_time.clone() }
+        let event_time_slot = slot_names.iter().position(|s| s == EVENT_TIME_FIELD);
+        DecodePlan {
+            fields,
+            slot_names,
+            key_fields: p.key_fields.clone(),
+            time: p.event_time.clone(),
+            event_time_slot,
+        }
     }
 
     /// The value slot of a field name.
@@ -468,13 +489,23 @@ impl Decoder {
         for (pos, k) in self.keys.iter().enumerate() {
             match *k {
                 KeyTmp::Missing | KeyTmp::Null => {
-                    let what = if matches!(k, KeyTmp::Null) { "is null" } else { "is missing" };
-                    return Err(Refusal::new(Reason::MissingKey, format!("key field {:?} {what}", self.plan.key_fields[pos])));
+                    let what = if matches!(k, KeyTmp::Null) {
+                        "is null"
+                    } else {
+                        "is missing"
+                    };
+                    return Err(Refusal::new(
+                        Reason::MissingKey,
+                        format!("key field {:?} {what}", self.plan.key_fields[pos]),
+                    ));
                 }
                 KeyTmp::Bad => {
                     return Err(Refusal::new(
                         Reason::BadKey,
-                        format!("key field {:?} is not a string or a number", self.plan.key_fields[pos]),
+                        format!(
+                            "key field {:?} is not a string or a number",
+                            self.plan.key_fields[pos]
+                        ),
                     ))
                 }
                 KeyTmp::Int(v) => {
@@ -484,7 +515,8 @@ impl Decoder {
                 KeyTmp::Str(a, b) => {
                     self.key_buf.push(b's');
                     self.key_buf.extend_from_slice(&(b - a).to_le_bytes());
-                    self.key_buf.extend_from_slice(&self.scratch.as_bytes()[a as usize..b as usize]);
+                    self.key_buf
+                        .extend_from_slice(&self.scratch.as_bytes()[a as usize..b as usize]);
                 }
             }
         }
@@ -496,10 +528,21 @@ impl Decoder {
                     EventTimeSource::Field { name, .. } => name.as_str(),
                     EventTimeSource::KafkaTimestamp => "kafka timestamp",
                 };
-                return Err(Refusal::new(Reason::MissingEventTime, format!("event-time field {name:?} is missing or null")));
+                return Err(Refusal::new(
+                    Reason::MissingEventTime,
+                    format!("event-time field {name:?} is missing or null"),
+                ));
             }
         };
-        Ok(EventRef { key: &self.key_buf, time, slots: &self.slots, scratch: &self.scratch })
+        if let Some(i) = self.plan.event_time_slot {
+            self.slots[i] = Slot::Num(time as f64 / 1000.0);
+        }
+        Ok(EventRef {
+            key: &self.key_buf,
+            time,
+            slots: &self.slots,
+            scratch: &self.scratch,
+        })
     }
 }
 

@@ -27,7 +27,10 @@ fn reads_used_fields_and_skips_the_rest() {
         .decode_json(br#" {"user_id":"u1","x":{"deep":[1,2,{"a":null}]},"region":7,"ts":1700000000123,"amount":12.5,"kind":"cl\u0069ck"} "#)
         .expect("valid");
     assert_eq!(ev.time, 1_700_000_000_123_000);
-    assert_eq!(decode_key(ev.key), vec![KeyValue::Str("u1".into()), KeyValue::Int(7)]);
+    assert_eq!(
+        decode_key(ev.key),
+        vec![KeyValue::Str("u1".into()), KeyValue::Int(7)]
+    );
     assert_eq!(ev.field(0), FieldVal::Num(12.5));
     assert_eq!(ev.field(1), FieldVal::Str("click"));
 }
@@ -36,23 +39,55 @@ fn reads_used_fields_and_skips_the_rest() {
 fn refusals_carry_reasons() {
     let mut d = decoder();
     let r = |d: &mut Decoder, s: &str| d.decode_json(s.as_bytes()).map(|_| ()).unwrap_err().reason;
-    assert_eq!(r(&mut d, r#"{"user_id":"u1","region":1,"ts":5"#), Reason::InvalidJson);
+    assert_eq!(
+        r(&mut d, r#"{"user_id":"u1","region":1,"ts":5"#),
+        Reason::InvalidJson
+    );
     assert_eq!(r(&mut d, r#"{"region":1,"ts":5}"#), Reason::MissingKey);
-    assert_eq!(r(&mut d, r#"{"user_id":null,"region":1,"ts":5}"#), Reason::MissingKey);
-    assert_eq!(r(&mut d, r#"{"user_id":[1],"region":1,"ts":5}"#), Reason::BadKey);
-    assert_eq!(r(&mut d, r#"{"user_id":"u","region":1}"#), Reason::MissingEventTime);
-    assert_eq!(r(&mut d, r#"{"user_id":"u","region":1,"ts":"soon"}"#), Reason::BadEventTime);
+    assert_eq!(
+        r(&mut d, r#"{"user_id":null,"region":1,"ts":5}"#),
+        Reason::MissingKey
+    );
+    assert_eq!(
+        r(&mut d, r#"{"user_id":[1],"region":1,"ts":5}"#),
+        Reason::BadKey
+    );
+    assert_eq!(
+        r(&mut d, r#"{"user_id":"u","region":1}"#),
+        Reason::MissingEventTime
+    );
+    assert_eq!(
+        r(&mut d, r#"{"user_id":"u","region":1,"ts":"soon"}"#),
+        Reason::BadEventTime
+    );
     assert_eq!(r(&mut d, r#"[1,2]"#), Reason::InvalidJson);
     assert_eq!(r(&mut d, ""), Reason::InvalidJson);
-    assert_eq!(r(&mut d, "{\"user_id\":\"a\tb\",\"region\":1,\"ts\":5}"), Reason::InvalidJson);
-    assert_eq!(d.decode_json(&[0xff, 0xfe, b'{']).map(|_| ()).unwrap_err().reason, Reason::InvalidJson);
+    assert_eq!(
+        r(&mut d, "{\"user_id\":\"a\tb\",\"region\":1,\"ts\":5}"),
+        Reason::InvalidJson
+    );
+    assert_eq!(
+        d.decode_json(&[0xff, 0xfe, b'{'])
+            .map(|_| ())
+            .unwrap_err()
+            .reason,
+        Reason::InvalidJson
+    );
 }
 
 #[test]
 fn composite_keys_never_collide() {
     let mut d = decoder();
-    let a = d.decode_json(br#"{"user_id":"1","region":"12","ts":1}"#).expect("valid").key.to_vec();
-    let b = d.decode_json(br#"{"user_id":"11","region":"2","ts":1}"#).expect("valid").key.to_vec();
+    let a = d
+        .decode_json(br#"{"user_id":"1","region":"12","ts":1}"#)
+        .expect("valid")
+        .key
+        .to_vec();
+    let b = d
+        .decode_json(br#"{"user_id":"11","region":"2","ts":1}"#)
+        .expect("valid")
+        .key
+        .to_vec();
     assert_ne!(a, b);
 }
 
@@ -61,14 +96,21 @@ fn json_value() -> impl Strategy<Value = String> {
         Just("null".to_string()),
         Just("true".to_string()),
         any::<i32>().prop_map(|i| i.to_string()),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:e}")),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| format!("{f:e}")),
         "[a-z\\\\\"\u{e9} ]{0,6}".prop_map(|s| serde_json::to_string(&s).expect("string")),
     ];
     leaf.prop_recursive(3, 16, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
-            prop::collection::vec(("[a-z]{1,3}", inner), 0..4)
-                .prop_map(|v| format!("{{{}}}", v.iter().map(|(k, x)| format!("\"{k}\":{x}")).collect::<Vec<_>>().join(","))),
+            prop::collection::vec(("[a-z]{1,3}", inner), 0..4).prop_map(|v| format!(
+                "{{{}}}",
+                v.iter()
+                    .map(|(k, x)| format!("\"{k}\":{x}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )),
         ]
     })
 }

@@ -19,9 +19,19 @@ pub const MAX_RAW_BYTES: usize = 64 * 1024;
 /// Where a record came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Position {
-    File { file: String, line: u64 },
-    Row { file: String, row: u64 },
-    Kafka { topic: String, partition: i32, offset: i64 },
+    File {
+        file: String,
+        line: u64,
+    },
+    Row {
+        file: String,
+        row: u64,
+    },
+    Kafka {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
 }
 
 /// A dead-letter writer for one pipeline.
@@ -67,7 +77,10 @@ impl DeadLetterWriter {
             if let Some(parent) = self.tmp.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            self.out = Some(BufWriter::with_capacity(256 * 1024, File::create(&self.tmp)?));
+            self.out = Some(BufWriter::with_capacity(
+                256 * 1024,
+                File::create(&self.tmp)?,
+            ));
         }
         let out = self.out.as_mut().expect("opened above");
         let line = dead_letter_json(&self.pipeline, refusal, pos, raw);
@@ -96,7 +109,11 @@ pub fn dead_letter_json(pipeline: &str, refusal: &Refusal, pos: &Position, raw: 
     let source = match pos {
         Position::File { file, line } => serde_json::json!({ "file": file, "line": line }),
         Position::Row { file, row } => serde_json::json!({ "file": file, "row": row }),
-        Position::Kafka { topic, partition, offset } => {
+        Position::Kafka {
+            topic,
+            partition,
+            offset,
+        } => {
             serde_json::json!({ "topic": topic, "partition": partition, "offset": offset })
         }
     };
@@ -110,7 +127,10 @@ pub fn dead_letter_json(pipeline: &str, refusal: &Refusal, pos: &Position, raw: 
     });
     match std::str::from_utf8(kept) {
         Ok(s) => obj["raw"] = serde_json::Value::String(s.to_string()),
-        Err(_) => obj["raw_base64"] = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(kept)),
+        Err(_) => {
+            obj["raw_base64"] =
+                serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(kept))
+        }
     }
     obj.to_string()
 }

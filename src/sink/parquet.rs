@@ -13,7 +13,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
@@ -30,9 +32,15 @@ use crate::time::{utc_date, Micros, MICROS_PER_DAY};
 #[derive(Debug, thiserror::Error)]
 pub enum ParquetSinkError {
     #[error("failed to write {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("failed to encode parquet file {path}: {source}")]
-    Parquet { path: PathBuf, source: parquet::errors::ParquetError },
+    Parquet {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
     #[error("failed to build a record batch: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
 }
@@ -81,8 +89,14 @@ impl ParquetSink {
             .iter()
             .map(|f| match &f.kind {
                 FeatureKind::Derived(_) => ColKind::Float,
-                FeatureKind::Agg { agg: AggKind::Count, .. } => ColKind::Int,
-                FeatureKind::Agg { agg: AggKind::First | AggKind::Last, .. } => match f.value_type {
+                FeatureKind::Agg {
+                    agg: AggKind::Count,
+                    ..
+                } => ColKind::Int,
+                FeatureKind::Agg {
+                    agg: AggKind::First | AggKind::Last,
+                    ..
+                } => match f.value_type {
                     ValueType::Int => ColKind::Int,
                     ValueType::Float => ColKind::Float,
                     ValueType::Bool => ColKind::Bool,
@@ -145,7 +159,12 @@ impl ParquetSink {
             .keys()
             .chain(self.buffers.keys())
             .copied()
-            .filter(|d| (d + 1).saturating_mul(MICROS_PER_DAY).saturating_add(self.allowed_lateness) <= w)
+            .filter(|d| {
+                (d + 1)
+                    .saturating_mul(MICROS_PER_DAY)
+                    .saturating_add(self.allowed_lateness)
+                    <= w
+            })
             .collect();
         for d in closable {
             self.close_day(d)?;
@@ -155,7 +174,12 @@ impl ParquetSink {
 
     /// Writes and closes everything.
     pub fn finish(&mut self) -> Result<(), ParquetSinkError> {
-        let days: Vec<i64> = self.open.keys().chain(self.buffers.keys()).copied().collect();
+        let days: Vec<i64> = self
+            .open
+            .keys()
+            .chain(self.buffers.keys())
+            .copied()
+            .collect();
         for d in days {
             self.close_day(d)?;
         }
@@ -167,14 +191,24 @@ impl ParquetSink {
     pub fn remove_stale(&self) -> Result<usize, ParquetSinkError> {
         let prefix = format!("part-{}-", self.run_id);
         let mut removed = 0;
-        let Ok(days) = std::fs::read_dir(&self.dir) else { return Ok(0) };
+        let Ok(days) = std::fs::read_dir(&self.dir) else {
+            return Ok(0);
+        };
         for day in days.flatten() {
-            let Ok(files) = std::fs::read_dir(day.path()) else { continue };
+            let Ok(files) = std::fs::read_dir(day.path()) else {
+                continue;
+            };
             for f in files.flatten() {
                 let path = f.path();
                 let name = f.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&prefix) && name.ends_with(".parquet") && !self.written.contains(&path) {
-                    std::fs::remove_file(&path).map_err(|source| ParquetSinkError::Io { path: path.clone(), source })?;
+                if name.starts_with(&prefix)
+                    && name.ends_with(".parquet")
+                    && !self.written.contains(&path)
+                {
+                    std::fs::remove_file(&path).map_err(|source| ParquetSinkError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
                     removed += 1;
                 }
             }
@@ -189,8 +223,16 @@ impl ParquetSink {
             }
         }
         if let Some(f) = self.open.remove(&day) {
-            f.writer.close().map_err(|source| ParquetSinkError::Parquet { path: f.tmp.clone(), source })?;
-            std::fs::rename(&f.tmp, &f.dest).map_err(|source| ParquetSinkError::Io { path: f.dest.clone(), source })?;
+            f.writer
+                .close()
+                .map_err(|source| ParquetSinkError::Parquet {
+                    path: f.tmp.clone(),
+                    source,
+                })?;
+            std::fs::rename(&f.tmp, &f.dest).map_err(|source| ParquetSinkError::Io {
+                path: f.dest.clone(),
+                source,
+            })?;
             self.written.push(f.dest);
         }
         Ok(())
@@ -199,24 +241,50 @@ impl ParquetSink {
     fn flush_day(&mut self, day: i64, rows: Vec<Pane>) -> Result<(), ParquetSinkError> {
         if !self.open.contains_key(&day) {
             let schema = self.schema_for(&rows);
-            let date_dir = self.dir.join(format!("date={}", utc_date(day * MICROS_PER_DAY)));
-            std::fs::create_dir_all(&date_dir).map_err(|source| ParquetSinkError::Io { path: date_dir.clone(), source })?;
+            let date_dir = self
+                .dir
+                .join(format!("date={}", utc_date(day * MICROS_PER_DAY)));
+            std::fs::create_dir_all(&date_dir).map_err(|source| ParquetSinkError::Io {
+                path: date_dir.clone(),
+                source,
+            })?;
             let name = format!("part-{}-{:05}.parquet", self.run_id, self.seq);
             self.seq += 1;
             let dest = date_dir.join(&name);
             let tmp = date_dir.join(format!(".{name}.tmp"));
-            let file = File::create(&tmp).map_err(|source| ParquetSinkError::Io { path: tmp.clone(), source })?;
+            let file = File::create(&tmp).map_err(|source| ParquetSinkError::Io {
+                path: tmp.clone(),
+                source,
+            })?;
             let props = WriterProperties::builder()
                 .set_compression(Compression::SNAPPY)
                 .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
                 .build();
-            let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
-                .map_err(|source| ParquetSinkError::Parquet { path: tmp.clone(), source })?;
-            self.open.insert(day, DayFile { writer, tmp, dest, schema });
+            let writer =
+                ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|source| {
+                    ParquetSinkError::Parquet {
+                        path: tmp.clone(),
+                        source,
+                    }
+                })?;
+            self.open.insert(
+                day,
+                DayFile {
+                    writer,
+                    tmp,
+                    dest,
+                    schema,
+                },
+            );
         }
         let f = self.open.get_mut(&day).expect("opened above");
         let batch = build_batch(&f.schema, &self.key_names, &self.feature_names, &rows)?;
-        f.writer.write(&batch).map_err(|source| ParquetSinkError::Parquet { path: f.tmp.clone(), source })?;
+        f.writer
+            .write(&batch)
+            .map_err(|source| ParquetSinkError::Parquet {
+                path: f.tmp.clone(),
+                source,
+            })?;
         Ok(())
     }
 
@@ -224,12 +292,27 @@ impl ParquetSink {
         let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
         let mut fields = Vec::new();
         for (i, k) in self.key_names.iter().enumerate() {
-            let all_int = rows.iter().all(|p| matches!(p.key.part(i), Some(KeyPart::Int(_))));
-            fields.push(Field::new(k, if all_int { DataType::Int64 } else { DataType::Utf8 }, false));
+            let all_int = rows
+                .iter()
+                .all(|p| matches!(p.key.part(i), Some(KeyPart::Int(_))));
+            fields.push(Field::new(
+                k,
+                if all_int {
+                    DataType::Int64
+                } else {
+                    DataType::Utf8
+                },
+                false,
+            ));
         }
         fields.push(Field::new("window_start", ts(), false));
         fields.push(Field::new("window_end", ts(), false));
-        for (i, (name, kind)) in self.feature_names.iter().zip(&self.feature_kinds).enumerate() {
+        for (i, (name, kind)) in self
+            .feature_names
+            .iter()
+            .zip(&self.feature_kinds)
+            .enumerate()
+        {
             let dt = match kind {
                 ColKind::Int => DataType::Int64,
                 ColKind::Float => DataType::Float64,

@@ -29,13 +29,25 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     #[error("failed to open {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("failed to read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("failed to read parquet {path}: {source}")]
-    Parquet { path: PathBuf, source: parquet::errors::ParquetError },
+    Parquet {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
     #[error("failed to read parquet {path}: {source}")]
-    Arrow { path: PathBuf, source: arrow_schema::ArrowError },
+    Arrow {
+        path: PathBuf,
+        source: arrow_schema::ArrowError,
+    },
 }
 
 /// Counts bytes pulled from the underlying file (for progress).
@@ -79,7 +91,10 @@ impl LineReader {
         let mut oversized = false;
         let mut any = false;
         loop {
-            let chunk = self.inner.fill_buf().map_err(|source| InputError::Read { path: self.path.clone(), source })?;
+            let chunk = self.inner.fill_buf().map_err(|source| InputError::Read {
+                path: self.path.clone(),
+                source,
+            })?;
             if chunk.is_empty() {
                 break;
             }
@@ -107,7 +122,12 @@ impl LineReader {
             self.buf.pop();
             len -= 1;
         }
-        Ok(Some(Line { bytes: &self.buf, number: self.number, oversized, len }))
+        Ok(Some(Line {
+            bytes: &self.buf,
+            number: self.number,
+            oversized,
+            len,
+        }))
     }
 }
 
@@ -150,7 +170,10 @@ fn sniff(head: &[u8]) -> InputKind {
 /// Opens `path` (`-` is standard input) for `decoder`'s pipeline.
 pub fn open(path: &Path, batch_rows: usize) -> Result<Opened, InputError> {
     let progress = Arc::new(AtomicU64::new(0));
-    let open_err = |source| InputError::Open { path: path.to_path_buf(), source };
+    let open_err = |source| InputError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
     let (reader, size, name): (Box<dyn Read>, Option<u64>, String) = if path == Path::new("-") {
         (Box::new(std::io::stdin()), None, "-".to_string())
     } else {
@@ -158,23 +181,48 @@ pub fn open(path: &Path, batch_rows: usize) -> Result<Opened, InputError> {
         let size = f.metadata().ok().map(|m| m.len());
         (Box::new(f), size, path.display().to_string())
     };
-    let mut buffered = BufReader::with_capacity(1 << 20, Counting { inner: reader, count: progress.clone() });
-    let head = buffered.fill_buf().map_err(|source| InputError::Read { path: path.to_path_buf(), source })?.to_vec();
+    let mut buffered = BufReader::with_capacity(
+        1 << 20,
+        Counting {
+            inner: reader,
+            count: progress.clone(),
+        },
+    );
+    let head = buffered
+        .fill_buf()
+        .map_err(|source| InputError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .to_vec();
     let kind = sniff(&head);
     let input = match kind {
         InputKind::Parquet => {
             // Parquet needs random access: a file is read in place, standard input in memory.
             let bytes = if path == Path::new("-") {
                 let mut v = Vec::new();
-                buffered.read_to_end(&mut v).map_err(|source| InputError::Read { path: path.to_path_buf(), source })?;
+                buffered
+                    .read_to_end(&mut v)
+                    .map_err(|source| InputError::Read {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
                 Some(bytes::Bytes::from(v))
             } else {
                 None
             };
-            Input::Parquet(ParquetRows::open(path, bytes, batch_rows, progress.clone())?)
+            Input::Parquet(ParquetRows::open(
+                path,
+                bytes,
+                batch_rows,
+                progress.clone(),
+            )?)
         }
         InputKind::JsonGzip => Input::Lines(LineReader {
-            inner: Box::new(BufReader::with_capacity(1 << 20, flate2::bufread::MultiGzDecoder::new(buffered))),
+            inner: Box::new(BufReader::with_capacity(
+                1 << 20,
+                flate2::bufread::MultiGzDecoder::new(buffered),
+            )),
             buf: Vec::with_capacity(4096),
             number: 0,
             path: path.to_path_buf(),
@@ -195,7 +243,13 @@ pub fn open(path: &Path, batch_rows: usize) -> Result<Opened, InputError> {
             path: path.to_path_buf(),
         }),
     };
-    Ok(Opened { input, kind, size, progress, name })
+    Ok(Opened {
+        input,
+        kind,
+        size,
+        progress,
+        name,
+    })
 }
 
 /// One needed column of the current batch, cast to a canonical type.
@@ -223,29 +277,65 @@ pub struct ParquetRows {
 }
 
 impl ParquetRows {
-    fn open(path: &Path, bytes: Option<bytes::Bytes>, batch_rows: usize, progress: Arc<AtomicU64>) -> Result<ParquetRows, InputError> {
-        let perr = |source| InputError::Parquet { path: path.to_path_buf(), source };
+    fn open(
+        path: &Path,
+        bytes: Option<bytes::Bytes>,
+        batch_rows: usize,
+        progress: Arc<AtomicU64>,
+    ) -> Result<ParquetRows, InputError> {
+        let perr = |source| InputError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        };
         let (reader, file_size, total_rows) = match bytes {
             Some(b) => {
                 let size = b.len() as u64;
                 let builder = ParquetRecordBatchReaderBuilder::try_new(b).map_err(perr)?;
                 let rows = builder.metadata().file_metadata().num_rows() as u64;
-                (builder.with_batch_size(batch_rows).build().map_err(perr)?, size, rows)
+                (
+                    builder.with_batch_size(batch_rows).build().map_err(perr)?,
+                    size,
+                    rows,
+                )
             }
             None => {
-                let f = File::open(path).map_err(|source| InputError::Open { path: path.to_path_buf(), source })?;
+                let f = File::open(path).map_err(|source| InputError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
                 let size = f.metadata().map(|m| m.len()).unwrap_or(0);
                 let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(perr)?;
                 let rows = builder.metadata().file_metadata().num_rows() as u64;
                 let mask = ProjectionMask::all();
-                (builder.with_projection(mask).with_batch_size(batch_rows).build().map_err(perr)?, size, rows)
+                (
+                    builder
+                        .with_projection(mask)
+                        .with_batch_size(batch_rows)
+                        .build()
+                        .map_err(perr)?,
+                    size,
+                    rows,
+                )
             }
         };
-        Ok(ParquetRows { reader, path: path.to_path_buf(), batch: None, cols: Vec::new(), row_in_batch: 0, row: 0, file_size, total_rows, progress })
+        Ok(ParquetRows {
+            reader,
+            path: path.to_path_buf(),
+            batch: None,
+            cols: Vec::new(),
+            row_in_batch: 0,
+            row: 0,
+            file_size,
+            total_rows,
+            progress,
+        })
     }
 
     /// Decodes the next row; `None` at the end. The row number is 1-based.
-    pub fn next_row<'d>(&mut self, dec: &'d mut Decoder) -> Result<Option<(u64, Result<EventRef<'d>, Refusal>)>, InputError> {
+    pub fn next_row<'d>(
+        &mut self,
+        dec: &'d mut Decoder,
+    ) -> Result<Option<(u64, Result<EventRef<'d>, Refusal>)>, InputError> {
         loop {
             if let Some(b) = &self.batch {
                 if self.row_in_batch < b.num_rows() {
@@ -254,7 +344,12 @@ impl ParquetRows {
             }
             match self.reader.next() {
                 None => return Ok(None),
-                Some(Err(source)) => return Err(InputError::Arrow { path: self.path.clone(), source }),
+                Some(Err(source)) => {
+                    return Err(InputError::Arrow {
+                        path: self.path.clone(),
+                        source,
+                    })
+                }
                 Some(Ok(batch)) => {
                     self.prepare(&batch, dec);
                     self.batch = Some(batch);
@@ -266,7 +361,10 @@ impl ParquetRows {
         self.row_in_batch += 1;
         self.row += 1;
         if self.total_rows > 0 && self.row % 4096 == 0 {
-            self.progress.store(self.file_size * self.row / self.total_rows, Ordering::Relaxed);
+            self.progress.store(
+                self.file_size * self.row / self.total_rows,
+                Ordering::Relaxed,
+            );
         }
         dec.begin();
         for fi in 0..self.cols.len() {
@@ -283,7 +381,10 @@ impl ParquetRows {
             };
             if null {
                 if let Some(k) = usage.key_pos {
-                    if matches!(col, Col::Str(_) | Col::Int(_) | Col::Float(_) | Col::Bool(_) | Col::Time(_)) {
+                    if matches!(
+                        col,
+                        Col::Str(_) | Col::Int(_) | Col::Float(_) | Col::Bool(_) | Col::Time(_)
+                    ) {
                         dec.key_null(k);
                     }
                 }
@@ -309,14 +410,23 @@ impl ParquetRows {
                     Col::Str(a) => dec.time_text(a.value(i)),
                     Col::Int(a) => {
                         let fmt = dec.plan.time_format();
-                        dec.time(crate::time::epoch_int_to_micros(a.value(i), fmt).map_err(|e| e.to_string()));
+                        dec.time(
+                            crate::time::epoch_int_to_micros(a.value(i), fmt)
+                                .map_err(|e| e.to_string()),
+                        );
                     }
                     Col::Unsupported(t) => {
-                        let msg = format!("event-time column {:?} has unsupported type {t}", dec.plan.fields[fi].0);
+                        let msg = format!(
+                            "event-time column {:?} has unsupported type {t}",
+                            dec.plan.fields[fi].0
+                        );
                         dec.time(Err(msg));
                     }
                     _ => {
-                        let msg = format!("event-time column {:?} is not a timestamp, string or integer", dec.plan.fields[fi].0);
+                        let msg = format!(
+                            "event-time column {:?} is not a timestamp, string or integer",
+                            dec.plan.fields[fi].0
+                        );
                         dec.time(Err(msg));
                     }
                 }
@@ -327,7 +437,14 @@ impl ParquetRows {
                     Col::Int(a) => dec.slot(s, Slot::Num(a.value(i) as f64)),
                     Col::Float(a) => {
                         let v = a.value(i);
-                        dec.slot(s, if v.is_finite() { Slot::Num(v) } else { Slot::Nested });
+                        dec.slot(
+                            s,
+                            if v.is_finite() {
+                                Slot::Num(v)
+                            } else {
+                                Slot::Nested
+                            },
+                        );
                     }
                     Col::Bool(a) => dec.slot(s, Slot::Bool(a.value(i))),
                     Col::Time(a) => dec.slot(s, Slot::Num(a.value(i) as f64)),
@@ -347,14 +464,29 @@ impl ParquetRows {
                 continue;
             };
             let canon = match arr.data_type() {
-                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _) => Some(DataType::Utf8),
-                DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
-                    Some(DataType::Int64)
-                }
-                DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Decimal128(_, _) => Some(DataType::Float64),
+                DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Dictionary(_, _) => Some(DataType::Utf8),
+                DataType::Int8
+                | DataType::Int16
+                | DataType::Int32
+                | DataType::Int64
+                | DataType::UInt8
+                | DataType::UInt16
+                | DataType::UInt32
+                | DataType::UInt64 => Some(DataType::Int64),
+                DataType::Float16
+                | DataType::Float32
+                | DataType::Float64
+                | DataType::Decimal128(_, _) => Some(DataType::Float64),
                 DataType::Boolean => Some(DataType::Boolean),
-                DataType::Timestamp(_, tz) => Some(DataType::Timestamp(TimeUnit::Microsecond, tz.clone())),
-                DataType::Date32 | DataType::Date64 => Some(DataType::Timestamp(TimeUnit::Microsecond, None)),
+                DataType::Timestamp(_, tz) => {
+                    Some(DataType::Timestamp(TimeUnit::Microsecond, tz.clone()))
+                }
+                DataType::Date32 | DataType::Date64 => {
+                    Some(DataType::Timestamp(TimeUnit::Microsecond, None))
+                }
                 _ => None,
             };
             let col = match canon.and_then(|t| arrow_cast::cast(arr, &t).ok()) {
@@ -364,7 +496,9 @@ impl ParquetRows {
                     DataType::Int64 => Col::Int(c.as_primitive::<Int64Type>().clone()),
                     DataType::Float64 => Col::Float(c.as_primitive::<Float64Type>().clone()),
                     DataType::Boolean => Col::Bool(c.as_boolean().clone()),
-                    DataType::Timestamp(_, _) => Col::Time(c.as_primitive::<TimestampMicrosecondType>().clone()),
+                    DataType::Timestamp(_, _) => {
+                        Col::Time(c.as_primitive::<TimestampMicrosecondType>().clone())
+                    }
                     other => Col::Unsupported(other.to_string()),
                 },
             };

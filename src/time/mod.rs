@@ -270,7 +270,8 @@ pub fn parse_rfc3339_cached(s: &str, cache: &mut DateCache) -> Result<Micros, Ti
         _ => return Err(err()),
     };
     // A leap second (:60) lands on the first second of the next minute.
-    let secs = days * 86_400 + hour as i64 * 3600 + minute as i64 * 60 + second as i64 - offset_secs;
+    let secs =
+        days * 86_400 + hour as i64 * 3600 + minute as i64 * 60 + second as i64 - offset_secs;
     Ok(secs * MICROS_PER_SEC + frac)
 }
 
@@ -291,7 +292,16 @@ pub fn write_rfc3339(out: &mut String, t: Micros, fixed_millis: bool) {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    let _ = write!(out, "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", y, m, d, sod / 3600, (sod / 60) % 60, sod % 60);
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        y,
+        m,
+        d,
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    );
     if fixed_millis {
         let _ = write!(out, ".{:03}", us / 1000);
     } else if us != 0 {
@@ -434,21 +444,38 @@ mod tests {
             "2024-06-30T12:00:00-05:30",
             "1900-03-01T00:00:00Z",
         ] {
-            let want = chrono::DateTime::parse_from_rfc3339(s).expect("valid").timestamp_micros();
+            let want = chrono::DateTime::parse_from_rfc3339(s)
+                .expect("valid")
+                .timestamp_micros();
             assert_eq!(parse_rfc3339(s).expect(s), want, "{s}");
         }
     }
 
     #[test]
     fn rfc3339_refuses_garbage() {
-        for s in ["", "2024-01-01", "2024-13-01T00:00:00Z", "2023-02-29T00:00:00Z", "2024-01-01T00:00:00", "2024-01-01T00:00:00.Z", "2024-01-01T00:00:00Zjunk"] {
+        for s in [
+            "",
+            "2024-01-01",
+            "2024-13-01T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "2024-01-01T00:00:00",
+            "2024-01-01T00:00:00.Z",
+            "2024-01-01T00:00:00Zjunk",
+        ] {
             assert!(parse_rfc3339(s).is_err(), "{s}");
         }
     }
 
     #[test]
     fn format_round_trips() {
-        for t in [0, 1, -1, 1_700_000_000_123_000, -86_400_000_001, 1_700_000_000_123_456] {
+        for t in [
+            0,
+            1,
+            -1,
+            1_700_000_000_123_000,
+            -86_400_000_001,
+            1_700_000_000_123_456,
+        ] {
             assert_eq!(parse_rfc3339(&format_rfc3339(t)).expect("own format"), t);
         }
         assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
@@ -457,8 +484,14 @@ mod tests {
 
     #[test]
     fn epoch_decimals_are_exact() {
-        assert_eq!(parse_epoch_decimal("1700000000.25", MICROS_PER_SEC), Ok(1_700_000_000_250_000));
-        assert_eq!(parse_epoch_decimal("1700000000123", MICROS_PER_MILLI), Ok(1_700_000_000_123_000));
+        assert_eq!(
+            parse_epoch_decimal("1700000000.25", MICROS_PER_SEC),
+            Ok(1_700_000_000_250_000)
+        );
+        assert_eq!(
+            parse_epoch_decimal("1700000000123", MICROS_PER_MILLI),
+            Ok(1_700_000_000_123_000)
+        );
         assert_eq!(parse_epoch_decimal("-1.5", MICROS_PER_SEC), Ok(-1_500_000));
         assert_eq!(parse_epoch_decimal("-0.0000015", MICROS_PER_SEC), Ok(-2));
         assert!(parse_epoch_decimal("12a", 1).is_err());

@@ -37,7 +37,13 @@ pub struct WatermarkTracker {
 
 impl WatermarkTracker {
     pub fn new(out_of_orderness: Micros, idle_timeout: Option<Micros>, idle_advance: bool) -> Self {
-        Self { out_of_orderness, idle_timeout, idle_advance, parts: Vec::new(), current: WATERMARK_MIN }
+        Self {
+            out_of_orderness,
+            idle_timeout,
+            idle_advance,
+            parts: Vec::new(),
+            current: WATERMARK_MIN,
+        }
     }
 
     /// The pipeline watermark `W`.
@@ -50,7 +56,13 @@ impl WatermarkTracker {
         if self.parts.len() <= p {
             self.parts.resize(
                 p + 1,
-                Partition { max_time: None, last_activity: now, at_end_of_log: false, idle: false, assigned: false },
+                Partition {
+                    max_time: None,
+                    last_activity: now,
+                    at_end_of_log: false,
+                    idle: false,
+                    assigned: false,
+                },
             );
         }
         let part = &mut self.parts[p];
@@ -119,7 +131,10 @@ impl WatermarkTracker {
     pub fn on_processing_time(&mut self, now: Micros) -> bool {
         if let Some(timeout) = self.idle_timeout {
             for part in self.parts.iter_mut().filter(|p| p.assigned) {
-                if !part.idle && part.at_end_of_log && now.saturating_sub(part.last_activity) >= timeout {
+                if !part.idle
+                    && part.at_end_of_log
+                    && now.saturating_sub(part.last_activity) >= timeout
+                {
                     part.idle = true;
                 }
             }

@@ -10,25 +10,49 @@ use crate::util::*;
 fn check_case(case: &str, keys: &[&str]) {
     let dir = repo(&format!("tests/golden/{case}"));
     let out = tempfile::tempdir().expect("tempdir");
-    run_ok(rill().args(["replay"]).arg(dir.join("pipeline.yaml")).arg("--input").arg(dir.join("input.jsonl")).arg("--output").arg(out.path()));
+    run_ok(
+        rill()
+            .args(["replay"])
+            .arg(dir.join("pipeline.yaml"))
+            .arg("--input")
+            .arg(dir.join("input.jsonl"))
+            .arg("--output")
+            .arg(out.path()),
+    );
     let mut got = read_rows(out.path());
     let expected_text = std::fs::read_to_string(dir.join("expected.jsonl")).expect("expected rows");
-    let mut want: Vec<Map<String, Value>> =
-        expected_text.lines().map(|l| serde_json::from_str(l).expect("expected row is JSON")).collect();
+    let mut want: Vec<Map<String, Value>> = expected_text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("expected row is JSON"))
+        .collect();
     assert_eq!(got.len(), want.len(), "row count of {case}: {got:#?}");
     // Each row sits in the file of its window_end's UTC date.
     for r in &got {
         let date = &r["window_end"].as_str().expect("text")[..10];
-        assert!(r["_file"].as_str().expect("path").contains(&format!("date={date}")), "{r:?}");
+        assert!(
+            r["_file"]
+                .as_str()
+                .expect("path")
+                .contains(&format!("date={date}")),
+            "{r:?}"
+        );
     }
     got.sort_by_key(|r| sort_key(r, keys));
     want.sort_by_key(|r| sort_key(r, keys));
     for (g, w) in got.iter().zip(&want) {
         for (k, wv) in w {
-            let gv = g.get(k).unwrap_or_else(|| panic!("{case}: column {k} missing in {g:?}"));
-            assert!(close(gv, wv), "{case}: column {k}: got {gv}, want {wv}\n got row {g:?}\nwant row {w:?}");
+            let gv = g
+                .get(k)
+                .unwrap_or_else(|| panic!("{case}: column {k} missing in {g:?}"));
+            assert!(
+                close(gv, wv),
+                "{case}: column {k}: got {gv}, want {wv}\n got row {g:?}\nwant row {w:?}"
+            );
         }
-        let extra: Vec<&String> = g.keys().filter(|k| *k != "_file" && !w.contains_key(*k)).collect();
+        let extra: Vec<&String> = g
+            .keys()
+            .filter(|k| *k != "_file" && !w.contains_key(*k))
+            .collect();
         assert!(extra.is_empty(), "{case}: unexpected columns {extra:?}");
     }
 }
@@ -50,13 +74,20 @@ fn late_retracting() {
     let dir = repo("tests/golden/late_retracting");
     let out = tempfile::tempdir().expect("tempdir");
     let o = run_ok(
-        rill().args(["replay", "--json"]).arg(dir.join("pipeline.yaml")).arg("--input").arg(dir.join("input.jsonl")).arg("--output").arg(out.path()),
+        rill()
+            .args(["replay", "--json"])
+            .arg(dir.join("pipeline.yaml"))
+            .arg("--input")
+            .arg(dir.join("input.jsonl"))
+            .arg("--output")
+            .arg(out.path()),
     );
     let s: Value = serde_json::from_slice(&o.stdout).expect("summary json");
     assert_eq!(s["late_events_dropped"], 1);
     assert_eq!(s["late_events_kept"], 1);
     assert_eq!(s["dead_letters"]["too_late"], 1);
-    let dl = std::fs::read_to_string(Path::new(s["dead_letter_file"].as_str().expect("path"))).expect("dead letters");
+    let dl = std::fs::read_to_string(Path::new(s["dead_letter_file"].as_str().expect("path")))
+        .expect("dead letters");
     let line: Value = serde_json::from_str(dl.lines().next().expect("a line")).expect("json");
     assert_eq!(line["reason"], "too_late");
     assert_eq!(line["source"]["line"], 6);

@@ -10,12 +10,31 @@ use crate::util::*;
 
 fn gen(dir: &Path, name: &str, n: u64) -> std::path::PathBuf {
     let p = dir.join(name);
-    run_ok(rill().args(["gen", "--events", &n.to_string(), "--users", "500", "--output"]).arg(&p));
+    run_ok(
+        rill()
+            .args([
+                "gen",
+                "--events",
+                &n.to_string(),
+                "--users",
+                "500",
+                "--output",
+            ])
+            .arg(&p),
+    );
     p
 }
 
 fn replay_json(pipeline: &Path, input: &Path, out: &Path) -> Value {
-    let o = run_ok(rill().args(["replay", "--json"]).arg(pipeline).arg("--input").arg(input).arg("--output").arg(out));
+    let o = run_ok(
+        rill()
+            .args(["replay", "--json"])
+            .arg(pipeline)
+            .arg("--input")
+            .arg(input)
+            .arg("--output")
+            .arg(out),
+    );
     serde_json::from_slice(&o.stdout).expect("summary")
 }
 
@@ -26,8 +45,14 @@ fn finals(dir: &Path) -> std::collections::BTreeMap<(String, String), (i64, f64)
         .filter(|r| r["is_final"] == Value::Bool(true) && r["retraction"] == Value::Bool(false))
         .map(|r| {
             (
-                (r["user_id"].as_str().expect("user").to_string(), r["window_start"].as_str().expect("ts").to_string()),
-                (r["tx_count"].as_i64().expect("count"), r["amount_sum"].as_f64().unwrap_or(0.0)),
+                (
+                    r["user_id"].as_str().expect("user").to_string(),
+                    r["window_start"].as_str().expect("ts").to_string(),
+                ),
+                (
+                    r["tx_count"].as_i64().expect("count"),
+                    r["amount_sum"].as_f64().unwrap_or(0.0),
+                ),
             )
         })
         .collect()
@@ -45,17 +70,25 @@ fn same_input_same_rows_and_no_duplicates_on_rerun() {
     let s2 = replay_json(&p, &input, &out);
     let rows2 = read_rows(&out);
     assert_eq!(rows1.len() as u64, s1["rows"].as_u64().expect("rows"));
-    assert_eq!(rows1, rows2, "a second replay of the same input replaces, never adds");
+    assert_eq!(
+        rows1, rows2,
+        "a second replay of the same input replaces, never adds"
+    );
     assert_eq!(files1, parquet_files(&out));
     assert_eq!(s1["panes"], s2["panes"]);
     // Early panes exist (trigger every 1m) and every window has exactly one final pane.
     assert!(rows1.iter().any(|r| r["timing"] == "EARLY"));
     let mut finals = std::collections::BTreeMap::new();
     for r in rows1.iter().filter(|r| r["is_final"] == Value::Bool(true)) {
-        *finals.entry((r["user_id"].to_string(), r["window_start"].to_string())).or_insert(0) += 1;
+        *finals
+            .entry((r["user_id"].to_string(), r["window_start"].to_string()))
+            .or_insert(0) += 1;
     }
     assert!(finals.values().all(|&n| n == 1));
-    assert_eq!(finals.len() as u64, s1["windows"].as_u64().expect("windows"));
+    assert_eq!(
+        finals.len() as u64,
+        s1["windows"].as_u64().expect("windows")
+    );
 }
 
 #[test]
@@ -71,7 +104,12 @@ fn finals_match_a_group_by_of_the_input() {
         let v: Value = serde_json::from_str(line).expect("json");
         let t = rill::time::parse_rfc3339(v["event_time"].as_str().expect("time")).expect("time");
         let start = t - t.rem_euclid(300_000_000);
-        let e = want.entry((v["user_id"].as_str().expect("user").to_string(), rill::time::format_rfc3339(start))).or_insert((0, 0.0));
+        let e = want
+            .entry((
+                v["user_id"].as_str().expect("user").to_string(),
+                rill::time::format_rfc3339(start),
+            ))
+            .or_insert((0, 0.0));
         e.0 += 1;
         e.1 += v["amount"].as_f64().expect("amount");
     }
@@ -80,7 +118,10 @@ fn finals_match_a_group_by_of_the_input() {
     for (k, (n, sum)) in &want {
         let (gn, gs) = got[k];
         assert_eq!(gn, *n, "{k:?}");
-        assert!((gs - sum).abs() <= 1e-9 * sum.abs().max(1.0), "{k:?}: {gs} vs {sum}");
+        assert!(
+            (gs - sum).abs() <= 1e-9 * sum.abs().max(1.0),
+            "{k:?}: {gs} vs {sum}"
+        );
     }
 }
 
@@ -113,7 +154,12 @@ fn gzip_zstd_parquet_and_stdin_give_the_same_finals() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn");
-    child.stdin.take().expect("stdin").write_all(&std::fs::read(&plain).expect("input")).expect("write");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&std::fs::read(&plain).expect("input"))
+        .expect("write");
     let o = child.wait_with_output().expect("wait");
     assert!(o.status.success());
     assert_eq!(finals_bench(&out), want);
@@ -125,8 +171,14 @@ fn finals_bench(dir: &Path) -> std::collections::BTreeMap<(String, String), (i64
         .filter(|r| r["is_final"] == Value::Bool(true))
         .map(|r| {
             (
-                (r["user_id"].as_str().expect("user").to_string(), r["window_start"].as_str().expect("ts").to_string()),
-                (r["tx_count"].as_i64().expect("n"), format!("{:.6}", r["amount_sum"].as_f64().unwrap_or(0.0))),
+                (
+                    r["user_id"].as_str().expect("user").to_string(),
+                    r["window_start"].as_str().expect("ts").to_string(),
+                ),
+                (
+                    r["tx_count"].as_i64().expect("n"),
+                    format!("{:.6}", r["amount_sum"].as_f64().unwrap_or(0.0)),
+                ),
             )
         })
         .collect()
@@ -137,15 +189,34 @@ fn bad_input_goes_to_dead_letters_and_never_stops_the_run() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let input = tmp.path().join("bad.jsonl");
     let mut f = std::fs::File::create(&input).expect("create");
-    let good = |t: &str| format!(r#"{{"user_id":"u1","event_type":"click","amount":1.5,"event_time":"{t}"}}"#);
+    let good = |t: &str| {
+        format!(r#"{{"user_id":"u1","event_type":"click","amount":1.5,"event_time":"{t}"}}"#)
+    };
     writeln!(f, "{}", good("2026-01-05T00:00:01Z")).expect("write");
     writeln!(f, "{{\"user_id\":\"u1\",").expect("write"); // malformed
-    writeln!(f, r#"{{"event_type":"click","amount":1,"event_time":"2026-01-05T00:00:02Z"}}"#).expect("write"); // no key
+    writeln!(
+        f,
+        r#"{{"event_type":"click","amount":1,"event_time":"2026-01-05T00:00:02Z"}}"#
+    )
+    .expect("write"); // no key
     writeln!(f, r#"{{"user_id":"u1","amount":1}}"#).expect("write"); // no time
-    writeln!(f, r#"{{"user_id":"u1","amount":1,"event_time":"yesterday"}}"#).expect("write"); // bad time
-    writeln!(f, r#"{{"user_id":"u1","amount":"12.5","event_time":"2026-01-05T00:00:03Z"}}"#).expect("write"); // string for number
-    writeln!(f, r#"{{"user_id":"u1","amount":1,"event_time":"2999-01-01T00:00:00Z"}}"#).expect("write"); // future
-    f.write_all(&[0xde, 0xad, 0xbe, 0xef, 0x00, 0xff, b'\n']).expect("write"); // binary
+    writeln!(
+        f,
+        r#"{{"user_id":"u1","amount":1,"event_time":"yesterday"}}"#
+    )
+    .expect("write"); // bad time
+    writeln!(
+        f,
+        r#"{{"user_id":"u1","amount":"12.5","event_time":"2026-01-05T00:00:03Z"}}"#
+    )
+    .expect("write"); // string for number
+    writeln!(
+        f,
+        r#"{{"user_id":"u1","amount":1,"event_time":"2999-01-01T00:00:00Z"}}"#
+    )
+    .expect("write"); // future
+    f.write_all(&[0xde, 0xad, 0xbe, 0xef, 0x00, 0xff, b'\n'])
+        .expect("write"); // binary
     writeln!(f).expect("write"); // blank line
     write!(f, "{}", &good("2026-01-05T00:00:04Z")[..30]).expect("write"); // truncated last line, no newline
     drop(f);
@@ -162,14 +233,33 @@ fn bad_input_goes_to_dead_letters_and_never_stops_the_run() {
     assert_eq!(dl["bad_value"], 1);
     assert_eq!(dl["future_timestamp"], 1);
     // Each letter names its line and keeps the raw bytes.
-    let text = std::fs::read_to_string(s["dead_letter_file"].as_str().expect("path")).expect("letters");
-    let letters: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
-    let lines: Vec<u64> = letters.iter().map(|l| l["source"]["line"].as_u64().expect("line")).collect();
+    let text =
+        std::fs::read_to_string(s["dead_letter_file"].as_str().expect("path")).expect("letters");
+    let letters: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let lines: Vec<u64> = letters
+        .iter()
+        .map(|l| l["source"]["line"].as_u64().expect("line"))
+        .collect();
     assert_eq!(lines, vec![2, 3, 4, 5, 6, 7, 8, 10]);
-    assert!(letters[6].get("raw_base64").is_some(), "binary bytes are kept as base64");
-    assert_eq!(letters[1]["raw"], r#"{"event_type":"click","amount":1,"event_time":"2026-01-05T00:00:02Z"}"#);
+    assert!(
+        letters[6].get("raw_base64").is_some(),
+        "binary bytes are kept as base64"
+    );
+    assert_eq!(
+        letters[1]["raw"],
+        r#"{"event_type":"click","amount":1,"event_time":"2026-01-05T00:00:02Z"}"#
+    );
     // The good event still produced its window.
-    assert_eq!(read_rows(&out).iter().filter(|r| r["is_final"] == Value::Bool(true)).count(), 1);
+    assert_eq!(
+        read_rows(&out)
+            .iter()
+            .filter(|r| r["is_final"] == Value::Bool(true))
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -177,12 +267,25 @@ fn empty_and_binary_files() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let empty = tmp.path().join("empty.jsonl");
     std::fs::write(&empty, b"").expect("write");
-    let s = replay_json(&repo("pipelines/user_spend_5m.yaml"), &empty, &tmp.path().join("o1"));
-    assert_eq!((s["records"].as_u64(), s["rows"].as_u64()), (Some(0), Some(0)));
+    let s = replay_json(
+        &repo("pipelines/user_spend_5m.yaml"),
+        &empty,
+        &tmp.path().join("o1"),
+    );
+    assert_eq!(
+        (s["records"].as_u64(), s["rows"].as_u64()),
+        (Some(0), Some(0))
+    );
     let bin = tmp.path().join("random.bin");
-    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let bytes: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(&bin, &bytes).expect("write");
-    let s = replay_json(&repo("pipelines/user_spend_5m.yaml"), &bin, &tmp.path().join("o2"));
+    let s = replay_json(
+        &repo("pipelines/user_spend_5m.yaml"),
+        &bin,
+        &tmp.path().join("o2"),
+    );
     assert_eq!(s["events"], 0);
     assert_eq!(s["dead_letters_total"], s["records"]);
     assert!(s["records"].as_u64().expect("n") > 0);
@@ -199,7 +302,13 @@ fn from_and_to_bound_the_replay() {
             .arg(repo("benches/pipelines/bench_tumbling_5m.yaml"))
             .arg("--input")
             .arg(&input)
-            .args(["--from", "2026-01-06", "--to", "2026-01-07T00:00:00Z", "--output"])
+            .args([
+                "--from",
+                "2026-01-06",
+                "--to",
+                "2026-01-07T00:00:00Z",
+                "--output",
+            ])
             .arg(&out),
     );
     let s: Value = serde_json::from_slice(&o.stdout).expect("json");

@@ -35,7 +35,9 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -67,7 +69,9 @@ pub fn batch_rows(b: &RecordBatch) -> Vec<Map<String, Value>> {
                     DataType::Int64 => Value::from(col.as_primitive::<Int64Type>().value(i)),
                     DataType::Float64 => Value::from(col.as_primitive::<Float64Type>().value(i)),
                     DataType::Boolean => Value::Bool(col.as_boolean().value(i)),
-                    DataType::Timestamp(_, _) => Value::String(ts_text(col.as_primitive::<TimestampMicrosecondType>().value(i))),
+                    DataType::Timestamp(_, _) => Value::String(ts_text(
+                        col.as_primitive::<TimestampMicrosecondType>().value(i),
+                    )),
                     other => panic!("unexpected column type {other}"),
                 }
             };
@@ -82,7 +86,10 @@ pub fn read_rows(dir: &Path) -> Vec<Map<String, Value>> {
     let mut all = Vec::new();
     for f in parquet_files(dir) {
         let file = std::fs::File::open(&f).expect("open parquet");
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("parquet")
+            .build()
+            .expect("reader");
         for b in reader {
             for mut r in batch_rows(&b.expect("batch")) {
                 r.insert("_file".into(), Value::String(f.display().to_string()));
@@ -97,7 +104,10 @@ pub fn read_rows(dir: &Path) -> Vec<Map<String, Value>> {
 pub fn close(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => {
-            let (x, y) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
+            let (x, y) = (
+                x.as_f64().unwrap_or(f64::NAN),
+                y.as_f64().unwrap_or(f64::NAN),
+            );
             x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs())
         }
         _ => a == b,
@@ -108,7 +118,10 @@ pub fn close(a: &Value, b: &Value) -> bool {
 pub fn sort_key(r: &Map<String, Value>, keys: &[&str]) -> String {
     let mut s = String::new();
     for k in keys {
-        s.push_str(&format!("{:>24}|", r.get(*k).map(|v| v.to_string()).unwrap_or_default()));
+        s.push_str(&format!(
+            "{:>24}|",
+            r.get(*k).map(|v| v.to_string()).unwrap_or_default()
+        ));
     }
     s.push_str(&format!(
         "{}|{}|{:>6}|{}",

@@ -13,11 +13,34 @@ fn broken_files_are_refused_with_positions() {
     let dir = tempfile::tempdir().expect("tempdir");
     let good = std::fs::read_to_string(repo("pipelines/user_spend_5m.yaml")).expect("example");
     let cases = [
-        ("unknown_field.yaml", good.replace("  allowed_lateness: 10m", "  allowed_latenes: 10m"), ":15:3: unknown field `allowed_latenes`"),
-        ("bad_duration.yaml", good.replace("size: 5m", "size: 5 mins"), ":14:21: tumbling size: invalid duration"),
-        ("bad_ref.yaml", good.replace("expr: amount_max - amount_min", "expr: amount_max - amount_mn"), ":28:33: expr refers to unknown feature \"amount_mn\""),
-        ("dup.yaml", good.replace("name: amount_mean", "name: amount_sum"), ":23:13: duplicate feature name \"amount_sum\""),
-        ("wrong_type.yaml", good.replace("version: 1", "version: [1]"), ":1:10:"),
+        (
+            "unknown_field.yaml",
+            good.replace("  allowed_lateness: 10m", "  allowed_latenes: 10m"),
+            ":15:3: unknown field `allowed_latenes`",
+        ),
+        (
+            "bad_duration.yaml",
+            good.replace("size: 5m", "size: 5 mins"),
+            ":14:21: tumbling size: invalid duration",
+        ),
+        (
+            "bad_ref.yaml",
+            good.replace(
+                "expr: amount_max - amount_min",
+                "expr: amount_max - amount_mn",
+            ),
+            ":28:33: expr refers to unknown feature \"amount_mn\"",
+        ),
+        (
+            "dup.yaml",
+            good.replace("name: amount_mean", "name: amount_sum"),
+            ":23:13: duplicate feature name \"amount_sum\"",
+        ),
+        (
+            "wrong_type.yaml",
+            good.replace("version: 1", "version: [1]"),
+            ":1:10:",
+        ),
     ];
     for (name, text, want) in &cases {
         let path = dir.path().join(name);
@@ -25,6 +48,9 @@ fn broken_files_are_refused_with_positions() {
         let out = rill().arg("validate").arg(&path).output().expect("runs");
         assert!(!out.status.success(), "{name} must be refused");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&format!("{}{want}", path.display())), "{name}: {err}");
+        assert!(
+            err.contains(&format!("{}{want}", path.display())),
+            "{name}: {err}"
+        );
     }
 }
