@@ -36,7 +36,27 @@ struct Scan<'a> {
     i: usize,
 }
 
-type R<T> = Result<T, String>;
+/// A scan failure: cheap to return; formatted only when reported.
+#[derive(Debug, Clone, Copy)]
+struct ScanErr {
+    at: usize,
+    what: &'static str,
+    found: Option<u8>,
+}
+
+impl ScanErr {
+    fn message(self) -> String {
+        match self.found {
+            Some(c) => format!("{} at byte {}, found {:?}", self.what, self.at, c as char),
+            None => format!(
+                "{} at byte {}, found the end of the record",
+                self.what, self.at
+            ),
+        }
+    }
+}
+
+type R<T> = Result<T, ScanErr>;
 
 impl<'a> Scan<'a> {
     #[inline(always)]
@@ -50,36 +70,38 @@ impl<'a> Scan<'a> {
         }
     }
 
-    fn fail<T>(&self, what: &str) -> R<T> {
-        match self.b.get(self.i) {
-            Some(&c) => Err(format!("{what} at byte {}, found {:?}", self.i, c as char)),
-            None => Err(format!(
-                "{what} at byte {}, found the end of the record",
-                self.i
-            )),
-        }
+    #[cold]
+    fn fail<T>(&self, what: &'static str) -> R<T> {
+        Err(ScanErr {
+            at: self.i,
+            what,
+            found: self.b.get(self.i).copied(),
+        })
     }
 
     /// At the opening quote; returns (content start, end, has escapes).
-    #[inline]
+    #[inline(always)]
     fn string(&mut self) -> R<(usize, usize, bool)> {
         self.i += 1;
         let start = self.i;
         let mut esc = false;
-        // Most strings are short: a plain loop beats setting up a search.
+        // Eight bytes at a time: find the first quote, backslash or control
+        // byte with word arithmetic (most strings are short).
         let b = self.b;
-        let stop = (self.i + 32).min(b.len());
-        while self.i < stop {
-            let c = b[self.i];
-            if c == b'"' {
+        while self.i + 8 <= b.len() {
+            let w = u64::from_le_bytes(b[self.i..self.i + 8].try_into().expect("8 bytes"));
+            let m = special_bytes(w);
+            if m == 0 {
+                self.i += 8;
+                continue;
+            }
+            self.i += (m.trailing_zeros() / 8) as usize;
+            if b[self.i] == b'"' {
                 let end = self.i;
                 self.i += 1;
                 return Ok((start, end, false));
             }
-            if c == b'\\' || c < 0x20 {
-                break;
-            }
-            self.i += 1;
+            break;
         }
         loop {
             let rest = &self.b[self.i..];
@@ -117,7 +139,7 @@ impl<'a> Scan<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn number(&mut self) -> R<(usize, usize)> {
         let start = self.i;
         let b = self.b;
@@ -167,6 +189,7 @@ impl<'a> Scan<'a> {
     }
 
     /// Any value; returns its kind and extent.
+    #[inline(always)]
     fn value(&mut self, depth: usize) -> R<RawValue> {
         let start = self.i;
         let kind = match self.b.get(self.i) {
@@ -211,6 +234,12 @@ impl<'a> Scan<'a> {
         })
     }
 
+    #[inline(never)]
+    fn nested_value(&mut self, depth: usize) -> R<RawValue> {
+        self.value(depth)
+    }
+
+    #[inline(never)]
     fn object_skip(&mut self, depth: usize) -> R<()> {
         if depth > MAX_DEPTH {
             return self.fail("nesting too deep");
@@ -232,7 +261,7 @@ impl<'a> Scan<'a> {
             }
             self.i += 1;
             self.ws();
-            self.value(depth)?;
+            self.nested_value(depth)?;
             self.ws();
             match self.b.get(self.i) {
                 Some(b',') => {
@@ -248,6 +277,7 @@ impl<'a> Scan<'a> {
         }
     }
 
+    #[inline(never)]
     fn array_skip(&mut self, depth: usize) -> R<()> {
         if depth > MAX_DEPTH {
             return self.fail("nesting too deep");
@@ -259,7 +289,7 @@ impl<'a> Scan<'a> {
             return Ok(());
         }
         loop {
-            self.value(depth)?;
+            self.nested_value(depth)?;
             self.ws();
             match self.b.get(self.i) {
                 Some(b',') => {
@@ -274,6 +304,21 @@ impl<'a> Scan<'a> {
             }
         }
     }
+}
+
+/// A mask with the high bit set in each byte of `w` that is `"`, `\\` or
+/// below 0x20 (exact: no false positives).
+#[inline(always)]
+fn special_bytes(w: u64) -> u64 {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    // Exact zero-byte test: ((x & 0x7f..) + 0x7f..) | x has the high bit clear only for zero bytes.
+    let zero = |x: u64| !(((x & !HI).wrapping_add(!HI)) | x | !HI);
+    let quote = zero(w ^ (LO * b'"' as u64));
+    let slash = zero(w ^ (LO * b'\\' as u64));
+    // Bytes below 0x20: high bit clear and (byte & 0x7f) + 0x60 has no carry into bit 7.
+    let ctrl = !(((w & !HI).wrapping_add(LO * 0x60)) | w) & HI;
+    quote | slash | ctrl
 }
 
 /// Decodes the JSON string content `raw` (between the quotes, escapes included).
@@ -338,19 +383,28 @@ impl Decoder {
             let msg = if s.i >= s.b.len() {
                 "empty record".to_string()
             } else {
-                s.fail::<()>("expected a JSON object").unwrap_err()
+                ScanErr {
+                    at: s.i,
+                    what: "expected a JSON object",
+                    found: s.b.get(s.i).copied(),
+                }
+                .message()
             };
             return Err(Refusal::new(Reason::InvalidJson, msg));
         }
         s.i += 1;
         s.ws();
-        let inv = |e: String| Refusal::new(Reason::InvalidJson, e);
+        let inv = |e: ScanErr| Refusal::new(Reason::InvalidJson, e.message());
         if s.b.get(s.i) == Some(&b'}') {
             s.i += 1;
         } else {
             loop {
                 if s.b.get(s.i) != Some(&b'"') {
-                    return Err(inv(s.fail::<()>("expected a member name").unwrap_err()));
+                    return Err(inv(ScanErr {
+                        at: s.i,
+                        what: "expected a member name",
+                        found: s.b.get(s.i).copied(),
+                    }));
                 }
                 let (ks, ke, kesc) = s.string().map_err(inv)?;
                 let target = if kesc {
@@ -362,7 +416,11 @@ impl Decoder {
                 };
                 s.ws();
                 if s.b.get(s.i) != Some(&b':') {
-                    return Err(inv(s.fail::<()>("expected ':'").unwrap_err()));
+                    return Err(inv(ScanErr {
+                        at: s.i,
+                        what: "expected ':'",
+                        found: s.b.get(s.i).copied(),
+                    }));
                 }
                 s.i += 1;
                 s.ws();
@@ -380,15 +438,23 @@ impl Decoder {
                         s.i += 1;
                         break;
                     }
-                    _ => return Err(inv(s.fail::<()>("expected ',' or '}'").unwrap_err())),
+                    _ => {
+                        return Err(inv(ScanErr {
+                            at: s.i,
+                            what: "expected ',' or '}'",
+                            found: s.b.get(s.i).copied(),
+                        }))
+                    }
                 }
             }
         }
         s.ws();
         if s.i != s.b.len() {
-            return Err(inv(s
-                .fail::<()>("unexpected data after the object")
-                .unwrap_err()));
+            return Err(inv(ScanErr {
+                at: s.i,
+                what: "unexpected data after the object",
+                found: s.b.get(s.i).copied(),
+            }));
         }
         // Materialise the used members.
         for fi in 0..self.raw.len() {
@@ -493,5 +559,26 @@ fn format_name(f: TimeFormat) -> &'static str {
         TimeFormat::EpochSeconds => "number of epoch seconds",
         TimeFormat::EpochMillis => "number of epoch milliseconds",
         TimeFormat::EpochMicros => "number of epoch microseconds",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::special_bytes;
+
+    #[test]
+    fn special_bytes_is_exact() {
+        for b in 0u8..=255 {
+            for pos in 0..8 {
+                let mut bytes = [b'a'; 8];
+                bytes[pos] = b;
+                let m = special_bytes(u64::from_le_bytes(bytes));
+                let want = b == b'"' || b == b'\\' || b < 0x20;
+                assert_eq!(m != 0, want, "byte {b:#x} at {pos}");
+                if want {
+                    assert_eq!(m.trailing_zeros() / 8, pos as u32);
+                }
+            }
+        }
     }
 }
