@@ -140,18 +140,23 @@ fn hash_key(b: &[u8]) -> u64 {
     h.finish()
 }
 
-/// Entry of the key index: encoded key -> key id, plus the window the key's
-/// last event went to, so that most events find their window in this entry.
+/// Entry of the key index: the encoded key and its windows, so that an event
+/// finds its window without touching any other memory.
 #[derive(Debug)]
 struct KeyEntry {
     key: EncodedKey,
-    hot_slot: u32,
-    hot_window: u64,
-    hot_start: i64,
-    /// This key's windows as (slot, window id); entries whose slot no longer
-    /// holds that window are stale and pruned when the key is next touched,
-    /// so that dropping a window needs no lookup.
-    windows: SmallVec<[(u32, u64); 2]>,
+    /// This key's windows. A reference whose slot no longer holds that window
+    /// is stale and is pruned when the key next opens a window, so that
+    /// dropping a window needs no lookup.
+    windows: SmallVec<[WinRef; 2]>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct WinRef {
+    slot: u32,
+    id: u64,
+    /// Start when listed (tumbling windows never move).
+    start: i64,
 }
 
 /// Compiled feature layout: accumulators, filters, and how to finish each feature.
@@ -541,59 +546,45 @@ impl Engine {
         }
         let w = self.wm.current();
         let hash = hash_key(ev.key);
-        let hot = match self.keys.find(hash, |e| e.key.bytes() == ev.key) {
-            Some(e) => Some((e.hot_slot, e.hot_window, e.hot_start)),
-            None => {
-                self.new_key(hash, ev.key);
-                None
-            }
-        };
         let slot = match self.window {
             WindowKind::Tumbling { size, offset } => {
                 let start = tumbling_start(t, size, offset);
-                match hot.filter(|&(s, id, st)| st == start && self.valid(s, id)) {
-                    Some((s, _, _)) => s,
+                let end = start.saturating_add(size);
+                // Windows are dropped as soon as W passes end + lateness, so a
+                // window still listed for a start that is not too late is live.
+                if w >= end.saturating_add(self.allowed_lateness) {
+                    self.stats.late_dropped += 1;
+                    return Err(self.too_late(t, start, end));
+                }
+                let found = match self.keys.find(hash, |e| e.key.bytes() == ev.key) {
+                    Some(e) => e.windows.iter().find(|r| r.start == start).map(|r| r.slot),
                     None => {
-                        let existing =
-                            self.keys
-                                .find(hash, |e| e.key.bytes() == ev.key)
-                                .and_then(|e| {
-                                    e.windows
-                                        .iter()
-                                        .copied()
-                                        .find(|&(s, id)| {
-                                            self.valid(s, id)
-                                                && self.slab[s as usize].start == start
-                                        })
-                                        .map(|(s, _)| s)
-                                });
-                        let slot = match existing {
-                            Some(s) => s,
-                            None => {
-                                let end = start.saturating_add(size);
-                                if w >= end.saturating_add(self.allowed_lateness) {
-                                    self.stats.late_dropped += 1;
-                                    return Err(self.too_late(t, start, end));
-                                }
-                                self.open_window(ev.key, hash, start, end)
-                            }
-                        };
-                        self.set_hot(hash, slot);
-                        slot
+                        self.new_key(hash, ev.key);
+                        None
                     }
+                };
+                match found {
+                    Some(s) => {
+                        debug_assert!(
+                            self.slab[s as usize].live && self.slab[s as usize].start == start
+                        );
+                        s
+                    }
+                    None => self.open_window(ev.key, hash, start, end),
                 }
             }
             WindowKind::Session { gap } => {
                 let (ps, pe) = (t, t.saturating_add(gap));
-                let meets = self
-                    .keys
-                    .find(hash, |e| e.key.bytes() == ev.key)
-                    .is_some_and(|e| {
-                        e.windows.iter().any(|&(s, id)| {
-                            let x = &self.slab[s as usize];
-                            self.valid(s, id) && sessions_meet((x.start, x.end), (ps, pe))
-                        })
-                    });
+                let meets = match self.keys.find(hash, |e| e.key.bytes() == ev.key) {
+                    Some(e) => e.windows.iter().any(|r| {
+                        let x = &self.slab[r.slot as usize];
+                        self.valid(r.slot, r.id) && sessions_meet((x.start, x.end), (ps, pe))
+                    }),
+                    None => {
+                        self.new_key(hash, ev.key);
+                        false
+                    }
+                };
                 if !meets && w >= pe.saturating_add(self.allowed_lateness) {
                     self.stats.late_dropped += 1;
                     return Err(self.too_late(t, ps, pe));
@@ -682,25 +673,10 @@ impl Engine {
     fn new_key(&mut self, hash: u64, key: &[u8]) {
         let entry = KeyEntry {
             key: EncodedKey::new(key),
-            hot_slot: 0,
-            hot_window: u64::MAX,
-            hot_start: 0,
             windows: SmallVec::new(),
         };
         self.keys
             .insert_unique(hash, entry, |e| hash_key(e.key.bytes()));
-    }
-
-    /// Remembers `slot` as the window of the key's latest event.
-    fn set_hot(&mut self, hash: u64, slot: u32) {
-        let win = &self.slab[slot as usize];
-        let (id, start) = (win.id, win.start);
-        let key = &win.key;
-        if let Some(e) = self.keys.find_mut(hash, |e| e.key == *key) {
-            e.hot_slot = slot;
-            e.hot_window = id;
-            e.hot_start = start;
-        }
     }
 
     /// Opens a window of `key` and lists it under the key.
@@ -760,11 +736,19 @@ impl Engine {
             self.add_timer(end, slot, id, TimerKind::OnTime);
         }
         let slab = &self.slab;
+        let tumbling_gone = match self.window {
+            WindowKind::Tumbling { size, .. } => {
+                Some((size.saturating_add(self.allowed_lateness), w))
+            }
+            WindowKind::Session { .. } => None,
+        };
         if let Some(e) = self.keys.find_mut(hash, |e| e.key.bytes() == key) {
-            e.windows.retain(|&mut (s, wid)| {
-                s != slot && slab[s as usize].live && slab[s as usize].id == wid
+            e.windows.retain(|r| match tumbling_gone {
+                // Dropped once W passed its end plus lateness: no slab access needed.
+                Some((span, w)) => r.start.saturating_add(span) > w,
+                None => slab[r.slot as usize].live && slab[r.slot as usize].id == r.id,
             });
-            e.windows.push((slot, id));
+            e.windows.push(WinRef { slot, id, start });
         }
         slot
     }
@@ -794,8 +778,8 @@ impl Engine {
             match self.keys.find_mut(hash, |e| e.key.bytes() == key) {
                 Some(e) => std::mem::take(&mut e.windows)
                     .into_iter()
-                    .filter(|&(s, id)| self.valid(s, id))
-                    .map(|(s, _)| s)
+                    .filter(|r| self.valid(r.slot, r.id))
+                    .map(|r| r.slot)
                     .collect(),
                 None => SmallVec::new(),
             };
@@ -831,7 +815,14 @@ impl Engine {
         sessions.retain(|s| !members[1..].contains(s));
         let listed = sessions
             .iter()
-            .map(|&s| (s, self.slab[s as usize].id))
+            .map(|&s| {
+                let x = &self.slab[s as usize];
+                WinRef {
+                    slot: s,
+                    id: x.id,
+                    start: x.start,
+                }
+            })
             .collect();
         if let Some(e) = self.keys.find_mut(hash, |e| e.key.bytes() == key) {
             e.windows = listed;
