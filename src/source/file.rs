@@ -75,17 +75,54 @@ pub struct Line<'a> {
     pub len: usize,
 }
 
-/// Reads lines into a reused buffer.
+/// Reads lines: slices of a memory-mapped file, or copies into a reused
+/// buffer for streams (compressed files, standard input).
 pub struct LineReader {
     inner: Box<dyn BufRead>,
     buf: Vec<u8>,
     number: u64,
     path: PathBuf,
+    mapped: Option<Mapped>,
+}
+
+struct Mapped {
+    map: memmap2::Mmap,
+    pos: usize,
+    progress: Arc<AtomicU64>,
 }
 
 impl LineReader {
+    fn buffered(inner: Box<dyn BufRead>, path: &Path) -> LineReader {
+        LineReader { inner, buf: Vec::with_capacity(4096), number: 0, path: path.to_path_buf(), mapped: None }
+    }
+
     /// The next line, without its `\n` (and `\r\n`); `None` at the end.
     pub fn next_line(&mut self) -> Result<Option<Line<'_>>, InputError> {
+        if let Some(m) = &mut self.mapped {
+            let rest = &m.map[m.pos..];
+            if rest.is_empty() {
+                return Ok(None);
+            }
+            let (len, advance) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (i, i + 1),
+                None => (rest.len(), rest.len()),
+            };
+            let start = m.pos;
+            m.pos += advance;
+            if self.number % 4096 == 0 {
+                m.progress.store(m.pos as u64, Ordering::Relaxed);
+            }
+            self.number += 1;
+            let mut line = &m.map[start..start + len];
+            let mut full = len;
+            if line.last() == Some(&b'\r') {
+                line = &line[..len - 1];
+                full -= 1;
+            }
+            let oversized = line.len() > MAX_LINE_BYTES;
+            let bytes = if oversized { &line[..MAX_LINE_BYTES] } else { line };
+            return Ok(Some(Line { bytes, number: self.number, oversized, len: full }));
+        }
         self.buf.clear();
         let mut len = 0usize;
         let mut oversized = false;
@@ -218,30 +255,29 @@ pub fn open(path: &Path, batch_rows: usize) -> Result<Opened, InputError> {
                 progress.clone(),
             )?)
         }
-        InputKind::JsonGzip => Input::Lines(LineReader {
-            inner: Box::new(BufReader::with_capacity(
-                1 << 20,
-                flate2::bufread::MultiGzDecoder::new(buffered),
-            )),
-            buf: Vec::with_capacity(4096),
-            number: 0,
-            path: path.to_path_buf(),
-        }),
+        InputKind::JsonGzip => Input::Lines(LineReader::buffered(
+            Box::new(BufReader::with_capacity(1 << 20, flate2::bufread::MultiGzDecoder::new(buffered))),
+            path,
+        )),
         InputKind::JsonZstd => {
             let dec = zstd::stream::read::Decoder::with_buffer(buffered).map_err(open_err)?;
-            Input::Lines(LineReader {
-                inner: Box::new(BufReader::with_capacity(1 << 20, dec)),
-                buf: Vec::with_capacity(4096),
-                number: 0,
-                path: path.to_path_buf(),
-            })
+            Input::Lines(LineReader::buffered(Box::new(BufReader::with_capacity(1 << 20, dec)), path))
         }
-        InputKind::Json => Input::Lines(LineReader {
-            inner: Box::new(buffered),
-            buf: Vec::with_capacity(4096),
-            number: 0,
-            path: path.to_path_buf(),
-        }),
+        InputKind::Json => {
+            let mut reader = LineReader::buffered(Box::new(buffered), path);
+            // A regular file is read through a memory map: no copies.
+            if path != Path::new("-") {
+                let file = File::open(path).map_err(open_err)?;
+                // SAFETY: the map is only read; a file truncated by another
+                // process while mapped is outside what replay supports.
+                if let Ok(map) = unsafe { memmap2::Mmap::map(&file) } {
+                    let _ = map.advise(memmap2::Advice::Sequential);
+                    progress.store(0, Ordering::Relaxed);
+                    reader.mapped = Some(Mapped { map, pos: 0, progress: progress.clone() });
+                }
+            }
+            Input::Lines(reader)
+        }
     };
     Ok(Opened {
         input,
