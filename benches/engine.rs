@@ -63,7 +63,7 @@ fn bench(c: &mut Criterion) {
                 || {
                     let dec = Decoder::new(DecodePlan::new(&p));
                     let engine = Engine::new(&p, &dec.plan, ProcessingTime::StreamTime);
-                    (dec, engine, Vec::with_capacity(1024))
+                    (dec, engine, rill::engine::PaneBuf::new(p.features.len()))
                 },
                 |(mut dec, mut engine, mut out)| {
                     let mut panes = 0usize;

@@ -139,7 +139,7 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     };
     let mut opened = file::open(&opts.input, 8192)?;
     let name = opened.name.clone();
-    let mut out = Vec::with_capacity(4096);
+    let mut out = crate::engine::PaneBuf::new(p.features.len());
     let mut s = ReplaySummary {
         pipeline: p.name.clone(),
         input: name.clone(),

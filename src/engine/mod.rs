@@ -65,6 +65,98 @@ pub struct Pane {
     pub values: Box<[Value]>,
 }
 
+/// A pane's row without its values (which live in [`PaneBuf`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PaneMeta {
+    pub key: EncodedKey,
+    pub window_start: Micros,
+    pub window_end: Micros,
+    pub pane_index: u32,
+    pub timing: Timing,
+    pub is_final: bool,
+    pub retraction: bool,
+    pub emitted_at: Micros,
+    pub watermark: Option<Micros>,
+}
+
+/// Emitted panes, owned by the caller: row metadata plus one flat vector of
+/// values (`width` per row), so that emitting allocates nothing per pane.
+#[derive(Debug, Clone, Default)]
+pub struct PaneBuf {
+    width: usize,
+    meta: Vec<PaneMeta>,
+    values: Vec<Value>,
+}
+
+impl PaneBuf {
+    /// A buffer for panes of `width` features.
+    pub fn new(width: usize) -> PaneBuf {
+        PaneBuf {
+            width,
+            meta: Vec::with_capacity(1024),
+            values: Vec::with_capacity(1024 * width),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.meta.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.meta.is_empty()
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn clear(&mut self) {
+        self.meta.clear();
+        self.values.clear();
+    }
+
+    /// Row `i`: its metadata and values.
+    pub fn get(&self, i: usize) -> (&PaneMeta, &[Value]) {
+        (
+            &self.meta[i],
+            &self.values[i * self.width..(i + 1) * self.width],
+        )
+    }
+
+    /// Every row.
+    pub fn iter(&self) -> impl Iterator<Item = (&PaneMeta, &[Value])> {
+        self.meta.iter().zip(self.values.chunks(self.width.max(1)))
+    }
+
+    /// Appends a row.
+    pub fn push(&mut self, meta: PaneMeta, values: &[Value]) {
+        debug_assert_eq!(values.len(), self.width);
+        self.meta.push(meta);
+        self.values.extend_from_slice(values);
+    }
+
+    /// Moves every row out as owned [`Pane`]s.
+    pub fn take_panes(&mut self) -> Vec<Pane> {
+        let out = self
+            .iter()
+            .map(|(m, v)| Pane {
+                key: m.key.clone(),
+                window_start: m.window_start,
+                window_end: m.window_end,
+                pane_index: m.pane_index,
+                timing: m.timing,
+                is_final: m.is_final,
+                retraction: m.retraction,
+                emitted_at: m.emitted_at,
+                watermark: m.watermark,
+                values: v.into(),
+            })
+            .collect();
+        self.clear();
+        out
+    }
+}
+
 /// Where processing time comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcessingTime {
@@ -287,19 +379,18 @@ impl Layout {
         self.accs.iter().map(|(k, _)| k.empty()).collect()
     }
 
-    fn values(&self, accs: &[Acc]) -> Box<[Value]> {
-        let mut out: Vec<Value> = self
-            .outputs
-            .iter()
-            .map(|o| match o {
-                Output::Agg(a, f) => f.value(&accs[*a]),
-                Output::Derived(_) => Value::Null,
-            })
-            .collect();
+    /// Appends one value per feature to `out`.
+    fn write_values(&self, accs: &[Acc], out: &mut Vec<Value>) {
+        let base = out.len();
+        out.extend(self.outputs.iter().map(|o| match o {
+            Output::Agg(a, f) => f.value(&accs[*a]),
+            Output::Derived(_) => Value::Null,
+        }));
+        let row = &mut out[base..];
         for &i in &self.derived_order {
             if let Output::Derived(c) = &self.outputs[i] {
                 let v = {
-                    let get = |j: usize| match out[j].as_f64() {
+                    let get = |j: usize| match row[j].as_f64() {
                         Some(x) => Val::Num(x),
                         None => Val::Null,
                     };
@@ -308,10 +399,9 @@ impl Layout {
                         _ => Value::Null,
                     }
                 };
-                out[i] = v;
+                row[i] = v;
             }
         }
-        out.into_boxed_slice()
     }
 }
 
@@ -415,7 +505,7 @@ impl Engine {
     }
 
     /// Takes a partition out of the watermark.
-    pub fn revoke_partition(&mut self, p: usize, out: &mut Vec<Pane>) {
+    pub fn revoke_partition(&mut self, p: usize, out: &mut PaneBuf) {
         self.wm.revoke(p);
         let now = self.now;
         if self.wm.on_processing_time(now) {
@@ -424,7 +514,7 @@ impl Engine {
     }
 
     /// Tells whether a partition's consumer is at the end of its log.
-    pub fn set_end_of_log(&mut self, p: usize, at_end: bool, out: &mut Vec<Pane>) {
+    pub fn set_end_of_log(&mut self, p: usize, at_end: bool, out: &mut PaneBuf) {
         let now = self.now;
         if self.wm.set_end_of_log(p, at_end, now) {
             self.fire_timers(out);
@@ -433,7 +523,7 @@ impl Engine {
 
     /// Moves processing time forward (external mode, or tests): fires due
     /// processing-time triggers and re-evaluates idleness.
-    pub fn set_processing_time(&mut self, now: Micros, out: &mut Vec<Pane>) {
+    pub fn set_processing_time(&mut self, now: Micros, out: &mut PaneBuf) {
         if now <= self.now {
             return;
         }
@@ -462,7 +552,7 @@ impl Engine {
     }
 
     /// Raises the watermark to at least `w` (tests, punctuation) and fires what completes.
-    pub fn advance_watermark(&mut self, w: Micros, out: &mut Vec<Pane>) {
+    pub fn advance_watermark(&mut self, w: Micros, out: &mut PaneBuf) {
         if self.wm.advance_to(w) {
             self.fire_timers(out);
         }
@@ -470,7 +560,7 @@ impl Engine {
 
     /// End of a bounded input: `W` becomes +infinity and every window fires,
     /// in `end` order (ties in the order the windows were opened).
-    pub fn finish(&mut self, out: &mut Vec<Pane>) {
+    pub fn finish(&mut self, out: &mut PaneBuf) {
         self.wm.advance_to(WATERMARK_MAX);
         self.timers.clear();
         self.early_list.clear();
@@ -501,7 +591,7 @@ impl Engine {
         &mut self,
         ev: &EventRef<'_>,
         partition: usize,
-        out: &mut Vec<Pane>,
+        out: &mut PaneBuf,
     ) -> Result<(), Refusal> {
         let t = ev.time;
         if t > self.wall.saturating_add(self.max_future) {
@@ -769,7 +859,7 @@ impl Engine {
         key: &[u8],
         ps: Micros,
         pe: Micros,
-        out: &mut Vec<Pane>,
+        out: &mut PaneBuf,
     ) -> u32 {
         let (mut lo, mut hi) = (ps, pe);
         // Sessions of one key never meet each other; sorted by start, the
@@ -848,9 +938,9 @@ impl Engine {
         survivor
     }
 
-    fn push_retraction(&mut self, key: EncodedKey, last: &LastPane, out: &mut Vec<Pane>) {
+    fn push_retraction(&mut self, key: EncodedKey, last: &LastPane, out: &mut PaneBuf) {
         self.stats.retractions += 1;
-        out.push(Pane {
+        let meta = PaneMeta {
             key,
             window_start: last.start,
             window_end: last.end,
@@ -860,8 +950,8 @@ impl Engine {
             retraction: true,
             emitted_at: self.now,
             watermark: self.visible_watermark(),
-            values: last.values.clone(),
-        });
+        };
+        out.push(meta, &last.values);
     }
 
     fn visible_watermark(&self) -> Option<Micros> {
@@ -876,19 +966,17 @@ impl Engine {
         timing: Timing,
         is_final: bool,
         emitted_at: Micros,
-        out: &mut Vec<Pane>,
+        out: &mut PaneBuf,
     ) {
         let watermark = self.visible_watermark();
         let retracting = self.accumulation == Accumulation::AccumulatingAndRetracting;
         let discarding = self.accumulation == Accumulation::Discarding;
         let win = &mut self.slab[slot as usize];
-        let key = win.key.clone();
-        let values = self.layout.values(&win.accs);
         if retracting {
             if let Some(last) = &win.last {
                 self.stats.retractions += 1;
-                out.push(Pane {
-                    key: key.clone(),
+                let meta = PaneMeta {
+                    key: win.key.clone(),
                     window_start: last.start,
                     window_end: last.end,
                     pane_index: last.pane_index,
@@ -897,20 +985,13 @@ impl Engine {
                     retraction: true,
                     emitted_at,
                     watermark,
-                    values: last.values.clone(),
-                });
+                };
+                out.push(meta, &last.values);
             }
-            win.last = Some(Box::new(LastPane {
-                start: win.start,
-                end: win.end,
-                pane_index: win.next_pane,
-                timing,
-                values: values.clone(),
-            }));
         }
         self.stats.panes += 1;
-        out.push(Pane {
-            key,
+        out.meta.push(PaneMeta {
+            key: win.key.clone(),
             window_start: win.start,
             window_end: win.end,
             pane_index: win.next_pane,
@@ -919,8 +1000,18 @@ impl Engine {
             retraction: false,
             emitted_at,
             watermark,
-            values,
         });
+        let base = out.values.len();
+        self.layout.write_values(&win.accs, &mut out.values);
+        if retracting {
+            win.last = Some(Box::new(LastPane {
+                start: win.start,
+                end: win.end,
+                pane_index: win.next_pane,
+                timing,
+                values: out.values[base..].into(),
+            }));
+        }
         win.next_pane += 1;
         win.dirty = false;
         if discarding {
@@ -948,7 +1039,7 @@ impl Engine {
     }
 
     /// Fires the early (or late-every) tick at processing time `tick`.
-    fn fire_tick(&mut self, tick: Micros, early: bool, out: &mut Vec<Pane>) {
+    fn fire_tick(&mut self, tick: Micros, early: bool, out: &mut PaneBuf) {
         let mut list = std::mem::take(if early {
             &mut self.early_list
         } else {
@@ -981,7 +1072,7 @@ impl Engine {
     }
 
     /// Fires every event-time timer due at the current watermark, in time order.
-    fn fire_timers(&mut self, out: &mut Vec<Pane>) {
+    fn fire_timers(&mut self, out: &mut PaneBuf) {
         let w = self.wm.current();
         while let Some(entry) = self.timers.first_entry() {
             let at = *entry.key();

@@ -8,7 +8,7 @@ use crate::event::Decoder;
 pub(crate) struct Harness {
     pub engine: Engine,
     pub dec: Decoder,
-    pub out: Vec<Pane>,
+    pub out: PaneBuf,
     pub dead: Vec<(Reason, String)>,
 }
 
@@ -27,10 +27,11 @@ impl Harness {
     pub fn new(p: &Pipeline, mode: ProcessingTime) -> Harness {
         let dec = Decoder::new(DecodePlan::new(p));
         let engine = Engine::new(p, &dec.plan, mode);
+        let out = PaneBuf::new(p.features.len());
         Harness {
             engine,
             dec,
-            out: Vec::new(),
+            out,
             dead: Vec::new(),
         }
     }
@@ -73,7 +74,7 @@ impl Harness {
 
     /// Panes emitted since the last call, as compact tuples.
     pub fn take(&mut self) -> Vec<P> {
-        self.out.drain(..).map(|p| P::of(&p)).collect()
+        self.out.take_panes().iter().map(P::of).collect()
     }
 }
 
@@ -296,7 +297,7 @@ fn early_panes_every_period_only_with_new_data() {
     h.set_time(9);
     assert_eq!(h.take(), vec![]);
     h.set_time(10); // tick at 10
-    let got = h.out.clone();
+    let got = h.out.clone().take_panes();
     assert_eq!(
         h.take(),
         vec![p("a", 0, 100, 0, Early, false, 2, Some(3.0))]
@@ -306,7 +307,7 @@ fn early_panes_every_period_only_with_new_data() {
     assert_eq!(h.take(), vec![]);
     h.ev("a", 3, 4.0).unwrap();
     h.set_time(45); // the tick at 40 fires
-    let got = h.out.clone();
+    let got = h.out.clone().take_panes();
     assert_eq!(
         h.take(),
         vec![p("a", 0, 100, 1, Early, false, 3, Some(7.0))]
@@ -327,7 +328,7 @@ fn replay_processing_time_is_stream_time() {
     );
     h.ev("a", 1, 1.0).unwrap();
     h.ev("a", 12, 1.0).unwrap(); // stream time 12: the tick at 10 fires before this event
-    let got = h.out.clone();
+    let got = h.out.clone().take_panes();
     assert_eq!(
         h.take(),
         vec![p("a", 0, 100, 0, Early, false, 1, Some(1.0))]
@@ -506,7 +507,8 @@ fn future_bad_and_derived() {
     h.push(r#"{"k":"a","t":5,"kind":"view","page":"/c"}"#)
         .unwrap();
     h.finish();
-    let pane = &h.out[0];
+    let panes = h.out.take_panes();
+    let pane = &panes[0];
     assert_eq!(pane.values[0], Value::Int(3));
     assert_eq!(pane.values[1], Value::Float(1.0));
     assert_eq!(pane.values[2], Value::Int(1));
@@ -594,8 +596,9 @@ proptest! {
             e.0 += 1;
             e.1 += x as f64;
         }
-        prop_assert_eq!(final_rows(&h.out), want);
-        check_pane_sequences(&h.out);
+        let all = h.out.take_panes();
+        prop_assert_eq!(final_rows(&all), want);
+        check_pane_sequences(&all);
         prop_assert!(h.dead.is_empty());
     }
 
@@ -623,7 +626,8 @@ proptest! {
             max_seen = Some(max_seen.map_or(t, |m| m.max(t)));
         }
         h.finish();
-        prop_assert_eq!(final_rows(&h.out), want);
+        let all = h.out.take_panes();
+        prop_assert_eq!(final_rows(&all), want);
         let dead: Vec<String> = h.dead.iter().map(|(r, j)| { assert_eq!(*r, Reason::TooLate); j.clone() }).collect();
         prop_assert_eq!(dead, dropped);
         prop_assert_eq!(h.engine.stats.late_dropped as usize, h.dead.len());
@@ -660,11 +664,12 @@ proptest! {
                 want.insert((format!("k{key}"), s, e), (n, sum));
             }
         }
-        prop_assert_eq!(final_rows(&h.out), want);
+        let all = h.out.take_panes();
+        prop_assert_eq!(final_rows(&all), want);
         if retract {
             // Retractions undo: summing +rows and -retractions per key gives the finals.
             let mut net: BTreeMap<String, (i64, f64)> = BTreeMap::new();
-            for p in &h.out {
+            for p in &all {
                 let sign = if p.retraction { -1 } else { 1 };
                 let e = net.entry(p.key.to_string()).or_insert((0, 0.0));
                 if let Value::Int(n) = p.values[0] { e.0 += sign * n; }
@@ -673,7 +678,7 @@ proptest! {
             // Each window's last non-retracted pane is its final one; every
             // earlier pane was retracted, so the net per key is the final sum.
             for (k, (n, s)) in net {
-                let (wn, ws) = final_rows(&h.out).iter().filter(|(kk, _)| kk.0 == k).fold((0, 0.0), |a, (_, v)| (a.0 + v.0, a.1 + v.1));
+                let (wn, ws) = final_rows(&all).iter().filter(|(kk, _)| kk.0 == k).fold((0, 0.0), |a, (_, v)| (a.0 + v.0, a.1 + v.1));
                 prop_assert_eq!(n, wn);
                 prop_assert!((s - ws).abs() < 1e-6);
             }

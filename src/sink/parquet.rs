@@ -21,10 +21,11 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::aggregate::Value;
 use crate::config::{AggKind, FeatureKind, Pipeline, ValueType};
-use crate::engine::Pane;
+use crate::engine::{PaneBuf, PaneMeta};
 use crate::event::KeyPart;
 use crate::time::{utc_date, Micros, MICROS_PER_DAY};
 
@@ -52,12 +53,226 @@ enum ColKind {
     Float,
     Bool,
     Str,
-    /// first/last without a declared type: decided by the first batch of a file.
+    /// first/last without a declared type: decided by the values of a file.
     Infer,
 }
 
 /// Rows kept before they are encoded as a row group.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// A key column: integers until a string shows up.
+enum KeyCol {
+    Int(Vec<i64>),
+    Str(StringBuilder),
+}
+
+/// A feature column being filled.
+enum FeatCol {
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Bool(BooleanBuilder),
+    Str(StringBuilder),
+    Infer(Vec<Value>),
+}
+
+/// The rows of one date being collected, column by column.
+struct DayCols {
+    keys: Vec<Option<KeyCol>>,
+    start: TimestampMicrosecondBuilder,
+    end: TimestampMicrosecondBuilder,
+    feats: Vec<FeatCol>,
+    pane_index: Int64Builder,
+    timing: StringBuilder,
+    is_final: BooleanBuilder,
+    retraction: BooleanBuilder,
+    emitted: TimestampMicrosecondBuilder,
+    watermark: TimestampMicrosecondBuilder,
+    rows: usize,
+}
+
+impl DayCols {
+    fn new(n_keys: usize, kinds: &[ColKind]) -> DayCols {
+        let ts = || TimestampMicrosecondBuilder::with_capacity(1024).with_timezone("UTC");
+        DayCols {
+            keys: (0..n_keys).map(|_| None).collect(),
+            start: ts(),
+            end: ts(),
+            feats: kinds
+                .iter()
+                .map(|k| match k {
+                    ColKind::Int => FeatCol::Int(Int64Builder::new()),
+                    ColKind::Float => FeatCol::Float(Float64Builder::new()),
+                    ColKind::Bool => FeatCol::Bool(BooleanBuilder::new()),
+                    ColKind::Str => FeatCol::Str(StringBuilder::new()),
+                    ColKind::Infer => FeatCol::Infer(Vec::new()),
+                })
+                .collect(),
+            pane_index: Int64Builder::new(),
+            timing: StringBuilder::new(),
+            is_final: BooleanBuilder::new(),
+            retraction: BooleanBuilder::new(),
+            emitted: ts(),
+            watermark: ts(),
+            rows: 0,
+        }
+    }
+
+    fn append(&mut self, m: &PaneMeta, values: &[Value]) {
+        for (i, col) in self.keys.iter_mut().enumerate() {
+            let part = m.key.part(i);
+            match (col.as_mut(), part) {
+                (None, Some(KeyPart::Int(v))) => *col = Some(KeyCol::Int(vec![v])),
+                (None, p) => {
+                    let mut b = StringBuilder::new();
+                    append_key_text(&mut b, p);
+                    *col = Some(KeyCol::Str(b));
+                }
+                (Some(KeyCol::Int(v)), Some(KeyPart::Int(x))) => v.push(x),
+                (Some(KeyCol::Int(v)), p) => {
+                    // A string after integers: the column becomes text.
+                    let mut b = StringBuilder::new();
+                    for x in v.iter() {
+                        b.append_value(x.to_string());
+                    }
+                    append_key_text(&mut b, p);
+                    *col = Some(KeyCol::Str(b));
+                }
+                (Some(KeyCol::Str(b)), p) => append_key_text(b, p),
+            }
+        }
+        self.start.append_value(m.window_start);
+        self.end.append_value(m.window_end);
+        for (col, v) in self.feats.iter_mut().zip(values) {
+            match col {
+                FeatCol::Int(b) => b.append_option(match v {
+                    Value::Int(i) => Some(*i),
+                    Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(*f as i64),
+                    _ => None,
+                }),
+                FeatCol::Float(b) => b.append_option(v.as_f64()),
+                FeatCol::Bool(b) => b.append_option(match v {
+                    Value::Bool(x) => Some(*x),
+                    _ => None,
+                }),
+                FeatCol::Str(b) => b.append_option(value_text(v)),
+                FeatCol::Infer(vals) => vals.push(v.clone()),
+            }
+        }
+        self.pane_index.append_value(m.pane_index as i64);
+        self.timing.append_value(m.timing.as_str());
+        self.is_final.append_value(m.is_final);
+        self.retraction.append_value(m.retraction);
+        self.emitted.append_value(m.emitted_at);
+        self.watermark.append_option(m.watermark);
+        self.rows += 1;
+    }
+
+    /// The schema these columns would have on their own.
+    fn schema(&self, key_names: &[String], feature_names: &[String]) -> SchemaRef {
+        let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let mut fields = Vec::new();
+        for (k, col) in key_names.iter().zip(&self.keys) {
+            let dt = match col {
+                Some(KeyCol::Int(_)) => DataType::Int64,
+                _ => DataType::Utf8,
+            };
+            fields.push(Field::new(k, dt, false));
+        }
+        fields.push(Field::new("window_start", ts(), false));
+        fields.push(Field::new("window_end", ts(), false));
+        for (name, col) in feature_names.iter().zip(&self.feats) {
+            let dt = match col {
+                FeatCol::Int(_) => DataType::Int64,
+                FeatCol::Float(_) => DataType::Float64,
+                FeatCol::Bool(_) => DataType::Boolean,
+                FeatCol::Str(_) => DataType::Utf8,
+                FeatCol::Infer(vals) => infer(vals.iter()),
+            };
+            fields.push(Field::new(name, dt, true));
+        }
+        fields.push(Field::new("pane_index", DataType::Int64, false));
+        fields.push(Field::new("timing", DataType::Utf8, false));
+        fields.push(Field::new("is_final", DataType::Boolean, false));
+        fields.push(Field::new("retraction", DataType::Boolean, false));
+        fields.push(Field::new("emitted_at", ts(), false));
+        fields.push(Field::new("watermark", ts(), true));
+        Arc::new(Schema::new(fields))
+    }
+
+    /// Finishes the columns into a batch of `schema` (the file's schema).
+    fn finish(mut self, schema: &SchemaRef) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for (i, col) in self.keys.into_iter().enumerate() {
+            let want = schema.field(i).data_type();
+            let arr: ArrayRef = match col {
+                Some(KeyCol::Int(v)) => Arc::new(arrow_array::Int64Array::from(v)),
+                Some(KeyCol::Str(mut b)) => Arc::new(b.finish()),
+                None => Arc::new(StringBuilder::new().finish()),
+            };
+            cols.push(if arr.data_type() == want {
+                arr
+            } else {
+                arrow_cast::cast(&arr, want)?
+            });
+        }
+        cols.push(Arc::new(self.start.finish()));
+        cols.push(Arc::new(self.end.finish()));
+        let base = cols.len();
+        for (j, col) in self.feats.iter_mut().enumerate() {
+            let want = schema.field(base + j).data_type();
+            let arr: ArrayRef = match col {
+                FeatCol::Int(b) => Arc::new(b.finish()),
+                FeatCol::Float(b) => Arc::new(b.finish()),
+                FeatCol::Bool(b) => Arc::new(b.finish()),
+                FeatCol::Str(b) => Arc::new(b.finish()),
+                FeatCol::Infer(vals) => typed_array(vals, want),
+            };
+            cols.push(if arr.data_type() == want {
+                arr
+            } else {
+                arrow_cast::cast(&arr, want)?
+            });
+        }
+        cols.push(Arc::new(self.pane_index.finish()));
+        cols.push(Arc::new(self.timing.finish()));
+        cols.push(Arc::new(self.is_final.finish()));
+        cols.push(Arc::new(self.retraction.finish()));
+        cols.push(Arc::new(self.emitted.finish()));
+        cols.push(Arc::new(self.watermark.finish()));
+        RecordBatch::try_new(schema.clone(), cols)
+    }
+}
+
+fn append_key_text(b: &mut StringBuilder, p: Option<KeyPart<'_>>) {
+    match p {
+        Some(KeyPart::Int(v)) => b.append_value(v.to_string()),
+        Some(KeyPart::Str(s)) => b.append_value(s),
+        None => b.append_value(""),
+    }
+}
+
+fn typed_array(vals: &[Value], dt: &DataType) -> ArrayRef {
+    match dt {
+        DataType::Float64 => Arc::new(
+            vals.iter()
+                .map(Value::as_f64)
+                .collect::<arrow_array::Float64Array>(),
+        ),
+        DataType::Boolean => Arc::new(
+            vals.iter()
+                .map(|v| match v {
+                    Value::Bool(b) => Some(*b),
+                    _ => None,
+                })
+                .collect::<arrow_array::BooleanArray>(),
+        ),
+        _ => Arc::new(
+            vals.iter()
+                .map(value_text)
+                .collect::<arrow_array::StringArray>(),
+        ),
+    }
+}
 
 struct DayFile {
     writer: ArrowWriter<File>,
@@ -74,7 +289,7 @@ pub struct ParquetSink {
     feature_names: Vec<String>,
     feature_kinds: Vec<ColKind>,
     allowed_lateness: Micros,
-    buffers: BTreeMap<i64, Vec<Pane>>,
+    buffers: BTreeMap<i64, DayCols>,
     open: BTreeMap<i64, DayFile>,
     seq: u64,
     written: Vec<PathBuf>,
@@ -136,18 +351,23 @@ impl ParquetSink {
         &self.written
     }
 
-    /// Takes panes (and drains the vector).
-    pub fn write(&mut self, panes: &mut Vec<Pane>) -> Result<(), ParquetSinkError> {
-        for pane in panes.drain(..) {
-            let day = pane.window_end.div_euclid(MICROS_PER_DAY);
+    /// Takes every pane of `panes` (and clears it).
+    pub fn write(&mut self, panes: &mut PaneBuf) -> Result<(), ParquetSinkError> {
+        for (m, values) in panes.iter() {
+            let day = m.window_end.div_euclid(MICROS_PER_DAY);
             self.rows += 1;
-            let buf = self.buffers.entry(day).or_default();
-            buf.push(pane);
-            if buf.len() >= ROW_GROUP_ROWS {
-                let rows = std::mem::take(buf);
-                self.flush_day(day, rows)?;
+            let (n_keys, kinds) = (self.key_names.len(), &self.feature_kinds);
+            let cols = self
+                .buffers
+                .entry(day)
+                .or_insert_with(|| DayCols::new(n_keys, kinds));
+            cols.append(m, values);
+            if cols.rows >= ROW_GROUP_ROWS {
+                let full = self.buffers.remove(&day).expect("just filled");
+                self.flush_day(day, full)?;
             }
         }
+        panes.clear();
         Ok(())
     }
 
@@ -217,9 +437,9 @@ impl ParquetSink {
     }
 
     fn close_day(&mut self, day: i64) -> Result<(), ParquetSinkError> {
-        if let Some(rows) = self.buffers.remove(&day) {
-            if !rows.is_empty() {
-                self.flush_day(day, rows)?;
+        if let Some(cols) = self.buffers.remove(&day) {
+            if cols.rows > 0 {
+                self.flush_day(day, cols)?;
             }
         }
         if let Some(f) = self.open.remove(&day) {
@@ -238,9 +458,9 @@ impl ParquetSink {
         Ok(())
     }
 
-    fn flush_day(&mut self, day: i64, rows: Vec<Pane>) -> Result<(), ParquetSinkError> {
+    fn flush_day(&mut self, day: i64, cols: DayCols) -> Result<(), ParquetSinkError> {
         if !self.open.contains_key(&day) {
-            let schema = self.schema_for(&rows);
+            let schema = cols.schema(&self.key_names, &self.feature_names);
             let date_dir = self
                 .dir
                 .join(format!("date={}", utc_date(day * MICROS_PER_DAY)));
@@ -256,17 +476,26 @@ impl ParquetSink {
                 path: tmp.clone(),
                 source,
             })?;
-            let props = WriterProperties::builder()
+            let mut props = WriterProperties::builder()
                 .set_compression(Compression::SNAPPY)
-                .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-                .build();
-            let writer =
-                ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|source| {
-                    ParquetSinkError::Parquet {
-                        path: tmp.clone(),
-                        source,
-                    }
-                })?;
+                .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+            // Dictionaries pay off for keys and low-cardinality columns, not
+            // for measured values and emission times.
+            for f in schema.fields() {
+                if matches!(f.data_type(), DataType::Float64)
+                    || f.name() == "emitted_at"
+                    || f.name() == "watermark"
+                {
+                    props = props
+                        .set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), false);
+                }
+            }
+            let writer = ArrowWriter::try_new(file, schema.clone(), Some(props.build())).map_err(
+                |source| ParquetSinkError::Parquet {
+                    path: tmp.clone(),
+                    source,
+                },
+            )?;
             self.open.insert(
                 day,
                 DayFile {
@@ -278,7 +507,7 @@ impl ParquetSink {
             );
         }
         let f = self.open.get_mut(&day).expect("opened above");
-        let batch = build_batch(&f.schema, &self.key_names, &self.feature_names, &rows)?;
+        let batch = cols.finish(&f.schema)?;
         f.writer
             .write(&batch)
             .map_err(|source| ParquetSinkError::Parquet {
@@ -286,49 +515,6 @@ impl ParquetSink {
                 source,
             })?;
         Ok(())
-    }
-
-    fn schema_for(&self, rows: &[Pane]) -> SchemaRef {
-        let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-        let mut fields = Vec::new();
-        for (i, k) in self.key_names.iter().enumerate() {
-            let all_int = rows
-                .iter()
-                .all(|p| matches!(p.key.part(i), Some(KeyPart::Int(_))));
-            fields.push(Field::new(
-                k,
-                if all_int {
-                    DataType::Int64
-                } else {
-                    DataType::Utf8
-                },
-                false,
-            ));
-        }
-        fields.push(Field::new("window_start", ts(), false));
-        fields.push(Field::new("window_end", ts(), false));
-        for (i, (name, kind)) in self
-            .feature_names
-            .iter()
-            .zip(&self.feature_kinds)
-            .enumerate()
-        {
-            let dt = match kind {
-                ColKind::Int => DataType::Int64,
-                ColKind::Float => DataType::Float64,
-                ColKind::Bool => DataType::Boolean,
-                ColKind::Str => DataType::Utf8,
-                ColKind::Infer => infer(rows.iter().map(|p| &p.values[i])),
-            };
-            fields.push(Field::new(name, dt, true));
-        }
-        fields.push(Field::new("pane_index", DataType::Int64, false));
-        fields.push(Field::new("timing", DataType::Utf8, false));
-        fields.push(Field::new("is_final", DataType::Boolean, false));
-        fields.push(Field::new("retraction", DataType::Boolean, false));
-        fields.push(Field::new("emitted_at", ts(), false));
-        fields.push(Field::new("watermark", ts(), true));
-        Arc::new(Schema::new(fields))
     }
 }
 
@@ -359,106 +545,4 @@ fn value_text(v: &Value) -> Option<String> {
         Value::Bool(b) => Some(b.to_string()),
         Value::Str(s) => Some(s.clone()),
     }
-}
-
-/// Builds one record batch of `rows` in `schema`'s layout.
-pub fn build_batch(
-    schema: &SchemaRef,
-    key_names: &[String],
-    feature_names: &[String],
-    rows: &[Pane],
-) -> Result<RecordBatch, arrow_schema::ArrowError> {
-    let n = rows.len();
-    let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    let ts_col = |f: &dyn Fn(&Pane) -> Option<Micros>| -> ArrayRef {
-        let mut b = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-        for p in rows {
-            b.append_option(f(p));
-        }
-        Arc::new(b.finish())
-    };
-    for i in 0..key_names.len() {
-        match schema.field(i).data_type() {
-            DataType::Int64 => {
-                let mut b = Int64Builder::with_capacity(n);
-                for p in rows {
-                    match p.key.part(i) {
-                        Some(KeyPart::Int(v)) => b.append_value(v),
-                        _ => b.append_null(),
-                    }
-                }
-                cols.push(Arc::new(b.finish()));
-            }
-            _ => {
-                let mut b = StringBuilder::with_capacity(n, n * 8);
-                for p in rows {
-                    match p.key.part(i) {
-                        Some(KeyPart::Int(v)) => b.append_value(v.to_string()),
-                        Some(KeyPart::Str(s)) => b.append_value(s),
-                        None => b.append_null(),
-                    }
-                }
-                cols.push(Arc::new(b.finish()));
-            }
-        }
-    }
-    cols.push(ts_col(&|p| Some(p.window_start)));
-    cols.push(ts_col(&|p| Some(p.window_end)));
-    let base = key_names.len() + 2;
-    for j in 0..feature_names.len() {
-        match schema.field(base + j).data_type() {
-            DataType::Int64 => {
-                let mut b = Int64Builder::with_capacity(n);
-                for p in rows {
-                    b.append_option(match &p.values[j] {
-                        Value::Int(i) => Some(*i),
-                        Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(*f as i64),
-                        _ => None,
-                    });
-                }
-                cols.push(Arc::new(b.finish()));
-            }
-            DataType::Float64 => {
-                let mut b = Float64Builder::with_capacity(n);
-                for p in rows {
-                    b.append_option(p.values[j].as_f64());
-                }
-                cols.push(Arc::new(b.finish()));
-            }
-            DataType::Boolean => {
-                let mut b = BooleanBuilder::with_capacity(n);
-                for p in rows {
-                    b.append_option(match &p.values[j] {
-                        Value::Bool(x) => Some(*x),
-                        _ => None,
-                    });
-                }
-                cols.push(Arc::new(b.finish()));
-            }
-            _ => {
-                let mut b = StringBuilder::with_capacity(n, n * 8);
-                for p in rows {
-                    b.append_option(value_text(&p.values[j]));
-                }
-                cols.push(Arc::new(b.finish()));
-            }
-        }
-    }
-    let mut pane_index = Int64Builder::with_capacity(n);
-    let mut timing = StringBuilder::with_capacity(n, n * 7);
-    let mut is_final = BooleanBuilder::with_capacity(n);
-    let mut retraction = BooleanBuilder::with_capacity(n);
-    for p in rows {
-        pane_index.append_value(p.pane_index as i64);
-        timing.append_value(p.timing.as_str());
-        is_final.append_value(p.is_final);
-        retraction.append_value(p.retraction);
-    }
-    cols.push(Arc::new(pane_index.finish()));
-    cols.push(Arc::new(timing.finish()));
-    cols.push(Arc::new(is_final.finish()));
-    cols.push(Arc::new(retraction.finish()));
-    cols.push(ts_col(&|p| Some(p.emitted_at)));
-    cols.push(ts_col(&|p| p.watermark));
-    RecordBatch::try_new(schema.clone(), cols)
 }

@@ -88,12 +88,24 @@ pub struct LineReader {
 struct Mapped {
     map: memmap2::Mmap,
     pos: usize,
+    /// Bytes below this were handed back to the kernel.
+    released: usize,
     progress: Arc<AtomicU64>,
 }
 
+/// Consumed parts of a mapped file are released in steps of this size, so
+/// the process's resident memory does not grow with the file.
+const RELEASE_STEP: usize = 64 << 20;
+
 impl LineReader {
     fn buffered(inner: Box<dyn BufRead>, path: &Path) -> LineReader {
-        LineReader { inner, buf: Vec::with_capacity(4096), number: 0, path: path.to_path_buf(), mapped: None }
+        LineReader {
+            inner,
+            buf: Vec::with_capacity(4096),
+            number: 0,
+            path: path.to_path_buf(),
+            mapped: None,
+        }
     }
 
     /// The next line, without its `\n` (and `\r\n`); `None` at the end.
@@ -108,6 +120,20 @@ impl LineReader {
                 None => (rest.len(), rest.len()),
             };
             let start = m.pos;
+            if start - m.released >= RELEASE_STEP {
+                let upto = start & !(4096 - 1);
+                // SAFETY: the range lies before the current line; no slice of
+                // it is alive (lines borrow the reader), and the pages of a
+                // read-only file mapping are read back from the file if touched.
+                let _ = unsafe {
+                    m.map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        m.released,
+                        upto - m.released,
+                    )
+                };
+                m.released = upto;
+            }
             m.pos += advance;
             if self.number % 4096 == 0 {
                 m.progress.store(m.pos as u64, Ordering::Relaxed);
@@ -120,8 +146,17 @@ impl LineReader {
                 full -= 1;
             }
             let oversized = line.len() > MAX_LINE_BYTES;
-            let bytes = if oversized { &line[..MAX_LINE_BYTES] } else { line };
-            return Ok(Some(Line { bytes, number: self.number, oversized, len: full }));
+            let bytes = if oversized {
+                &line[..MAX_LINE_BYTES]
+            } else {
+                line
+            };
+            return Ok(Some(Line {
+                bytes,
+                number: self.number,
+                oversized,
+                len: full,
+            }));
         }
         self.buf.clear();
         let mut len = 0usize;
@@ -256,12 +291,18 @@ pub fn open(path: &Path, batch_rows: usize) -> Result<Opened, InputError> {
             )?)
         }
         InputKind::JsonGzip => Input::Lines(LineReader::buffered(
-            Box::new(BufReader::with_capacity(1 << 20, flate2::bufread::MultiGzDecoder::new(buffered))),
+            Box::new(BufReader::with_capacity(
+                1 << 20,
+                flate2::bufread::MultiGzDecoder::new(buffered),
+            )),
             path,
         )),
         InputKind::JsonZstd => {
             let dec = zstd::stream::read::Decoder::with_buffer(buffered).map_err(open_err)?;
-            Input::Lines(LineReader::buffered(Box::new(BufReader::with_capacity(1 << 20, dec)), path))
+            Input::Lines(LineReader::buffered(
+                Box::new(BufReader::with_capacity(1 << 20, dec)),
+                path,
+            ))
         }
         InputKind::Json => {
             let mut reader = LineReader::buffered(Box::new(buffered), path);
@@ -273,7 +314,12 @@ pub fn open(path: &Path, batch_rows: usize) -> Result<Opened, InputError> {
                 if let Ok(map) = unsafe { memmap2::Mmap::map(&file) } {
                     let _ = map.advise(memmap2::Advice::Sequential);
                     progress.store(0, Ordering::Relaxed);
-                    reader.mapped = Some(Mapped { map, pos: 0, progress: progress.clone() });
+                    reader.mapped = Some(Mapped {
+                        map,
+                        pos: 0,
+                        released: 0,
+                        progress: progress.clone(),
+                    });
                 }
             }
             Input::Lines(reader)
