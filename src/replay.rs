@@ -137,7 +137,8 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         let path = path.to_path_buf();
         move |source| ReplayError::DeadLetter { path, source }
     };
-    let mut opened = file::open(&opts.input, 8192)?;
+    let columns: Vec<String> = dec.plan.fields.iter().map(|(n, _)| n.clone()).collect();
+    let mut opened = file::open(&opts.input, 8192, &columns)?;
     let name = opened.name.clone();
     let mut out = crate::engine::PaneBuf::new(p.features.len());
     let mut s = ReplaySummary {

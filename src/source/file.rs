@@ -240,7 +240,7 @@ fn sniff(head: &[u8]) -> InputKind {
 }
 
 /// Opens `path` (`-` is standard input) for `decoder`'s pipeline.
-pub fn open(path: &Path, batch_rows: usize) -> Result<Opened, InputError> {
+pub fn open(path: &Path, batch_rows: usize, columns: &[String]) -> Result<Opened, InputError> {
     let progress = Arc::new(AtomicU64::new(0));
     let open_err = |source| InputError::Open {
         path: path.to_path_buf(),
@@ -288,6 +288,7 @@ pub fn open(path: &Path, batch_rows: usize) -> Result<Opened, InputError> {
                 bytes,
                 batch_rows,
                 progress.clone(),
+                columns,
             )?)
         }
         InputKind::JsonGzip => Input::Lines(LineReader::buffered(
@@ -364,21 +365,46 @@ impl ParquetRows {
         bytes: Option<bytes::Bytes>,
         batch_rows: usize,
         progress: Arc<AtomicU64>,
+        columns: &[String],
     ) -> Result<ParquetRows, InputError> {
         let perr = |source| InputError::Parquet {
             path: path.to_path_buf(),
             source,
         };
+        // Only the columns the pipeline reads are decoded.
+        fn build<T: parquet::file::reader::ChunkReader + 'static>(
+            builder: ParquetRecordBatchReaderBuilder<T>,
+            columns: &[String],
+            batch_rows: usize,
+        ) -> Result<(ParquetRecordBatchReader, u64), parquet::errors::ParquetError> {
+            let rows = builder.metadata().file_metadata().num_rows() as u64;
+            let roots: Vec<usize> = builder
+                .schema()
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| columns.iter().any(|c| c == f.name()))
+                .map(|(i, _)| i)
+                .collect();
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+            Ok((
+                builder
+                    .with_projection(mask)
+                    .with_batch_size(batch_rows)
+                    .build()?,
+                rows,
+            ))
+        }
         let (reader, file_size, total_rows) = match bytes {
             Some(b) => {
                 let size = b.len() as u64;
-                let builder = ParquetRecordBatchReaderBuilder::try_new(b).map_err(perr)?;
-                let rows = builder.metadata().file_metadata().num_rows() as u64;
-                (
-                    builder.with_batch_size(batch_rows).build().map_err(perr)?,
-                    size,
-                    rows,
+                let (r, rows) = build(
+                    ParquetRecordBatchReaderBuilder::try_new(b).map_err(perr)?,
+                    columns,
+                    batch_rows,
                 )
+                .map_err(perr)?;
+                (r, size, rows)
             }
             None => {
                 let f = File::open(path).map_err(|source| InputError::Open {
@@ -386,18 +412,13 @@ impl ParquetRows {
                     source,
                 })?;
                 let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-                let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(perr)?;
-                let rows = builder.metadata().file_metadata().num_rows() as u64;
-                let mask = ProjectionMask::all();
-                (
-                    builder
-                        .with_projection(mask)
-                        .with_batch_size(batch_rows)
-                        .build()
-                        .map_err(perr)?,
-                    size,
-                    rows,
+                let (r, rows) = build(
+                    ParquetRecordBatchReaderBuilder::try_new(f).map_err(perr)?,
+                    columns,
+                    batch_rows,
                 )
+                .map_err(perr)?;
+                (r, size, rows)
             }
         };
         Ok(ParquetRows {
