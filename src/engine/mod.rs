@@ -646,7 +646,8 @@ impl Engine {
                     self.stats.late_dropped += 1;
                     return Err(self.too_late(t, start, end));
                 }
-                let found = match self.keys.find(hash, |e| e.key.bytes() == ev.key) {
+                let probe = EncodedKey::new(ev.key);
+                let found = match self.keys.find(hash, |e| e.key == probe) {
                     Some(e) => e.windows.iter().find(|r| r.start == start).map(|r| r.slot),
                     None => {
                         self.new_key(hash, ev.key);

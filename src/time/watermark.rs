@@ -129,6 +129,10 @@ impl WatermarkTracker {
 
     /// Re-evaluates idleness at processing time `now`. Returns true when `W` moved.
     pub fn on_processing_time(&mut self, now: Micros) -> bool {
+        if self.idle_timeout.is_none() && !self.idle_advance {
+            // Nothing depends on processing time.
+            return false;
+        }
         if let Some(timeout) = self.idle_timeout {
             for part in self.parts.iter_mut().filter(|p| p.assigned) {
                 if !part.idle
