@@ -321,6 +321,50 @@ fn special_bytes(w: u64) -> u64 {
     quote | slash | ctrl
 }
 
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// Parses a JSON number (grammar already checked). Plain decimals with at
+/// most 15 significant digits take Clinger's fast path, which is exact: the
+/// mantissa and the power of ten are both exact doubles, and one division
+/// is correctly rounded. Everything else goes to the standard library.
+#[inline]
+pub fn parse_number(raw: &str) -> f64 {
+    let b = raw.as_bytes();
+    let (neg, digits) = match b.first() {
+        Some(b'-') => (true, &b[1..]),
+        _ => (false, b),
+    };
+    if digits.len() <= 16 {
+        let mut mantissa: u64 = 0;
+        let mut frac_digits: usize = 0;
+        let mut seen_dot = false;
+        let mut ok = true;
+        for &c in digits {
+            match c {
+                b'0'..=b'9' => {
+                    mantissa = mantissa * 10 + (c - b'0') as u64;
+                    if seen_dot {
+                        frac_digits += 1;
+                    }
+                }
+                b'.' if !seen_dot => seen_dot = true,
+                _ => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok && mantissa < (1u64 << 53) && frac_digits < POW10.len() {
+            let v = mantissa as f64 / POW10[frac_digits];
+            return if neg { -v } else { v };
+        }
+    }
+    raw.parse().unwrap_or(f64::NAN)
+}
+
 /// Decodes the JSON string content `raw` (between the quotes, escapes included).
 pub fn unescape(raw: &str, out: &mut String) {
     let b = raw.as_bytes();
@@ -521,7 +565,7 @@ impl Decoder {
                     RawKind::Num => {
                         // The grammar was checked: parsing cannot fail, but a
                         // huge exponent gives infinity, which is no value.
-                        let n: f64 = raw.parse().unwrap_or(f64::NAN);
+                        let n: f64 = parse_number(raw);
                         self.slot(
                             i,
                             if n.is_finite() {
@@ -569,7 +613,41 @@ fn format_name(f: TimeFormat) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::special_bytes;
+    use super::{parse_number, special_bytes};
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn fast_numbers_match_the_standard_parser(m in 0u64..10_000_000_000_000_000, k in 0usize..20, neg in any::<bool>()) {
+            let digits = m.to_string();
+            let text = if k == 0 || k >= digits.len() {
+                digits.clone()
+            } else {
+                format!("{}.{}", &digits[..digits.len() - k], &digits[digits.len() - k..])
+            };
+            let text = if neg { format!("-{text}") } else { text };
+            prop_assert_eq!(parse_number(&text).to_bits(), text.parse::<f64>().expect("number").to_bits(), "{}", text);
+        }
+    }
+
+    #[test]
+    fn numbers_outside_the_fast_path() {
+        for t in [
+            "1e5",
+            "-0.5E-3",
+            "12345678901234567890",
+            "0.1",
+            "-0",
+            "9007199254740993",
+            "3.14159265358979323846",
+        ] {
+            assert_eq!(
+                parse_number(t).to_bits(),
+                t.parse::<f64>().expect("number").to_bits(),
+                "{t}"
+            );
+        }
+    }
 
     #[test]
     fn special_bytes_is_exact() {
