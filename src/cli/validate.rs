@@ -33,8 +33,9 @@ pub fn run(args: Args) -> anyhow::Result<usize> {
         match Pipeline::from_file(f) {
             Ok(p) => {
                 if let Some(first) = names.get(&p.name) {
+                    let (line, column) = p.name_position;
                     eprintln!(
-                        "{}:2:1: feature group name {:?} is already used by {}",
+                        "{}:{line}:{column}: feature group name {:?} is already used by {}",
                         f.display(),
                         p.name,
                         first.display()

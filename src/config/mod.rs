@@ -184,6 +184,8 @@ pub struct Pipeline {
     pub freshness_sla: Option<Micros>,
     /// The file it was read from, when it came from one.
     pub source_file: Option<PathBuf>,
+    /// Line and column of the `name:` value in its file.
+    pub name_position: (u64, u64),
 }
 
 impl Pipeline {
@@ -684,6 +686,7 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
         dead_letter_topic,
         freshness_sla,
         source_file: None,
+        name_position: (spec.name.referenced.line(), spec.name.referenced.column()),
     })
 }
 
