@@ -34,6 +34,9 @@ pub enum ReplayError {
     },
 }
 
+/// A progress callback: (bytes read, input size if known, records).
+pub type Progress = Box<dyn FnMut(u64, Option<u64>, u64)>;
+
 /// What to replay.
 pub struct ReplayOptions {
     pub pipeline: Pipeline,
@@ -46,7 +49,7 @@ pub struct ReplayOptions {
     /// The wall clock for the `max_future` check.
     pub wall_clock: Arc<dyn Clock>,
     /// Called every few thousand records with (bytes read, size if known, records).
-    pub progress: Option<Box<dyn FnMut(u64, Option<u64>, u64)>>,
+    pub progress: Option<Progress>,
 }
 
 /// What a replay did.
@@ -150,7 +153,7 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     let tick = |records: u64,
                 engine: &mut Engine,
                 sink: &mut ParquetSink,
-                progress: &mut Option<Box<dyn FnMut(u64, Option<u64>, u64)>>|
+                progress: &mut Option<Progress>|
      -> Result<(), ReplayError> {
         engine.set_wall_clock(opts.wall_clock.now());
         sink.on_watermark(engine.watermark())?;

@@ -209,15 +209,15 @@ impl Acc {
         match (self, other) {
             (Acc::Count(a), Acc::Count(b)) => *a += b,
             (Acc::Stats(a), Acc::Stats(b)) => a.merge(b),
-            (Acc::First(a), Acc::First(Some(b))) => {
-                if a.as_ref().is_none_or(|x| (b.time, b.seq) < (x.time, x.seq)) {
-                    *a = Some(b.clone());
-                }
+            (Acc::First(a), Acc::First(Some(b)))
+                if a.as_ref().is_none_or(|x| (b.time, b.seq) < (x.time, x.seq)) =>
+            {
+                *a = Some(b.clone());
             }
-            (Acc::Last(a), Acc::Last(Some(b))) => {
-                if a.as_ref().is_none_or(|x| (b.time, b.seq) > (x.time, x.seq)) {
-                    *a = Some(b.clone());
-                }
+            (Acc::Last(a), Acc::Last(Some(b)))
+                if a.as_ref().is_none_or(|x| (b.time, b.seq) > (x.time, x.seq)) =>
+            {
+                *a = Some(b.clone());
             }
             _ => {}
         }

@@ -59,8 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<ReplaySummary> {
         .map(super::parse_time_arg)
         .transpose()
         .context("invalid --to")?;
-    let progress: Option<Box<dyn FnMut(u64, Option<u64>, u64)>> = if std::io::stderr().is_terminal()
-    {
+    let progress: Option<rill::replay::Progress> = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
             indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta}) {msg}")

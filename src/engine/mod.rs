@@ -700,10 +700,10 @@ impl Engine {
             }
             match (*kind, acc) {
                 (AccKind::CountEvents, Acc::Count(c)) => *c += 1,
-                (AccKind::CountField(s), Acc::Count(c)) => {
-                    if !matches!(ev.field(s), FieldVal::Missing | FieldVal::Null) {
-                        *c += 1
-                    }
+                (AccKind::CountField(s), Acc::Count(c))
+                    if !matches!(ev.field(s), FieldVal::Missing | FieldVal::Null) =>
+                {
+                    *c += 1
                 }
                 (AccKind::Stats(s), Acc::Stats(st)) => {
                     if let FieldVal::Num(x) = ev.field(s) {

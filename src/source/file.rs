@@ -346,6 +346,9 @@ enum Col {
     Unsupported(String),
 }
 
+/// A row number (1-based) and the row decoded, or why it was refused.
+pub type DecodedRow<'d> = (u64, Result<EventRef<'d>, Refusal>);
+
 /// Rows of a Parquet file, decoded through a [`Decoder`].
 pub struct ParquetRows {
     reader: ParquetRecordBatchReader,
@@ -438,7 +441,7 @@ impl ParquetRows {
     pub fn next_row<'d>(
         &mut self,
         dec: &'d mut Decoder,
-    ) -> Result<Option<(u64, Result<EventRef<'d>, Refusal>)>, InputError> {
+    ) -> Result<Option<DecodedRow<'d>>, InputError> {
         loop {
             if let Some(b) = &self.batch {
                 if self.row_in_batch < b.num_rows() {

@@ -61,8 +61,15 @@ fn two_groups_with_one_name_are_refused() {
     let good = std::fs::read_to_string(repo("pipelines/user_spend_5m.yaml")).expect("example");
     std::fs::write(dir.path().join("a.yaml"), &good).expect("write");
     std::fs::write(dir.path().join("b.yaml"), &good).expect("write");
-    let out = rill().arg("validate").arg(dir.path()).output().expect("runs");
+    let out = rill()
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .expect("runs");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("b.yaml:2:7: feature group name \"user_spend_5m\" is already used by"), "{err}");
+    assert!(
+        err.contains("b.yaml:2:7: feature group name \"user_spend_5m\" is already used by"),
+        "{err}"
+    );
 }
