@@ -78,6 +78,22 @@ pub struct ReplaySummary {
     pub peak_memory_bytes: Option<u64>,
 }
 
+/// Hands a decoded record to the engine when it lies in `[from, to)`.
+fn feed(
+    decoded: Result<crate::event::EventRef<'_>, Refusal>,
+    (from, to): (Micros, Micros),
+    engine: &mut Engine,
+    out: &mut crate::engine::PaneBuf,
+    s: &mut ReplaySummary,
+) -> Result<(), Refusal> {
+    let ev = decoded?;
+    if ev.time < from || ev.time >= to {
+        s.out_of_range += 1;
+        return Ok(());
+    }
+    engine.process(&ev, 0, out)
+}
+
 /// A stable 64-bit FNV-1a hash (file names must not change across builds).
 pub fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -191,14 +207,13 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                         .map_err(dl_err(dl.path()))?;
                     continue;
                 }
-                let result = match dec.decode_json(line.bytes) {
-                    Ok(ev) if ev.time < from || ev.time >= to => {
-                        s.out_of_range += 1;
-                        Ok(())
-                    }
-                    Ok(ev) => engine.process(&ev, 0, &mut out),
-                    Err(r) => Err(r),
-                };
+                let result = feed(
+                    dec.decode_json(line.bytes),
+                    (from, to),
+                    &mut engine,
+                    &mut out,
+                    &mut s,
+                );
                 if let Err(r) = result {
                     dl.write(&r, &pos(), line.bytes)
                         .map_err(dl_err(dl.path()))?;
@@ -214,14 +229,7 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         Input::Parquet(rows) => {
             while let Some((row, result)) = rows.next_row(&mut dec)? {
                 s.records += 1;
-                let result = match result {
-                    Ok(ev) if ev.time < from || ev.time >= to => {
-                        s.out_of_range += 1;
-                        Ok(())
-                    }
-                    Ok(ev) => engine.process(&ev, 0, &mut out),
-                    Err(r) => Err(r),
-                };
+                let result = feed(result, (from, to), &mut engine, &mut out, &mut s);
                 if let Err(r) = result {
                     dl.write(
                         &r,

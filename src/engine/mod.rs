@@ -46,23 +46,20 @@ impl Timing {
     }
 }
 
-/// One emitted row: a pane of a window of a key, or the retraction of one.
+/// One emitted row, owned: a pane of a window of a key, or the retraction
+/// of one. Its metadata fields read through `Deref` (`pane.window_end`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pane {
-    pub key: EncodedKey,
-    pub window_start: Micros,
-    pub window_end: Micros,
-    pub pane_index: u32,
-    pub timing: Timing,
-    pub is_final: bool,
-    pub retraction: bool,
-    /// Processing time of emission.
-    pub emitted_at: Micros,
-    /// The watermark at emission; `None` before the first watermark and at
-    /// the end of a bounded input (where it is +infinity).
-    pub watermark: Option<Micros>,
+    pub meta: PaneMeta,
     /// One value per feature, in the pipeline's order.
     pub values: Box<[Value]>,
+}
+
+impl std::ops::Deref for Pane {
+    type Target = PaneMeta;
+    fn deref(&self) -> &PaneMeta {
+        &self.meta
+    }
 }
 
 /// A pane's row without its values (which live in [`PaneBuf`]).
@@ -75,7 +72,10 @@ pub struct PaneMeta {
     pub timing: Timing,
     pub is_final: bool,
     pub retraction: bool,
+    /// Processing time of emission.
     pub emitted_at: Micros,
+    /// The watermark at emission; `None` before the first watermark and at
+    /// the end of a bounded input (where it is +infinity).
     pub watermark: Option<Micros>,
 }
 
@@ -140,15 +140,7 @@ impl PaneBuf {
         let out = self
             .iter()
             .map(|(m, v)| Pane {
-                key: m.key.clone(),
-                window_start: m.window_start,
-                window_end: m.window_end,
-                pane_index: m.pane_index,
-                timing: m.timing,
-                is_final: m.is_final,
-                retraction: m.retraction,
-                emitted_at: m.emitted_at,
-                watermark: m.watermark,
+                meta: m.clone(),
                 values: v.into(),
             })
             .collect();
