@@ -27,7 +27,7 @@ pub enum ReplayError {
     Input(#[from] InputError),
     #[error(transparent)]
     Parquet(#[from] ParquetSinkError),
-    #[error("failed to write dead letters to {path}: {source}")]
+    #[error("failed to write dead letters to {path}")]
     DeadLetter {
         path: PathBuf,
         source: std::io::Error,

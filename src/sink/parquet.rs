@@ -32,17 +32,17 @@ use crate::time::{utc_date, Micros, MICROS_PER_DAY};
 /// Errors of the offline sink.
 #[derive(Debug, thiserror::Error)]
 pub enum ParquetSinkError {
-    #[error("failed to write {path}: {source}")]
+    #[error("failed to write {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("failed to encode parquet file {path}: {source}")]
+    #[error("failed to encode parquet file {path}")]
     Parquet {
         path: PathBuf,
         source: parquet::errors::ParquetError,
     },
-    #[error("failed to build a record batch: {0}")]
+    #[error("failed to build a record batch")]
     Arrow(#[from] arrow_schema::ArrowError),
 }
 

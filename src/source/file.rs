@@ -28,22 +28,22 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// Errors opening or reading an input.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("failed to open {path}: {source}")]
+    #[error("failed to open {path}")]
     Open {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("failed to read {path}: {source}")]
+    #[error("failed to read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("failed to read parquet {path}: {source}")]
+    #[error("failed to read parquet {path}")]
     Parquet {
         path: PathBuf,
         source: parquet::errors::ParquetError,
     },
-    #[error("failed to read parquet {path}: {source}")]
+    #[error("failed to read parquet {path}")]
     Arrow {
         path: PathBuf,
         source: arrow_schema::ArrowError,
