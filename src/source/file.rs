@@ -19,7 +19,6 @@ use arrow_schema::{DataType, TimeUnit};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 
-use crate::config::EventTimeSource;
 use crate::event::{Decoder, EventRef, Refusal, Slot};
 
 /// Longest record accepted; longer ones become `oversized` dead letters.
@@ -610,13 +609,5 @@ impl ParquetRows {
             };
             self.cols.push(col);
         }
-    }
-}
-
-/// The event-time field name of a pipeline, for messages.
-pub fn time_field(src: &EventTimeSource) -> &str {
-    match src {
-        EventTimeSource::Field { name, .. } => name,
-        EventTimeSource::KafkaTimestamp => "kafka timestamp",
     }
 }
