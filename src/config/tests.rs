@@ -114,3 +114,27 @@ fn empty_file_is_refused() {
     let e = err("");
     assert_eq!(e.file, "p.yaml");
 }
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text, and any cut or splice of a valid file, gives a pipeline or
+        /// a located error: never a panic.
+        #[test]
+        fn arbitrary_yaml(text in "\\PC{0,200}", cut in 0usize..2000, splice in "[ :{}\\[\\],'\"#\\n-]{0,5}") {
+            let _ = Pipeline::from_yaml(&text, "fuzz.yaml");
+            let good = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/user_spend_5m.yaml")).expect("example");
+            let mut at = cut % good.len();
+            while !good.is_char_boundary(at) {
+                at -= 1;
+            }
+            let mutated = format!("{}{}{}", &good[..at], splice, &good[at..]);
+            if let Err(e) = Pipeline::from_yaml(&mutated, "fuzz.yaml") {
+                prop_assert!(e.line >= 1 && e.column >= 1, "{e}");
+                prop_assert!(e.to_string().starts_with("fuzz.yaml:"));
+            }
+        }
+    }
+}

@@ -153,3 +153,12 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Arbitrary bytes decode or are refused with a reason: never a panic.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        let mut d = decoder();
+        let _ = d.decode_json(&bytes);
+    }
+}

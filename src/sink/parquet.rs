@@ -20,7 +20,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::aggregate::Value;
@@ -478,6 +478,9 @@ impl ParquetSink {
             })?;
             let mut props = WriterProperties::builder()
                 .set_compression(Compression::SNAPPY)
+                // Row-group statistics (what readers use to skip data);
+                // per-page statistics cost string compares on every row.
+                .set_statistics_enabled(EnabledStatistics::Chunk)
                 .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
             // Dictionaries pay off for keys and low-cardinality columns, not
             // for measured values and emission times.
