@@ -447,31 +447,55 @@ impl Decoder {
         if s.b.get(s.i) == Some(&b'}') {
             s.i += 1;
         } else {
+            let mut member = 0usize;
             loop {
-                if s.b.get(s.i) != Some(&b'"') {
-                    return Err(inv(ScanErr {
-                        at: s.i,
-                        what: "expected a member name",
-                        found: s.b.get(s.i).copied(),
-                    }));
-                }
-                let (ks, ke, kesc) = s.string().map_err(inv)?;
-                let target = if kesc {
-                    let mut name = String::new();
-                    unescape(&text[ks..ke], &mut name);
-                    self.plan.lookup(name.as_bytes())
-                } else {
-                    self.plan.lookup(&line[ks..ke])
+                // Records of one stream mostly share their member order: try
+                // the `"name":` bytes the previous record had at this position.
+                let predicted = match self.shape.get(member) {
+                    Some((pat, t)) if line[s.i..].starts_with(pat) => Some((pat.len(), *t)),
+                    _ => None,
                 };
-                s.ws();
-                if s.b.get(s.i) != Some(&b':') {
-                    return Err(inv(ScanErr {
-                        at: s.i,
-                        what: "expected ':'",
-                        found: s.b.get(s.i).copied(),
-                    }));
-                }
-                s.i += 1;
+                let target = if let Some((len, t)) = predicted {
+                    s.i += len;
+                    t
+                } else {
+                    if s.b.get(s.i) != Some(&b'"') {
+                        return Err(inv(ScanErr {
+                            at: s.i,
+                            what: "expected a member name",
+                            found: s.b.get(s.i).copied(),
+                        }));
+                    }
+                    let quote = s.i;
+                    let (ks, ke, kesc) = s.string().map_err(inv)?;
+                    let target = if kesc {
+                        let mut name = String::new();
+                        unescape(&text[ks..ke], &mut name);
+                        self.plan.lookup(name.as_bytes())
+                    } else {
+                        self.plan.lookup(&line[ks..ke])
+                    };
+                    s.ws();
+                    if s.b.get(s.i) != Some(&b':') {
+                        return Err(inv(ScanErr {
+                            at: s.i,
+                            what: "expected ':'",
+                            found: s.b.get(s.i).copied(),
+                        }));
+                    }
+                    s.i += 1;
+                    // Remember `"name":` when it has no escapes and no spaces.
+                    if !kesc && s.i - quote == ke - ks + 3 && member <= self.shape.len() {
+                        let entry = (line[quote..s.i].into(), target);
+                        if member == self.shape.len() {
+                            self.shape.push(entry);
+                        } else {
+                            self.shape[member] = entry;
+                        }
+                    }
+                    target
+                };
+                member += 1;
                 s.ws();
                 let v = s.value(0).map_err(inv)?;
                 if let Some(t) = target {

@@ -411,6 +411,9 @@ pub struct Decoder {
     /// Per top-level field: (kind, start, end) of the raw JSON value.
     raw: Vec<Option<json::RawValue>>,
     dates: crate::time::DateCache,
+    /// Per member position, the `"name":` bytes and target of the last
+    /// record (see `decode_json`).
+    shape: Vec<(Box<[u8]>, Option<usize>)>,
 }
 
 impl Decoder {
@@ -427,6 +430,7 @@ impl Decoder {
             time: None,
             raw: vec![None; n_fields],
             dates: crate::time::DateCache::default(),
+            shape: Vec::new(),
         }
     }
 

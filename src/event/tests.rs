@@ -162,3 +162,25 @@ proptest! {
         let _ = d.decode_json(&bytes);
     }
 }
+
+proptest! {
+    /// A decoder that has seen other records (its member-order cache) reads
+    /// every record exactly as a fresh one does.
+    #[test]
+    fn record_history_never_changes_a_result(lines in prop::collection::vec(
+        (prop::collection::vec(0usize..6, 0..7), any::<bool>(), 0usize..3), 1..30)) {
+        let names = ["\"user_id\":\"u\"", "\"region\":3", "\"ts\":99", "\"amount\":1.5", "\"kind\":\"click\"", "\"other\":[1,{\"a\":2}]"];
+        let mut warm = decoder();
+        for (members, spaced, variant) in lines {
+            let sep = if spaced { ", " } else { "," };
+            let mut parts: Vec<String> = members.iter().map(|&i| names[i].to_string()).collect();
+            if variant == 1 { parts.iter_mut().for_each(|p| *p = p.replacen(':', " : ", 1)); }
+            if variant == 2 { parts.push("\"amo\\u0075nt\":2".into()); }
+            let line = format!("{{{}}}", parts.join(sep));
+            let mut fresh = decoder();
+            let a = warm.decode_json(line.as_bytes()).map(|e| (e.key.to_vec(), e.time, (0..e.slot_count()).map(|i| format!("{:?}", e.field(i))).collect::<Vec<_>>()));
+            let b = fresh.decode_json(line.as_bytes()).map(|e| (e.key.to_vec(), e.time, (0..e.slot_count()).map(|i| format!("{:?}", e.field(i))).collect::<Vec<_>>()));
+            prop_assert_eq!(a, b, "{}", line);
+        }
+    }
+}
