@@ -6,6 +6,7 @@
 //! sum of squared deviations, and min/max by comparison only. Two states
 //! merge with Chan's formula, so session merges lose no precision.
 
+use crate::config::AggKind;
 use crate::time::Micros;
 
 /// A feature value in a pane.
@@ -256,42 +257,27 @@ fn set_pick(cur: &mut Option<Pick>, time: Micros, seq: u64, value: ScalarRef<'_>
     }
 }
 
-/// How a feature's value is read from its accumulator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
-    Count,
-    Sum,
-    Mean,
-    Std,
-    StdPop,
-    Var,
-    Min,
-    Max,
-    Pick,
-}
-
-impl Finish {
-    pub fn value(self, acc: &Acc) -> Value {
-        let f = |o: Option<f64>| o.map_or(Value::Null, Value::Float);
-        match (self, acc) {
-            (Finish::Count, Acc::Count(c)) => Value::Int(*c as i64),
-            (Finish::Sum, Acc::Stats(s)) => f(s.sum()),
-            (Finish::Mean, Acc::Stats(s)) => f(s.mean()),
-            (Finish::Std, Acc::Stats(s)) => f(s.var_sample().map(f64::sqrt)),
-            (Finish::StdPop, Acc::Stats(s)) => f(s.var_pop().map(f64::sqrt)),
-            (Finish::Var, Acc::Stats(s)) => f(s.var_sample()),
-            (Finish::Min, Acc::Stats(s)) => f(s.min()),
-            (Finish::Max, Acc::Stats(s)) => f(s.max()),
-            (Finish::Pick, Acc::First(p) | Acc::Last(p)) => match p {
-                None => Value::Null,
-                Some(p) => match &p.value {
-                    Scalar::Num(n) => Value::Float(*n),
-                    Scalar::Bool(b) => Value::Bool(*b),
-                    Scalar::Str(s) => Value::Str(s.clone()),
-                },
+/// The value of aggregate `agg` from its accumulator.
+pub fn finish(agg: AggKind, acc: &Acc) -> Value {
+    let f = |o: Option<f64>| o.map_or(Value::Null, Value::Float);
+    match (agg, acc) {
+        (AggKind::Count, Acc::Count(c)) => Value::Int(*c as i64),
+        (AggKind::Sum, Acc::Stats(s)) => f(s.sum()),
+        (AggKind::Mean, Acc::Stats(s)) => f(s.mean()),
+        (AggKind::Std, Acc::Stats(s)) => f(s.var_sample().map(f64::sqrt)),
+        (AggKind::StdPop, Acc::Stats(s)) => f(s.var_pop().map(f64::sqrt)),
+        (AggKind::Var, Acc::Stats(s)) => f(s.var_sample()),
+        (AggKind::Min, Acc::Stats(s)) => f(s.min()),
+        (AggKind::Max, Acc::Stats(s)) => f(s.max()),
+        (AggKind::First | AggKind::Last, Acc::First(p) | Acc::Last(p)) => match p {
+            None => Value::Null,
+            Some(p) => match &p.value {
+                Scalar::Num(n) => Value::Float(*n),
+                Scalar::Bool(b) => Value::Bool(*b),
+                Scalar::Str(s) => Value::Str(s.clone()),
             },
-            _ => Value::Null,
-        }
+        },
+        _ => Value::Null,
     }
 }
 
@@ -325,11 +311,11 @@ mod tests {
     #[test]
     fn empty_and_single() {
         let mut s = Stats::default();
-        assert_eq!(Finish::Sum.value(&Acc::Stats(s)), Value::Null);
+        assert_eq!(finish(AggKind::Sum, &Acc::Stats(s)), Value::Null);
         s.update(3.0);
-        assert_eq!(Finish::Std.value(&Acc::Stats(s)), Value::Null);
-        assert_eq!(Finish::StdPop.value(&Acc::Stats(s)), Value::Float(0.0));
-        assert_eq!(Finish::Min.value(&Acc::Stats(s)), Value::Float(3.0));
+        assert_eq!(finish(AggKind::Std, &Acc::Stats(s)), Value::Null);
+        assert_eq!(finish(AggKind::StdPop, &Acc::Stats(s)), Value::Float(0.0));
+        assert_eq!(finish(AggKind::Min, &Acc::Stats(s)), Value::Float(3.0));
     }
 
     #[test]
@@ -343,8 +329,8 @@ mod tests {
             f.pick(*t, seq as u64, ScalarRef::Str(v));
             l.pick(*t, seq as u64, ScalarRef::Str(v));
         }
-        assert_eq!(Finish::Pick.value(&f), Value::Str("a".into()));
-        assert_eq!(Finish::Pick.value(&l), Value::Str("z2".into()));
+        assert_eq!(finish(AggKind::First, &f), Value::Str("a".into()));
+        assert_eq!(finish(AggKind::Last, &l), Value::Str("z2".into()));
     }
 
     proptest! {

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use hashbrown::HashTable;
 use smallvec::SmallVec;
 
-use crate::aggregate::{Acc, AccKind, Finish, ScalarRef, Value};
+use crate::aggregate::{finish, Acc, AccKind, ScalarRef, Value};
 use crate::config::expr::{Compiled, Val};
 use crate::config::{Accumulation, AggKind, FeatureKind, LateTrigger, Pipeline, WindowKind};
 use crate::event::{DecodePlan, EncodedKey, EventRef, FieldVal, Reason, Refusal};
@@ -256,7 +256,7 @@ struct Layout {
 
 #[derive(Debug)]
 enum Output {
-    Agg(usize, Finish),
+    Agg(usize, AggKind),
     Derived(Compiled),
 }
 
@@ -284,24 +284,12 @@ impl Layout {
                     let slot = field
                         .as_ref()
                         .map(|n| plan.slot_of(n).expect("aggregated fields are decoded"));
-                    let (kind, finish) = match (agg, slot) {
-                        (AggKind::Count, None) => (AccKind::CountEvents, Finish::Count),
-                        (AggKind::Count, Some(s)) => (AccKind::CountField(s), Finish::Count),
-                        (AggKind::First, Some(s)) => (AccKind::First(s), Finish::Pick),
-                        (AggKind::Last, Some(s)) => (AccKind::Last(s), Finish::Pick),
-                        (a, Some(s)) => (
-                            AccKind::Stats(s),
-                            match a {
-                                AggKind::Sum => Finish::Sum,
-                                AggKind::Mean => Finish::Mean,
-                                AggKind::Std => Finish::Std,
-                                AggKind::StdPop => Finish::StdPop,
-                                AggKind::Var => Finish::Var,
-                                AggKind::Min => Finish::Min,
-                                _ => Finish::Max,
-                            },
-                        ),
-                        (_, None) => (AccKind::CountEvents, Finish::Count),
+                    let kind = match (agg, slot) {
+                        (AggKind::Count, Some(s)) => AccKind::CountField(s),
+                        (AggKind::First, Some(s)) => AccKind::First(s),
+                        (AggKind::Last, Some(s)) => AccKind::Last(s),
+                        (_, None) => AccKind::CountEvents,
+                        (_, Some(s)) => AccKind::Stats(s),
                     };
                     let ai = match accs.iter().position(|a| *a == (kind, fi)) {
                         Some(i) => i,
@@ -310,7 +298,7 @@ impl Layout {
                             accs.len() - 1
                         }
                     };
-                    outputs.push(Output::Agg(ai, finish));
+                    outputs.push(Output::Agg(ai, *agg));
                 }
                 FeatureKind::Derived(e) => {
                     let idx = |name: &str| {
@@ -375,7 +363,7 @@ impl Layout {
     fn write_values(&self, accs: &[Acc], out: &mut Vec<Value>) {
         let base = out.len();
         out.extend(self.outputs.iter().map(|o| match o {
-            Output::Agg(a, f) => f.value(&accs[*a]),
+            Output::Agg(a, agg) => finish(*agg, &accs[*a]),
             Output::Derived(_) => Value::Null,
         }));
         let row = &mut out[base..];
@@ -808,16 +796,7 @@ impl Engine {
                 (self.slab.len() - 1) as u32
             }
         };
-        if past {
-            self.add_timer(
-                end.saturating_add(self.allowed_lateness),
-                slot,
-                id,
-                TimerKind::Expire,
-            );
-        } else {
-            self.add_timer(end, slot, id, TimerKind::OnTime);
-        }
+        self.schedule(slot, id, end, past);
         let slab = &self.slab;
         let tumbling_gone = match self.window {
             WindowKind::Tumbling { size, .. } => {
@@ -834,6 +813,21 @@ impl Engine {
             e.windows.push(WinRef { slot, id, start });
         }
         slot
+    }
+
+    /// Registers a window's next deadline: on time at `end`, or expiry at
+    /// `end + allowed_lateness` once past its on-time moment.
+    fn schedule(&mut self, slot: u32, id: u64, end: Micros, past_on_time: bool) {
+        if past_on_time {
+            self.add_timer(
+                end.saturating_add(self.allowed_lateness),
+                slot,
+                id,
+                TimerKind::Expire,
+            );
+        } else {
+            self.add_timer(end, slot, id, TimerKind::OnTime);
+        }
     }
 
     #[inline]
@@ -917,16 +911,10 @@ impl Engine {
         surv.end = hi;
         let (id, past) = (surv.id, surv.past_on_time);
         if changed {
-            if past {
-                self.add_timer(
-                    hi.saturating_add(self.allowed_lateness),
-                    survivor,
-                    id,
-                    TimerKind::Expire,
-                );
-            } else if w < hi {
-                self.add_timer(hi, survivor, id, TimerKind::OnTime);
-            }
+            // A survivor not past its on-time moment ended after W, and the
+            // merged session ends no earlier.
+            debug_assert!(past || w < hi);
+            self.schedule(survivor, id, hi, past);
         }
         survivor
     }

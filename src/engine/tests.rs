@@ -112,6 +112,7 @@ impl P {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn p(
     key: &str,
     start: i64,
