@@ -6,15 +6,29 @@
 //! sum of squared deviations, and min/max by comparison only. Two states
 //! merge with Chan's formula, so session merges lose no precision.
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::AggKind;
 use crate::time::Micros;
 
+/// Serde of an `f64` as its bit pattern: checkpoints keep NaN, infinities
+/// and every last bit of a running sum.
+pub(crate) mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(x.to_bits())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        u64::deserialize(d).map(f64::from_bits)
+    }
+}
+
 /// A feature value in a pane.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Value {
     Null,
     Int(i64),
-    Float(f64),
+    Float(#[serde(with = "f64_bits")] f64),
     Bool(bool),
     Str(String),
 }
@@ -30,14 +44,20 @@ impl Value {
 }
 
 /// Count, compensated sum, Welford mean/M2, min and max of a numeric field.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     pub n: u64,
+    #[serde(with = "f64_bits")]
     sum: f64,
+    #[serde(with = "f64_bits")]
     comp: f64,
+    #[serde(with = "f64_bits")]
     mean: f64,
+    #[serde(with = "f64_bits")]
     m2: f64,
+    #[serde(with = "f64_bits")]
     min: f64,
+    #[serde(with = "f64_bits")]
     max: f64,
 }
 
@@ -128,15 +148,15 @@ impl Stats {
 }
 
 /// A kept scalar of `first`/`last`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Scalar {
-    Num(f64),
+    Num(#[serde(with = "f64_bits")] f64),
     Bool(bool),
     Str(String),
 }
 
 /// The value picked by `first` or `last`, with its event time and arrival number.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pick {
     pub time: Micros,
     pub seq: u64,
@@ -144,7 +164,7 @@ pub struct Pick {
 }
 
 /// One accumulator state.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Acc {
     Count(u64),
     Stats(Stats),

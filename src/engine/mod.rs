@@ -12,8 +12,11 @@
 //! panes are emitted in increasing `end`; a window swallowed by a session
 //! merge emits no further pane.
 
+mod snapshot;
 #[cfg(test)]
 mod tests;
+
+pub use snapshot::{PartitionState, WindowState};
 
 use std::collections::BTreeMap;
 
@@ -29,7 +32,7 @@ use crate::time::Micros;
 use crate::window::{sessions_meet, tumbling_start};
 
 /// Why a pane fired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Timing {
     Early,
     OnTime,
@@ -72,6 +75,8 @@ pub struct PaneMeta {
     pub timing: Timing,
     pub is_final: bool,
     pub retraction: bool,
+    /// Source partition of the key's events (0 in replay).
+    pub partition: u32,
     /// Processing time of emission.
     pub emitted_at: Micros,
     /// The watermark at emission; `None` before the first watermark and at
@@ -202,6 +207,8 @@ struct Window {
     id: u64,
     key: EncodedKey,
     key_hash: u64,
+    /// Partition of the latest event of the window's key.
+    partition: u32,
     start: Micros,
     end: Micros,
     next_pane: u32,
@@ -641,7 +648,7 @@ impl Engine {
                         );
                         s
                     }
-                    None => self.open_window(ev.key, hash, start, end),
+                    None => self.open_window(ev.key, hash, start, end, partition as u32),
                 }
             }
             WindowKind::Session { gap } => {
@@ -663,7 +670,7 @@ impl Engine {
                 if meets {
                     self.merge_sessions(hash, ev.key, ps, pe, out)
                 } else {
-                    self.open_window(ev.key, hash, ps, pe)
+                    self.open_window(ev.key, hash, ps, pe, partition as u32)
                 }
             }
         };
@@ -674,6 +681,7 @@ impl Engine {
         self.seq += 1;
         let seq = self.seq;
         let win = &mut self.slab[slot as usize];
+        win.partition = partition as u32;
         for (acc, (kind, filter)) in win.accs.iter_mut().zip(self.layout.accs.iter()) {
             if filter.is_some_and(|f| !self.filter_bits[f]) {
                 continue;
@@ -751,7 +759,14 @@ impl Engine {
     }
 
     /// Opens a window of `key` and lists it under the key.
-    fn open_window(&mut self, key: &[u8], hash: u64, start: Micros, end: Micros) -> u32 {
+    fn open_window(
+        &mut self,
+        key: &[u8],
+        hash: u64,
+        start: Micros,
+        end: Micros,
+        partition: u32,
+    ) -> u32 {
         let id = self.next_window_id;
         self.next_window_id += 1;
         self.stats.windows_opened += 1;
@@ -765,6 +780,7 @@ impl Engine {
                 win.id = id;
                 win.key = EncodedKey::new(key);
                 win.key_hash = hash;
+                win.partition = partition;
                 win.start = start;
                 win.end = end;
                 win.next_pane = 0;
@@ -782,6 +798,7 @@ impl Engine {
                     id,
                     key: EncodedKey::new(key),
                     key_hash: hash,
+                    partition,
                     start,
                     end,
                     next_pane: 0,
@@ -876,7 +893,8 @@ impl Engine {
             if self.accumulation == Accumulation::AccumulatingAndRetracting {
                 if let Some(last) = self.slab[gone as usize].last.take() {
                     let k = self.slab[gone as usize].key.clone();
-                    self.push_retraction(k, &last, out);
+                    let part = self.slab[gone as usize].partition;
+                    self.push_retraction(k, part, &last, out);
                 }
             }
             let gone_accs = std::mem::take(&mut self.slab[gone as usize].accs);
@@ -919,7 +937,13 @@ impl Engine {
         survivor
     }
 
-    fn push_retraction(&mut self, key: EncodedKey, last: &LastPane, out: &mut PaneBuf) {
+    fn push_retraction(
+        &mut self,
+        key: EncodedKey,
+        partition: u32,
+        last: &LastPane,
+        out: &mut PaneBuf,
+    ) {
         self.stats.retractions += 1;
         let meta = PaneMeta {
             key,
@@ -929,6 +953,7 @@ impl Engine {
             timing: last.timing,
             is_final: false,
             retraction: true,
+            partition,
             emitted_at: self.now,
             watermark: self.visible_watermark(),
         };
@@ -964,6 +989,7 @@ impl Engine {
                     timing: last.timing,
                     is_final: false,
                     retraction: true,
+                    partition: win.partition,
                     emitted_at,
                     watermark,
                 };
@@ -979,6 +1005,7 @@ impl Engine {
             timing,
             is_final,
             retraction: false,
+            partition: win.partition,
             emitted_at,
             watermark,
         });

@@ -78,21 +78,6 @@ impl WatermarkTracker {
         }
     }
 
-    /// The highest event time seen on `p`, if any (for checkpoints).
-    pub fn partition_max(&self, p: usize) -> Option<Micros> {
-        self.parts.get(p).and_then(|x| x.max_time)
-    }
-
-    /// Restores `W` and a partition's maximum from a checkpoint.
-    pub fn restore(&mut self, p: usize, max_time: Option<Micros>, now: Micros) {
-        self.assign(p, now);
-        self.parts[p].max_time = max_time;
-    }
-
-    pub fn restore_current(&mut self, w: Micros) {
-        self.current = self.current.max(w);
-    }
-
     /// Records an event of time `t` on partition `p` at processing time `now`.
     /// Returns true when `W` moved.
     #[inline]
@@ -154,6 +139,40 @@ impl WatermarkTracker {
         } else {
             false
         }
+    }
+
+    /// Greatest event time seen on partition `p` (checkpoints).
+    pub fn max_time(&self, p: usize) -> Option<Micros> {
+        self.parts.get(p).and_then(|x| x.max_time)
+    }
+
+    /// Assigns partition `p` with the greatest event time a checkpoint
+    /// recorded for it, and raises `W` towards `saved`, the pipeline
+    /// watermark of that checkpoint, but never above the minimum of the
+    /// assigned partitions' `W_p` (a partition moved here from another
+    /// instance must not make this instance's own partitions late).
+    /// Returns true when `W` moved.
+    pub fn restore(
+        &mut self,
+        p: usize,
+        max_time: Option<Micros>,
+        saved: Micros,
+        now: Micros,
+    ) -> bool {
+        self.assign(p, now);
+        let part = &mut self.parts[p];
+        part.max_time = part.max_time.max(max_time);
+        let floor = self
+            .parts
+            .iter()
+            .filter(|x| x.assigned)
+            .map(|x| match x.max_time {
+                Some(m) => m.saturating_sub(self.out_of_orderness),
+                None => WATERMARK_MIN,
+            })
+            .min()
+            .unwrap_or(WATERMARK_MIN);
+        self.advance_to(saved.min(floor))
     }
 
     /// Whether partition `p` is idle now.

@@ -1,0 +1,209 @@
+//! Checkpoint state of one source partition: the windows of the keys whose
+//! events come from it, its partition watermark, and the engine counters a
+//! restore must not move back (processing time, arrival sequence).
+//!
+//! A key belongs to the partition of its latest event; producers that key
+//! their records by entity keep every key in one partition, which is what a
+//! consumer group needs anyway (each instance sees only its partitions).
+
+use serde::{Deserialize, Serialize};
+
+use super::{Engine, LastPane, PaneBuf, Timing};
+use crate::aggregate::{Acc, Value};
+use crate::time::Micros;
+
+/// The state of one partition, as written to a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionState {
+    pub partition: u32,
+    /// Greatest event time seen on the partition.
+    pub max_time: Option<Micros>,
+    /// The pipeline watermark when the snapshot was taken.
+    pub watermark: Micros,
+    pub processing_time: Micros,
+    /// Arrival sequence (orders `first`/`last` ties).
+    pub seq: u64,
+    pub windows: Vec<WindowState>,
+}
+
+/// One open window of a key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowState {
+    /// The encoded key, base64.
+    pub key: String,
+    pub start: Micros,
+    pub end: Micros,
+    pub next_pane: u32,
+    pub past_on_time: bool,
+    pub dirty: bool,
+    pub last: Option<LastPaneState>,
+    pub accs: Vec<Acc>,
+}
+
+/// The last emitted pane of a window (retracting mode).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastPaneState {
+    pub start: Micros,
+    pub end: Micros,
+    pub pane_index: u32,
+    pub timing: Timing,
+    pub values: Vec<Value>,
+}
+
+/// Why a snapshot cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("window {index} has a key that is not base64: {source}")]
+    Key {
+        index: usize,
+        source: base64::DecodeError,
+    },
+    #[error("window {index} has {found} accumulators, the pipeline needs {expected} (the pipeline's features changed)")]
+    Accs {
+        index: usize,
+        found: usize,
+        expected: usize,
+    },
+}
+
+impl Engine {
+    /// The state of partition `p`, in window-opening order. With `remove`,
+    /// its windows leave the engine and `p` leaves the watermark (a revoke).
+    pub fn export_partition(&mut self, p: u32, remove: bool) -> PartitionState {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut slots: Vec<(u64, u32)> = self
+            .slab
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.live && w.partition == p)
+            .map(|(i, w)| (w.id, i as u32))
+            .collect();
+        slots.sort_unstable();
+        let windows = slots
+            .iter()
+            .map(|&(_, s)| {
+                let w = &self.slab[s as usize];
+                WindowState {
+                    key: b64.encode(w.key.bytes()),
+                    start: w.start,
+                    end: w.end,
+                    next_pane: w.next_pane,
+                    past_on_time: w.past_on_time,
+                    dirty: w.dirty,
+                    last: w.last.as_ref().map(|l| LastPaneState {
+                        start: l.start,
+                        end: l.end,
+                        pane_index: l.pane_index,
+                        timing: l.timing,
+                        values: l.values.to_vec(),
+                    }),
+                    accs: w.accs.to_vec(),
+                }
+            })
+            .collect();
+        let state = PartitionState {
+            partition: p,
+            max_time: self.wm.max_time(p as usize),
+            watermark: self.wm.current(),
+            processing_time: self.now,
+            seq: self.seq,
+            windows,
+        };
+        if remove {
+            for &(id, s) in &slots {
+                let (hash, key) = {
+                    let w = &self.slab[s as usize];
+                    (w.key_hash, w.key.clone())
+                };
+                if let Some(e) = self.keys.find_mut(hash, |e| e.key == key) {
+                    e.windows.retain(|r| !(r.slot == s && r.id == id));
+                }
+                self.release(s);
+            }
+            self.wm.revoke(p as usize);
+        }
+        state
+    }
+
+    /// Loads a partition's state (an assignment after a restart or a
+    /// rebalance). Panes that become due fire into `out`.
+    pub fn import_partition(
+        &mut self,
+        state: &PartitionState,
+        out: &mut PaneBuf,
+    ) -> Result<(), RestoreError> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let expected = self.layout.accs.len();
+        let mut keys = Vec::with_capacity(state.windows.len());
+        for (index, w) in state.windows.iter().enumerate() {
+            let key = b64
+                .decode(&w.key)
+                .map_err(|source| RestoreError::Key { index, source })?;
+            if w.accs.len() != expected {
+                return Err(RestoreError::Accs {
+                    index,
+                    found: w.accs.len(),
+                    expected,
+                });
+            }
+            keys.push(key);
+        }
+        self.seq = self.seq.max(state.seq);
+        if self.now < state.processing_time {
+            self.now = state.processing_time;
+        }
+        let now = self.now;
+        self.wm.restore(
+            state.partition as usize,
+            state.max_time,
+            state.watermark,
+            now,
+        );
+        for (w, key) in state.windows.iter().zip(keys) {
+            let hash = super::hash_key(&key);
+            if self
+                .keys
+                .find(hash, |e| e.key.bytes() == key.as_slice())
+                .is_none()
+            {
+                self.new_key(hash, &key);
+            }
+            let slot = self.open_window(&key, hash, w.start, w.end, state.partition);
+            let id = self.slab[slot as usize].id;
+            let opened_past = self.slab[slot as usize].past_on_time;
+            let win = &mut self.slab[slot as usize];
+            win.next_pane = w.next_pane;
+            win.past_on_time = w.past_on_time;
+            win.dirty = w.dirty;
+            win.last = w.last.as_ref().map(|l| {
+                Box::new(LastPane {
+                    start: l.start,
+                    end: l.end,
+                    pane_index: l.pane_index,
+                    timing: l.timing,
+                    values: l.values.clone().into_boxed_slice(),
+                })
+            });
+            win.accs = w.accs.iter().cloned().collect();
+            if opened_past != w.past_on_time {
+                self.schedule(slot, id, w.end, w.past_on_time);
+            }
+            if w.dirty {
+                let win = &mut self.slab[slot as usize];
+                if win.past_on_time {
+                    if matches!(self.late, super::LateTrigger::Every(_)) && !win.in_late_list {
+                        win.in_late_list = true;
+                        self.late_list.push((slot, id));
+                    }
+                } else if self.early_every.is_some() && !win.in_early_list {
+                    win.in_early_list = true;
+                    self.early_list.push((slot, id));
+                }
+            }
+        }
+        self.fire_timers(out);
+        Ok(())
+    }
+}
