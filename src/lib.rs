@@ -5,9 +5,11 @@
 
 pub mod aggregate;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod event;
 pub mod gen;
+pub mod metrics;
 pub mod replay;
 pub mod sink;
 pub mod source;

@@ -3,6 +3,7 @@
 
 pub mod gen;
 pub mod replay;
+pub mod run;
 pub mod validate;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ pub enum Command {
     Validate(validate::Args),
     /// Run a pipeline over history (JSONL, .gz, .zst or Parquet) into the offline store.
     Replay(replay::Args),
+    /// The daemon: consume Kafka, keep features fresh in Redis and Parquet.
+    Run(run::Args),
     /// Generate the standard data set (deterministic for a seed).
     Gen(gen::Args),
 }

@@ -414,6 +414,8 @@ pub struct Decoder {
     /// Per member position, the `"name":` bytes and target of the last
     /// record (see `decode_json`).
     shape: Vec<(Box<[u8]>, Option<usize>)>,
+    /// The record's time from outside the payload (`kafka_timestamp`).
+    external_time: Option<Micros>,
 }
 
 impl Decoder {
@@ -431,7 +433,14 @@ impl Decoder {
             raw: vec![None; n_fields],
             dates: crate::time::DateCache::default(),
             shape: Vec::new(),
+            external_time: None,
         }
+    }
+
+    /// Sets the time of the next records when the pipeline takes event
+    /// time from the source (`event_time: { kafka_timestamp: true }`).
+    pub fn set_external_time(&mut self, t: Option<Micros>) {
+        self.external_time = t;
     }
 
     /// Starts a record.
@@ -440,7 +449,10 @@ impl Decoder {
         self.slots.iter_mut().for_each(|s| *s = Slot::Missing);
         self.keys.iter_mut().for_each(|k| *k = KeyTmp::Missing);
         self.scratch.clear();
-        self.time = None;
+        self.time = match self.plan.time {
+            EventTimeSource::KafkaTimestamp => self.external_time.map(Ok),
+            EventTimeSource::Field { .. } => None,
+        };
     }
 
     fn push_str(&mut self, s: &str) -> (u32, u32) {

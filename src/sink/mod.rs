@@ -5,6 +5,7 @@
 
 pub mod dead_letter;
 pub mod parquet;
+pub mod redis;
 
 /// Decimal text of a float in shortest round-trip form (`0.1`, `12`, `-3.5`).
 pub fn format_f64(f: f64) -> String {

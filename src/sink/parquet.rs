@@ -294,6 +294,13 @@ pub struct ParquetSink {
     seq: u64,
     written: Vec<PathBuf>,
     rows: u64,
+    /// Closed files wait under their temporary names for [`ParquetSink::take_pending`]
+    /// (the daemon publishes them with a checkpoint) instead of being renamed.
+    deferred: bool,
+    pending: Vec<(PathBuf, PathBuf)>,
+    /// Rows per file before it is closed (rolled).
+    max_file_rows: usize,
+    file_rows: BTreeMap<i64, usize>,
 }
 
 impl ParquetSink {
@@ -333,7 +340,78 @@ impl ParquetSink {
             seq: 0,
             written: Vec::new(),
             rows: 0,
+            deferred: false,
+            pending: Vec::new(),
+            max_file_rows: usize::MAX,
+            file_rows: BTreeMap::new(),
         }
+    }
+
+    /// Defers publication: closed files stay under temporary names until
+    /// the caller takes them with [`ParquetSink::take_pending`], and a file
+    /// is closed after `max_file_rows` rows.
+    pub fn deferred(mut self, max_file_rows: usize) -> ParquetSink {
+        self.deferred = true;
+        self.max_file_rows = max_file_rows.max(1);
+        self
+    }
+
+    /// Starts a new run of file names (the daemon: one per checkpoint epoch).
+    pub fn set_run_id(&mut self, run_id: &str) {
+        self.run_id = run_id.to_string();
+        self.seq = 0;
+    }
+
+    /// Closes every open file and returns the (temporary, final) paths of
+    /// the files closed since the last call (deferred mode).
+    pub fn take_pending(&mut self) -> Result<Vec<(PathBuf, PathBuf)>, ParquetSinkError> {
+        self.finish()?;
+        Ok(std::mem::take(&mut self.pending))
+    }
+
+    /// Renames closed files into place. A file already renamed (a repeated
+    /// publication after a crash) is skipped.
+    pub fn publish(files: &[(PathBuf, PathBuf)]) -> Result<(), ParquetSinkError> {
+        for (tmp, dest) in files {
+            match std::fs::rename(tmp, dest) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && dest.exists() => {}
+                Err(source) => {
+                    return Err(ParquetSinkError::Io {
+                        path: dest.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes temporary files whose names start with `.part-{prefix}` and
+    /// that are not in `keep` (left by a crashed run).
+    pub fn remove_unpublished(&self, prefix: &str, keep: &[(PathBuf, PathBuf)]) -> usize {
+        let start = format!(".part-{prefix}");
+        let mut removed = 0;
+        let Ok(days) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        for day in days.flatten() {
+            let Ok(files) = std::fs::read_dir(day.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let path = f.path();
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&start)
+                    && name.ends_with(".tmp")
+                    && !keep.iter().any(|(t, _)| *t == path)
+                    && std::fs::remove_file(&path).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        removed
     }
 
     /// The group's directory.
@@ -354,20 +432,32 @@ impl ParquetSink {
     /// Takes every pane of `panes` (and clears it).
     pub fn write(&mut self, panes: &mut PaneBuf) -> Result<(), ParquetSinkError> {
         for (m, values) in panes.iter() {
-            let day = m.window_end.div_euclid(MICROS_PER_DAY);
-            self.rows += 1;
-            let (n_keys, kinds) = (self.key_names.len(), &self.feature_kinds);
-            let cols = self
-                .buffers
-                .entry(day)
-                .or_insert_with(|| DayCols::new(n_keys, kinds));
-            cols.append(m, values);
-            if cols.rows >= ROW_GROUP_ROWS {
-                let full = self.buffers.remove(&day).expect("just filled");
-                self.flush_day(day, full)?;
-            }
+            self.write_row(m, values)?;
         }
         panes.clear();
+        Ok(())
+    }
+
+    /// Takes one pane.
+    pub fn write_row(&mut self, m: &PaneMeta, values: &[Value]) -> Result<(), ParquetSinkError> {
+        let day = m.window_end.div_euclid(MICROS_PER_DAY);
+        self.rows += 1;
+        let (n_keys, kinds) = (self.key_names.len(), &self.feature_kinds);
+        let cols = self
+            .buffers
+            .entry(day)
+            .or_insert_with(|| DayCols::new(n_keys, kinds));
+        cols.append(m, values);
+        if cols.rows >= ROW_GROUP_ROWS.min(self.max_file_rows) {
+            let full = self.buffers.remove(&day).expect("just filled");
+            let n = full.rows;
+            self.flush_day(day, full)?;
+            let in_file = self.file_rows.entry(day).or_insert(0);
+            *in_file += n;
+            if *in_file >= self.max_file_rows {
+                self.close_day(day)?;
+            }
+        }
         Ok(())
     }
 
@@ -443,12 +533,24 @@ impl ParquetSink {
             }
         }
         if let Some(f) = self.open.remove(&day) {
-            f.writer
-                .close()
+            self.file_rows.remove(&day);
+            let file = f
+                .writer
+                .into_inner()
                 .map_err(|source| ParquetSinkError::Parquet {
                     path: f.tmp.clone(),
                     source,
                 })?;
+            if self.deferred {
+                // Published with a checkpoint: it must survive a machine crash.
+                file.sync_all().map_err(|source| ParquetSinkError::Io {
+                    path: f.tmp.clone(),
+                    source,
+                })?;
+                self.pending.push((f.tmp, f.dest));
+                return Ok(());
+            }
+            drop(file);
             std::fs::rename(&f.tmp, &f.dest).map_err(|source| ParquetSinkError::Io {
                 path: f.dest.clone(),
                 source,

@@ -1,6 +1,7 @@
 //! Integration tests: the `rill` binary against files on disk, read back
 //! with the parquet crate. One test binary, one module per area.
 
+mod daemon;
 mod golden;
 mod replay;
 mod util;

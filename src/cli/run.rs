@@ -1,0 +1,140 @@
+//! `rill run PIPELINE_OR_DIR...`: the daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use rill::config::Pipeline;
+use rill::daemon::{RunOptions, WorkerOptions};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+pub struct Args {
+    /// Pipeline files, or directories of them (*.yaml, *.yml).
+    #[arg(required = true)]
+    pub pipelines: Vec<PathBuf>,
+    /// Checkpoints: one file per partition, in a directory every instance
+    /// of the consumer group can reach.
+    #[arg(long, default_value = "./rill-state")]
+    pub state_dir: PathBuf,
+    /// Root of the Parquet output (default: each pipeline's offline path).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Kafka bootstrap servers (default: each pipeline's `brokers`).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Redis URL for every pipeline (default: each pipeline's online sink).
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// HTTP address for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub http: String,
+    /// Time between checkpoints (files roll at least this often).
+    #[arg(long, default_value = "10s")]
+    pub checkpoint_interval: String,
+    /// Rows per Parquet file before it rolls.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_file_rows: usize,
+    /// Time allowed for the final flush and checkpoint after a signal.
+    #[arg(long, default_value = "30s")]
+    pub drain_deadline: String,
+}
+
+/// Reads pipeline files and directories.
+pub fn load_pipelines(paths: &[PathBuf]) -> anyhow::Result<Vec<Pipeline>> {
+    let mut out: Vec<Pipeline> = Vec::new();
+    for path in paths {
+        let mut files = Vec::new();
+        if path.is_dir() {
+            for e in std::fs::read_dir(path)
+                .with_context(|| format!("failed to read {}", path.display()))?
+            {
+                let f = e?.path();
+                if matches!(f.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")) {
+                    files.push(f);
+                }
+            }
+            files.sort();
+        } else {
+            files.push(path.clone());
+        }
+        for f in files {
+            let p = Pipeline::from_file(&f).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(other) = out.iter().find(|o| o.name == p.name) {
+                anyhow::bail!(
+                    "two pipelines are named {:?}: {} and {}",
+                    p.name,
+                    other
+                        .source_file
+                        .as_ref()
+                        .map_or("?".into(), |x| x.display().to_string()),
+                    f.display()
+                );
+            }
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let pipelines = load_pipelines(&a.pipelines)?;
+    let runnable: Vec<Pipeline> = pipelines
+        .into_iter()
+        .filter(|p| {
+            if p.kafka.is_none() {
+                tracing::warn!(pipeline = %p.name, "no kafka source: not run by the daemon");
+            }
+            p.kafka.is_some()
+        })
+        .collect();
+    anyhow::ensure!(
+        !runnable.is_empty(),
+        "no pipeline with a kafka source to run"
+    );
+    let ci = rill::time::parse_duration(&a.checkpoint_interval)
+        .map_err(|e| anyhow::anyhow!("--checkpoint-interval: {e}"))?;
+    let dd = rill::time::parse_duration(&a.drain_deadline)
+        .map_err(|e| anyhow::anyhow!("--drain-deadline: {e}"))?;
+    let http: Option<SocketAddr> = if a.http.is_empty() || a.http == "off" {
+        None
+    } else {
+        Some(
+            a.http
+                .parse()
+                .with_context(|| format!("--http {:?} is not an address", a.http))?,
+        )
+    };
+    let opts = RunOptions {
+        pipelines: runnable,
+        worker: WorkerOptions {
+            state_dir: a.state_dir,
+            data_dir: a.data_dir,
+            brokers: a.brokers,
+            checkpoint_interval: Duration::from_micros(ci as u64),
+            max_file_rows: a.max_file_rows,
+            instance: format!(
+                "{}-{}",
+                std::process::id(),
+                rill::time::Clock::now(&rill::time::SystemClock) / 1000
+            ),
+        },
+        redis_url: a.redis,
+        http,
+        drain_deadline: Duration::from_micros(dd as u64),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let token = CancellationToken::new();
+        rill::daemon::install_signals(token.clone());
+        rill::daemon::run(opts, token).await
+    })?;
+    // Workers on blocking threads are done or abandoned past the deadline.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}

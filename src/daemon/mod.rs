@@ -1,0 +1,157 @@
+//! `rill run`: the long-running daemon. Each pipeline gets a consumer
+//! thread (decode, engine, Parquet, checkpoints; see [`worker`]) and, when
+//! it has an online sink, a Redis writer task on the tokio runtime that
+//! also serves HTTP (`/metrics`, `/healthz`, `/readyz`) and watches for
+//! signals.
+//!
+//! Shutdown: the first SIGTERM or SIGINT cancels one token; every worker
+//! stops reading, sends what it emitted to the sinks, writes a final
+//! checkpoint and commits. Past the drain deadline, or on a second signal,
+//! the process exits at once (the last checkpoint still holds).
+
+pub mod checkpoint;
+pub mod http;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Pipeline;
+use crate::metrics::Metrics;
+pub use worker::WorkerOptions;
+
+/// Batches of online rows buffered per pipeline before the engine waits.
+pub const ONLINE_QUEUE: usize = 64;
+
+/// What `rill run` needs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub pipelines: Vec<Pipeline>,
+    pub worker: WorkerOptions,
+    /// Overrides every pipeline's Redis URL.
+    pub redis_url: Option<String>,
+    pub http: Option<SocketAddr>,
+    pub drain_deadline: Duration,
+}
+
+/// Runs until `shutdown` is cancelled (or a worker fails), then drains.
+pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let mut http_task = None;
+    if let Some(addr) = opts.http {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "http listening");
+        let app = http::router(metrics.clone(), Arc::new(opts.pipelines.clone()));
+        let stop = shutdown.clone();
+        http_task = Some(tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        }));
+    }
+    let mut workers = Vec::new();
+    let mut writers = Vec::new();
+    for p in &opts.pipelines {
+        let pm = metrics.pipeline(&p.name);
+        let url = opts
+            .redis_url
+            .clone()
+            .or_else(|| p.redis.as_ref().map(|r| r.url.clone()));
+        let online = url.map(|url| {
+            // Full: the worker blocks in `blocking_send` and stops reading.
+            let (tx, rx) = mpsc::channel(ONLINE_QUEUE);
+            let ttl_ms = p
+                .redis
+                .as_ref()
+                .and_then(|r| r.ttl)
+                .map_or(0, |t| (t / 1000) as u64);
+            writers.push(tokio::spawn(crate::sink::redis::run_writer(
+                url,
+                ttl_ms,
+                rx,
+                pm.clone(),
+            )));
+            tx
+        });
+        let w = worker::Worker::new(p.clone(), opts.worker.clone(), online, pm)?;
+        let token = shutdown.clone();
+        let name = p.name.clone();
+        let failed = shutdown.clone();
+        workers.push(tokio::task::spawn_blocking(move || {
+            let r = w.run(token);
+            if let Err(e) = &r {
+                tracing::error!(pipeline = %name, error = format!("{e:#}"), "pipeline stopped");
+                failed.cancel();
+            }
+            r
+        }));
+    }
+    metrics
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    shutdown.cancelled().await;
+    tracing::info!(
+        deadline_s = opts.drain_deadline.as_secs_f64(),
+        "shutting down"
+    );
+    let drain = async {
+        let mut first_err = None;
+        for w in workers {
+            match w.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => first_err = first_err.or(Some(e)),
+                Err(e) => first_err = first_err.or(Some(anyhow::anyhow!("worker panicked: {e}"))),
+            }
+        }
+        // Workers dropped their senders: the writers flush and end.
+        for w in writers {
+            let _ = w.await;
+        }
+        first_err
+    };
+    match tokio::time::timeout(opts.drain_deadline, drain).await {
+        Ok(None) => {}
+        Ok(Some(e)) => return Err(e),
+        Err(_) => anyhow::bail!(
+            "drain deadline of {:?} passed; exiting with the last checkpoint",
+            opts.drain_deadline
+        ),
+    }
+    if let Some(t) = http_task {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+/// Cancels `token` on the first SIGTERM/SIGINT; exits on the second.
+pub fn install_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        let mut n = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            n += 1;
+            if n == 1 {
+                tracing::info!("signal received: draining (a second signal exits at once)");
+                token.cancel();
+            } else {
+                tracing::warn!("second signal: exiting now");
+                std::process::exit(130);
+            }
+        }
+    });
+}

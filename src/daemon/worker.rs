@@ -1,0 +1,729 @@
+//! One pipeline's consumer loop, on its own thread: Kafka records in,
+//! decode, engine, panes out to the Parquet files of their partition and to
+//! the Redis writer; periodic checkpoints; rebalances.
+//!
+//! Order of a checkpoint (every `checkpoint_interval` and at shutdown):
+//! wait until Redis acknowledged every pane sent so far, close the open
+//! Parquet files of each partition (still under temporary names), write the
+//! partition checkpoints (state, next offset, the files to publish), rename
+//! the files into place, then commit the offsets to Kafka. Committed
+//! offsets are therefore never ahead of what the sinks hold.
+//!
+//! A revoked partition's state since its last checkpoint is dropped: its
+//! next owner (this instance again, or another) loads that checkpoint and
+//! recomputes the rest, with a higher generation so that its Redis writes
+//! win over the dropped ones.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::checkpoint::{Checkpoint, Store, CHECKPOINT_VERSION};
+use crate::config::Pipeline;
+use crate::engine::{Engine, PaneBuf, ProcessingTime};
+use crate::event::{DecodePlan, Decoder, Reason, Refusal};
+use crate::metrics::PipelineMetrics;
+use crate::sink::dead_letter::{dead_letter_json, DeadLetterWriter, Position};
+use crate::sink::parquet::ParquetSink;
+use crate::sink::redis::{OnlineMsg, OnlineRow};
+use crate::time::{Clock, Micros, SystemClock};
+
+/// Largest record value accepted; bigger ones are dead letters (`oversized`).
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// Settings of a worker that do not come from the pipeline file.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub state_dir: PathBuf,
+    /// Root of the Parquet output (the pipeline's `offline.parquet.path` otherwise).
+    pub data_dir: Option<PathBuf>,
+    pub brokers: Option<String>,
+    pub checkpoint_interval: Duration,
+    /// Rows per Parquet file before it rolls.
+    pub max_file_rows: usize,
+    /// Names this process in dead-letter files.
+    pub instance: String,
+}
+
+/// A rebalance, as seen by the worker after `poll` returns.
+enum Reb {
+    Assign(Vec<(i32, Option<Checkpoint>)>),
+    Revoke(Vec<i32>),
+}
+
+struct Ctx {
+    topic: String,
+    store: Store,
+    start_ts: Option<i64>,
+    events: Mutex<Vec<Reb>>,
+    errors: Mutex<Vec<String>>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut loaded = Vec::new();
+                let mut no_offset = TopicPartitionList::new();
+                for e in tpl.elements() {
+                    let p = e.partition();
+                    match self.store.load(p) {
+                        Ok(c) => {
+                            if c.as_ref().and_then(|c| c.next_offset).is_none() {
+                                no_offset.add_partition(&self.topic, p);
+                            }
+                            loaded.push((p, c));
+                        }
+                        Err(e) => {
+                            self.errors.lock().expect("lock").push(format!("{e:#}"));
+                            loaded.push((p, None));
+                        }
+                    }
+                }
+                for (p, c) in &loaded {
+                    if let Some(o) = c.as_ref().and_then(|c| c.next_offset) {
+                        let _ = tpl.set_partition_offset(&self.topic, *p, Offset::Offset(o));
+                    }
+                }
+                // A partition without checkpoint and without committed
+                // offset starts at the pipeline's `start` timestamp.
+                if let (Some(ts), false) = (self.start_ts, no_offset.count() == 0) {
+                    let committed = consumer
+                        .committed_offsets(no_offset.clone(), Duration::from_secs(10))
+                        .ok();
+                    let mut by_time = TopicPartitionList::new();
+                    for e in no_offset.elements() {
+                        let has = committed
+                            .as_ref()
+                            .and_then(|c| c.find_partition(&self.topic, e.partition()))
+                            .is_some_and(|x| matches!(x.offset(), Offset::Offset(_)));
+                        if !has {
+                            let _ = by_time.add_partition_offset(
+                                &self.topic,
+                                e.partition(),
+                                Offset::Offset(ts),
+                            );
+                        }
+                    }
+                    if by_time.count() > 0 {
+                        if let Ok(found) =
+                            consumer.offsets_for_times(by_time, Duration::from_secs(10))
+                        {
+                            for e in found.elements() {
+                                let _ = tpl.set_partition_offset(
+                                    &self.topic,
+                                    e.partition(),
+                                    e.offset(),
+                                );
+                            }
+                        }
+                    }
+                }
+                self.events.lock().expect("lock").push(Reb::Assign(loaded));
+                if let Err(e) = consumer.assign(tpl) {
+                    self.errors
+                        .lock()
+                        .expect("lock")
+                        .push(format!("assign failed: {e}"));
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let parts = tpl.elements().iter().map(|e| e.partition()).collect();
+                self.events.lock().expect("lock").push(Reb::Revoke(parts));
+                let _ = consumer.unassign();
+            }
+            other => {
+                self.errors
+                    .lock()
+                    .expect("lock")
+                    .push(format!("rebalance error: {other:?}"));
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+enum Polled {
+    Nothing,
+    Record {
+        p: i32,
+        offset: i64,
+        ts: Option<Micros>,
+        payload: Option<Vec<u8>>,
+    },
+    Eof(i32),
+    Error(KafkaError),
+}
+
+/// A partition this worker owns.
+struct Part {
+    generation: u64,
+    epoch: u64,
+    next_offset: Option<i64>,
+    sink: Option<ParquetSink>,
+    at_eof: bool,
+    high_watermark: Option<i64>,
+}
+
+/// Where dead letters go.
+enum DeadLetters {
+    Files {
+        dir: PathBuf,
+        writer: DeadLetterWriter,
+        n: u64,
+    },
+    Topic {
+        producer: BaseProducer,
+        topic: String,
+    },
+}
+
+pub struct Worker {
+    p: Pipeline,
+    opts: WorkerOptions,
+    consumer: BaseConsumer<Ctx>,
+    topic: String,
+    store: Store,
+    engine: Engine,
+    dec: Decoder,
+    out: PaneBuf,
+    parts: BTreeMap<i32, Part>,
+    online: Option<mpsc::Sender<OnlineMsg>>,
+    redis_prefix: String,
+    feature_names: Vec<String>,
+    parquet_root: Option<PathBuf>,
+    dead: DeadLetters,
+    metrics: Arc<PipelineMetrics>,
+    clock: SystemClock,
+}
+
+impl Worker {
+    pub fn new(
+        p: Pipeline,
+        opts: WorkerOptions,
+        online: Option<mpsc::Sender<OnlineMsg>>,
+        metrics: Arc<PipelineMetrics>,
+    ) -> anyhow::Result<Worker> {
+        let kafka = p
+            .kafka
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("pipeline {} has no kafka source", p.name))?;
+        let brokers = opts.brokers.clone().unwrap_or(kafka.brokers.clone());
+        let (reset, start_ts) = match &kafka.start {
+            None => ("earliest", None),
+            Some(serde_json::Value::String(s)) if s == "earliest" => ("earliest", None),
+            Some(serde_json::Value::String(s)) if s == "latest" => ("latest", None),
+            Some(serde_json::Value::Object(o)) => {
+                let t = o
+                    .get("timestamp")
+                    .and_then(|v| v.as_str())
+                    .and_then(|s| crate::time::parse_rfc3339(s).ok())
+                    .ok_or_else(|| anyhow::anyhow!("start.timestamp must be an RFC 3339 time"))?;
+                ("earliest", Some(t / 1000))
+            }
+            Some(other) => anyhow::bail!("unknown start policy {other}"),
+        };
+        let store = Store::new(&opts.state_dir, &p.name, &kafka.topic);
+        let ctx = Ctx {
+            topic: kafka.topic.clone(),
+            store: store.clone(),
+            start_ts,
+            events: Mutex::new(Vec::new()),
+            errors: Mutex::new(Vec::new()),
+        };
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &brokers)
+            .set("group.id", &kafka.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", reset)
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            // Backpressure blocks the loop while Redis is down; the group
+            // must not evict the consumer for that.
+            .set("max.poll.interval.ms", "86400000")
+            .set("partition.assignment.strategy", "range");
+        for (k, v) in &kafka.properties {
+            cfg.set(k, v);
+        }
+        let consumer: BaseConsumer<Ctx> = cfg.create_with_context(ctx)?;
+        consumer.subscribe(&[&kafka.topic])?;
+        let plan = DecodePlan::new(&p);
+        let engine = Engine::new(&p, &plan, ProcessingTime::External);
+        let dec = Decoder::new(plan);
+        let out = PaneBuf::new(p.features.len());
+        let parquet_root = opts.data_dir.clone().or(p.parquet_path.clone());
+        let dead = match &p.dead_letter_topic {
+            Some(t) => DeadLetters::Topic {
+                producer: ClientConfig::new()
+                    .set("bootstrap.servers", &brokers)
+                    .create()?,
+                topic: t.clone(),
+            },
+            None => {
+                let dir = p
+                    .dead_letter_path
+                    .clone()
+                    .or_else(|| parquet_root.as_ref().map(|r| r.join("_dead_letter")))
+                    .unwrap_or_else(|| opts.state_dir.join("_dead_letter"));
+                let writer = DeadLetterWriter::new(&dir, &p.name, &format!("{}-0", opts.instance));
+                DeadLetters::Files { dir, writer, n: 0 }
+            }
+        };
+        Ok(Worker {
+            redis_prefix: p
+                .redis
+                .as_ref()
+                .map_or("rill".into(), |r| r.key_prefix.clone()),
+            feature_names: p.features.iter().map(|f| f.name.clone()).collect(),
+            topic: kafka.topic,
+            p,
+            opts,
+            consumer,
+            store,
+            engine,
+            dec,
+            out,
+            parts: BTreeMap::new(),
+            online,
+            parquet_root,
+            dead,
+            metrics,
+            clock: SystemClock,
+        })
+    }
+
+    /// Runs until `shutdown` fires, then checkpoints and returns.
+    pub fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut last_tick = Instant::now();
+        let mut last_ckpt = Instant::now();
+        let mut last_lag = Instant::now();
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let polled = match self.consumer.poll(Duration::from_millis(20)) {
+                None => Polled::Nothing,
+                Some(Ok(msg)) => Polled::Record {
+                    p: msg.partition(),
+                    offset: msg.offset(),
+                    ts: msg.timestamp().to_millis().map(|ms| ms * 1000),
+                    payload: msg.payload().map(<[u8]>::to_vec),
+                },
+                Some(Err(KafkaError::PartitionEOF(p))) => Polled::Eof(p),
+                Some(Err(e)) => Polled::Error(e),
+            };
+            // Rebalance callbacks ran inside poll: apply them before the record.
+            self.handle_rebalances()?;
+            match polled {
+                Polled::Nothing => {}
+                Polled::Record {
+                    p,
+                    offset,
+                    ts,
+                    payload,
+                } => self.on_record(p, offset, ts, payload.as_deref())?,
+                Polled::Eof(p) => {
+                    if let Some(part) = self.parts.get_mut(&p) {
+                        part.at_eof = true;
+                    }
+                    self.engine.set_end_of_log(p as usize, true, &mut self.out);
+                }
+                Polled::Error(e) => {
+                    tracing::warn!(pipeline = %self.p.name, error = %e, "kafka error");
+                }
+            }
+            if last_tick.elapsed() >= Duration::from_millis(50) {
+                last_tick = Instant::now();
+                let now = self.clock.now();
+                self.engine.set_wall_clock(now);
+                self.engine.set_processing_time(now, &mut self.out);
+                let w = self.engine.watermark();
+                self.metrics
+                    .watermark_us
+                    .store(w, std::sync::atomic::Ordering::Relaxed);
+                if w > i64::MIN && w < i64::MAX {
+                    self.metrics.watermark.set(w as f64 / 1e6);
+                    self.metrics.watermark_lag.set((now - w) as f64 / 1e6);
+                }
+            }
+            self.route()?;
+            if last_lag.elapsed() >= Duration::from_secs(2) {
+                last_lag = Instant::now();
+                self.update_lag();
+            }
+            if last_ckpt.elapsed() >= self.opts.checkpoint_interval {
+                self.checkpoint()?;
+                last_ckpt = Instant::now();
+            }
+        }
+        // Drain: what the engine holds stays in the checkpoint; the sinks
+        // get everything emitted so far.
+        self.route()?;
+        self.checkpoint()?;
+        self.finish_dead_letters()?;
+        tracing::info!(pipeline = %self.p.name, "stopped after a final checkpoint");
+        Ok(())
+    }
+
+    fn handle_rebalances(&mut self) -> anyhow::Result<()> {
+        let errors: Vec<String> =
+            std::mem::take(&mut *self.consumer.context().errors.lock().expect("lock"));
+        for e in errors {
+            tracing::error!(pipeline = %self.p.name, error = %e, "rebalance");
+        }
+        let events: Vec<Reb> =
+            std::mem::take(&mut *self.consumer.context().events.lock().expect("lock"));
+        for ev in events {
+            match ev {
+                Reb::Revoke(ps) => {
+                    self.route()?;
+                    for p in ps {
+                        self.drop_partition(p);
+                    }
+                }
+                Reb::Assign(list) => {
+                    for (p, c) in list {
+                        self.load_partition(p, c)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_partition(&mut self, p: i32) {
+        let Some(mut part) = self.parts.remove(&p) else {
+            return;
+        };
+        let _ = self.engine.export_partition(p as u32, true);
+        if let Some(mut s) = part.sink.take() {
+            if let Ok(files) = s.take_pending() {
+                for (tmp, _) in files {
+                    let _ = std::fs::remove_file(tmp);
+                }
+            }
+        }
+        tracing::info!(pipeline = %self.p.name, partition = p, "partition revoked");
+    }
+
+    fn load_partition(&mut self, p: i32, c: Option<Checkpoint>) -> anyhow::Result<()> {
+        if self.parts.contains_key(&p) {
+            return Ok(());
+        }
+        let (generation, epoch, next_offset) = match &c {
+            Some(c) => (c.generation + 1, c.epoch, c.next_offset),
+            None => (1, 0, None),
+        };
+        let prefix = format!("p{p}o");
+        let mut sink = self.parquet_root.as_ref().map(|root| {
+            ParquetSink::new(root, &self.p, &run_id(p, next_offset))
+                .deferred(self.opts.max_file_rows)
+        });
+        if let Some(c) = &c {
+            // Roll forward what the checkpoint published (a crash may have
+            // come between writing it and renaming the files).
+            ParquetSink::publish(&c.pending_files)?;
+            if let Some(state) = &c.state {
+                self.engine
+                    .import_partition(state, &mut self.out)
+                    .map_err(|e| anyhow::anyhow!("checkpoint of partition {p}: {e}"))?;
+            }
+        }
+        if let Some(s) = &mut sink {
+            let removed = s.remove_unpublished(&prefix, &[]);
+            if removed > 0 {
+                tracing::info!(pipeline = %self.p.name, partition = p, removed, "removed unpublished parquet files of a crashed run");
+            }
+        }
+        self.engine.assign_partition(p as usize);
+        // Record the new generation before any pane of it reaches Redis.
+        let ck = Checkpoint {
+            version: CHECKPOINT_VERSION,
+            pipeline: self.p.name.clone(),
+            topic: self.topic.clone(),
+            partition: p,
+            generation,
+            next_offset,
+            epoch,
+            state: c.and_then(|c| c.state),
+            pending_files: Vec::new(),
+        };
+        self.store.store(&ck)?;
+        self.parts.insert(
+            p,
+            Part {
+                generation,
+                epoch,
+                next_offset,
+                sink,
+                at_eof: false,
+                high_watermark: None,
+            },
+        );
+        tracing::info!(pipeline = %self.p.name, partition = p, generation, ?next_offset, "partition assigned");
+        Ok(())
+    }
+
+    fn on_record(
+        &mut self,
+        p: i32,
+        offset: i64,
+        ts: Option<Micros>,
+        payload: Option<&[u8]>,
+    ) -> anyhow::Result<()> {
+        let Some(part) = self.parts.get_mut(&p) else {
+            // Not (or no longer) ours: its owner reads it from its checkpoint.
+            return Ok(());
+        };
+        if part.next_offset.is_some_and(|n| offset < n) {
+            return Ok(()); // already in the restored state
+        }
+        part.next_offset = Some(offset + 1);
+        if part.at_eof {
+            part.at_eof = false;
+            self.engine.set_end_of_log(p as usize, false, &mut self.out);
+        }
+        let refusal = match payload {
+            None => Some(Refusal::new(
+                Reason::InvalidJson,
+                "record has no value (a tombstone)",
+            )),
+            Some(b) if b.len() > MAX_RECORD_BYTES => Some(Refusal::new(
+                Reason::Oversized,
+                format!(
+                    "record value of {} bytes exceeds {MAX_RECORD_BYTES}",
+                    b.len()
+                ),
+            )),
+            Some(b) => {
+                self.dec.set_external_time(ts);
+                match self.dec.decode_json(b) {
+                    Ok(ev) => match self.engine.process(&ev, p as usize, &mut self.out) {
+                        Ok(()) => {
+                            self.metrics.events.inc();
+                            None
+                        }
+                        Err(r) => Some(r),
+                    },
+                    Err(r) => Some(r),
+                }
+            }
+        };
+        if let Some(r) = refusal {
+            let pos = Position::Kafka {
+                topic: self.topic.clone(),
+                partition: p,
+                offset,
+            };
+            self.dead_letter(&r, &pos, payload.unwrap_or_default())?;
+        }
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, r: &Refusal, pos: &Position, raw: &[u8]) -> anyhow::Result<()> {
+        self.metrics
+            .dead_letters
+            .get_or_create(&vec![("reason".to_string(), r.reason.as_str().to_string())])
+            .inc();
+        if r.reason == Reason::TooLate {
+            self.metrics.late_dropped.inc();
+        }
+        match &mut self.dead {
+            DeadLetters::Files { writer, .. } => writer.write(r, pos, raw)?,
+            DeadLetters::Topic { producer, topic } => {
+                let line = dead_letter_json(&self.p.name, r, pos, raw);
+                let mut rec = BaseRecord::<(), str>::to(topic).payload(&line);
+                loop {
+                    match producer.send(rec) {
+                        Ok(()) => break,
+                        Err((
+                            KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull,
+                            ),
+                            back,
+                        )) => {
+                            producer.poll(Duration::from_millis(50));
+                            rec = back;
+                        }
+                        Err((e, _)) => return Err(e.into()),
+                    }
+                }
+                producer.poll(Duration::ZERO);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends emitted panes to the sinks.
+    fn route(&mut self) -> anyhow::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let emitted = Instant::now();
+        let n = self.out.len() as u64;
+        self.metrics.panes.inc_by(n);
+        let st = &self.engine.stats;
+        self.metrics
+            .late_kept
+            .inner()
+            .store(st.late_kept, std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        let mut rows = Vec::new();
+        for (m, values) in self.out.iter() {
+            let p = m.partition as i32;
+            let Some(part) = self.parts.get_mut(&p) else {
+                continue;
+            };
+            if let Some(s) = &mut part.sink {
+                s.write_row(m, values)?;
+            }
+            if self.online.is_some() && !m.retraction {
+                rows.push(OnlineRow::of(
+                    &self.redis_prefix,
+                    &self.p.name,
+                    &self.feature_names,
+                    m,
+                    values,
+                    part.generation,
+                ));
+            }
+        }
+        self.out.clear();
+        self.metrics.parquet_write.record(started.elapsed(), 1);
+        self.metrics.offline_rows.inc_by(n);
+        self.metrics
+            .last_offline_write
+            .store(self.clock.now(), std::sync::atomic::Ordering::Relaxed);
+        if let Some(tx) = &self.online {
+            for chunk in rows.chunks(2048) {
+                // A full channel blocks here: consumption pauses until Redis
+                // catches up (backpressure).
+                tx.blocking_send(OnlineMsg::Rows(chunk.to_vec(), emitted))
+                    .map_err(|_| anyhow::anyhow!("the redis writer stopped"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush sinks, write checkpoints, publish files, commit offsets.
+    pub fn checkpoint(&mut self) -> anyhow::Result<()> {
+        self.route()?;
+        if let Some(tx) = &self.online {
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            tx.blocking_send(OnlineMsg::Flush(done_tx))
+                .map_err(|_| anyhow::anyhow!("the redis writer stopped"))?;
+            done_rx
+                .blocking_recv()
+                .map_err(|_| anyhow::anyhow!("the redis writer stopped"))?;
+        }
+        self.rotate_dead_letters()?;
+        let mut commit = TopicPartitionList::new();
+        let ps: Vec<i32> = self.parts.keys().copied().collect();
+        for p in ps {
+            let state = self.engine.export_partition(p as u32, false);
+            let part = self.parts.get_mut(&p).expect("listed");
+            let pending = match &mut part.sink {
+                Some(s) => s.take_pending()?,
+                None => Vec::new(),
+            };
+            part.epoch += 1;
+            let ck = Checkpoint {
+                version: CHECKPOINT_VERSION,
+                pipeline: self.p.name.clone(),
+                topic: self.topic.clone(),
+                partition: p,
+                generation: part.generation,
+                next_offset: part.next_offset,
+                epoch: part.epoch,
+                state: Some(state),
+                pending_files: pending.clone(),
+            };
+            self.store.store(&ck)?;
+            ParquetSink::publish(&pending)?;
+            if let Some(s) = &mut part.sink {
+                s.set_run_id(&run_id(p, part.next_offset));
+            }
+            if let Some(o) = part.next_offset {
+                commit.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
+            }
+        }
+        if commit.count() > 0 {
+            if let Err(e) = self.consumer.commit(&commit, CommitMode::Async) {
+                tracing::warn!(pipeline = %self.p.name, error = %e, "offset commit failed (the checkpoint holds the offsets)");
+            }
+        }
+        self.metrics.checkpoints.inc();
+        Ok(())
+    }
+
+    fn rotate_dead_letters(&mut self) -> anyhow::Result<()> {
+        match &mut self.dead {
+            DeadLetters::Files { dir, writer, n } => {
+                if writer.total() > 0 {
+                    writer.finish()?;
+                    *n += 1;
+                    *writer = DeadLetterWriter::new(
+                        dir,
+                        &self.p.name,
+                        &format!("{}-{n}", self.opts.instance),
+                    );
+                }
+            }
+            DeadLetters::Topic { producer, .. } => {
+                producer.flush(Duration::from_secs(30))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_dead_letters(&mut self) -> anyhow::Result<()> {
+        self.rotate_dead_letters()
+    }
+
+    fn update_lag(&mut self) {
+        let mut total = 0;
+        for (&p, part) in self.parts.iter_mut() {
+            if let Ok((_, high)) =
+                self.consumer
+                    .fetch_watermarks(&self.topic, p, Duration::from_millis(500))
+            {
+                part.high_watermark = Some(high);
+                let lag = (high - part.next_offset.unwrap_or(0)).max(0);
+                total += lag;
+                self.metrics
+                    .consumer_lag
+                    .get_or_create(&vec![("partition".to_string(), p.to_string())])
+                    .set(lag);
+            }
+        }
+        self.metrics
+            .total_lag
+            .store(total, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// File-name run id of a partition's epoch: the offset it starts at, so
+/// that re-processing the same offsets writes the same names.
+fn run_id(p: i32, next_offset: Option<i64>) -> String {
+    format!("p{p}o{}", next_offset.unwrap_or(0))
+}

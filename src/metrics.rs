@@ -1,0 +1,220 @@
+//! Counters, gauges and latency histograms of the daemon, rendered as
+//! Prometheus text for `/metrics`.
+//!
+//! Latencies are recorded in hdrhistogram (exact quantiles for the logs and
+//! the benchmarks) and exported as Prometheus histograms with fixed bounds.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+/// Upper bounds of the exported latency buckets, in seconds.
+const BOUNDS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A latency histogram in microseconds.
+#[derive(Debug, Clone)]
+pub struct Latency(Arc<Mutex<Histogram<u64>>>);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency(Arc::new(Mutex::new(
+            Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+        )))
+    }
+}
+
+impl Latency {
+    pub fn record(&self, d: Duration, count: u64) {
+        let us = (d.as_micros() as u64).clamp(1, 3_600_000_000);
+        if let Ok(mut h) = self.0.lock() {
+            let _ = h.record_n(us, count);
+        }
+    }
+
+    /// (p50, p99, p999, max, count) in microseconds.
+    pub fn quantiles(&self) -> (u64, u64, u64, u64, u64) {
+        let h = self.0.lock().expect("latency lock");
+        (
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max(),
+            h.len(),
+        )
+    }
+}
+
+impl EncodeMetric for Latency {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let h = self.0.lock().map_err(|_| std::fmt::Error)?;
+        let mut buckets: Vec<(f64, u64)> = BOUNDS
+            .iter()
+            .map(|&b| (b, h.count_between(0, (b * 1e6) as u64)))
+            .collect();
+        buckets.push((f64::INFINITY, h.len()));
+        let sum: f64 = h
+            .iter_recorded()
+            .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
+            .sum::<f64>()
+            / 1e6;
+        encoder.encode_histogram::<Labels>(sum, h.len(), &buckets, None)
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// The metrics of one pipeline.
+#[derive(Debug, Default)]
+pub struct PipelineMetrics {
+    pub events: Counter,
+    pub dead_letters: Family<Labels, Counter>,
+    pub late_kept: Counter,
+    pub late_dropped: Counter,
+    pub panes: Counter,
+    pub watermark: Gauge<f64, AtomicU64>,
+    pub watermark_lag: Gauge<f64, AtomicU64>,
+    pub consumer_lag: Family<Labels, Gauge>,
+    pub redis_write: Latency,
+    pub parquet_write: Latency,
+    pub event_to_online: Latency,
+    pub redis_errors: Counter,
+    pub checkpoints: Counter,
+    pub online_rows: Counter,
+    pub offline_rows: Counter,
+    /// Wall time (epoch µs) of the last acknowledged write per sink.
+    pub last_online_write: AtomicI64,
+    pub last_offline_write: AtomicI64,
+    /// Current pipeline watermark (epoch µs, i64::MIN before any).
+    pub watermark_us: AtomicI64,
+    /// Total consumer lag over the assigned partitions.
+    pub total_lag: AtomicI64,
+}
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            registry: Mutex::new(Registry::with_prefix("rill")),
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers the metrics of a pipeline under the label `pipeline`.
+    pub fn pipeline(&self, name: &str) -> Arc<PipelineMetrics> {
+        let m = Arc::new(PipelineMetrics::default());
+        let mut reg = self.registry.lock().expect("registry lock");
+        let r = reg.sub_registry_with_label(("pipeline".into(), name.to_string().into()));
+        r.register("events", "Events accepted by the engine", m.events.clone());
+        r.register(
+            "dead_letters",
+            "Records refused, by reason",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "late_events_kept",
+            "Late events added to a window still kept",
+            m.late_kept.clone(),
+        );
+        r.register(
+            "late_events_dropped",
+            "Late events whose window was gone (dead-lettered as too_late)",
+            m.late_dropped.clone(),
+        );
+        r.register("panes_emitted", "Panes emitted", m.panes.clone());
+        r.register(
+            "watermark_seconds",
+            "Pipeline watermark, epoch seconds",
+            m.watermark.clone(),
+        );
+        r.register(
+            "watermark_lag_seconds",
+            "Wall clock minus the watermark",
+            m.watermark_lag.clone(),
+        );
+        r.register(
+            "consumer_lag",
+            "High watermark minus position, per partition",
+            m.consumer_lag.clone(),
+        );
+        r.register(
+            "redis_write_seconds",
+            "Latency of one pipelined Redis write",
+            m.redis_write.clone(),
+        );
+        r.register(
+            "parquet_write_seconds",
+            "Latency of one Parquet write of emitted panes",
+            m.parquet_write.clone(),
+        );
+        r.register(
+            "event_to_online_seconds",
+            "From a pane's emission (its window completing) to its value being readable in Redis",
+            m.event_to_online.clone(),
+        );
+        r.register(
+            "redis_errors",
+            "Failed Redis writes (retried)",
+            m.redis_errors.clone(),
+        );
+        r.register(
+            "checkpoints",
+            "Checkpoints completed",
+            m.checkpoints.clone(),
+        );
+        r.register(
+            "online_rows",
+            "Rows acknowledged by Redis",
+            m.online_rows.clone(),
+        );
+        r.register(
+            "offline_rows",
+            "Rows written to Parquet",
+            m.offline_rows.clone(),
+        );
+        m.watermark_us.store(i64::MIN, Ordering::Relaxed);
+        m
+    }
+
+    /// Prometheus text.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let reg = self.registry.lock().expect("registry lock");
+        prometheus_client::encoding::text::encode(&mut s, &reg).expect("writing to a string");
+        s
+    }
+}
+
+impl crate::sink::redis::OnlineObserver for PipelineMetrics {
+    fn written(&self, rows: usize, write_latency: Duration, emit_to_online: Duration) {
+        self.redis_write.record(write_latency, 1);
+        self.event_to_online.record(emit_to_online, rows as u64);
+        self.online_rows.inc_by(rows as u64);
+        self.last_online_write.store(
+            crate::time::Clock::now(&crate::time::SystemClock),
+            Ordering::Relaxed,
+        );
+    }
+    fn failed(&self, _error: &str) {
+        self.redis_errors.inc();
+    }
+}

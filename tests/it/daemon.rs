@@ -1,0 +1,633 @@
+//! The daemon against real parts: librdkafka's mock cluster (a Kafka
+//! protocol broker in this process), a real redis-server on a free port,
+//! and Parquet read back with the parquet crate. The daemon runs as a
+//! child process, so that it can be killed with SIGKILL.
+//!
+//! Expected values come from a group-by written here over the produced
+//! events, not from rill.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::Value;
+
+use crate::util::{read_rows, rill};
+
+const WINDOW_US: i64 = 300_000_000;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Waits for `cond`, polling; panics with `what` after `secs`.
+fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A redis-server on a free port, stopped on drop.
+pub struct RedisServer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start(dir: &Path) -> RedisServer {
+        let mut r = RedisServer {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port, with an append-only file so that a
+    /// restart keeps the data.
+    pub fn restart(&mut self) {
+        std::fs::create_dir_all(&self.dir).expect("redis dir");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let url = self.url();
+        wait_for(20, "redis-server to answer PING", || {
+            redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        });
+    }
+
+    /// Stops the server (SIGTERM: it syncs its append-only file first).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe_kill(c.id(), "TERM");
+            let _ = c.wait();
+        }
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url().as_str())
+            .expect("url")
+            .get_connection()
+            .expect("redis connection")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// One generated event, as produced.
+#[derive(Debug, Clone)]
+struct Ev {
+    user: String,
+    amount: f64,
+    time: i64,
+    json: String,
+}
+
+fn events(n: u64, seed: u64) -> Vec<Ev> {
+    let opts = rill::gen::GenOptions {
+        events: n,
+        users: 40,
+        days: 1,
+        seed,
+        ..Default::default()
+    };
+    rill::gen::Generator::new(opts)
+        .map(|e| {
+            let mut json = String::new();
+            rill::gen::write_json(&e, &mut json);
+            let v: Value = serde_json::from_str(json.trim()).expect("generated JSON");
+            Ev {
+                user: v["user_id"].as_str().expect("user").to_string(),
+                amount: v["amount"].as_f64().expect("amount"),
+                time: rill::time::parse_rfc3339(v["event_time"].as_str().expect("time"))
+                    .expect("time"),
+                json: json.trim().to_string(),
+            }
+        })
+        .collect()
+}
+
+fn partition_of(user: &str) -> i32 {
+    (user.bytes().map(u32::from).sum::<u32>() % 2) as i32
+}
+
+/// The mock cluster with topic `tx` of two partitions, and a producer.
+struct Kafka {
+    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    producer: BaseProducer,
+}
+
+impl Kafka {
+    fn start() -> Kafka {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("tx", 2, 1).expect("topic");
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("message.max.bytes", "4000000")
+            .create()
+            .expect("producer");
+        Kafka { cluster, producer }
+    }
+
+    fn brokers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    fn send(&self, partition: i32, key: &str, payload: Option<&[u8]>) {
+        let mut rec = BaseRecord::<str, [u8]>::to("tx")
+            .key(key)
+            .partition(partition);
+        if let Some(p) = payload {
+            rec = rec.payload(p);
+        }
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    self.producer.poll(Duration::from_millis(10));
+                    rec = back;
+                }
+            }
+        }
+    }
+
+    fn produce(&self, evs: &[Ev]) {
+        for e in evs {
+            self.send(partition_of(&e.user), &e.user, Some(e.json.as_bytes()));
+        }
+        self.producer.flush(Duration::from_secs(30)).expect("flush");
+    }
+
+    /// One event per partition far after the data: the watermark passes
+    /// every window of the data and they all fire.
+    fn sentinels(&self, after: i64) {
+        for p in 0..2 {
+            let t = rill::time::format_rfc3339(after);
+            let json = format!(
+                r#"{{"user_id":"zz_sentinel_{p}","event_type":"click","amount":0,"event_time":"{t}"}}"#
+            );
+            self.send(p, "sentinel", Some(json.as_bytes()));
+        }
+        self.producer.flush(Duration::from_secs(30)).expect("flush");
+    }
+}
+
+const PIPELINE: &str = r#"version: 1
+name: spend
+source:
+  kafka: { brokers: "unused:9092", topic: tx, group_id: rill-test }
+  format: json
+  key: [user_id]
+  event_time: { field: event_time, format: rfc3339 }
+watermark: { max_out_of_orderness: 15m }
+window:
+  tumbling: { size: 5m }
+features:
+  - { name: tx_count, agg: count }
+  - { name: amount_sum, agg: sum, field: amount }
+  - { name: amount_max, agg: max, field: amount }
+sinks:
+  online: { redis: { url: "redis://unused", ttl: 30d } }
+  offline: { parquet: { path: ./unused } }
+"#;
+
+struct Daemon {
+    child: Child,
+    pub http: u16,
+}
+
+impl Daemon {
+    fn start(dir: &Path, brokers: &str, redis: &str, extra: &[&str]) -> Daemon {
+        let http = free_port();
+        let pipe = dir.join("spend.yaml");
+        if !pipe.exists() {
+            std::fs::write(&pipe, PIPELINE).expect("pipeline file");
+        }
+        let child = rill()
+            .arg("run")
+            .arg(&pipe)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--brokers", brokers, "--redis", redis])
+            .args(["--http", &format!("127.0.0.1:{http}")])
+            .args(if extra.contains(&"--checkpoint-interval") {
+                &[][..]
+            } else {
+                &["--checkpoint-interval", "300ms"][..]
+            })
+            .args(extra)
+            .env("RILL_LOG", "info")
+            .stderr(std::fs::File::create(dir.join(format!("daemon-{http}.log"))).expect("log"))
+            .spawn()
+            .expect("rill run starts");
+        Daemon { child, http }
+    }
+
+    fn metrics(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", self.http)) {
+            use std::io::{Read, Write};
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = c.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+            let _ = c.read_to_string(&mut s);
+        }
+        s
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; returns the exit status and how long the drain took.
+    fn stop(mut self) -> (std::process::ExitStatus, Duration) {
+        let t = Instant::now();
+        unsafe_kill(self.child.id(), "TERM");
+        let st = self.child.wait().expect("wait");
+        (st, t.elapsed())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (user, window_start) -> (count, sum, max), from the events.
+fn group_by(evs: &[Ev]) -> BTreeMap<(String, i64), (i64, f64, f64)> {
+    let mut m: BTreeMap<(String, i64), (i64, f64, f64)> = BTreeMap::new();
+    for e in evs {
+        let s = e.time.div_euclid(WINDOW_US) * WINDOW_US;
+        let x = m.entry((e.user.clone(), s)).or_insert((0, 0.0, f64::MIN));
+        x.0 += 1;
+        x.1 += e.amount;
+        x.2 = x.2.max(e.amount);
+    }
+    m
+}
+
+/// Final, non-retraction Parquet rows by (user, window_start), failing on doubles.
+fn final_rows(dir: &Path) -> Result<BTreeMap<(String, i64), (i64, f64, f64)>, String> {
+    let mut out = BTreeMap::new();
+    for r in read_rows(&dir.join("data").join("spend")) {
+        if r["is_final"] != Value::Bool(true) || r["retraction"] != Value::Bool(false) {
+            continue;
+        }
+        let user = r["user_id"].as_str().unwrap_or_default().to_string();
+        if user.starts_with("zz_sentinel") {
+            continue;
+        }
+        let start = rill::time::parse_rfc3339(r["window_start"].as_str().unwrap_or_default())
+            .map_err(|e| e.to_string())?;
+        let v = (
+            r["tx_count"].as_i64().unwrap_or(-1),
+            r["amount_sum"].as_f64().unwrap_or(f64::NAN),
+            r["amount_max"].as_f64().unwrap_or(f64::NAN),
+        );
+        if out.insert((user.clone(), start), v).is_some() {
+            return Err(format!("two final rows for ({user}, {start})"));
+        }
+    }
+    Ok(out)
+}
+
+fn assert_same(
+    got: &BTreeMap<(String, i64), (i64, f64, f64)>,
+    want: &BTreeMap<(String, i64), (i64, f64, f64)>,
+) {
+    let gk: BTreeSet<_> = got.keys().collect();
+    let wk: BTreeSet<_> = want.keys().collect();
+    assert_eq!(
+        gk.difference(&wk).count(),
+        0,
+        "rows that should not exist: {:?}",
+        gk.difference(&wk).take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        wk.difference(&gk).count(),
+        0,
+        "missing rows: {:?}",
+        wk.difference(&gk).take(5).collect::<Vec<_>>()
+    );
+    for (k, w) in want {
+        let g = got[k];
+        assert_eq!(g.0, w.0, "count of {k:?}");
+        assert!(
+            (g.1 - w.1).abs() <= 1e-9 * w.1.abs().max(1.0),
+            "sum of {k:?}: {} vs {}",
+            g.1,
+            w.1
+        );
+        assert_eq!(g.2, w.2, "max of {k:?}");
+    }
+}
+
+/// Every user's hash in Redis holds its latest window's values.
+fn check_redis(r: &RedisServer, want: &BTreeMap<(String, i64), (i64, f64, f64)>) {
+    let mut latest: BTreeMap<&str, (i64, (i64, f64, f64))> = BTreeMap::new();
+    for ((u, s), v) in want {
+        let e = latest.entry(u.as_str()).or_insert((*s, *v));
+        if *s >= e.0 {
+            *e = (*s, *v);
+        }
+    }
+    let mut c = r.conn();
+    for (u, (start, v)) in latest {
+        let key = format!("rill:{{{u}}}:spend");
+        let h: BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query(&mut c)
+            .expect("hgetall");
+        assert_eq!(
+            h.get("_window_start").map(String::as_str),
+            Some(start.to_string().as_str()),
+            "{key}: {h:?}"
+        );
+        assert_eq!(
+            h.get("_window_end"),
+            Some(&(start + WINDOW_US).to_string()),
+            "{key}"
+        );
+        assert_eq!(h.get("tx_count"), Some(&v.0.to_string()), "{key}");
+        let sum: f64 = h["amount_sum"].parse().expect("decimal text");
+        assert!(
+            (sum - v.1).abs() <= 1e-9 * v.1.abs().max(1.0),
+            "{key}: {sum} vs {}",
+            v.1
+        );
+        let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut c).expect("ttl");
+        assert!(ttl > 29 * 86400 && ttl <= 30 * 86400, "{key} ttl {ttl}");
+    }
+}
+
+fn end_of(evs: &[Ev]) -> i64 {
+    evs.iter().map(|e| e.time).max().expect("events") + 86_400_000_000
+}
+
+#[test]
+fn kafka_to_redis_and_parquet_with_exact_values_and_metrics() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let kafka = Kafka::start();
+    let evs = events(3000, 7);
+    kafka.produce(&evs);
+    kafka.sentinels(end_of(&evs));
+    let d = Daemon::start(tmp.path(), &kafka.brokers(), &redis.url(), &[]);
+    let want = group_by(&evs);
+    wait_for(90, "every final pane in Parquet", || {
+        final_rows(tmp.path()).is_ok_and(|g| g.len() >= want.len())
+    });
+    assert!(d.metric("rill_events_total") >= 3002.0, "{}", d.metrics());
+    assert!(d.metrics().contains("rill_event_to_online_seconds_bucket"));
+    let (st, _) = d.stop();
+    assert!(st.success(), "clean exit on SIGTERM");
+    assert_same(&final_rows(tmp.path()).expect("no doubles"), &want);
+    check_redis(&redis, &want);
+}
+
+#[test]
+fn kill_9_mid_stream_then_restart_loses_and_doubles_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let kafka = Kafka::start();
+    let evs = events(4000, 11);
+    let (a, rest) = evs.split_at(1500);
+    let (b, c) = rest.split_at(1000);
+    kafka.produce(a);
+    let d = Daemon::start(
+        tmp.path(),
+        &kafka.brokers(),
+        &redis.url(),
+        &["--checkpoint-interval", "1s"],
+    );
+    wait_for(60, "a first checkpoint", || {
+        d.metric("rill_checkpoints_total") >= 1.0
+    });
+    kafka.produce(b);
+    wait_for(60, "the second batch consumed", || {
+        d.metric("rill_events_total") >= 2500.0
+    });
+    // Killed between checkpoints: Redis and unpublished files hold work
+    // that the last checkpoint does not.
+    d.kill9();
+    kafka.produce(c);
+    kafka.sentinels(end_of(&evs));
+    let d = Daemon::start(tmp.path(), &kafka.brokers(), &redis.url(), &[]);
+    let want = group_by(&evs);
+    wait_for(90, "every final pane in Parquet", || {
+        final_rows(tmp.path()).is_ok_and(|g| g.len() >= want.len())
+    });
+    let (st, _) = d.stop();
+    assert!(st.success());
+    assert_same(&final_rows(tmp.path()).expect("no doubled rows"), &want);
+    check_redis(&redis, &want);
+}
+
+#[test]
+fn redis_down_and_back_mid_stream_loses_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut redis = RedisServer::start(&tmp.path().join("redis"));
+    let kafka = Kafka::start();
+    let evs = events(3000, 13);
+    let (a, b) = evs.split_at(1500);
+    kafka.produce(a);
+    let d = Daemon::start(tmp.path(), &kafka.brokers(), &redis.url(), &[]);
+    wait_for(60, "the first batch consumed", || {
+        d.metric("rill_events_total") >= 1500.0
+    });
+    redis.stop();
+    kafka.produce(b);
+    kafka.sentinels(end_of(&evs));
+    wait_for(60, "failed redis writes", || {
+        d.metric("rill_redis_errors_total") >= 1.0
+    });
+    redis.restart();
+    let want = group_by(&evs);
+    wait_for(90, "every final pane in Parquet", || {
+        final_rows(tmp.path()).is_ok_and(|g| g.len() >= want.len())
+    });
+    let (st, _) = d.stop();
+    assert!(st.success());
+    assert_same(&final_rows(tmp.path()).expect("no doubled rows"), &want);
+    check_redis(&redis, &want);
+}
+
+#[test]
+fn bad_messages_go_to_dead_letters_with_reasons() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let kafka = Kafka::start();
+    let evs = events(500, 17);
+    kafka.produce(&evs);
+    kafka.send(0, "x", Some(b"not json at all"));
+    kafka.send(
+        1,
+        "x",
+        Some(br#"{"amount":1,"event_time":"2026-01-05T00:00:00Z"}"#),
+    );
+    kafka.send(0, "x", None);
+    let huge = format!(
+        r#"{{"user_id":"u1","event_time":"2026-01-05T00:00:00Z","pad":"{}"}}"#,
+        "x".repeat(1_500_000)
+    );
+    kafka.send(1, "x", Some(huge.as_bytes()));
+    kafka
+        .producer
+        .flush(Duration::from_secs(30))
+        .expect("flush");
+    kafka.sentinels(end_of(&evs));
+    let d = Daemon::start(tmp.path(), &kafka.brokers(), &redis.url(), &[]);
+    let want = group_by(&evs);
+    wait_for(90, "every final pane in Parquet", || {
+        final_rows(tmp.path()).is_ok_and(|g| g.len() >= want.len())
+    });
+    wait_for(30, "four dead letters", || {
+        d.metric("rill_dead_letters_total") >= 4.0
+    });
+    let (st, _) = d.stop();
+    assert!(st.success());
+    assert_same(&final_rows(tmp.path()).expect("no doubled rows"), &want);
+    let mut reasons = Vec::new();
+    let dl = tmp.path().join("data").join("_dead_letter").join("spend");
+    for f in std::fs::read_dir(&dl).expect("dead-letter dir").flatten() {
+        if f.file_name().to_string_lossy().ends_with(".jsonl") {
+            for line in std::fs::read_to_string(f.path()).expect("read").lines() {
+                let v: Value = serde_json::from_str(line).expect("dead letter JSON");
+                assert_eq!(v["source"]["topic"], "tx");
+                reasons.push(v["reason"].as_str().expect("reason").to_string());
+            }
+        }
+    }
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        ["invalid_json", "invalid_json", "missing_key", "oversized"]
+    );
+}
+
+#[test]
+fn rebalance_between_two_instances_keeps_every_value_once() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let kafka = Kafka::start();
+    let evs = events(4000, 19);
+    let (a, b) = evs.split_at(2000);
+    kafka.produce(a);
+    let d1 = Daemon::start(tmp.path(), &kafka.brokers(), &redis.url(), &[]);
+    wait_for(60, "the first batch consumed", || {
+        d1.metric("rill_events_total") >= 2000.0
+    });
+    wait_for(60, "a checkpoint", || {
+        d1.metric("rill_checkpoints_total") >= 1.0
+    });
+    // A second instance joins the group: the partitions are shared out and
+    // the moved one is loaded from its checkpoint.
+    let d2 = Daemon::start(tmp.path(), &kafka.brokers(), &redis.url(), &[]);
+    wait_for(60, "the second instance to own a partition", || {
+        d2.metrics().contains("rill_consumer_lag{")
+    });
+    kafka.produce(b);
+    kafka.sentinels(end_of(&evs));
+    let want = group_by(&evs);
+    wait_for(120, "every final pane in Parquet", || {
+        final_rows(tmp.path()).is_ok_and(|g| g.len() >= want.len())
+    });
+    let (s1, _) = d1.stop();
+    let (s2, _) = d2.stop();
+    assert!(s1.success() && s2.success());
+    assert_same(&final_rows(tmp.path()).expect("no doubled rows"), &want);
+    check_redis(&redis, &want);
+}
+
+#[test]
+fn sigterm_drains_within_the_deadline_and_checkpoints() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let kafka = Kafka::start();
+    let evs = events(1000, 23);
+    kafka.produce(&evs);
+    let d = Daemon::start(
+        tmp.path(),
+        &kafka.brokers(),
+        &redis.url(),
+        &["--checkpoint-interval", "1h", "--drain-deadline", "10s"],
+    );
+    wait_for(60, "the events consumed", || {
+        d.metric("rill_events_total") >= 1000.0
+    });
+    let (st, took) = d.stop();
+    assert!(st.success(), "exit status {st:?}");
+    assert!(took < Duration::from_secs(10), "drained in {took:?}");
+    // The final checkpoint holds every offset.
+    let mut next = 0;
+    for p in 0..2 {
+        let f = tmp
+            .path()
+            .join(format!("state/spend/tx/partition-{p}.json"));
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(&f).expect("checkpoint")).expect("json");
+        next += v["next_offset"].as_i64().unwrap_or(0);
+    }
+    assert_eq!(next, 1000);
+}
