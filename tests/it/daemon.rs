@@ -21,6 +21,9 @@ use crate::util::{read_rows, rill};
 
 const WINDOW_US: i64 = 300_000_000;
 
+/// (user, window_start) -> (count, sum, max).
+type Finals = BTreeMap<(String, i64), (i64, f64, f64)>;
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -315,7 +318,7 @@ impl Drop for Daemon {
 }
 
 /// (user, window_start) -> (count, sum, max), from the events.
-fn group_by(evs: &[Ev]) -> BTreeMap<(String, i64), (i64, f64, f64)> {
+fn group_by(evs: &[Ev]) -> Finals {
     let mut m: BTreeMap<(String, i64), (i64, f64, f64)> = BTreeMap::new();
     for e in evs {
         let s = e.time.div_euclid(WINDOW_US) * WINDOW_US;
@@ -328,7 +331,7 @@ fn group_by(evs: &[Ev]) -> BTreeMap<(String, i64), (i64, f64, f64)> {
 }
 
 /// Final, non-retraction Parquet rows by (user, window_start), failing on doubles.
-fn final_rows(dir: &Path) -> Result<BTreeMap<(String, i64), (i64, f64, f64)>, String> {
+fn final_rows(dir: &Path) -> Result<Finals, String> {
     let mut out = BTreeMap::new();
     for r in read_rows(&dir.join("data").join("spend")) {
         if r["is_final"] != Value::Bool(true) || r["retraction"] != Value::Bool(false) {
