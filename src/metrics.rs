@@ -106,6 +106,7 @@ pub struct PipelineMetrics {
 /// Every metric of the process.
 pub struct Metrics {
     registry: Mutex<Registry>,
+    pipelines: Mutex<Vec<(String, Arc<PipelineMetrics>)>>,
     pub ready: AtomicBool,
 }
 
@@ -113,9 +114,22 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             registry: Mutex::new(Registry::with_prefix("rill")),
+            pipelines: Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
         }
     }
+}
+
+/// A pipeline's headline figures (progress display, freshness).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub name: String,
+    pub events: u64,
+    pub panes: u64,
+    pub watermark: i64,
+    pub lag: i64,
+    pub last_online_write: i64,
+    pub last_offline_write: i64,
 }
 
 impl Metrics {
@@ -192,7 +206,29 @@ impl Metrics {
             m.offline_rows.clone(),
         );
         m.watermark_us.store(i64::MIN, Ordering::Relaxed);
+        self.pipelines
+            .lock()
+            .expect("pipelines lock")
+            .push((name.to_string(), m.clone()));
         m
+    }
+
+    /// Headline figures of every pipeline.
+    pub fn snapshot(&self) -> Vec<Snapshot> {
+        self.pipelines
+            .lock()
+            .expect("pipelines lock")
+            .iter()
+            .map(|(name, m)| Snapshot {
+                name: name.clone(),
+                events: m.events.get(),
+                panes: m.panes.get(),
+                watermark: m.watermark_us.load(Ordering::Relaxed),
+                lag: m.total_lag.load(Ordering::Relaxed),
+                last_online_write: m.last_online_write.load(Ordering::Relaxed),
+                last_offline_write: m.last_offline_write.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     /// Prometheus text.

@@ -24,8 +24,17 @@ pub struct Args {
     #[arg(long, default_value_t = 7)]
     pub days: u32,
     /// Output file: .jsonl, .jsonl.gz, .jsonl.zst or .parquet; `-` for JSONL on standard output.
-    #[arg(long, short = 'o')]
-    pub output: PathBuf,
+    #[arg(long, short = 'o', required_unless_present = "kafka")]
+    pub output: Option<PathBuf>,
+    /// Produce into Kafka (bootstrap servers) instead of a file, keyed by user_id.
+    #[arg(long, conflicts_with = "output", requires = "topic")]
+    pub kafka: Option<String>,
+    /// Topic(s) to produce to (with --kafka); repeat for several.
+    #[arg(long)]
+    pub topic: Vec<String>,
+    /// Events per second with --kafka (0: as fast as the broker takes them).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -38,14 +47,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ..Default::default()
     };
     let started = std::time::Instant::now();
-    let n = if args.output.as_os_str() == "-" {
+    if let Some(brokers) = &args.kafka {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let n =
+            rill::daemon::produce::produce(brokers, &args.topic, opts, args.rate, &stop, &sent)?;
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "produced {n} events to {} in {secs:.1}s",
+            args.topic.join(", ")
+        );
+        return Ok(());
+    }
+    let output = args
+        .output
+        .clone()
+        .expect("clap requires --output without --kafka");
+    let n = if output.as_os_str() == "-" {
         let stdout = std::io::stdout();
         let mut lock = std::io::BufWriter::new(stdout.lock());
         let n = write_jsonl(opts, &mut lock, |_| {})?;
         lock.flush()?;
         n
     } else {
-        let path = &args.output;
+        let path = &output;
         let tmp = path.with_file_name(format!(
             ".{}.tmp",
             path.file_name().and_then(|s| s.to_str()).unwrap_or("gen")

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -124,6 +125,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         redis_url: a.redis,
         http,
         drain_deadline: Duration::from_micros(dd as u64),
+        embedded: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -132,7 +134,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     rt.block_on(async move {
         let token = CancellationToken::new();
         rill::daemon::install_signals(token.clone());
-        rill::daemon::run(opts, token).await
+        rill::daemon::run(opts, Arc::new(rill::metrics::Metrics::default()), token).await
     })?;
     // Workers on blocking threads are done or abandoned past the deadline.
     rt.shutdown_timeout(Duration::from_secs(1));

@@ -11,6 +11,7 @@
 
 pub mod checkpoint;
 pub mod http;
+pub mod produce;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Pipeline;
 use crate::metrics::Metrics;
+use crate::sink::embedded::EmbeddedStore;
 pub use worker::WorkerOptions;
 
 /// Batches of online rows buffered per pipeline before the engine waits.
@@ -36,16 +38,25 @@ pub struct RunOptions {
     pub redis_url: Option<String>,
     pub http: Option<SocketAddr>,
     pub drain_deadline: Duration,
+    /// The in-process online store for pipelines without Redis (`rill demo`).
+    pub embedded: Option<Arc<EmbeddedStore>>,
 }
 
 /// Runs until `shutdown` is cancelled (or a worker fails), then drains.
-pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
+pub async fn run(
+    opts: RunOptions,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut http_task = None;
     if let Some(addr) = opts.http {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "http listening");
-        let app = http::router(metrics.clone(), Arc::new(opts.pipelines.clone()));
+        let app = http::router(
+            metrics.clone(),
+            Arc::new(opts.pipelines.clone()),
+            opts.embedded.clone(),
+        );
         let stop = shutdown.clone();
         http_task = Some(tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -57,10 +68,14 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     let mut writers = Vec::new();
     for p in &opts.pipelines {
         let pm = metrics.pipeline(&p.name);
-        let url = opts
-            .redis_url
-            .clone()
-            .or_else(|| p.redis.as_ref().map(|r| r.url.clone()));
+        // With an embedded store (the demo) only an explicit URL means Redis.
+        let url = match &opts.embedded {
+            Some(_) => opts.redis_url.clone(),
+            None => opts
+                .redis_url
+                .clone()
+                .or_else(|| p.redis.as_ref().map(|r| r.url.clone())),
+        };
         let online = url.map(|url| {
             // Full: the worker blocks in `blocking_send` and stops reading.
             let (tx, rx) = mpsc::channel(ONLINE_QUEUE);
@@ -76,6 +91,17 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
                 pm.clone(),
             )));
             tx
+        });
+        let online = online.or_else(|| {
+            opts.embedded.clone().map(|store| {
+                let (tx, rx) = mpsc::channel(ONLINE_QUEUE);
+                writers.push(tokio::spawn(crate::sink::embedded::run_writer(
+                    store,
+                    rx,
+                    pm.clone(),
+                )));
+                tx
+            })
         });
         let w = worker::Worker::new(p.clone(), opts.worker.clone(), online, pm)?;
         let token = shutdown.clone();

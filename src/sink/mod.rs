@@ -4,6 +4,7 @@
 //! input with reasons and source positions (SPEC 5).
 
 pub mod dead_letter;
+pub mod embedded;
 pub mod parquet;
 pub mod redis;
 

@@ -2,6 +2,7 @@
 //! with the parquet crate. One test binary, one module per area.
 
 mod daemon;
+mod docker;
 mod golden;
 mod replay;
 mod util;

@@ -1,0 +1,188 @@
+//! `rill demo`: the quickstart for a machine with only Rust. An in-process
+//! Kafka-protocol broker (librdkafka's mock cluster), the standard data set
+//! produced into it at a chosen rate, the daemon on the example pipelines,
+//! Parquet under ./rill-data, online features in Redis (`--redis URL`) or in
+//! an in-process store served on the HTTP port, and live progress until
+//! Ctrl-C.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use rdkafka::mocking::MockCluster;
+use rill::daemon::{RunOptions, WorkerOptions};
+use rill::gen::GenOptions;
+use rill::metrics::Metrics;
+use rill::sink::embedded::EmbeddedStore;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+pub struct Args {
+    /// Pipeline files or directories.
+    #[arg(default_value = "pipelines")]
+    pub pipelines: Vec<PathBuf>,
+    /// Events per second produced into the broker. The mock broker keeps
+    /// only a bounded tail per partition, so the data is produced as it is
+    /// consumed.
+    #[arg(long, default_value_t = 20_000)]
+    pub rate: u64,
+    /// Events to produce (the standard data set has 10,000,000).
+    #[arg(long, default_value_t = 10_000_000)]
+    pub events: u64,
+    /// Keep online features in this Redis instead of the in-process store.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Parquet output and checkpoints.
+    #[arg(long, default_value = "./rill-data")]
+    pub data_dir: PathBuf,
+    /// HTTP address (/metrics, /healthz, /readyz, /v1/online/GROUP/ENTITY).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub http: String,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let pipelines: Vec<_> = super::run::load_pipelines(&a.pipelines)?
+        .into_iter()
+        .filter(|p| p.kafka.is_some())
+        .collect();
+    anyhow::ensure!(!pipelines.is_empty(), "no pipeline with a kafka source");
+    let mut topics: Vec<String> = pipelines
+        .iter()
+        .filter_map(|p| p.kafka.as_ref().map(|k| k.topic.clone()))
+        .collect();
+    topics.sort();
+    topics.dedup();
+    let cluster = MockCluster::new(1)?;
+    for t in &topics {
+        cluster.create_topic(t, 2, 1)?;
+    }
+    let brokers = cluster.bootstrap_servers();
+    let embedded = a
+        .redis
+        .is_none()
+        .then(|| Arc::new(EmbeddedStore::default()));
+    let http = a.http.parse()?;
+    let opts = RunOptions {
+        pipelines: pipelines.clone(),
+        worker: WorkerOptions {
+            state_dir: a.data_dir.join("_state"),
+            data_dir: Some(a.data_dir.clone()),
+            brokers: Some(brokers.clone()),
+            checkpoint_interval: Duration::from_secs(5),
+            max_file_rows: 1_000_000,
+            instance: format!("demo-{}", std::process::id()),
+        },
+        redis_url: a.redis.clone(),
+        http: Some(http),
+        drain_deadline: Duration::from_secs(30),
+        embedded: embedded.clone(),
+    };
+    println!(
+        "rill demo: broker {brokers} (in-process), topics {}, {} events at {}/s",
+        topics.join(", "),
+        a.events,
+        a.rate
+    );
+    println!("  Parquet under {}", a.data_dir.display());
+    match &a.redis {
+        Some(r) => println!("  online features in {r}"),
+        None => println!(
+            "  online features: curl http://{http}/v1/online/user_spend_5m/u1 (in-process store)"
+        ),
+    }
+    println!("  metrics: curl http://{http}/metrics     Ctrl-C to stop");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let producer = {
+        let (stop, sent, topics, brokers) =
+            (stop.clone(), sent.clone(), topics.clone(), brokers.clone());
+        let gen = GenOptions {
+            events: a.events,
+            ..Default::default()
+        };
+        let rate = a.rate;
+        std::thread::spawn(move || {
+            rill::daemon::produce::produce(&brokers, &topics, gen, rate, &stop, &sent)
+        })
+    };
+    let metrics = Arc::new(Metrics::default());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let names: Vec<String> = pipelines.iter().map(|p| p.name.clone()).collect();
+    let result = rt.block_on(async {
+        let token = CancellationToken::new();
+        rill::daemon::install_signals(token.clone());
+        let progress = {
+            let (metrics, token, sent) = (metrics.clone(), token.clone(), sent.clone());
+            tokio::spawn(async move {
+                let bar = indicatif::ProgressBar::new_spinner();
+                let mut last: Option<(std::time::Instant, u64)> = None;
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = token.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    let snap = metrics.snapshot();
+                    let events: u64 = snap.iter().map(|s| s.events).sum();
+                    let rate = match last {
+                        Some((t, n)) => {
+                            (events.saturating_sub(n)) as f64 / t.elapsed().as_secs_f64()
+                        }
+                        None => 0.0,
+                    };
+                    last = Some((std::time::Instant::now(), events));
+                    let mut msg = format!(
+                        "produced {} | consumed {:.0}/s",
+                        sent.load(Ordering::Relaxed),
+                        rate
+                    );
+                    for s in &snap {
+                        let wm = if s.watermark > i64::MIN && s.watermark < i64::MAX {
+                            rill::time::format_rfc3339(s.watermark)
+                        } else {
+                            "-".into()
+                        };
+                        msg.push_str(&format!(
+                            " | {}: events {} panes {} W {} lag {}",
+                            s.name, s.events, s.panes, wm, s.lag
+                        ));
+                    }
+                    bar.set_message(msg);
+                    bar.tick();
+                }
+                bar.finish();
+            })
+        };
+        let r = rill::daemon::run(opts, metrics.clone(), token.clone()).await;
+        token.cancel();
+        let _ = progress.await;
+        r
+    });
+    stop.store(true, Ordering::Relaxed);
+    let produced = producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    drop(cluster);
+    let snap = metrics.snapshot();
+    println!(
+        "stopped: produced {produced} events; {}",
+        snap.iter()
+            .map(|s| format!(
+                "{} consumed {} events, emitted {} panes",
+                s.name, s.events, s.panes
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    if let Some(e) = &embedded {
+        println!("in-process online store held {} entities x groups", e.len());
+    }
+    let _ = names;
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
