@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let result = match args.command {
         cli::Command::Validate(a) => cli::validate::run(a).map(|bad| if bad == 0 { 0 } else { 1 }),
         cli::Command::Replay(a) => cli::replay::run(a).map(|_| 0),
+        cli::Command::Bench(a) => cli::bench::run(a).map(|_| 0),
         cli::Command::Demo(a) => cli::demo::run(a).map(|_| 0),
         cli::Command::Run(a) => cli::run::run(a).map(|_| 0),
         cli::Command::Gen(a) => cli::gen::run(a).map(|_| 0),

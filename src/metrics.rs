@@ -79,6 +79,8 @@ impl EncodeMetric for Latency {
 /// The metrics of one pipeline.
 #[derive(Debug, Default)]
 pub struct PipelineMetrics {
+    /// Records read from the source (accepted or dead-lettered).
+    pub records: Counter,
     pub events: Counter,
     pub dead_letters: Family<Labels, Counter>,
     pub late_kept: Counter,
@@ -124,6 +126,7 @@ impl Default for Metrics {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub name: String,
+    pub records: u64,
     pub events: u64,
     pub panes: u64,
     pub watermark: i64,
@@ -138,6 +141,7 @@ impl Metrics {
         let m = Arc::new(PipelineMetrics::default());
         let mut reg = self.registry.lock().expect("registry lock");
         let r = reg.sub_registry_with_label(("pipeline".into(), name.to_string().into()));
+        r.register("records", "Records read from the source", m.records.clone());
         r.register("events", "Events accepted by the engine", m.events.clone());
         r.register(
             "dead_letters",
@@ -221,6 +225,7 @@ impl Metrics {
             .iter()
             .map(|(name, m)| Snapshot {
                 name: name.clone(),
+                records: m.records.get(),
                 events: m.events.get(),
                 panes: m.panes.get(),
                 watermark: m.watermark_us.load(Ordering::Relaxed),

@@ -59,6 +59,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         cluster.create_topic(t, 2, 1)?;
     }
     let brokers = cluster.bootstrap_servers();
+    let metrics = Arc::new(Metrics::default());
     let embedded = a
         .redis
         .is_none()
@@ -103,11 +104,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             ..Default::default()
         };
         let rate = a.rate;
+        let m = metrics.clone();
         std::thread::spawn(move || {
-            rill::daemon::produce::produce(&brokers, &topics, gen, rate, &stop, &sent)
+            // Produce as the slowest pipeline consumes: at most 30,000
+            // records ahead, within what the mock broker keeps.
+            let throttle = |n: u64| loop {
+                let snap = m.snapshot();
+                let slowest = snap.iter().map(|s| s.records).min().unwrap_or(n);
+                if snap.is_empty() || n.saturating_sub(slowest) < 30_000 || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            rill::daemon::produce::produce(&brokers, &topics, gen, rate, &stop, &sent, &throttle)
         })
     };
-    let metrics = Arc::new(Metrics::default());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

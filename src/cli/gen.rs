@@ -51,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let stop = std::sync::atomic::AtomicBool::new(false);
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let n =
-            rill::daemon::produce::produce(brokers, &args.topic, opts, args.rate, &stop, &sent)?;
+            rill::daemon::produce::produce(brokers, &args.topic, opts, args.rate, &stop, &sent, &|_| {})?;
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
             "produced {n} events to {} in {secs:.1}s",

@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand. Errors are `anyhow` here and
 //! are printed with their whole chain by `main`.
 
+pub mod bench;
 pub mod demo;
 pub mod gen;
 pub mod replay;
@@ -23,6 +24,8 @@ pub enum Command {
     Validate(validate::Args),
     /// Run a pipeline over history (JSONL, .gz, .zst or Parquet) into the offline store.
     Replay(replay::Args),
+    /// Benchmarks of whole paths (the daemon from a file into Redis and Parquet).
+    Bench(bench::Args),
     /// Try rill with nothing installed: in-process broker, data, daemon, live progress.
     Demo(demo::Args),
     /// The daemon: consume Kafka, keep features fresh in Redis and Parquet.

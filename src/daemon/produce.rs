@@ -14,7 +14,9 @@ use crate::gen::{write_json, GenOptions, Generator};
 
 /// Produces `opts.events` events to every topic of `topics`, at most `rate`
 /// events per second (0: as fast as the broker takes them), until done or
-/// `stop` is set. Counts produced events in `sent`.
+/// `stop` is set. Counts produced events in `sent`. `throttle(n)` is called
+/// every 1,000 events and may wait (the demo waits for its consumers, since
+/// the in-process broker keeps only a bounded tail of each partition).
 pub fn produce(
     brokers: &str,
     topics: &[String],
@@ -22,6 +24,7 @@ pub fn produce(
     rate: u64,
     stop: &AtomicBool,
     sent: &Arc<AtomicU64>,
+    throttle: &dyn Fn(u64),
 ) -> anyhow::Result<u64> {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -56,6 +59,7 @@ pub fn produce(
         sent.store(n, Ordering::Relaxed);
         if n % 1000 == 0 {
             producer.poll(Duration::ZERO);
+            throttle(n);
             if rate > 0 {
                 let due = Duration::from_secs_f64(n as f64 / rate as f64);
                 let el = started.elapsed();

@@ -213,6 +213,8 @@ pub struct Worker {
     dead: DeadLetters,
     metrics: Arc<PipelineMetrics>,
     clock: SystemClock,
+    /// Fed from a file (benchmarks): no group, no commits.
+    file_mode: bool,
 }
 
 impl Worker {
@@ -266,7 +268,6 @@ impl Worker {
             cfg.set(k, v);
         }
         let consumer: BaseConsumer<Ctx> = cfg.create_with_context(ctx)?;
-        consumer.subscribe(&[&kafka.topic])?;
         let plan = DecodePlan::new(&p);
         let engine = Engine::new(&p, &plan, ProcessingTime::External);
         let dec = Decoder::new(plan);
@@ -309,11 +310,61 @@ impl Worker {
             dead,
             metrics,
             clock: SystemClock,
+            file_mode: false,
         })
+    }
+
+    /// Feeds the records of a JSON-lines file through the same path as
+    /// Kafka records (as partition 0, offsets = line numbers): decode,
+    /// engine, Parquet, Redis, checkpoints. At the end of the file every
+    /// window fires and a final checkpoint is written. Returns the number
+    /// of records read (benchmarks of the daemon's own path).
+    pub fn run_file(mut self, path: &std::path::Path) -> anyhow::Result<u64> {
+        self.file_mode = true;
+        let c = self.store.load(0)?;
+        self.load_partition(0, c)?;
+        let opened = crate::source::file::open(path, 4096, &[])?;
+        let crate::source::file::Input::Lines(mut lines) = opened.input else {
+            anyhow::bail!("the daemon benchmark reads JSON lines");
+        };
+        let mut last_tick = Instant::now();
+        let mut last_ckpt = Instant::now();
+        let mut n: i64 = 0;
+        let mut buf = Vec::new();
+        loop {
+            {
+                let Some(line) = lines.next_line()? else {
+                    break;
+                };
+                buf.clear();
+                buf.extend_from_slice(line.bytes);
+            }
+            self.on_record(0, n, None, Some(&buf))?;
+            n += 1;
+            if n % 1024 == 0 {
+                if last_tick.elapsed() >= Duration::from_millis(50) {
+                    last_tick = Instant::now();
+                    let now = self.clock.now();
+                    self.engine.set_wall_clock(now);
+                    self.engine.set_processing_time(now, &mut self.out);
+                }
+                if last_ckpt.elapsed() >= self.opts.checkpoint_interval {
+                    self.checkpoint()?;
+                    last_ckpt = Instant::now();
+                }
+            }
+            self.route()?;
+        }
+        self.engine.finish(&mut self.out);
+        self.route()?;
+        self.checkpoint()?;
+        self.finish_dead_letters()?;
+        Ok(n as u64)
     }
 
     /// Runs until `shutdown` fires, then checkpoints and returns.
     pub fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.consumer.subscribe(&[&self.topic])?;
         let mut last_tick = Instant::now();
         let mut last_ckpt = Instant::now();
         let mut last_lag = Instant::now();
@@ -499,6 +550,7 @@ impl Worker {
             return Ok(()); // already in the restored state
         }
         part.next_offset = Some(offset + 1);
+        self.metrics.records.inc();
         if part.at_eof {
             part.at_eof = false;
             self.engine.set_end_of_log(p as usize, false, &mut self.out);
@@ -667,7 +719,7 @@ impl Worker {
                 commit.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
             }
         }
-        if commit.count() > 0 {
+        if commit.count() > 0 && !self.file_mode {
             if let Err(e) = self.consumer.commit(&commit, CommitMode::Async) {
                 tracing::warn!(pipeline = %self.p.name, error = %e, "offset commit failed (the checkpoint holds the offsets)");
             }
