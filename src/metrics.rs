@@ -246,8 +246,10 @@ impl Metrics {
 }
 
 impl crate::sink::redis::OnlineObserver for PipelineMetrics {
-    fn written(&self, rows: usize, write_latency: Duration, emit_to_online: Duration) {
+    fn written_latency(&self, write_latency: Duration) {
         self.redis_write.record(write_latency, 1);
+    }
+    fn written(&self, rows: usize, emit_to_online: Duration) {
         self.event_to_online.record(emit_to_online, rows as u64);
         self.online_rows.inc_by(rows as u64);
         self.last_online_write.store(

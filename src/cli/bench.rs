@@ -40,6 +40,9 @@ pub struct DaemonArgs {
     /// Time between checkpoints.
     #[arg(long, default_value = "10s")]
     pub checkpoint_interval: String,
+    /// Records per second to feed (0: as fast as the path takes them).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -54,7 +57,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
     let p = rill::config::Pipeline::from_file(&a.pipeline).map_err(|e| anyhow::anyhow!("{e}"))?;
     let _ = std::fs::remove_dir_all(&a.data_dir);
-    let ci = rill::time::parse_duration(&a.checkpoint_interval).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ci =
+        rill::time::parse_duration(&a.checkpoint_interval).map_err(|e| anyhow::anyhow!("{e}"))?;
     let metrics = Arc::new(Metrics::default());
     let pm = metrics.pipeline(&p.name);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -62,8 +66,13 @@ fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (tx, rx) = tokio::sync::mpsc::channel(rill::daemon::ONLINE_QUEUE);
-    let ttl_ms = p.redis.as_ref().and_then(|r| r.ttl).map_or(0, |t| (t / 1000) as u64);
-    let writer = rt.spawn(rill::sink::redis::run_writer(a.redis.clone(), ttl_ms, rx, pm.clone()));
+    let layout = rill::daemon::online_layout(&p);
+    let writer = rt.spawn(rill::sink::redis::run_writer(
+        a.redis.clone(),
+        layout,
+        rx,
+        pm.clone(),
+    ));
     let mut p = p;
     if p.kafka.is_none() {
         p.kafka = Some(rill::config::KafkaSource {
@@ -84,7 +93,7 @@ fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
     };
     let w = Worker::new(p, opts, Some(tx), pm.clone())?;
     let t = Instant::now();
-    let n = w.run_file(&a.input)?;
+    let n = w.run_file(&a.input, a.rate)?;
     rt.block_on(writer)?;
     let secs = t.elapsed().as_secs_f64();
     let (p50, p99, p999, max, count) = pm.event_to_online.quantiles();

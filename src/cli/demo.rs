@@ -111,7 +111,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let throttle = |n: u64| loop {
                 let snap = m.snapshot();
                 let slowest = snap.iter().map(|s| s.records).min().unwrap_or(n);
-                if snap.is_empty() || n.saturating_sub(slowest) < 30_000 || stop.load(Ordering::Relaxed) {
+                if snap.is_empty()
+                    || n.saturating_sub(slowest) < 30_000
+                    || stop.load(Ordering::Relaxed)
+                {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));

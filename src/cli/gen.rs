@@ -50,8 +50,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(brokers) = &args.kafka {
         let stop = std::sync::atomic::AtomicBool::new(false);
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let n =
-            rill::daemon::produce::produce(brokers, &args.topic, opts, args.rate, &stop, &sent, &|_| {})?;
+        let n = rill::daemon::produce::produce(
+            brokers,
+            &args.topic,
+            opts,
+            args.rate,
+            &stop,
+            &sent,
+            &|_| {},
+        )?;
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
             "produced {n} events to {} in {secs:.1}s",

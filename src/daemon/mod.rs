@@ -76,17 +76,13 @@ pub async fn run(
                 .clone()
                 .or_else(|| p.redis.as_ref().map(|r| r.url.clone())),
         };
+        let layout = online_layout(p);
         let online = url.map(|url| {
             // Full: the worker blocks in `blocking_send` and stops reading.
             let (tx, rx) = mpsc::channel(ONLINE_QUEUE);
-            let ttl_ms = p
-                .redis
-                .as_ref()
-                .and_then(|r| r.ttl)
-                .map_or(0, |t| (t / 1000) as u64);
             writers.push(tokio::spawn(crate::sink::redis::run_writer(
                 url,
-                ttl_ms,
+                layout.clone(),
                 rx,
                 pm.clone(),
             )));
@@ -97,6 +93,7 @@ pub async fn run(
                 let (tx, rx) = mpsc::channel(ONLINE_QUEUE);
                 writers.push(tokio::spawn(crate::sink::embedded::run_writer(
                     store,
+                    layout.clone(),
                     rx,
                     pm.clone(),
                 )));
@@ -151,6 +148,23 @@ pub async fn run(
         let _ = t.await;
     }
     Ok(())
+}
+
+/// How a pipeline's panes are written online.
+pub fn online_layout(p: &Pipeline) -> crate::sink::redis::OnlineLayout {
+    crate::sink::redis::OnlineLayout {
+        prefix: p
+            .redis
+            .as_ref()
+            .map_or("rill".into(), |r| r.key_prefix.clone()),
+        group: p.name.clone(),
+        names: p.features.iter().map(|f| f.name.clone()).collect(),
+        ttl_ms: p
+            .redis
+            .as_ref()
+            .and_then(|r| r.ttl)
+            .map_or(0, |t| (t / 1000) as u64),
+    }
 }
 
 /// Cancels `token` on the first SIGTERM/SIGINT; exits on the second.

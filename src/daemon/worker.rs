@@ -36,7 +36,7 @@ use crate::event::{DecodePlan, Decoder, Reason, Refusal};
 use crate::metrics::PipelineMetrics;
 use crate::sink::dead_letter::{dead_letter_json, DeadLetterWriter, Position};
 use crate::sink::parquet::ParquetSink;
-use crate::sink::redis::{OnlineMsg, OnlineRow};
+use crate::sink::redis::{OnlineBatch, OnlineMsg};
 use crate::time::{Clock, Micros, SystemClock};
 
 /// Largest record value accepted; bigger ones are dead letters (`oversized`).
@@ -207,7 +207,7 @@ pub struct Worker {
     out: PaneBuf,
     parts: BTreeMap<i32, Part>,
     online: Option<mpsc::Sender<OnlineMsg>>,
-    redis_prefix: String,
+    online_buf: OnlineBatch,
     feature_names: Vec<String>,
     parquet_root: Option<PathBuf>,
     dead: DeadLetters,
@@ -291,10 +291,11 @@ impl Worker {
             }
         };
         Ok(Worker {
-            redis_prefix: p
-                .redis
-                .as_ref()
-                .map_or("rill".into(), |r| r.key_prefix.clone()),
+            online_buf: OnlineBatch {
+                panes: PaneBuf::new(p.features.len()),
+                generations: Vec::new(),
+                emitted: Instant::now(),
+            },
             feature_names: p.features.iter().map(|f| f.name.clone()).collect(),
             topic: kafka.topic,
             p,
@@ -318,8 +319,9 @@ impl Worker {
     /// Kafka records (as partition 0, offsets = line numbers): decode,
     /// engine, Parquet, Redis, checkpoints. At the end of the file every
     /// window fires and a final checkpoint is written. Returns the number
-    /// of records read (benchmarks of the daemon's own path).
-    pub fn run_file(mut self, path: &std::path::Path) -> anyhow::Result<u64> {
+    /// of records read (benchmarks of the daemon's own path). `rate` caps
+    /// the records per second (0: as fast as the path goes).
+    pub fn run_file(mut self, path: &std::path::Path, rate: u64) -> anyhow::Result<u64> {
         self.file_mode = true;
         let c = self.store.load(0)?;
         self.load_partition(0, c)?;
@@ -327,6 +329,7 @@ impl Worker {
         let crate::source::file::Input::Lines(mut lines) = opened.input else {
             anyhow::bail!("the daemon benchmark reads JSON lines");
         };
+        let started = Instant::now();
         let mut last_tick = Instant::now();
         let mut last_ckpt = Instant::now();
         let mut n: i64 = 0;
@@ -342,6 +345,13 @@ impl Worker {
             self.on_record(0, n, None, Some(&buf))?;
             n += 1;
             if n % 1024 == 0 {
+                if rate > 0 {
+                    let due = Duration::from_secs_f64(n as f64 / rate as f64);
+                    let el = started.elapsed();
+                    if due > el {
+                        std::thread::sleep(due - el);
+                    }
+                }
                 if last_tick.elapsed() >= Duration::from_millis(50) {
                     last_tick = Instant::now();
                     let now = self.clock.now();
@@ -386,7 +396,7 @@ impl Worker {
             // Rebalance callbacks ran inside poll: apply them before the record.
             self.handle_rebalances()?;
             match polled {
-                Polled::Nothing => {}
+                Polled::Nothing => self.send_online(true)?,
                 Polled::Record {
                     p,
                     offset,
@@ -629,7 +639,7 @@ impl Worker {
     /// Sends emitted panes to the sinks.
     fn route(&mut self) -> anyhow::Result<()> {
         if self.out.is_empty() {
-            return Ok(());
+            return self.send_online(false);
         }
         let emitted = Instant::now();
         let n = self.out.len() as u64;
@@ -640,7 +650,7 @@ impl Worker {
             .inner()
             .store(st.late_kept, std::sync::atomic::Ordering::Relaxed);
         let started = Instant::now();
-        let mut rows = Vec::new();
+        let online = self.online.is_some();
         for (m, values) in self.out.iter() {
             let p = m.partition as i32;
             let Some(part) = self.parts.get_mut(&p) else {
@@ -649,15 +659,12 @@ impl Worker {
             if let Some(s) = &mut part.sink {
                 s.write_row(m, values)?;
             }
-            if self.online.is_some() && !m.retraction {
-                rows.push(OnlineRow::of(
-                    &self.redis_prefix,
-                    &self.p.name,
-                    &self.feature_names,
-                    m,
-                    values,
-                    part.generation,
-                ));
+            if online && !m.retraction {
+                if self.online_buf.panes.is_empty() {
+                    self.online_buf.emitted = emitted;
+                }
+                self.online_buf.panes.push(m.clone(), values);
+                self.online_buf.generations.push(part.generation);
             }
         }
         self.out.clear();
@@ -666,20 +673,40 @@ impl Worker {
         self.metrics
             .last_offline_write
             .store(self.clock.now(), std::sync::atomic::Ordering::Relaxed);
-        if let Some(tx) = &self.online {
-            for chunk in rows.chunks(2048) {
-                // A full channel blocks here: consumption pauses until Redis
-                // catches up (backpressure).
-                tx.blocking_send(OnlineMsg::Rows(chunk.to_vec(), emitted))
-                    .map_err(|_| anyhow::anyhow!("the redis writer stopped"))?;
-            }
+        self.send_online(false)
+    }
+
+    /// Hands the buffered online panes to the writer when there are enough
+    /// of them, when the oldest waited 2 ms, or when `force`d.
+    fn send_online(&mut self, force: bool) -> anyhow::Result<()> {
+        let Some(tx) = &self.online else {
+            return Ok(());
+        };
+        let b = &self.online_buf;
+        if b.panes.is_empty()
+            || !(force || b.panes.len() >= 2048 || b.emitted.elapsed() >= Duration::from_millis(2))
+        {
+            return Ok(());
         }
+        let batch = std::mem::replace(
+            &mut self.online_buf,
+            OnlineBatch {
+                panes: PaneBuf::new(self.feature_names.len()),
+                generations: Vec::new(),
+                emitted: Instant::now(),
+            },
+        );
+        // A full channel blocks here: consumption pauses until Redis
+        // catches up (backpressure).
+        tx.blocking_send(OnlineMsg::Panes(batch))
+            .map_err(|_| anyhow::anyhow!("the redis writer stopped"))?;
         Ok(())
     }
 
     /// Flush sinks, write checkpoints, publish files, commit offsets.
     pub fn checkpoint(&mut self) -> anyhow::Result<()> {
         self.route()?;
+        self.send_online(true)?;
         if let Some(tx) = &self.online {
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
             tx.blocking_send(OnlineMsg::Flush(done_tx))

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::redis::{OnlineMsg, OnlineObserver, OnlineRow};
+use super::redis::{OnlineLayout, OnlineMsg, OnlineObserver, OnlineRow};
 
 /// Hashes by Redis key (`rill:{<entity>}:<group>`).
 #[derive(Debug, Default)]
@@ -55,18 +55,20 @@ impl EmbeddedStore {
 /// Runs the writer of the embedded store until the channel closes.
 pub async fn run_writer(
     store: Arc<EmbeddedStore>,
+    layout: OnlineLayout,
     mut rx: mpsc::Receiver<OnlineMsg>,
     obs: Arc<dyn OnlineObserver>,
 ) {
     while let Some(m) = rx.recv().await {
         match m {
-            OnlineMsg::Rows(rows, at) => {
+            OnlineMsg::Panes(b) => {
                 let t = Instant::now();
-                for r in &rows {
+                for r in &layout.rows(&b) {
                     store.apply(r);
                 }
                 let done = Instant::now();
-                obs.written(rows.len(), done - t, done - at);
+                obs.written_latency(done - t);
+                obs.written(b.panes.len(), done - b.emitted);
             }
             OnlineMsg::Flush(tx) => {
                 let _ = tx.send(());

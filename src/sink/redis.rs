@@ -10,70 +10,78 @@
 //! (epoch microseconds), `_pane` (pane index) and `_gen` (the partition's
 //! restore generation). The key expires after the group's TTL.
 //!
-//! Writes go through one Lua script, loaded once per connection, that
-//! compares `(_window_end, _gen, _pane)` with what is stored and replaces
-//! the whole hash only when the new pane is newer. Window end first: a late
-//! pane or a replay never replaces a newer window. The generation rises
-//! each time a partition is restored from a checkpoint, so the panes
-//! recomputed after a crash replace those the crashed run wrote past its
-//! last checkpoint, whatever their pane numbers.
+//! Writes go through one Lua script, loaded once per connection, called
+//! with up to [`ROWS_PER_CALL`] hashes at a time. For each it compares
+//! `(_window_end, _gen, _pane)` with what is stored and, only when the new
+//! pane is not older, sets its fields in place and deletes the fields of
+//! features that are null now. Window end first: a late pane or a replay
+//! never replaces a newer window. The generation rises each time a
+//! partition is restored from a checkpoint, so the panes recomputed after a
+//! crash replace those the crashed run wrote past its last checkpoint,
+//! whatever their pane numbers.
 //!
-//! The writer is a task fed by a bounded channel of batches. It pipelines
-//! up to [`MAX_PIPELINE`] script calls per round trip, and when Redis fails
-//! it reconnects and retries the same batch with exponential backoff
-//! (writes are idempotent under the compare-and-set). While it retries the
-//! channel fills up and the engine thread blocks on it: consumption pauses
-//! and memory stays bounded.
+//! The writer is a task fed by a bounded channel of pane batches (the
+//! engine thread does no formatting). It gathers what is queued (up to
+//! [`MAX_COALESCE`] rows), keeps only the newest pane of each key, and
+//! pipelines the script calls in one round trip. When Redis fails it
+//! reconnects and retries with exponential backoff (writes are idempotent
+//! under the compare-and-set). While it retries the channel fills up and
+//! the engine thread blocks on it: consumption pauses and memory stays
+//! bounded.
 
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::aggregate::Value;
-use crate::engine::PaneMeta;
+use crate::engine::{PaneBuf, PaneMeta};
 use crate::event::{EncodedKey, KeyPart};
 
 /// Script calls per pipelined round trip.
 pub const MAX_PIPELINE: usize = 512;
 
-/// The compare-and-set: KEYS[1] the hash; ARGV = window_end, gen, pane,
-/// ttl in ms (0: none), then field/value pairs. Returns 1 when written.
+/// Rows per script call.
+pub const ROWS_PER_CALL: usize = 128;
+
+/// The compare-and-set over several hashes: KEYS are the hashes; ARGV holds,
+/// per key, window_end, gen, pane, ttl in ms (0: none), the number of
+/// field/value arguments to set, the number of fields to delete (features
+/// that are null now), then those arguments. Fields are updated in place
+/// (no delete and re-create of the hash). Returns how many hashes were
+/// written. (On Redis Cluster the keys of one call must share
+/// a slot; this writer talks to one node.)
 pub const CAS_SCRIPT: &str = r#"
-local cur = redis.call('HMGET', KEYS[1], '_window_end', '_gen', '_pane')
-local we, gen, pane = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if cur[1] then
-  local cwe, cgen, cpane = tonumber(cur[1]), tonumber(cur[2]) or 0, tonumber(cur[3]) or 0
-  if cwe > we then return 0 end
-  if cwe == we then
-    if cgen > gen then return 0 end
-    if cgen == gen and cpane > pane then return 0 end
+local i = 1
+local written = 0
+for k = 1, #KEYS do
+  local we, gen, pane = tonumber(ARGV[i]), tonumber(ARGV[i+1]), tonumber(ARGV[i+2])
+  local ttl, nset, ndel = tonumber(ARGV[i+3]), tonumber(ARGV[i+4]), tonumber(ARGV[i+5])
+  local first = i + 6
+  local ok = true
+  local cur = redis.call('HMGET', KEYS[k], '_window_end', '_gen', '_pane')
+  if cur[1] then
+    local cwe, cgen, cpane = tonumber(cur[1]), tonumber(cur[2]) or 0, tonumber(cur[3]) or 0
+    if cwe > we then ok = false
+    elseif cwe == we then
+      if cgen > gen then ok = false
+      elseif cgen == gen and cpane > pane then ok = false end
+    end
   end
+  if ok then
+    redis.call('HSET', KEYS[k], '_window_end', ARGV[i], '_gen', ARGV[i+1], '_pane', ARGV[i+2], unpack(ARGV, first, first + nset - 1))
+    if ndel > 0 then redis.call('HDEL', KEYS[k], unpack(ARGV, first + nset, first + nset + ndel - 1)) end
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[k], ttl) end
+    written = written + 1
+  end
+  i = first + nset + ndel
 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], '_window_end', ARGV[1], '_gen', ARGV[2], '_pane', ARGV[3], unpack(ARGV, 5))
-local ttl = tonumber(ARGV[4])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
-return 1
+return written
 "#;
 
 /// The Redis key of an entity's hash in a group.
 pub fn online_key(prefix: &str, group: &str, key: &EncodedKey) -> String {
     let mut s = String::with_capacity(prefix.len() + group.len() + 24);
-    s.push_str(prefix);
-    s.push_str(":{");
-    let mut i = 0;
-    while let Some(part) = key.part(i) {
-        if i > 0 {
-            s.push('|');
-        }
-        match part {
-            KeyPart::Int(v) => s.push_str(&v.to_string()),
-            KeyPart::Str(t) => escape_into(t, &mut s),
-        }
-        i += 1;
-    }
-    s.push_str("}:");
-    s.push_str(group);
+    push_key(prefix, group, key, &mut s);
     s
 }
 
@@ -156,50 +164,88 @@ impl OnlineRow {
     }
 }
 
+/// Panes for the online store, as the engine emitted them (no per-row
+/// formatting on the engine thread).
+#[derive(Debug)]
+pub struct OnlineBatch {
+    /// Panes (no retractions: the pane that follows replaces the value).
+    pub panes: PaneBuf,
+    /// Restore generation of each pane's partition.
+    pub generations: Vec<u64>,
+    /// When the panes were emitted (latency).
+    pub emitted: Instant,
+}
+
+/// How a group's rows are written.
+#[derive(Debug, Clone)]
+pub struct OnlineLayout {
+    pub prefix: String,
+    pub group: String,
+    pub names: Vec<String>,
+    /// Key TTL in ms (0: none).
+    pub ttl_ms: u64,
+}
+
+impl OnlineLayout {
+    /// The rows of a batch (the embedded store, tests).
+    pub fn rows(&self, b: &OnlineBatch) -> Vec<OnlineRow> {
+        b.panes
+            .iter()
+            .zip(&b.generations)
+            .map(|((m, v), g)| OnlineRow::of(&self.prefix, &self.group, &self.names, m, v, *g))
+            .collect()
+    }
+}
+
 /// What the writer receives.
 #[derive(Debug)]
 pub enum OnlineMsg {
-    /// Rows and the moment their panes were emitted (latency).
-    Rows(Vec<OnlineRow>, Instant),
+    Panes(OnlineBatch),
     /// Answered once every earlier row is acknowledged by Redis.
     Flush(oneshot::Sender<()>),
 }
 
 /// Counters and latencies the writer reports.
 pub trait OnlineObserver: Send + Sync + 'static {
-    fn written(&self, rows: usize, write_latency: Duration, emit_to_online: Duration);
+    /// `rows` panes emitted `emit_to_online` ago are now in the store.
+    fn written(&self, rows: usize, emit_to_online: Duration);
+    /// One pipelined write took this long.
+    fn written_latency(&self, write_latency: Duration);
     fn failed(&self, error: &str);
 }
 
-/// Runs the writer until the channel closes. `ttl` in ms (0: none).
+/// Rows gathered from the queue before one coalesced write: when Redis
+/// falls behind, the rows of a key that a later row supersedes are not
+/// written at all.
+pub const MAX_COALESCE: usize = 65_536;
+
+/// Runs the writer until the channel closes.
 pub async fn run_writer(
     url: String,
-    ttl_ms: u64,
+    layout: OnlineLayout,
     mut rx: mpsc::Receiver<OnlineMsg>,
     obs: std::sync::Arc<dyn OnlineObserver>,
 ) {
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     let script = redis::Script::new(CAS_SCRIPT);
-    let mut batch: Vec<(OnlineRow, Instant)> = Vec::new();
+    let mut pending: Vec<OnlineBatch> = Vec::new();
+    let mut rows = 0usize;
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
     let mut closed = false;
-    while !closed || !batch.is_empty() {
-        if batch.is_empty() && flushes.is_empty() {
+    loop {
+        if pending.is_empty() && flushes.is_empty() {
+            if closed {
+                break;
+            }
             match rx.recv().await {
-                Some(m) => take(m, &mut batch, &mut flushes),
+                Some(m) => take(m, &mut pending, &mut rows, &mut flushes),
                 None => break,
             }
         }
-        // Gather what is already queued, up to a pipeline's worth.
-        while batch.len() < MAX_PIPELINE {
+        // Gather what is already queued.
+        while rows < MAX_COALESCE && flushes.is_empty() {
             match rx.try_recv() {
-                Ok(m) => {
-                    let flush = matches!(m, OnlineMsg::Flush(_));
-                    take(m, &mut batch, &mut flushes);
-                    if flush {
-                        break;
-                    }
-                }
+                Ok(m) => take(m, &mut pending, &mut rows, &mut flushes),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     closed = true;
@@ -207,26 +253,45 @@ pub async fn run_writer(
                 }
             }
         }
-        let mut backoff = Duration::from_millis(50);
-        while !batch.is_empty() {
-            let n = batch.len().min(MAX_PIPELINE);
-            let started = Instant::now();
-            match write(&url, &mut conn, &script, &batch[..n], ttl_ms).await {
-                Ok(()) => {
-                    let done = Instant::now();
-                    let oldest = batch[..n].iter().map(|(_, t)| *t).min().unwrap_or(done);
-                    obs.written(n, done - started, done - oldest);
-                    batch.drain(..n);
-                    backoff = Duration::from_millis(50);
-                }
-                Err(e) => {
-                    obs.failed(&e.to_string());
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis write failed, retrying");
-                    conn = None;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+        if !pending.is_empty() {
+            let chosen = newest_per_key(&pending);
+            let oldest = pending.iter().map(|b| b.emitted).min().expect("pending");
+            let mut backoff = Duration::from_millis(50);
+            let mut at = 0;
+            while at < chosen.len() {
+                let end = (at + ROWS_PER_CALL * MAX_PIPELINE).min(chosen.len());
+                let started = Instant::now();
+                match write(
+                    &url,
+                    &mut conn,
+                    &script,
+                    &layout,
+                    &pending,
+                    &chosen[at..end],
+                )
+                .await
+                {
+                    Ok(()) => {
+                        obs.written_latency(Instant::now() - started);
+                        at = end;
+                        backoff = Duration::from_millis(50);
+                    }
+                    Err(e) => {
+                        obs.failed(&e.to_string());
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis write failed, retrying");
+                        conn = None;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
                 }
             }
+            let done = Instant::now();
+            for b in &pending {
+                obs.written(b.panes.len(), done - b.emitted);
+            }
+            let _ = oldest;
+            pending.clear();
+            rows = 0;
         }
         for f in flushes.drain(..) {
             let _ = f.send(());
@@ -236,21 +301,87 @@ pub async fn run_writer(
 
 fn take(
     m: OnlineMsg,
-    batch: &mut Vec<(OnlineRow, Instant)>,
+    pending: &mut Vec<OnlineBatch>,
+    rows: &mut usize,
     flushes: &mut Vec<oneshot::Sender<()>>,
 ) {
     match m {
-        OnlineMsg::Rows(rows, at) => batch.extend(rows.into_iter().map(|r| (r, at))),
+        OnlineMsg::Panes(b) => {
+            *rows += b.panes.len();
+            pending.push(b);
+        }
         OnlineMsg::Flush(tx) => flushes.push(tx),
     }
+}
+
+/// (batch, row) of the newest pane of each key, in emission order.
+fn newest_per_key(pending: &[OnlineBatch]) -> Vec<(u32, u32)> {
+    use std::hash::BuildHasher;
+    let hasher = rustc_hash::FxBuildHasher;
+    let mut table: hashbrown::HashTable<(u32, u32)> = hashbrown::HashTable::new();
+    let meta = |(b, r): (u32, u32)| pending[b as usize].panes.get(r as usize).0;
+    let rank = |(b, r): (u32, u32)| {
+        let m = meta((b, r));
+        (
+            m.window_end,
+            pending[b as usize].generations[r as usize],
+            m.pane_index,
+        )
+    };
+    for (bi, b) in pending.iter().enumerate() {
+        for ri in 0..b.panes.len() {
+            let id = (bi as u32, ri as u32);
+            let key = meta(id).key.bytes();
+            let h = hasher.hash_one(key);
+            match table.find_mut(h, |&other| meta(other).key.bytes() == key) {
+                Some(slot) => {
+                    if rank(id) >= rank(*slot) {
+                        *slot = id;
+                    }
+                }
+                None => {
+                    table.insert_unique(h, id, |&x| hasher.hash_one(meta(x).key.bytes()));
+                }
+            }
+        }
+    }
+    let mut out: Vec<(u32, u32)> = table.into_iter().collect();
+    out.sort_unstable();
+    out
+}
+
+/// Appends a value's Redis text to `buf`; false for null.
+fn write_value(v: &Value, buf: &mut String) -> bool {
+    use std::fmt::Write as _;
+    match v {
+        Value::Null => return false,
+        Value::Int(i) => {
+            let _ = write!(buf, "{i}");
+        }
+        Value::Float(f) if f.is_finite() => {
+            if *f == f.trunc() && f.abs() < 1e16 {
+                let _ = write!(buf, "{}", *f as i64);
+            } else {
+                let _ = write!(buf, "{f}");
+            }
+        }
+        Value::Float(f) if f.is_nan() => buf.push_str("nan"),
+        Value::Float(f) => buf.push_str(if *f > 0.0 { "inf" } else { "-inf" }),
+        Value::Bool(b) => {
+            let _ = write!(buf, "{b}");
+        }
+        Value::Str(s) => buf.push_str(s),
+    }
+    true
 }
 
 async fn write(
     url: &str,
     conn: &mut Option<redis::aio::MultiplexedConnection>,
     script: &redis::Script,
-    rows: &[(OnlineRow, Instant)],
-    ttl_ms: u64,
+    layout: &OnlineLayout,
+    pending: &[OnlineBatch],
+    rows: &[(u32, u32)],
 ) -> redis::RedisResult<()> {
     if conn.is_none() {
         let client = redis::Client::open(url)?;
@@ -270,27 +401,69 @@ async fn write(
     }
     let c = conn.as_mut().expect("connected above");
     let mut pipe = redis::pipe();
-    for (r, _) in rows {
-        let cmd = pipe
-            .cmd("EVALSHA")
-            .arg(script.get_hash())
-            .arg(1)
-            .arg(&r.key)
-            .arg(r.window_end)
-            .arg(r.generation)
-            .arg(r.pane)
-            .arg(ttl_ms)
-            .arg("_window_start")
-            .arg(r.window_start)
-            .arg("_emitted_at")
-            .arg(r.emitted_at);
-        for (k, v) in &r.fields {
-            cmd.arg(k).arg(v);
+    let mut buf = String::with_capacity(64);
+    let mut nulls: Vec<usize> = Vec::new();
+    for chunk in rows.chunks(ROWS_PER_CALL) {
+        let cmd = pipe.cmd("EVALSHA").arg(script.get_hash()).arg(chunk.len());
+        for &(b, r) in chunk {
+            let (m, _) = pending[b as usize].panes.get(r as usize);
+            buf.clear();
+            push_key(&layout.prefix, &layout.group, &m.key, &mut buf);
+            cmd.arg(buf.as_bytes());
+        }
+        for &(b, r) in chunk {
+            let batch = &pending[b as usize];
+            let (m, values) = batch.panes.get(r as usize);
+            nulls.clear();
+            let set = values.iter().filter(|v| !matches!(v, Value::Null)).count();
+            cmd.arg(m.window_end)
+                .arg(batch.generations[r as usize])
+                .arg(m.pane_index)
+                .arg(layout.ttl_ms)
+                .arg(4 + 2 * set)
+                .arg(values.len() - set)
+                .arg("_window_start")
+                .arg(m.window_start)
+                .arg("_emitted_at")
+                .arg(m.emitted_at);
+            for (i, v) in values.iter().enumerate() {
+                buf.clear();
+                if write_value(v, &mut buf) {
+                    cmd.arg(layout.names[i].as_str()).arg(buf.as_bytes());
+                } else {
+                    nulls.push(i);
+                }
+            }
+            for &i in &nulls {
+                cmd.arg(layout.names[i].as_str());
+            }
         }
     }
     let fut = pipe.query_async::<Vec<i64>>(c);
-    tokio::time::timeout(Duration::from_secs(10), fut)
+    tokio::time::timeout(Duration::from_secs(30), fut)
         .await
         .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "write timed out")))??;
     Ok(())
+}
+
+/// Appends the Redis key of `key` in `group` to `s`.
+fn push_key(prefix: &str, group: &str, key: &EncodedKey, s: &mut String) {
+    s.push_str(prefix);
+    s.push_str(":{");
+    let mut i = 0;
+    while let Some(part) = key.part(i) {
+        if i > 0 {
+            s.push('|');
+        }
+        match part {
+            KeyPart::Int(v) => {
+                use std::fmt::Write as _;
+                let _ = write!(s, "{v}");
+            }
+            KeyPart::Str(t) => escape_into(t, s),
+        }
+        i += 1;
+    }
+    s.push_str("}:");
+    s.push_str(group);
 }

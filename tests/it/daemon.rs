@@ -634,3 +634,129 @@ fn sigterm_drains_within_the_deadline_and_checkpoints() {
     }
     assert_eq!(next, 1000);
 }
+
+/// The compare-and-set script against a real redis-server: newer windows
+/// win, an older window never replaces a newer one, a later generation wins
+/// within a window whatever its pane number, a null feature removes its
+/// field, and rows of one key superseded in a batch are not written.
+#[test]
+fn redis_compare_and_set_orders_by_window_generation_and_pane() {
+    use rill::aggregate::Value;
+    use rill::engine::{PaneBuf, PaneMeta, Timing};
+    use rill::sink::redis::{run_writer, OnlineBatch, OnlineLayout, OnlineMsg, OnlineObserver};
+    struct Quiet;
+    impl OnlineObserver for Quiet {
+        fn written(&self, _: usize, _: Duration) {}
+        fn written_latency(&self, _: Duration) {}
+        fn failed(&self, e: &str) {
+            panic!("redis write failed: {e}");
+        }
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let layout = OnlineLayout {
+        prefix: "rill".into(),
+        group: "g".into(),
+        names: vec!["n".into(), "sd".into()],
+        ttl_ms: 60_000,
+    };
+    let key = {
+        let p = crate::util::repo("pipelines/user_spend_5m.yaml");
+        let pl = rill::config::Pipeline::from_file(&p).expect("pipeline");
+        let mut d = rill::event::Decoder::new(rill::event::DecodePlan::new(&pl));
+        let ev = d
+            .decode_json(br#"{"user_id":"u|1{x}","event_time":"2026-01-05T00:00:00Z","amount":1}"#)
+            .expect("decodes");
+        rill::event::EncodedKey::new(ev.key)
+    };
+    let row = |end: i64, pane: u32, n: i64, sd: Option<f64>| {
+        (
+            PaneMeta {
+                key: key.clone(),
+                window_start: end - 10,
+                window_end: end,
+                pane_index: pane,
+                timing: Timing::OnTime,
+                is_final: true,
+                retraction: false,
+                partition: 0,
+                emitted_at: 1,
+                watermark: None,
+            },
+            vec![Value::Int(n), sd.map_or(Value::Null, Value::Float)],
+        )
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let send = |rows: Vec<((PaneMeta, Vec<Value>), u64)>| {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut panes = PaneBuf::new(2);
+        let mut generations = Vec::new();
+        for ((m, v), g) in rows {
+            panes.push(m, &v);
+            generations.push(g);
+        }
+        rt.block_on(async {
+            tx.send(OnlineMsg::Panes(OnlineBatch {
+                panes,
+                generations,
+                emitted: Instant::now(),
+            }))
+            .await
+            .expect("send");
+            drop(tx);
+            run_writer(redis.url(), layout.clone(), rx, std::sync::Arc::new(Quiet)).await;
+        });
+    };
+    let mut c = redis.conn();
+    let redis_key = "rill:{u%7C1%7Bx%7D}:g";
+    let get = |c: &mut redis::Connection| -> BTreeMap<String, String> {
+        redis::cmd("HGETALL")
+            .arg(redis_key)
+            .query(c)
+            .expect("hgetall")
+    };
+    send(vec![(row(100, 0, 3, Some(1.5)), 1)]);
+    let h = get(&mut c);
+    assert_eq!(
+        (h["n"].as_str(), h["sd"].as_str(), h["_window_end"].as_str()),
+        ("3", "1.5", "100")
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(redis_key)
+        .query(&mut c)
+        .expect("pttl");
+    assert!(ttl > 50_000 && ttl <= 60_000, "ttl {ttl}");
+    // Same window, next pane, the feature became null: its field goes.
+    send(vec![(row(100, 1, 4, None), 1)]);
+    let h = get(&mut c);
+    assert_eq!(h["n"], "4");
+    assert!(!h.contains_key("sd"), "{h:?}");
+    // An older window never replaces a newer one.
+    send(vec![(row(90, 7, 99, Some(2.0)), 9)]);
+    assert_eq!(get(&mut c)["n"], "4");
+    // Same window, lower pane number but a later generation: wins.
+    send(vec![(row(100, 1, 5, Some(0.5)), 2)]);
+    let h = get(&mut c);
+    assert_eq!(
+        (h["n"].as_str(), h["_gen"].as_str(), h["_pane"].as_str()),
+        ("5", "2", "1")
+    );
+    // Same window and generation, lower pane: refused.
+    send(vec![(row(100, 0, 6, None), 2)]);
+    assert_eq!(get(&mut c)["n"], "5");
+    // One batch: the newest of a key's rows is what lands.
+    send(vec![
+        (row(300, 0, 7, None), 2),
+        (row(200, 0, 8, None), 2),
+        (row(300, 1, 9, None), 2),
+    ]);
+    let h = get(&mut c);
+    assert_eq!(
+        (
+            h["n"].as_str(),
+            h["_window_end"].as_str(),
+            h["_pane"].as_str()
+        ),
+        ("9", "300", "1")
+    );
+}
