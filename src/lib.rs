@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod engine;
 pub mod event;
 pub mod gen;
+pub mod join;
 pub mod metrics;
 pub mod replay;
 pub mod sink;

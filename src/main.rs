@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         cli::Command::Bench(a) => cli::bench::run(a).map(|_| 0),
         cli::Command::Demo(a) => cli::demo::run(a).map(|_| 0),
         cli::Command::Run(a) => cli::run::run(a).map(|_| 0),
+        cli::Command::Join(a) => cli::join::run(a).map(|_| 0),
         cli::Command::Gen(a) => cli::gen::run(a).map(|_| 0),
     };
     match result {

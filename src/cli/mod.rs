@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod demo;
 pub mod gen;
+pub mod join;
 pub mod replay;
 pub mod run;
 pub mod validate;
@@ -30,6 +31,8 @@ pub enum Command {
     Demo(demo::Args),
     /// The daemon: consume Kafka, keep features fresh in Redis and Parquet.
     Run(run::Args),
+    /// Point-in-time training set: entity rows joined with the features known at their time.
+    Join(join::Args),
     /// Generate the standard data set (deterministic for a seed).
     Gen(gen::Args),
 }

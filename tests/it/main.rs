@@ -4,6 +4,7 @@
 mod daemon;
 mod docker;
 mod golden;
+mod join;
 mod replay;
 mod util;
 mod validate;

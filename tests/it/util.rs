@@ -59,7 +59,14 @@ fn ts_text(us: i64) -> String {
 pub fn batch_rows(b: &RecordBatch) -> Vec<Map<String, Value>> {
     let mut rows = vec![Map::new(); b.num_rows()];
     for (ci, field) in b.schema().fields().iter().enumerate() {
-        let col = b.column(ci);
+        let col = match field.data_type() {
+            DataType::Timestamp(_, _) => arrow_cast::cast(
+                b.column(ci),
+                &DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, None),
+            )
+            .expect("timestamps cast to microseconds"),
+            _ => b.column(ci).clone(),
+        };
         for (i, row) in rows.iter_mut().enumerate() {
             let v = if col.is_null(i) {
                 Value::Null

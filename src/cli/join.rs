@@ -1,0 +1,169 @@
+//! `rill join`: point-in-time training sets from the offline store.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use rill::config::{Accumulation, Pipeline};
+use rill::join::{FileJoinOptions, GroupSpec, JoinOptions, Mode};
+
+#[derive(Debug, Parser)]
+pub struct Args {
+    /// Entity rows: Parquet or CSV with the key columns and a timestamp.
+    #[arg(long)]
+    pub entities: PathBuf,
+    /// A feature group, optionally with features: NAME or NAME:f1,f2. Repeatable.
+    #[arg(long = "group", required = true)]
+    pub groups: Vec<String>,
+    /// Root of the offline store (the groups' Parquet directories).
+    #[arg(long)]
+    pub offline: PathBuf,
+    /// Output file: Parquet, or CSV when it ends in .csv.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// final: the last final pane with window_end <= ts; as_of_emit: what
+    /// the online store served at ts.
+    #[arg(long, default_value = "final")]
+    pub mode: Mode,
+    /// The entity rows' time column.
+    #[arg(long, default_value = "event_timestamp")]
+    pub timestamp_column: String,
+    /// Name feature columns GROUP__FEATURE.
+    #[arg(long)]
+    pub full_names: bool,
+    /// Where to find the groups' pipeline files (keys, TTL, features).
+    #[arg(long, default_value = "./pipelines")]
+    pub pipelines: PathBuf,
+    /// Key columns of a group without a pipeline file: NAME=col1,col2.
+    #[arg(long = "keys")]
+    pub keys: Vec<String>,
+    /// TTL of a group (overrides its pipeline): NAME=DURATION, or NAME=none.
+    #[arg(long = "ttl")]
+    pub ttl: Vec<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn flag_for<'a>(flags: &'a [String], group: &str, what: &str) -> anyhow::Result<Option<&'a str>> {
+    for f in flags {
+        let (g, v) = f
+            .split_once('=')
+            .with_context(|| format!("--{what} {f:?}: expected GROUP=VALUE"))?;
+        if g == group {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let pipelines: Vec<Pipeline> = if a.pipelines.is_dir() {
+        rill::config::load_dir(&a.pipelines).map_err(|e| anyhow::anyhow!("{e}"))?
+    } else {
+        Vec::new()
+    };
+    let mut groups = Vec::new();
+    for g in &a.groups {
+        let (name, features) = match g.split_once(':') {
+            Some((n, f)) => (
+                n.to_string(),
+                Some(
+                    f.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>(),
+                ),
+            ),
+            None => (g.clone(), None),
+        };
+        let p = pipelines.iter().find(|p| p.name == name);
+        let keys: Vec<String> = match (flag_for(&a.keys, &name, "keys")?, p) {
+            (Some(k), _) => k.split(',').map(str::to_string).collect(),
+            (None, Some(p)) => p.key_fields.clone(),
+            (None, None) => anyhow::bail!(
+                "unknown feature group {name:?}: no pipeline file of that name in {} (known: {}); give --keys {name}=COLUMNS to join it without one",
+                a.pipelines.display(),
+                pipelines.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        let ttl = match flag_for(&a.ttl, &name, "ttl")? {
+            Some("none") => None,
+            Some(d) => Some(
+                rill::time::parse_duration(d)
+                    .map_err(|e| anyhow::anyhow!("--ttl {name}={d}: {e}"))?,
+            ),
+            None => p.and_then(|p| p.redis.as_ref().and_then(|r| r.ttl)),
+        };
+        let all_features = match p {
+            Some(p) => p.features.iter().map(|f| f.name.clone()).collect(),
+            None => features_from_files(&a.offline.join(&name), &keys)?,
+        };
+        groups.push(GroupSpec {
+            name,
+            keys,
+            features,
+            all_features,
+            ttl,
+            discarding: p.is_some_and(|p| p.accumulation == Accumulation::Discarding),
+        });
+    }
+    let opts = FileJoinOptions {
+        entities: a.entities,
+        groups,
+        offline: a.offline,
+        output: a.output,
+        mode: a.mode,
+        join: JoinOptions {
+            timestamp_column: a.timestamp_column,
+            full_names: a.full_names,
+        },
+    };
+    let s = rill::join::join_files(&opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        println!(
+            "joined {} rows in {:.2}s into {}",
+            s.rows, s.seconds, s.output
+        );
+        for g in &s.groups {
+            println!(
+                "  {}: {} feature rows, {} rows matched ({:.1}%)",
+                g.group,
+                g.feature_rows,
+                g.matched_rows,
+                100.0 * g.matched_share
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Feature columns of a group without a pipeline file: the columns of its
+/// first Parquet file that are not keys or pane metadata.
+fn features_from_files(dir: &std::path::Path, keys: &[String]) -> anyhow::Result<Vec<String>> {
+    let files = rill::join::load_group_files(dir)?;
+    let f = files
+        .first()
+        .with_context(|| format!("no Parquet files under {}", dir.display()))?;
+    let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(f)?,
+    )?;
+    let fixed = [
+        "window_start",
+        "window_end",
+        "pane_index",
+        "timing",
+        "is_final",
+        "retraction",
+        "emitted_at",
+        "watermark",
+    ];
+    Ok(b.schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .filter(|n| !keys.contains(n) && !fixed.contains(&n.as_str()))
+        .collect())
+}

@@ -1,0 +1,718 @@
+//! Point-in-time joins (SPEC 7): for each entity row `(keys, ts)` and each
+//! feature group, the feature row that was known at `ts`, never a later one.
+//!
+//! A group's feature rows (only the columns asked for, retractions
+//! dropped, only final panes in `final` mode) are indexed once: keys are
+//! interned, rows sorted by key then by the time that makes them eligible
+//! (`window_end` in `final` mode, `emitted_at` in `as_of_emit`), and for
+//! each position the best row so far is precomputed. An entity row then
+//! costs one hash lookup and one binary search in its key's run, and
+//! entity rows stream through in batches, so the output keeps the input's
+//! order and the entity side needs no memory beyond one batch. There is no
+//! per-key cross product.
+//!
+//! Keys compare as typed values: an integer key never equals a string key,
+//! and composite keys are encoded with lengths, so `(1, 12)` and `(11, 2)`
+//! differ.
+
+mod read;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::*;
+use arrow_array::{new_null_array, Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use rustc_hash::FxBuildHasher;
+
+use crate::time::Micros;
+
+pub use read::{join_files, FileJoinOptions, JoinSummary};
+
+/// Which feature row an entity row gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The final pane with the greatest `window_end <= ts`.
+    Final,
+    /// The pane greatest in `(window_end, pane_index)` among those with
+    /// `emitted_at <= ts`: what the online store served at `ts`.
+    AsOfEmit,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "final" => Ok(Mode::Final),
+            "as_of_emit" => Ok(Mode::AsOfEmit),
+            _ => Err(format!("unknown mode {s:?} (final | as_of_emit)")),
+        }
+    }
+}
+
+/// One requested feature group.
+#[derive(Debug, Clone)]
+pub struct GroupSpec {
+    pub name: String,
+    /// Key column names, shared by the entity rows and the feature rows.
+    pub keys: Vec<String>,
+    /// Features to take; `None`: all of the group's features.
+    pub features: Option<Vec<String>>,
+    /// Feature names of the group in order (to know which columns are features).
+    pub all_features: Vec<String>,
+    pub ttl: Option<Micros>,
+    /// The pipeline discards between panes: its final pane is not the
+    /// whole window, so `final` mode refuses it.
+    pub discarding: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("{0}")]
+    Input(String),
+    #[error("entity column {column:?} is missing (the entity columns are: {available})")]
+    MissingColumn { column: String, available: String },
+    #[error("feature group {group:?} has no feature {feature:?} (it has: {available})")]
+    UnknownFeature {
+        group: String,
+        feature: String,
+        available: String,
+    },
+    #[error("key type mismatch for {column:?}: the entity rows have {entity}, feature group {group:?} has {feature}")]
+    KeyType {
+        column: String,
+        entity: String,
+        group: String,
+        feature: String,
+    },
+    #[error("the timestamp column {column:?} has {count} null value(s), the first at row {first} (0-based)")]
+    NullTimestamps {
+        column: String,
+        count: usize,
+        first: usize,
+    },
+    #[error("feature group {0:?} discards between panes: its final pane is not the whole window, so `final` mode cannot use it (use as_of_emit)")]
+    Discarding(String),
+    #[error("output column {0:?} would appear twice; use --full-names")]
+    DuplicateColumn(String),
+    #[error(transparent)]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error(transparent)]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The class of a key column, for typed comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyClass {
+    Int,
+    Str,
+}
+
+fn key_class(dt: &DataType) -> Option<KeyClass> {
+    match dt {
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => Some(KeyClass::Int),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Some(KeyClass::Str),
+        DataType::Dictionary(_, v) => key_class(v),
+        _ => None,
+    }
+}
+
+fn class_name(c: Option<KeyClass>) -> &'static str {
+    match c {
+        Some(KeyClass::Int) => "integers",
+        Some(KeyClass::Str) => "strings",
+        None => "another type",
+    }
+}
+
+/// Key columns of a batch, readable row by row as typed key bytes.
+struct KeyCols {
+    cols: Vec<KeyColumn>,
+}
+
+enum KeyColumn {
+    Int(ArrayRef),
+    Str(ArrayRef),
+}
+
+impl KeyCols {
+    fn new(batch: &RecordBatch, names: &[String]) -> Result<KeyCols, JoinError> {
+        let mut cols = Vec::new();
+        for n in names {
+            let a = column(batch, n)?;
+            let a = match a.data_type() {
+                DataType::Dictionary(_, _) => arrow_cast::cast(&a, &DataType::Utf8)?,
+                _ => a,
+            };
+            cols.push(match key_class(a.data_type()) {
+                Some(KeyClass::Int) => KeyColumn::Int(arrow_cast::cast(&a, &DataType::Int64)?),
+                Some(KeyClass::Str) => KeyColumn::Str(arrow_cast::cast(&a, &DataType::Utf8)?),
+                None => {
+                    return Err(JoinError::Input(format!(
+                        "key column {n:?} is {}, not integers or strings",
+                        a.data_type()
+                    )))
+                }
+            });
+        }
+        Ok(KeyCols { cols })
+    }
+
+    /// Writes row `i`'s key into `out`; false when a part is null.
+    #[inline]
+    fn encode(&self, i: usize, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        for c in &self.cols {
+            match c {
+                KeyColumn::Int(a) => {
+                    if a.is_null(i) {
+                        return false;
+                    }
+                    out.push(b'i');
+                    out.extend_from_slice(&a.as_primitive::<Int64Type>().value(i).to_le_bytes());
+                }
+                KeyColumn::Str(a) => {
+                    if a.is_null(i) {
+                        return false;
+                    }
+                    let s = a.as_string::<i32>().value(i).as_bytes();
+                    out.push(b's');
+                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                    out.extend_from_slice(s);
+                }
+            }
+        }
+        true
+    }
+}
+
+fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef, JoinError> {
+    batch
+        .column_by_name(name)
+        .cloned()
+        .ok_or_else(|| JoinError::MissingColumn {
+            column: name.to_string(),
+            available: batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// Timestamps of a column as UTC microseconds: timestamps of any unit (no
+/// zone means UTC), dates, RFC 3339 text, or epoch numbers (seconds,
+/// milliseconds, microseconds or nanoseconds, told apart by magnitude).
+pub fn timestamps_micros(a: &ArrayRef, column: &str) -> Result<Vec<Option<Micros>>, JoinError> {
+    let n = a.len();
+    let mut out = Vec::with_capacity(n);
+    match a.data_type() {
+        DataType::Timestamp(unit, _) => {
+            let a = arrow_cast::cast(a, &DataType::Timestamp(*unit, None))?;
+            let (mul, div) = match unit {
+                TimeUnit::Second => (1_000_000, 1),
+                TimeUnit::Millisecond => (1000, 1),
+                TimeUnit::Microsecond => (1, 1),
+                TimeUnit::Nanosecond => (1, 1000),
+            };
+            let v = arrow_cast::cast(&a, &DataType::Int64)?;
+            let v = v.as_primitive::<Int64Type>();
+            for i in 0..n {
+                out.push((!v.is_null(i)).then(|| (v.value(i) * mul).div_euclid(div)));
+            }
+        }
+        DataType::Date32 => {
+            let v = a.as_primitive::<Date32Type>();
+            for i in 0..n {
+                out.push((!v.is_null(i)).then(|| i64::from(v.value(i)) * 86_400_000_000));
+            }
+        }
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            let s = arrow_cast::cast(a, &DataType::Utf8)?;
+            let s = s.as_string::<i32>();
+            let mut cache = crate::time::DateCache::default();
+            for i in 0..n {
+                if s.is_null(i) {
+                    out.push(None);
+                    continue;
+                }
+                let text = s.value(i);
+                let t = crate::time::parse_rfc3339_cached(text, &mut cache)
+                    .or_else(|_| crate::time::parse_rfc3339(&format!("{}Z", text.replace(' ', "T"))))
+                    .or_else(|_| crate::time::parse_rfc3339(&format!("{text}T00:00:00Z")))
+                    .map_err(|_| {
+                        JoinError::Input(format!(
+                            "timestamp column {column:?} row {i}: {text:?} is not an RFC 3339 time"
+                        ))
+                    })?;
+                out.push(Some(t));
+            }
+        }
+        DataType::Float32 | DataType::Float64 => {
+            let v = arrow_cast::cast(a, &DataType::Float64)?;
+            let v = v.as_primitive::<Float64Type>();
+            for i in 0..n {
+                out.push((!v.is_null(i)).then(|| epoch_to_micros_f(v.value(i))));
+            }
+        }
+        dt if key_class(dt) == Some(KeyClass::Int) => {
+            let v = arrow_cast::cast(a, &DataType::Int64)?;
+            let v = v.as_primitive::<Int64Type>();
+            for i in 0..n {
+                out.push((!v.is_null(i)).then(|| epoch_to_micros(v.value(i))));
+            }
+        }
+        dt => {
+            return Err(JoinError::Input(format!(
+                "timestamp column {column:?} is {dt}: expected a timestamp, RFC 3339 text or epoch numbers"
+            )))
+        }
+    }
+    Ok(out)
+}
+
+fn epoch_to_micros(v: i64) -> Micros {
+    let a = v.unsigned_abs();
+    if a < 100_000_000_000 {
+        v.saturating_mul(1_000_000)
+    } else if a < 100_000_000_000_000 {
+        v.saturating_mul(1000)
+    } else if a < 100_000_000_000_000_000 {
+        v
+    } else {
+        v / 1000
+    }
+}
+
+fn epoch_to_micros_f(v: f64) -> Micros {
+    let a = v.abs();
+    let us = if a < 1e11 {
+        v * 1e6
+    } else if a < 1e14 {
+        v * 1e3
+    } else if a < 1e17 {
+        v
+    } else {
+        v / 1e3
+    };
+    us.round() as i64
+}
+
+/// One indexed feature group.
+pub struct FeatureTable {
+    pub spec: GroupSpec,
+    mode: Mode,
+    /// Output names and types of the selected features.
+    pub fields: Vec<Field>,
+    /// Feature values, one batch per input batch, plus a last one-row batch of nulls.
+    values: Vec<Vec<ArrayRef>>,
+    /// Interned key -> (start, len) in the sorted arrays.
+    keys: hashbrown::HashMap<Box<[u8]>, (u32, u32), FxBuildHasher>,
+    /// Per sorted position: eligibility time.
+    elig: Vec<Micros>,
+    /// Per sorted position: the best row among positions up to here (of the same key).
+    best: Vec<u32>,
+    /// Per row: (batch, row) of its values and the time the TTL counts from.
+    refs: Vec<(u32, u32)>,
+    ttl_time: Vec<Micros>,
+    key_classes: Vec<Option<KeyClass>>,
+    pub rows: usize,
+}
+
+struct Cand {
+    key: u32,
+    elig: Micros,
+    rank: (Micros, i64),
+    ttl_time: Micros,
+    row: u32,
+}
+
+impl FeatureTable {
+    /// Indexes a group's offline rows (the Parquet schema of SPEC 6).
+    pub fn from_batches(
+        spec: GroupSpec,
+        mode: Mode,
+        batches: &[RecordBatch],
+    ) -> Result<FeatureTable, JoinError> {
+        if mode == Mode::Final && spec.discarding {
+            return Err(JoinError::Discarding(spec.name.clone()));
+        }
+        let selected: Vec<String> = match &spec.features {
+            Some(f) => f.clone(),
+            None => spec.all_features.clone(),
+        };
+        for f in &selected {
+            if !spec.all_features.contains(f) {
+                return Err(JoinError::UnknownFeature {
+                    group: spec.name.clone(),
+                    feature: f.clone(),
+                    available: spec.all_features.join(", "),
+                });
+            }
+        }
+        // Output type of each feature: the first file that has it decides;
+        // others are cast to it (or everything becomes text).
+        let mut types: Vec<Option<DataType>> = vec![None; selected.len()];
+        for b in batches {
+            for (i, f) in selected.iter().enumerate() {
+                if let (None, Some(c)) = (&types[i], b.column_by_name(f)) {
+                    types[i] = Some(c.data_type().clone());
+                }
+            }
+        }
+        let mut types: Vec<DataType> = types
+            .into_iter()
+            .map(|t| t.unwrap_or(DataType::Float64))
+            .collect();
+        for b in batches {
+            for (i, f) in selected.iter().enumerate() {
+                if let Some(c) = b.column_by_name(f) {
+                    if c.data_type() != &types[i]
+                        && !arrow_cast::can_cast_types(c.data_type(), &types[i])
+                    {
+                        types[i] = DataType::Utf8;
+                    }
+                }
+            }
+        }
+        let mut key_classes: Vec<Option<KeyClass>> = vec![None; spec.keys.len()];
+        let mut interned: hashbrown::HashMap<Box<[u8]>, u32, FxBuildHasher> =
+            hashbrown::HashMap::with_hasher(FxBuildHasher);
+        let mut cands: Vec<Cand> = Vec::new();
+        let mut values: Vec<Vec<ArrayRef>> = Vec::new();
+        let mut refs: Vec<(u32, u32)> = Vec::new();
+        let mut buf = Vec::new();
+        for (bi, b) in batches.iter().enumerate() {
+            for (k, name) in spec.keys.iter().enumerate() {
+                let c = column(b, name).map_err(|_| {
+                    JoinError::Input(format!(
+                        "feature group {:?} has no key column {name:?}",
+                        spec.name
+                    ))
+                })?;
+                let cl = key_class(c.data_type());
+                if key_classes[k].is_none() {
+                    key_classes[k] = cl;
+                }
+            }
+            let kc = KeyCols::new(b, &spec.keys)?;
+            let we = micros_col(b, "window_end")?;
+            let em = micros_col(b, "emitted_at")?;
+            let pane = column(b, "pane_index")?;
+            let pane = arrow_cast::cast(&pane, &DataType::Int64)?;
+            let pane = pane.as_primitive::<Int64Type>();
+            let fin = column(b, "is_final")?;
+            let fin = fin.as_boolean();
+            let retr = column(b, "retraction")?;
+            let retr = retr.as_boolean();
+            let mut cols = Vec::with_capacity(selected.len());
+            for (i, f) in selected.iter().enumerate() {
+                let c = match b.column_by_name(f) {
+                    Some(c) if c.data_type() == &types[i] => c.clone(),
+                    Some(c) => arrow_cast::cast(c, &types[i])?,
+                    None => new_null_array(&types[i], b.num_rows()),
+                };
+                cols.push(c);
+            }
+            values.push(cols);
+            for i in 0..b.num_rows() {
+                if retr.value(i) || (mode == Mode::Final && !fin.value(i)) {
+                    continue;
+                }
+                if !kc.encode(i, &mut buf) {
+                    continue;
+                }
+                let next = interned.len() as u32;
+                let key = match interned.get(buf.as_slice()) {
+                    Some(&k) => k,
+                    None => {
+                        interned.insert(buf.as_slice().into(), next);
+                        next
+                    }
+                };
+                let (elig, ttl_time) = match mode {
+                    Mode::Final => (we[i], we[i]),
+                    Mode::AsOfEmit => (em[i], em[i]),
+                };
+                let row = refs.len() as u32;
+                refs.push((bi as u32, i as u32));
+                cands.push(Cand {
+                    key,
+                    elig,
+                    rank: (we[i], pane.value(i)),
+                    ttl_time,
+                    row,
+                });
+            }
+        }
+        cands.sort_unstable_by(|a, b| (a.key, a.elig, a.rank).cmp(&(b.key, b.elig, b.rank)));
+        let mut ranges: Vec<(u32, u32)> = vec![(0, 0); interned.len()];
+        let mut elig = Vec::with_capacity(cands.len());
+        let mut best = Vec::with_capacity(cands.len());
+        let mut ttl_time = vec![0; refs.len()];
+        let mut i = 0;
+        while i < cands.len() {
+            let k = cands[i].key;
+            let start = i;
+            let mut top: Option<usize> = None;
+            while i < cands.len() && cands[i].key == k {
+                let c = &cands[i];
+                ttl_time[c.row as usize] = c.ttl_time;
+                if top.is_none_or(|t| c.rank >= cands[t].rank) {
+                    top = Some(i);
+                }
+                elig.push(c.elig);
+                best.push(cands[top.expect("set above")].row);
+                i += 1;
+            }
+            ranges[k as usize] = (start as u32, (i - start) as u32);
+        }
+        let mut keys: hashbrown::HashMap<Box<[u8]>, (u32, u32), FxBuildHasher> =
+            hashbrown::HashMap::with_capacity_and_hasher(interned.len(), FxBuildHasher);
+        for (k, id) in interned {
+            keys.insert(k, ranges[id as usize]);
+        }
+        // The no-match row.
+        values.push(types.iter().map(|t| new_null_array(t, 1)).collect());
+        let fields = selected
+            .iter()
+            .zip(&types)
+            .map(|(n, t)| Field::new(n, t.clone(), true))
+            .collect();
+        Ok(FeatureTable {
+            rows: refs.len(),
+            spec,
+            mode,
+            fields,
+            values,
+            keys,
+            elig,
+            best,
+            refs,
+            ttl_time,
+            key_classes,
+        })
+    }
+
+    /// The row an entity `(key, ts)` gets, as (batch, row) of the values.
+    #[inline]
+    fn lookup(&self, key: &[u8], ts: Micros) -> Option<(u32, u32)> {
+        let &(start, len) = self.keys.get(key)?;
+        let run = &self.elig[start as usize..(start + len) as usize];
+        let n = run.partition_point(|&e| e <= ts);
+        if n == 0 {
+            return None;
+        }
+        let row = self.best[start as usize + n - 1] as usize;
+        if let Some(ttl) = self.spec.ttl {
+            if ts.saturating_sub(self.ttl_time[row]) > ttl {
+                return None;
+            }
+        }
+        let _ = self.mode;
+        Some(self.refs[row])
+    }
+
+    fn null_ref(&self) -> (usize, usize) {
+        (self.values.len() - 1, 0)
+    }
+}
+
+fn micros_col(b: &RecordBatch, name: &str) -> Result<Vec<Micros>, JoinError> {
+    let c = column(b, name)?;
+    let v = timestamps_micros(&c, name)?;
+    Ok(v.into_iter().map(|x| x.unwrap_or(i64::MIN)).collect())
+}
+
+/// Options of a join over batches.
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    pub timestamp_column: String,
+    pub full_names: bool,
+}
+
+/// Joins entity batches with indexed feature groups.
+pub struct Joiner {
+    pub tables: Vec<FeatureTable>,
+    pub opts: JoinOptions,
+    schema: Option<SchemaRef>,
+    /// Matched entity rows per group.
+    pub matched: Vec<u64>,
+    pub rows: u64,
+    row_base: usize,
+}
+
+impl Joiner {
+    pub fn new(tables: Vec<FeatureTable>, opts: JoinOptions) -> Joiner {
+        let n = tables.len();
+        Joiner {
+            tables,
+            opts,
+            schema: None,
+            matched: vec![0; n],
+            rows: 0,
+            row_base: 0,
+        }
+    }
+
+    /// The output schema for entity rows of schema `input`.
+    pub fn output_schema(&self, input: &Schema) -> Result<SchemaRef, JoinError> {
+        let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut seen: std::collections::HashSet<String> =
+            fields.iter().map(|f| f.name().clone()).collect();
+        for t in &self.tables {
+            for f in &t.fields {
+                let name = if self.opts.full_names {
+                    format!("{}__{}", t.spec.name, f.name())
+                } else {
+                    f.name().clone()
+                };
+                if !seen.insert(name.clone()) {
+                    return Err(JoinError::DuplicateColumn(name));
+                }
+                fields.push(Field::new(name, f.data_type().clone(), true));
+            }
+        }
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// Checks that the entity schema has the key and timestamp columns and
+    /// that key types agree with each group.
+    pub fn check(&self, input: &Schema) -> Result<(), JoinError> {
+        let available = || {
+            input
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if input.field_with_name(&self.opts.timestamp_column).is_err() {
+            return Err(JoinError::MissingColumn {
+                column: self.opts.timestamp_column.clone(),
+                available: available(),
+            });
+        }
+        for t in &self.tables {
+            for (k, name) in t.spec.keys.iter().enumerate() {
+                let f = input
+                    .field_with_name(name)
+                    .map_err(|_| JoinError::MissingColumn {
+                        column: name.clone(),
+                        available: available(),
+                    })?;
+                let ec = key_class(f.data_type());
+                let fc = t.key_classes[k];
+                if ec.is_none() || (fc.is_some() && ec != fc) {
+                    return Err(JoinError::KeyType {
+                        column: name.clone(),
+                        entity: format!("{} ({})", class_name(ec), f.data_type()),
+                        group: t.spec.name.clone(),
+                        feature: class_name(fc).to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Joins one batch of entity rows: the same rows, in order, with the
+    /// features appended.
+    pub fn join_batch(&mut self, batch: &RecordBatch) -> Result<RecordBatch, JoinError> {
+        if self.schema.is_none() {
+            self.check(&batch.schema())?;
+            self.schema = Some(self.output_schema(&batch.schema())?);
+        }
+        let schema = self.schema.clone().expect("set above");
+        let ts = timestamps_micros(
+            &column(batch, &self.opts.timestamp_column)?,
+            &self.opts.timestamp_column,
+        )?;
+        let nulls: Vec<usize> = ts
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.is_none())
+            .map(|(i, _)| i)
+            .collect();
+        if let Some(&first) = nulls.first() {
+            return Err(JoinError::NullTimestamps {
+                column: self.opts.timestamp_column.clone(),
+                count: nulls.len(),
+                first: self.row_base + first,
+            });
+        }
+        let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
+        let mut buf = Vec::with_capacity(32);
+        let mut key_cache: HashMap<Vec<String>, KeyCols> = HashMap::new();
+        for (ti, t) in self.tables.iter().enumerate() {
+            if !key_cache.contains_key(&t.spec.keys) {
+                key_cache.insert(t.spec.keys.clone(), KeyCols::new(batch, &t.spec.keys)?);
+            }
+            let kc = &key_cache[&t.spec.keys];
+            let null = t.null_ref();
+            let mut idx: Vec<(usize, usize)> = Vec::with_capacity(batch.num_rows());
+            let mut matched = 0u64;
+            for (i, t_i) in ts.iter().enumerate() {
+                let r = if kc.encode(i, &mut buf) {
+                    t.lookup(&buf, t_i.expect("nulls refused above"))
+                } else {
+                    None
+                };
+                match r {
+                    Some((b, row)) => {
+                        matched += 1;
+                        idx.push((b as usize, row as usize));
+                    }
+                    None => idx.push(null),
+                }
+            }
+            self.matched[ti] += matched;
+            for f in 0..t.fields.len() {
+                let arrays: Vec<&dyn Array> = t.values.iter().map(|b| b[f].as_ref()).collect();
+                cols.push(arrow_select::interleave::interleave(&arrays, &idx)?);
+            }
+        }
+        self.rows += batch.num_rows() as u64;
+        self.row_base += batch.num_rows();
+        Ok(RecordBatch::try_new(schema, cols)?)
+    }
+}
+
+/// Loads a group's offline Parquet files (`DIR/<group>/date=*/part-*.parquet`).
+pub fn load_group_files(dir: &Path) -> Result<Vec<PathBuf>, JoinError> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|source| JoinError::Io {
+            path: d.clone(),
+            source,
+        })?;
+        for e in rd.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if p.is_dir() && !name.starts_with('_') && !name.starts_with('.') {
+                stack.push(p);
+            } else if name.ends_with(".parquet") && !name.starts_with('.') {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}

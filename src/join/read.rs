@@ -1,0 +1,244 @@
+//! `rill join` over files: entity rows from Parquet or CSV, feature rows
+//! from a group's offline Parquet files (only the columns the join needs),
+//! output to Parquet or CSV (by extension).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use serde::Serialize;
+
+use super::{load_group_files, FeatureTable, GroupSpec, JoinError, JoinOptions, Joiner, Mode};
+
+/// What `rill join` needs.
+#[derive(Debug, Clone)]
+pub struct FileJoinOptions {
+    pub entities: PathBuf,
+    pub groups: Vec<GroupSpec>,
+    pub offline: PathBuf,
+    pub output: PathBuf,
+    pub mode: Mode,
+    pub join: JoinOptions,
+}
+
+/// Per-group figures of a join.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupSummary {
+    pub group: String,
+    pub feature_rows: usize,
+    pub matched_rows: u64,
+    pub matched_share: f64,
+}
+
+/// What a join did.
+#[derive(Debug, Clone, Serialize)]
+pub struct JoinSummary {
+    pub rows: u64,
+    pub groups: Vec<GroupSummary>,
+    pub seconds: f64,
+    pub output: String,
+    pub peak_memory_bytes: Option<u64>,
+}
+
+const BATCH_ROWS: usize = 64 * 1024;
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JoinError + '_ {
+    move |source| JoinError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn is_csv(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+}
+
+/// Reads a group's feature rows: keys, times, flags and the selected features.
+fn read_group(offline: &Path, spec: &GroupSpec) -> Result<Vec<RecordBatch>, JoinError> {
+    let dir = offline.join(&spec.name);
+    if !dir.is_dir() {
+        return Err(JoinError::Input(format!(
+            "feature group {:?} has no offline data: {} is not a directory",
+            spec.name,
+            dir.display()
+        )));
+    }
+    let mut wanted: Vec<String> = spec.keys.clone();
+    for c in [
+        "window_end",
+        "emitted_at",
+        "pane_index",
+        "is_final",
+        "retraction",
+    ] {
+        wanted.push(c.to_string());
+    }
+    match &spec.features {
+        Some(f) => wanted.extend(f.iter().cloned()),
+        None => wanted.extend(spec.all_features.iter().cloned()),
+    }
+    let mut out = Vec::new();
+    for f in load_group_files(&dir)? {
+        let file = File::open(&f).map_err(io_err(&f))?;
+        let b = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+            JoinError::Input(format!("{}: not a readable Parquet file: {e}", f.display()))
+        })?;
+        let schema = b.parquet_schema();
+        let idx: Vec<usize> = schema
+            .columns()
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| wanted.iter().any(|w| w == c.name()))
+            .map(|(i, _)| i)
+            .collect();
+        let mask = ProjectionMask::leaves(schema, idx);
+        let reader = b
+            .with_projection(mask)
+            .with_batch_size(BATCH_ROWS)
+            .build()?;
+        for batch in reader {
+            out.push(batch?);
+        }
+    }
+    Ok(out)
+}
+
+enum EntityReader {
+    Parquet(parquet::arrow::arrow_reader::ParquetRecordBatchReader),
+    Csv(arrow_csv::reader::BufReader<std::io::BufReader<File>>),
+}
+
+impl EntityReader {
+    fn open(path: &Path) -> Result<(EntityReader, SchemaRef), JoinError> {
+        let file = File::open(path).map_err(io_err(path))?;
+        if is_csv(path) {
+            let mut probe = File::open(path).map_err(io_err(path))?;
+            let format = arrow_csv::reader::Format::default().with_header(true);
+            let (schema, _) = format.infer_schema(&mut probe, Some(10_000)).map_err(|e| {
+                JoinError::Input(format!("{}: not a readable CSV file: {e}", path.display()))
+            })?;
+            let schema = Arc::new(schema);
+            let r = arrow_csv::ReaderBuilder::new(schema.clone())
+                .with_format(format)
+                .with_batch_size(BATCH_ROWS)
+                .build_buffered(std::io::BufReader::new(file))?;
+            Ok((EntityReader::Csv(r), schema))
+        } else {
+            let b = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+                JoinError::Input(format!(
+                    "{}: not a readable Parquet file: {e}",
+                    path.display()
+                ))
+            })?;
+            let schema = b.schema().clone();
+            Ok((
+                EntityReader::Parquet(b.with_batch_size(BATCH_ROWS).build()?),
+                schema,
+            ))
+        }
+    }
+
+    fn next(&mut self) -> Option<Result<RecordBatch, JoinError>> {
+        match self {
+            EntityReader::Parquet(r) => r.next().map(|b| b.map_err(JoinError::from)),
+            EntityReader::Csv(r) => r.next().map(|b| b.map_err(JoinError::from)),
+        }
+    }
+}
+
+enum Output {
+    Parquet(ArrowWriter<File>),
+    Csv(arrow_csv::Writer<std::io::BufWriter<File>>),
+}
+
+/// Runs a join of files; the output appears atomically (written aside, renamed).
+pub fn join_files(o: &FileJoinOptions) -> Result<JoinSummary, JoinError> {
+    let started = Instant::now();
+    let mut tables = Vec::new();
+    for g in &o.groups {
+        let batches = read_group(&o.offline, g)?;
+        tables.push(FeatureTable::from_batches(g.clone(), o.mode, &batches)?);
+    }
+    let mut joiner = Joiner::new(tables, o.join.clone());
+    let (mut reader, schema) = EntityReader::open(&o.entities)?;
+    joiner.check(&schema)?;
+    let out_schema = joiner.output_schema(&schema)?;
+    let tmp = o.output.with_file_name(format!(
+        ".{}.tmp",
+        o.output
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("join")
+    ));
+    let file = File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut out = if is_csv(&o.output) {
+        Output::Csv(
+            arrow_csv::WriterBuilder::new()
+                .with_header(true)
+                .build(std::io::BufWriter::new(file)),
+        )
+    } else {
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::SNAPPY)
+            .build();
+        Output::Parquet(ArrowWriter::try_new(file, out_schema.clone(), Some(props))?)
+    };
+    let result = (|| -> Result<(), JoinError> {
+        let mut wrote_any = false;
+        while let Some(batch) = reader.next() {
+            let joined = joiner.join_batch(&batch?)?;
+            match &mut out {
+                Output::Parquet(w) => w.write(&joined)?,
+                Output::Csv(w) => w.write(&joined)?,
+            }
+            wrote_any = true;
+        }
+        if !wrote_any {
+            if let Output::Parquet(w) = &mut out {
+                w.write(&RecordBatch::new_empty(out_schema.clone()))?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    match out {
+        Output::Parquet(w) => {
+            w.close()?;
+        }
+        Output::Csv(w) => {
+            use std::io::Write;
+            w.into_inner().flush().map_err(io_err(&tmp))?;
+        }
+    }
+    std::fs::rename(&tmp, &o.output).map_err(io_err(&o.output))?;
+    let rows = joiner.rows;
+    Ok(JoinSummary {
+        rows,
+        groups: joiner
+            .tables
+            .iter()
+            .zip(&joiner.matched)
+            .map(|(t, &m)| GroupSummary {
+                group: t.spec.name.clone(),
+                feature_rows: t.rows,
+                matched_rows: m,
+                matched_share: if rows == 0 {
+                    0.0
+                } else {
+                    m as f64 / rows as f64
+                },
+            })
+            .collect(),
+        seconds: started.elapsed().as_secs_f64(),
+        output: o.output.display().to_string(),
+        peak_memory_bytes: crate::replay::peak_memory_bytes(),
+    })
+}
