@@ -461,7 +461,7 @@ impl FeatureTable {
                 });
             }
         }
-        cands.sort_unstable_by(|a, b| (a.key, a.elig, a.rank).cmp(&(b.key, b.elig, b.rank)));
+        cands.sort_unstable_by_key(|c| (c.key, c.elig, c.rank));
         let mut ranges: Vec<(u32, u32)> = vec![(0, 0); interned.len()];
         let mut elig = Vec::with_capacity(cands.len());
         let mut best = Vec::with_capacity(cands.len());

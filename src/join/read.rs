@@ -109,8 +109,8 @@ fn read_group(offline: &Path, spec: &GroupSpec) -> Result<Vec<RecordBatch>, Join
 }
 
 enum EntityReader {
-    Parquet(parquet::arrow::arrow_reader::ParquetRecordBatchReader),
-    Csv(arrow_csv::reader::BufReader<std::io::BufReader<File>>),
+    Parquet(Box<parquet::arrow::arrow_reader::ParquetRecordBatchReader>),
+    Csv(Box<arrow_csv::reader::BufReader<std::io::BufReader<File>>>),
 }
 
 impl EntityReader {
@@ -127,7 +127,7 @@ impl EntityReader {
                 .with_format(format)
                 .with_batch_size(BATCH_ROWS)
                 .build_buffered(std::io::BufReader::new(file))?;
-            Ok((EntityReader::Csv(r), schema))
+            Ok((EntityReader::Csv(Box::new(r)), schema))
         } else {
             let b = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
                 JoinError::Input(format!(

@@ -247,6 +247,7 @@ proptest! {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn fr(k1: i64, k2: i64, we: i64, pane: i64, fin: bool, retr: bool, em: i64, id: f64) -> FRow {
     FRow {
         k1,
