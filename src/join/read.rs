@@ -137,7 +137,7 @@ impl EntityReader {
             })?;
             let schema = b.schema().clone();
             Ok((
-                EntityReader::Parquet(b.with_batch_size(BATCH_ROWS).build()?),
+                EntityReader::Parquet(Box::new(b.with_batch_size(BATCH_ROWS).build()?)),
                 schema,
             ))
         }
