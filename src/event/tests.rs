@@ -184,3 +184,19 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The word-load comparison agrees with slice equality for every length
+    /// and for slices that differ in one bit anywhere.
+    #[test]
+    fn short_eq_is_slice_equality(a in prop::collection::vec(any::<u8>(), 0..48), flip in any::<prop::sample::Index>(), same_len in any::<bool>(), bit in 0u8..8, extra in any::<u8>()) {
+        let mut b = a.clone();
+        if !a.is_empty() {
+            let i = flip.index(a.len());
+            b[i] ^= 1 << bit;
+        }
+        if !same_len { b.push(extra); }
+        prop_assert_eq!(super::short_eq(&a, &b), a == b);
+        prop_assert!(super::short_eq(&a, &a));
+    }
+}

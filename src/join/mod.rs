@@ -17,7 +17,6 @@
 
 mod read;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -200,6 +199,84 @@ impl KeyCols {
     }
 }
 
+/// The interned id of each row's key (`None`: a null part, or a key
+/// `resolve` does not know). A single dictionary-encoded string key is
+/// resolved once per dictionary value, not once per row.
+/// Resolved ids of a dictionary's values, by the dictionary's identity.
+/// The values array is held, so its buffer cannot be freed and its
+/// address reused by another dictionary while the cache names it.
+type DictCache = Option<(ArrayRef, Vec<Option<u32>>)>;
+
+const UNRESOLVED: Option<u32> = Some(u32::MAX);
+
+fn key_ids(
+    batch: &RecordBatch,
+    names: &[String],
+    cache: &mut DictCache,
+    resolve: &mut dyn FnMut(&[u8]) -> Option<u32>,
+) -> Result<Vec<Option<u32>>, JoinError> {
+    let n = batch.num_rows();
+    if let [name] = names {
+        let col = column(batch, name)?;
+        if let DataType::Dictionary(_, v) = col.data_type() {
+            if key_class(v) == Some(KeyClass::Str) {
+                let dict = arrow_cast::cast(
+                    &col,
+                    &DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                )?;
+                let dict = dict.as_dictionary::<Int32Type>();
+                let values = dict.values().as_string::<i32>();
+                // Batches of one row group share its dictionary: resolve each
+                // value once, when a row first uses it.
+                let same = |held: &ArrayRef| {
+                    let h = held.as_string::<i32>();
+                    h.len() == values.len()
+                        && h.values().as_ptr() == values.values().as_ptr()
+                        && h.offsets().as_ptr() == values.offsets().as_ptr()
+                };
+                if cache.as_ref().is_none_or(|c| !same(&c.0)) {
+                    *cache = Some((dict.values().clone(), vec![UNRESOLVED; values.len()]));
+                }
+                let ids = &mut cache.as_mut().expect("set above").1;
+                let mut buf = Vec::with_capacity(32);
+                let codes = dict.keys();
+                return Ok((0..n)
+                    .map(|i| {
+                        if codes.is_null(i) {
+                            return None;
+                        }
+                        let j = codes.value(i) as usize;
+                        if ids[j] == UNRESOLVED {
+                            ids[j] = if values.is_null(j) {
+                                None
+                            } else {
+                                let s = values.value(j).as_bytes();
+                                buf.clear();
+                                buf.push(b's');
+                                buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                                buf.extend_from_slice(s);
+                                resolve(&buf)
+                            };
+                        }
+                        ids[j]
+                    })
+                    .collect());
+            }
+        }
+    }
+    let kc = KeyCols::new(batch, names)?;
+    let mut buf = Vec::with_capacity(32);
+    Ok((0..n)
+        .map(|i| {
+            if kc.encode(i, &mut buf) {
+                resolve(&buf)
+            } else {
+                None
+            }
+        })
+        .collect())
+}
+
 fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef, JoinError> {
     batch
         .column_by_name(name)
@@ -314,16 +391,74 @@ fn epoch_to_micros_f(v: f64) -> Micros {
     us.round() as i64
 }
 
+/// Interned keys: an arena of key bytes and a table of (hash, id), so a
+/// lookup compares the stored hash before touching any key bytes.
+struct KeyIndex {
+    table: hashbrown::HashTable<(u64, u32)>,
+    offs: Vec<u32>,
+    arena: Vec<u8>,
+}
+
+impl KeyIndex {
+    fn new() -> KeyIndex {
+        KeyIndex {
+            table: hashbrown::HashTable::new(),
+            offs: vec![0],
+            arena: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.offs.len() - 1
+    }
+
+    #[inline]
+    fn key(&self, id: u32) -> &[u8] {
+        &self.arena[self.offs[id as usize] as usize..self.offs[id as usize + 1] as usize]
+    }
+
+    #[inline]
+    fn hash(key: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        FxBuildHasher.hash_one(key)
+    }
+
+    #[inline]
+    fn get(&self, key: &[u8]) -> Option<u32> {
+        let h = Self::hash(key);
+        self.table
+            .find(h, |&(eh, id)| {
+                eh == h && crate::event::short_eq(self.key(id), key)
+            })
+            .map(|&(_, id)| id)
+    }
+
+    #[inline]
+    fn intern(&mut self, key: &[u8]) -> u32 {
+        let h = Self::hash(key);
+        if let Some(&(_, id)) = self.table.find(h, |&(eh, id)| {
+            eh == h && crate::event::short_eq(self.key(id), key)
+        }) {
+            return id;
+        }
+        let id = self.len() as u32;
+        self.arena.extend_from_slice(key);
+        self.offs.push(self.arena.len() as u32);
+        self.table.insert_unique(h, (h, id), |&(eh, _)| eh);
+        id
+    }
+}
+
 /// One indexed feature group.
 pub struct FeatureTable {
     pub spec: GroupSpec,
-    mode: Mode,
     /// Output names and types of the selected features.
     pub fields: Vec<Field>,
     /// Feature values, one batch per input batch, plus a last one-row batch of nulls.
     values: Vec<Vec<ArrayRef>>,
-    /// Interned key -> (start, len) in the sorted arrays.
-    keys: hashbrown::HashMap<Box<[u8]>, (u32, u32), FxBuildHasher>,
+    /// Interned keys; `ranges[id]` is (start, len) in the sorted arrays.
+    keys: KeyIndex,
+    ranges: Vec<(u32, u32)>,
     /// Per sorted position: eligibility time.
     elig: Vec<Micros>,
     /// Per sorted position: the best row among positions up to here (of the same key).
@@ -337,10 +472,10 @@ pub struct FeatureTable {
 
 struct Cand {
     key: u32,
-    elig: Micros,
-    rank: (Micros, i64),
-    ttl_time: Micros,
     row: u32,
+    elig: Micros,
+    /// (window_end, pane_index).
+    rank: (Micros, u32),
 }
 
 impl FeatureTable {
@@ -392,12 +527,11 @@ impl FeatureTable {
             }
         }
         let mut key_classes: Vec<Option<KeyClass>> = vec![None; spec.keys.len()];
-        let mut interned: hashbrown::HashMap<Box<[u8]>, u32, FxBuildHasher> =
-            hashbrown::HashMap::with_hasher(FxBuildHasher);
+        let mut interned = KeyIndex::new();
+        let mut dict_cache: DictCache = None;
         let mut cands: Vec<Cand> = Vec::new();
         let mut values: Vec<Vec<ArrayRef>> = Vec::new();
         let mut refs: Vec<(u32, u32)> = Vec::new();
-        let mut buf = Vec::new();
         for (bi, b) in batches.iter().enumerate() {
             for (k, name) in spec.keys.iter().enumerate() {
                 let c = column(b, name).map_err(|_| {
@@ -411,7 +545,9 @@ impl FeatureTable {
                     key_classes[k] = cl;
                 }
             }
-            let kc = KeyCols::new(b, &spec.keys)?;
+            let ids = key_ids(b, &spec.keys, &mut dict_cache, &mut |k: &[u8]| {
+                Some(interned.intern(k))
+            })?;
             let we = micros_col(b, "window_end")?;
             let em = micros_col(b, "emitted_at")?;
             let pane = column(b, "pane_index")?;
@@ -435,33 +571,51 @@ impl FeatureTable {
                 if retr.value(i) || (mode == Mode::Final && !fin.value(i)) {
                     continue;
                 }
-                if !kc.encode(i, &mut buf) {
+                let Some(key) = ids[i] else {
                     continue;
-                }
-                let next = interned.len() as u32;
-                let key = match interned.get(buf.as_slice()) {
-                    Some(&k) => k,
-                    None => {
-                        interned.insert(buf.as_slice().into(), next);
-                        next
-                    }
                 };
-                let (elig, ttl_time) = match mode {
-                    Mode::Final => (we[i], we[i]),
-                    Mode::AsOfEmit => (em[i], em[i]),
+                let elig = match mode {
+                    Mode::Final => we[i],
+                    Mode::AsOfEmit => em[i],
                 };
                 let row = refs.len() as u32;
                 refs.push((bi as u32, i as u32));
                 cands.push(Cand {
                     key,
-                    elig,
-                    rank: (we[i], pane.value(i)),
-                    ttl_time,
                     row,
+                    elig,
+                    rank: (we[i], pane.value(i).clamp(0, u32::MAX as i64) as u32),
                 });
             }
         }
-        cands.sort_unstable_by_key(|c| (c.key, c.elig, c.rank));
+        // Counting sort by key (stable: offline rows mostly come in time
+        // order), then sort the runs that are not in (time, rank) order.
+        let cands = {
+            let mut count = vec![0u32; interned.len() + 1];
+            for c in &cands {
+                count[c.key as usize + 1] += 1;
+            }
+            for i in 1..count.len() {
+                count[i] += count[i - 1];
+            }
+            let mut sorted: Vec<Cand> = Vec::with_capacity(cands.len());
+            let spare = sorted.spare_capacity_mut();
+            let mut at = count.clone();
+            for c in cands {
+                let k = c.key as usize;
+                spare[at[k] as usize].write(c);
+                at[k] += 1;
+            }
+            // SAFETY: the counts place every candidate exactly once in 0..len.
+            unsafe { sorted.set_len(spare_len(&count)) };
+            for k in 0..interned.len() {
+                let run = &mut sorted[count[k] as usize..count[k + 1] as usize];
+                if !run.is_sorted_by_key(|c| (c.elig, c.rank)) {
+                    run.sort_unstable_by_key(|c| (c.elig, c.rank));
+                }
+            }
+            sorted
+        };
         let mut ranges: Vec<(u32, u32)> = vec![(0, 0); interned.len()];
         let mut elig = Vec::with_capacity(cands.len());
         let mut best = Vec::with_capacity(cands.len());
@@ -473,7 +627,8 @@ impl FeatureTable {
             let mut top: Option<usize> = None;
             while i < cands.len() && cands[i].key == k {
                 let c = &cands[i];
-                ttl_time[c.row as usize] = c.ttl_time;
+                // The TTL counts from the eligibility time in both modes.
+                ttl_time[c.row as usize] = c.elig;
                 if top.is_none_or(|t| c.rank >= cands[t].rank) {
                     top = Some(i);
                 }
@@ -482,11 +637,6 @@ impl FeatureTable {
                 i += 1;
             }
             ranges[k as usize] = (start as u32, (i - start) as u32);
-        }
-        let mut keys: hashbrown::HashMap<Box<[u8]>, (u32, u32), FxBuildHasher> =
-            hashbrown::HashMap::with_capacity_and_hasher(interned.len(), FxBuildHasher);
-        for (k, id) in interned {
-            keys.insert(k, ranges[id as usize]);
         }
         // The no-match row.
         values.push(types.iter().map(|t| new_null_array(t, 1)).collect());
@@ -498,10 +648,10 @@ impl FeatureTable {
         Ok(FeatureTable {
             rows: refs.len(),
             spec,
-            mode,
             fields,
             values,
-            keys,
+            keys: interned,
+            ranges,
             elig,
             best,
             refs,
@@ -510,23 +660,48 @@ impl FeatureTable {
         })
     }
 
-    /// The row an entity `(key, ts)` gets, as (batch, row) of the values.
-    #[inline]
-    fn lookup(&self, key: &[u8], ts: Micros) -> Option<(u32, u32)> {
-        let &(start, len) = self.keys.get(key)?;
-        let run = &self.elig[start as usize..(start + len) as usize];
-        let n = run.partition_point(|&e| e <= ts);
-        if n == 0 {
-            return None;
-        }
-        let row = self.best[start as usize + n - 1] as usize;
-        if let Some(ttl) = self.spec.ttl {
-            if ts.saturating_sub(self.ttl_time[row]) > ttl {
-                return None;
+    /// The rows of many entities at once: sorted by (key, time), they walk
+    /// the key runs in address order, each run once (a merge, not a search
+    /// per row). Returns (batch, row) per entity, in the entities' order,
+    /// and how many matched.
+    fn lookup_all(&self, ids: &[Option<u32>], ts: &[Micros]) -> (Vec<(usize, usize)>, u64) {
+        let null = self.null_ref();
+        let mut idx = vec![null; ids.len()];
+        let mut order: Vec<(u32, Micros, u32)> = ids
+            .iter()
+            .zip(ts)
+            .enumerate()
+            .filter_map(|(i, (id, &t))| id.map(|id| (id, t, i as u32)))
+            .collect();
+        order.sort_unstable();
+        let mut matched = 0;
+        let mut i = 0;
+        while i < order.len() {
+            let id = order[i].0;
+            let (start, len) = self.ranges[id as usize];
+            let (start, end) = (start as usize, (start + len) as usize);
+            let mut p = start;
+            while i < order.len() && order[i].0 == id {
+                let (_, t, row) = order[i];
+                while p < end && self.elig[p] <= t {
+                    p += 1;
+                }
+                if p > start {
+                    let best = self.best[p - 1] as usize;
+                    let fresh = match self.spec.ttl {
+                        Some(ttl) => t.saturating_sub(self.ttl_time[best]) <= ttl,
+                        None => true,
+                    };
+                    if fresh {
+                        let (b, r) = self.refs[best];
+                        idx[row as usize] = (b as usize, r as usize);
+                        matched += 1;
+                    }
+                }
+                i += 1;
             }
         }
-        let _ = self.mode;
-        Some(self.refs[row])
+        (idx, matched)
     }
 
     fn null_ref(&self) -> (usize, usize) {
@@ -534,8 +709,18 @@ impl FeatureTable {
     }
 }
 
+fn spare_len(count: &[u32]) -> usize {
+    *count.last().unwrap_or(&0) as usize
+}
+
 fn micros_col(b: &RecordBatch, name: &str) -> Result<Vec<Micros>, JoinError> {
     let c = column(b, name)?;
+    if let (DataType::Timestamp(TimeUnit::Microsecond, _), 0) = (c.data_type(), c.null_count()) {
+        return Ok(c
+            .as_primitive::<TimestampMicrosecondType>()
+            .values()
+            .to_vec());
+    }
     let v = timestamps_micros(&c, name)?;
     Ok(v.into_iter().map(|x| x.unwrap_or(i64::MIN)).collect())
 }
@@ -556,6 +741,7 @@ pub struct Joiner {
     pub matched: Vec<u64>,
     pub rows: u64,
     row_base: usize,
+    dict_caches: Vec<DictCache>,
 }
 
 impl Joiner {
@@ -568,6 +754,7 @@ impl Joiner {
             matched: vec![0; n],
             rows: 0,
             row_base: 0,
+            dict_caches: vec![None; n],
         }
     }
 
@@ -640,48 +827,32 @@ impl Joiner {
             self.schema = Some(self.output_schema(&batch.schema())?);
         }
         let schema = self.schema.clone().expect("set above");
-        let ts = timestamps_micros(
-            &column(batch, &self.opts.timestamp_column)?,
-            &self.opts.timestamp_column,
-        )?;
-        let nulls: Vec<usize> = ts
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.is_none())
-            .map(|(i, _)| i)
-            .collect();
-        if let Some(&first) = nulls.first() {
+        let tcol = column(batch, &self.opts.timestamp_column)?;
+        let ts: Vec<Micros> = if tcol.null_count() == 0 {
+            micros_col(batch, &self.opts.timestamp_column)?
+        } else {
+            let ts = timestamps_micros(&tcol, &self.opts.timestamp_column)?;
+            let nulls: Vec<usize> = ts
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.is_none())
+                .map(|(i, _)| i)
+                .collect();
             return Err(JoinError::NullTimestamps {
                 column: self.opts.timestamp_column.clone(),
                 count: nulls.len(),
-                first: self.row_base + first,
+                first: self.row_base + nulls.first().copied().unwrap_or(0),
             });
-        }
+        };
         let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
-        let mut buf = Vec::with_capacity(32);
-        let mut key_cache: HashMap<Vec<String>, KeyCols> = HashMap::new();
         for (ti, t) in self.tables.iter().enumerate() {
-            if !key_cache.contains_key(&t.spec.keys) {
-                key_cache.insert(t.spec.keys.clone(), KeyCols::new(batch, &t.spec.keys)?);
-            }
-            let kc = &key_cache[&t.spec.keys];
-            let null = t.null_ref();
-            let mut idx: Vec<(usize, usize)> = Vec::with_capacity(batch.num_rows());
-            let mut matched = 0u64;
-            for (i, t_i) in ts.iter().enumerate() {
-                let r = if kc.encode(i, &mut buf) {
-                    t.lookup(&buf, t_i.expect("nulls refused above"))
-                } else {
-                    None
-                };
-                match r {
-                    Some((b, row)) => {
-                        matched += 1;
-                        idx.push((b as usize, row as usize));
-                    }
-                    None => idx.push(null),
-                }
-            }
+            let ids = key_ids(
+                batch,
+                &t.spec.keys,
+                &mut self.dict_caches[ti],
+                &mut |k: &[u8]| t.keys.get(k),
+            )?;
+            let (idx, matched) = t.lookup_all(&ids, &ts);
             self.matched[ti] += matched;
             for f in 0..t.fields.len() {
                 let arrays: Vec<&dyn Array> = t.values.iter().map(|b| b[f].as_ref()).collect();

@@ -97,9 +97,10 @@ fn read_group(offline: &Path, spec: &GroupSpec) -> Result<Vec<RecordBatch>, Join
             .map(|(i, _)| i)
             .collect();
         let mask = ProjectionMask::leaves(schema, idx);
+        let b = with_dictionary_keys(b, &spec.keys, &f)?;
         let reader = b
             .with_projection(mask)
-            .with_batch_size(BATCH_ROWS)
+            .with_batch_size(4 * BATCH_ROWS)
             .build()?;
         for batch in reader {
             out.push(batch?);
@@ -108,13 +109,54 @@ fn read_group(offline: &Path, spec: &GroupSpec) -> Result<Vec<RecordBatch>, Join
     Ok(out)
 }
 
+/// Reads string key columns as dictionaries (as Parquet usually stores
+/// them), so a join resolves each distinct key once per batch, not once
+/// per row.
+fn with_dictionary_keys(
+    b: ParquetRecordBatchReaderBuilder<File>,
+    keys: &[String],
+    path: &Path,
+) -> Result<ParquetRecordBatchReaderBuilder<File>, JoinError> {
+    use arrow_schema::{DataType, Field, Schema};
+    let schema = b.schema().clone();
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| keys.contains(f.name()) && f.data_type() == &DataType::Utf8)
+    {
+        return Ok(b);
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if keys.contains(f.name()) && f.data_type() == &DataType::Utf8 {
+                f.as_ref().clone().with_data_type(DataType::Dictionary(
+                    Box::new(DataType::Int32),
+                    Box::new(DataType::Utf8),
+                ))
+            } else {
+                f.as_ref().clone()
+            }
+        })
+        .collect();
+    let hinted = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    let file = File::open(path).map_err(io_err(path))?;
+    let opts = parquet::arrow::arrow_reader::ArrowReaderOptions::new().with_schema(hinted);
+    ParquetRecordBatchReaderBuilder::try_new_with_options(file, opts).or_else(|_| {
+        // A file whose columns cannot be read that way is read as it is.
+        let file = File::open(path).map_err(io_err(path))?;
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(JoinError::from)
+    })
+}
+
 enum EntityReader {
     Parquet(Box<parquet::arrow::arrow_reader::ParquetRecordBatchReader>),
     Csv(Box<arrow_csv::reader::BufReader<std::io::BufReader<File>>>),
 }
 
 impl EntityReader {
-    fn open(path: &Path) -> Result<(EntityReader, SchemaRef), JoinError> {
+    fn open(path: &Path, keys: &[String]) -> Result<(EntityReader, SchemaRef), JoinError> {
         let file = File::open(path).map_err(io_err(path))?;
         if is_csv(path) {
             let mut probe = File::open(path).map_err(io_err(path))?;
@@ -135,7 +177,9 @@ impl EntityReader {
                     path.display()
                 ))
             })?;
+            // The caller sees the file's own types (keys are read as dictionaries).
             let schema = b.schema().clone();
+            let b = with_dictionary_keys(b, keys, path)?;
             Ok((
                 EntityReader::Parquet(Box::new(b.with_batch_size(BATCH_ROWS).build()?)),
                 schema,
@@ -156,6 +200,26 @@ enum Output {
     Csv(arrow_csv::Writer<std::io::BufWriter<File>>),
 }
 
+/// Casts columns read in another type (dictionary keys) back to `schema`'s.
+fn restore_types(b: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, JoinError> {
+    if b.schema().fields() == schema.fields() {
+        return Ok(b);
+    }
+    let cols = b
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                arrow_cast::cast(c, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
 /// Runs a join of files; the output appears atomically (written aside, renamed).
 pub fn join_files(o: &FileJoinOptions) -> Result<JoinSummary, JoinError> {
     let started = Instant::now();
@@ -165,7 +229,12 @@ pub fn join_files(o: &FileJoinOptions) -> Result<JoinSummary, JoinError> {
         tables.push(FeatureTable::from_batches(g.clone(), o.mode, &batches)?);
     }
     let mut joiner = Joiner::new(tables, o.join.clone());
-    let (mut reader, schema) = EntityReader::open(&o.entities)?;
+    let keys: Vec<String> = o
+        .groups
+        .iter()
+        .flat_map(|g| g.keys.iter().cloned())
+        .collect();
+    let (mut reader, schema) = EntityReader::open(&o.entities, &keys)?;
     joiner.check(&schema)?;
     let out_schema = joiner.output_schema(&schema)?;
     let tmp = o.output.with_file_name(format!(
@@ -183,15 +252,26 @@ pub fn join_files(o: &FileJoinOptions) -> Result<JoinSummary, JoinError> {
                 .build(std::io::BufWriter::new(file)),
         )
     } else {
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::SNAPPY)
-            .build();
+        let mut props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::SNAPPY);
+        // Measured values repeat little: dictionaries cost time for nothing.
+        for f in out_schema.fields() {
+            if matches!(f.data_type(), arrow_schema::DataType::Float64) {
+                let col = parquet::schema::types::ColumnPath::from(f.name().as_str());
+                props = props
+                    .set_column_dictionary_enabled(col.clone(), false)
+                    // Measured values barely compress; skip the codec.
+                    .set_column_compression(col, parquet::basic::Compression::UNCOMPRESSED);
+            }
+        }
+        let props = props.build();
         Output::Parquet(ArrowWriter::try_new(file, out_schema.clone(), Some(props))?)
     };
     let result = (|| -> Result<(), JoinError> {
         let mut wrote_any = false;
         while let Some(batch) = reader.next() {
             let joined = joiner.join_batch(&batch?)?;
+            let joined = restore_types(joined, &out_schema)?;
             match &mut out {
                 Output::Parquet(w) => w.write(&joined)?,
                 Output::Csv(w) => w.write(&joined)?,

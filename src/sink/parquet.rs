@@ -583,7 +583,10 @@ impl ParquetSink {
                 // Row-group statistics (what readers use to skip data);
                 // per-page statistics cost string compares on every row.
                 .set_statistics_enabled(EnabledStatistics::Chunk)
-                .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+                .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+                // Room for a whole row group's keys: no fall back to plain pages,
+                // so readers keep the dictionary (the join resolves each key once).
+                .set_dictionary_page_size_limit(8 << 20);
             // Dictionaries pay off for keys and low-cardinality columns, not
             // for measured values and emission times.
             for f in schema.fields() {
