@@ -391,12 +391,23 @@ fn epoch_to_micros_f(v: f64) -> Micros {
     us.round() as i64
 }
 
-/// Interned keys: an arena of key bytes and a table of (hash, id), so a
-/// lookup compares the stored hash before touching any key bytes.
+/// Interned keys: a table of (hash, id) with short keys inline, so a lookup
+/// compares the stored hash and bytes without touching other memory; longer
+/// keys live in an arena.
 struct KeyIndex {
-    table: hashbrown::HashTable<(u64, u32)>,
+    table: hashbrown::HashTable<Slot>,
     offs: Vec<u32>,
     arena: Vec<u8>,
+}
+
+const INLINE: usize = 19;
+
+#[derive(Clone, Copy)]
+struct Slot {
+    hash: u64,
+    id: u32,
+    len: u8,
+    inline: [u8; INLINE],
 }
 
 impl KeyIndex {
@@ -413,38 +424,53 @@ impl KeyIndex {
     }
 
     #[inline]
-    fn key(&self, id: u32) -> &[u8] {
-        &self.arena[self.offs[id as usize] as usize..self.offs[id as usize + 1] as usize]
-    }
-
-    #[inline]
     fn hash(key: &[u8]) -> u64 {
         use std::hash::BuildHasher;
         FxBuildHasher.hash_one(key)
     }
 
     #[inline]
+    fn matches(&self, s: &Slot, h: u64, key: &[u8]) -> bool {
+        if s.hash != h {
+            return false;
+        }
+        if key.len() <= INLINE {
+            s.len as usize == key.len() && crate::event::short_eq(&s.inline[..key.len()], key)
+        } else {
+            let id = s.id as usize;
+            &self.arena[self.offs[id] as usize..self.offs[id + 1] as usize] == key
+        }
+    }
+
+    #[inline]
     fn get(&self, key: &[u8]) -> Option<u32> {
         let h = Self::hash(key);
         self.table
-            .find(h, |&(eh, id)| {
-                eh == h && crate::event::short_eq(self.key(id), key)
-            })
-            .map(|&(_, id)| id)
+            .find(h, |s| self.matches(s, h, key))
+            .map(|s| s.id)
     }
 
     #[inline]
     fn intern(&mut self, key: &[u8]) -> u32 {
         let h = Self::hash(key);
-        if let Some(&(_, id)) = self.table.find(h, |&(eh, id)| {
-            eh == h && crate::event::short_eq(self.key(id), key)
-        }) {
-            return id;
+        if let Some(s) = self.table.find(h, |s| self.matches(s, h, key)) {
+            return s.id;
         }
         let id = self.len() as u32;
-        self.arena.extend_from_slice(key);
+        let mut slot = Slot {
+            hash: h,
+            id,
+            len: u8::MAX,
+            inline: [0; INLINE],
+        };
+        if key.len() <= INLINE {
+            slot.len = key.len() as u8;
+            slot.inline[..key.len()].copy_from_slice(key);
+        } else {
+            self.arena.extend_from_slice(key);
+        }
         self.offs.push(self.arena.len() as u32);
-        self.table.insert_unique(h, (h, id), |&(eh, _)| eh);
+        self.table.insert_unique(h, slot, |s| s.hash);
         id
     }
 }
@@ -461,21 +487,12 @@ pub struct FeatureTable {
     ranges: Vec<(u32, u32)>,
     /// Per sorted position: eligibility time.
     elig: Vec<Micros>,
-    /// Per sorted position: the best row among positions up to here (of the same key).
+    /// Per sorted position: the best position among those up to here (of the same key).
     best: Vec<u32>,
-    /// Per row: (batch, row) of its values and the time the TTL counts from.
+    /// Per sorted position: (batch, row) of its values.
     refs: Vec<(u32, u32)>,
-    ttl_time: Vec<Micros>,
     key_classes: Vec<Option<KeyClass>>,
     pub rows: usize,
-}
-
-struct Cand {
-    key: u32,
-    row: u32,
-    elig: Micros,
-    /// (window_end, pane_index).
-    rank: (Micros, u32),
 }
 
 impl FeatureTable {
@@ -529,10 +546,15 @@ impl FeatureTable {
         let mut key_classes: Vec<Option<KeyClass>> = vec![None; spec.keys.len()];
         let mut interned = KeyIndex::new();
         let mut dict_cache: DictCache = None;
-        let mut cands: Vec<Cand> = Vec::new();
         let mut values: Vec<Vec<ArrayRef>> = Vec::new();
-        let mut refs: Vec<(u32, u32)> = Vec::new();
-        for (bi, b) in batches.iter().enumerate() {
+        // Pass 1: the key id of each eligible row (u32::MAX: not eligible)
+        // and the number of rows per key.
+        let mut row_ids: Vec<Vec<u32>> = Vec::with_capacity(batches.len());
+        let mut count: Vec<u32> = Vec::new();
+        let mut cols_we: Vec<Vec<Micros>> = Vec::with_capacity(batches.len());
+        let mut cols_elig: Vec<Vec<Micros>> = Vec::with_capacity(batches.len());
+        let mut cols_pane: Vec<ArrayRef> = Vec::with_capacity(batches.len());
+        for b in batches {
             for (k, name) in spec.keys.iter().enumerate() {
                 let c = column(b, name).map_err(|_| {
                     JoinError::Input(format!(
@@ -549,10 +571,11 @@ impl FeatureTable {
                 Some(interned.intern(k))
             })?;
             let we = micros_col(b, "window_end")?;
-            let em = micros_col(b, "emitted_at")?;
-            let pane = column(b, "pane_index")?;
-            let pane = arrow_cast::cast(&pane, &DataType::Int64)?;
-            let pane = pane.as_primitive::<Int64Type>();
+            let elig = match mode {
+                Mode::Final => we.clone(),
+                Mode::AsOfEmit => micros_col(b, "emitted_at")?,
+            };
+            let pane = arrow_cast::cast(&column(b, "pane_index")?, &DataType::Int64)?;
             let fin = column(b, "is_final")?;
             let fin = fin.as_boolean();
             let retr = column(b, "retraction")?;
@@ -567,77 +590,83 @@ impl FeatureTable {
                 cols.push(c);
             }
             values.push(cols);
-            for i in 0..b.num_rows() {
-                if retr.value(i) || (mode == Mode::Final && !fin.value(i)) {
+            if count.len() < interned.len() {
+                count.resize(interned.len(), 0);
+            }
+            let mut rid = Vec::with_capacity(b.num_rows());
+            for (i, id) in ids.iter().enumerate() {
+                let take = !retr.value(i) && (mode == Mode::AsOfEmit || fin.value(i));
+                match (take, id) {
+                    (true, Some(k)) => {
+                        count[*k as usize] += 1;
+                        rid.push(*k);
+                    }
+                    _ => rid.push(u32::MAX),
+                }
+            }
+            row_ids.push(rid);
+            cols_we.push(we);
+            cols_elig.push(elig);
+            cols_pane.push(pane);
+        }
+        count.resize(interned.len(), 0);
+        // Pass 2: place each row at its key's next position (a counting
+        // sort, stable: offline rows mostly come in time order).
+        let mut ranges: Vec<(u32, u32)> = Vec::with_capacity(count.len());
+        let mut total = 0u32;
+        for &c in &count {
+            ranges.push((total, c));
+            total += c;
+        }
+        let n = total as usize;
+        let mut at: Vec<u32> = ranges.iter().map(|r| r.0).collect();
+        let mut elig = vec![0i64; n];
+        let mut rank_we = vec![0i64; n];
+        let mut rank_pane = vec![0u32; n];
+        let mut refs = vec![(0u32, 0u32); n];
+        for (bi, rid) in row_ids.iter().enumerate() {
+            let (we, el) = (&cols_we[bi], &cols_elig[bi]);
+            let pane = cols_pane[bi].as_primitive::<Int64Type>();
+            for (i, &k) in rid.iter().enumerate() {
+                if k == u32::MAX {
                     continue;
                 }
-                let Some(key) = ids[i] else {
-                    continue;
-                };
-                let elig = match mode {
-                    Mode::Final => we[i],
-                    Mode::AsOfEmit => em[i],
-                };
-                let row = refs.len() as u32;
-                refs.push((bi as u32, i as u32));
-                cands.push(Cand {
-                    key,
-                    row,
-                    elig,
-                    rank: (we[i], pane.value(i).clamp(0, u32::MAX as i64) as u32),
-                });
+                let p = at[k as usize] as usize;
+                at[k as usize] += 1;
+                elig[p] = el[i];
+                rank_we[p] = we[i];
+                rank_pane[p] = pane.value(i).clamp(0, u32::MAX as i64) as u32;
+                refs[p] = (bi as u32, i as u32);
             }
         }
-        // Counting sort by key (stable: offline rows mostly come in time
-        // order), then sort the runs that are not in (time, rank) order.
-        let cands = {
-            let mut count = vec![0u32; interned.len() + 1];
-            for c in &cands {
-                count[c.key as usize + 1] += 1;
+        drop((row_ids, cols_we, cols_elig, cols_pane));
+        // Runs out of (time, rank) order are sorted; then the best row so
+        // far of each position.
+        let mut best = vec![0u32; n];
+        for &(start, len) in &ranges {
+            let (a, b) = (start as usize, (start + len) as usize);
+            let key = |j: usize| (elig[j], rank_we[j], rank_pane[j]);
+            if !(a..b.saturating_sub(1)).all(|j| key(j) <= key(j + 1)) {
+                let mut perm: Vec<usize> = (a..b).collect();
+                perm.sort_by_key(|&j| key(j));
+                let e: Vec<_> = perm.iter().map(|&j| elig[j]).collect();
+                let w: Vec<_> = perm.iter().map(|&j| rank_we[j]).collect();
+                let pn: Vec<_> = perm.iter().map(|&j| rank_pane[j]).collect();
+                let r: Vec<_> = perm.iter().map(|&j| refs[j]).collect();
+                elig[a..b].copy_from_slice(&e);
+                rank_we[a..b].copy_from_slice(&w);
+                rank_pane[a..b].copy_from_slice(&pn);
+                refs[a..b].copy_from_slice(&r);
             }
-            for i in 1..count.len() {
-                count[i] += count[i - 1];
-            }
-            let mut sorted: Vec<Cand> = Vec::with_capacity(cands.len());
-            let spare = sorted.spare_capacity_mut();
-            let mut at = count.clone();
-            for c in cands {
-                let k = c.key as usize;
-                spare[at[k] as usize].write(c);
-                at[k] += 1;
-            }
-            // SAFETY: the counts place every candidate exactly once in 0..len.
-            unsafe { sorted.set_len(spare_len(&count)) };
-            for k in 0..interned.len() {
-                let run = &mut sorted[count[k] as usize..count[k + 1] as usize];
-                if !run.is_sorted_by_key(|c| (c.elig, c.rank)) {
-                    run.sort_unstable_by_key(|c| (c.elig, c.rank));
+            let mut top = a;
+            for j in a..b {
+                if (rank_we[j], rank_pane[j]) >= (rank_we[top], rank_pane[top]) {
+                    top = j;
                 }
+                best[j] = top as u32;
             }
-            sorted
-        };
-        let mut ranges: Vec<(u32, u32)> = vec![(0, 0); interned.len()];
-        let mut elig = Vec::with_capacity(cands.len());
-        let mut best = Vec::with_capacity(cands.len());
-        let mut ttl_time = vec![0; refs.len()];
-        let mut i = 0;
-        while i < cands.len() {
-            let k = cands[i].key;
-            let start = i;
-            let mut top: Option<usize> = None;
-            while i < cands.len() && cands[i].key == k {
-                let c = &cands[i];
-                // The TTL counts from the eligibility time in both modes.
-                ttl_time[c.row as usize] = c.elig;
-                if top.is_none_or(|t| c.rank >= cands[t].rank) {
-                    top = Some(i);
-                }
-                elig.push(c.elig);
-                best.push(cands[top.expect("set above")].row);
-                i += 1;
-            }
-            ranges[k as usize] = (start as u32, (i - start) as u32);
         }
+        drop((rank_we, rank_pane));
         // The no-match row.
         values.push(types.iter().map(|t| new_null_array(t, 1)).collect());
         let fields = selected
@@ -646,7 +675,7 @@ impl FeatureTable {
             .map(|(n, t)| Field::new(n, t.clone(), true))
             .collect();
         Ok(FeatureTable {
-            rows: refs.len(),
+            rows: n,
             spec,
             fields,
             values,
@@ -655,7 +684,6 @@ impl FeatureTable {
             elig,
             best,
             refs,
-            ttl_time,
             key_classes,
         })
     }
@@ -688,8 +716,9 @@ impl FeatureTable {
                 }
                 if p > start {
                     let best = self.best[p - 1] as usize;
+                    // The TTL counts from the eligibility time in both modes.
                     let fresh = match self.spec.ttl {
-                        Some(ttl) => t.saturating_sub(self.ttl_time[best]) <= ttl,
+                        Some(ttl) => t.saturating_sub(self.elig[best]) <= ttl,
                         None => true,
                     };
                     if fresh {
@@ -707,10 +736,6 @@ impl FeatureTable {
     fn null_ref(&self) -> (usize, usize) {
         (self.values.len() - 1, 0)
     }
-}
-
-fn spare_len(count: &[u32]) -> usize {
-    *count.last().unwrap_or(&0) as usize
 }
 
 fn micros_col(b: &RecordBatch, name: &str) -> Result<Vec<Micros>, JoinError> {

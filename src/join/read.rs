@@ -84,74 +84,130 @@ fn read_group(offline: &Path, spec: &GroupSpec) -> Result<Vec<RecordBatch>, Join
     }
     let mut out = Vec::new();
     for f in load_group_files(&dir)? {
-        let file = File::open(&f).map_err(io_err(&f))?;
-        let b = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
-            JoinError::Input(format!("{}: not a readable Parquet file: {e}", f.display()))
-        })?;
-        let schema = b.parquet_schema();
-        let idx: Vec<usize> = schema
-            .columns()
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| wanted.iter().any(|w| w == c.name()))
-            .map(|(i, _)| i)
-            .collect();
-        let mask = ProjectionMask::leaves(schema, idx);
-        let b = with_dictionary_keys(b, &spec.keys, &f)?;
-        let reader = b
-            .with_projection(mask)
-            .with_batch_size(4 * BATCH_ROWS)
-            .build()?;
-        for batch in reader {
+        let (mut rg, _) = RowGroups::open(&f, &spec.keys, Some(&wanted))?;
+        while let Some(batch) = rg.next_batch() {
             out.push(batch?);
         }
     }
     Ok(out)
 }
 
-/// Reads string key columns as dictionaries (as Parquet usually stores
-/// them), so a join resolves each distinct key once per batch, not once
-/// per row.
-fn with_dictionary_keys(
-    b: ParquetRecordBatchReaderBuilder<File>,
-    keys: &[String],
-    path: &Path,
-) -> Result<ParquetRecordBatchReaderBuilder<File>, JoinError> {
-    use arrow_schema::{DataType, Field, Schema};
-    let schema = b.schema().clone();
-    if !schema
-        .fields()
-        .iter()
-        .any(|f| keys.contains(f.name()) && f.data_type() == &DataType::Utf8)
-    {
-        return Ok(b);
-    }
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            if keys.contains(f.name()) && f.data_type() == &DataType::Utf8 {
-                f.as_ref().clone().with_data_type(DataType::Dictionary(
-                    Box::new(DataType::Int32),
-                    Box::new(DataType::Utf8),
-                ))
-            } else {
-                f.as_ref().clone()
-            }
-        })
-        .collect();
-    let hinted = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
-    let file = File::open(path).map_err(io_err(path))?;
-    let opts = parquet::arrow::arrow_reader::ArrowReaderOptions::new().with_schema(hinted);
-    ParquetRecordBatchReaderBuilder::try_new_with_options(file, opts).or_else(|_| {
-        // A file whose columns cannot be read that way is read as it is.
+/// A Parquet file read one row group at a time, each as whole batches, with
+/// string key columns as dictionaries (as Parquet stores them): a batch
+/// then holds one dictionary, so the reader keeps it instead of re-encoding
+/// the values, and a join resolves each distinct key once per row group.
+struct RowGroups {
+    file: File,
+    meta: parquet::arrow::arrow_reader::ArrowReaderMetadata,
+    mask: Option<ProjectionMask>,
+    next: usize,
+    cur: Option<parquet::arrow::arrow_reader::ParquetRecordBatchReader>,
+}
+
+impl RowGroups {
+    /// Opens `path`; returns the reader and the file's own Arrow schema.
+    fn open(
+        path: &Path,
+        keys: &[String],
+        wanted: Option<&[String]>,
+    ) -> Result<(RowGroups, SchemaRef), JoinError> {
+        use arrow_schema::{DataType, Field, Schema};
+        use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+        let bad = |e: parquet::errors::ParquetError| {
+            JoinError::Input(format!(
+                "{}: not a readable Parquet file: {e}",
+                path.display()
+            ))
+        };
         let file = File::open(path).map_err(io_err(path))?;
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(JoinError::from)
-    })
+        let plain = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(bad)?;
+        let schema = plain.schema().clone();
+        let dict = |f: &Field| keys.contains(f.name()) && f.data_type() == &DataType::Utf8;
+        let meta = if schema.fields().iter().any(|f| dict(f)) {
+            let fields: Vec<Field> = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    let f = f.as_ref().clone();
+                    if dict(&f) {
+                        f.with_data_type(DataType::Dictionary(
+                            Box::new(DataType::Int32),
+                            Box::new(DataType::Utf8),
+                        ))
+                    } else {
+                        f
+                    }
+                })
+                .collect();
+            let hinted = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+            // A file whose columns cannot be read that way is read as it is.
+            ArrowReaderMetadata::load(&file, ArrowReaderOptions::new().with_schema(hinted))
+                .unwrap_or(plain)
+        } else {
+            plain
+        };
+        let mask = wanted.map(|w| {
+            let pq = meta.parquet_schema();
+            let idx: Vec<usize> = pq
+                .columns()
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| w.iter().any(|x| x == c.name()))
+                .map(|(i, _)| i)
+                .collect();
+            ProjectionMask::leaves(pq, idx)
+        });
+        Ok((
+            RowGroups {
+                file,
+                meta,
+                mask,
+                next: 0,
+                cur: None,
+            },
+            schema,
+        ))
+    }
+
+    fn next_batch(&mut self) -> Option<Result<RecordBatch, JoinError>> {
+        loop {
+            if let Some(r) = &mut self.cur {
+                if let Some(b) = r.next() {
+                    return Some(b.map_err(JoinError::from));
+                }
+                self.cur = None;
+            }
+            let md = self.meta.metadata();
+            if self.next >= md.num_row_groups() {
+                return None;
+            }
+            let rg = self.next;
+            self.next += 1;
+            let rows = md.row_group(rg).num_rows().clamp(1, 1 << 20) as usize;
+            let file = match self.file.try_clone() {
+                Ok(f) => f,
+                Err(e) => {
+                    return Some(Err(JoinError::Input(format!(
+                        "cannot reopen a Parquet file: {e}"
+                    ))))
+                }
+            };
+            let mut b = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.meta.clone())
+                .with_row_groups(vec![rg])
+                .with_batch_size(rows);
+            if let Some(m) = &self.mask {
+                b = b.with_projection(m.clone());
+            }
+            match b.build() {
+                Ok(r) => self.cur = Some(r),
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+    }
 }
 
 enum EntityReader {
-    Parquet(Box<parquet::arrow::arrow_reader::ParquetRecordBatchReader>),
+    Parquet(Box<RowGroups>),
     Csv(Box<arrow_csv::reader::BufReader<std::io::BufReader<File>>>),
 }
 
@@ -171,25 +227,16 @@ impl EntityReader {
                 .build_buffered(std::io::BufReader::new(file))?;
             Ok((EntityReader::Csv(Box::new(r)), schema))
         } else {
-            let b = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
-                JoinError::Input(format!(
-                    "{}: not a readable Parquet file: {e}",
-                    path.display()
-                ))
-            })?;
+            drop(file);
             // The caller sees the file's own types (keys are read as dictionaries).
-            let schema = b.schema().clone();
-            let b = with_dictionary_keys(b, keys, path)?;
-            Ok((
-                EntityReader::Parquet(Box::new(b.with_batch_size(BATCH_ROWS).build()?)),
-                schema,
-            ))
+            let (r, schema) = RowGroups::open(path, keys, None)?;
+            Ok((EntityReader::Parquet(Box::new(r)), schema))
         }
     }
 
     fn next(&mut self) -> Option<Result<RecordBatch, JoinError>> {
         match self {
-            EntityReader::Parquet(r) => r.next().map(|b| b.map_err(JoinError::from)),
+            EntityReader::Parquet(r) => r.next_batch(),
             EntityReader::Csv(r) => r.next().map(|b| b.map_err(JoinError::from)),
         }
     }
@@ -225,8 +272,11 @@ pub fn join_files(o: &FileJoinOptions) -> Result<JoinSummary, JoinError> {
     let started = Instant::now();
     let mut tables = Vec::new();
     for g in &o.groups {
+        let t = Instant::now();
         let batches = read_group(&o.offline, g)?;
+        let read = t.elapsed();
         tables.push(FeatureTable::from_batches(g.clone(), o.mode, &batches)?);
+        tracing::debug!(group = %g.name, read_ms = read.as_millis() as u64, index_ms = (t.elapsed() - read).as_millis() as u64, "feature group indexed");
     }
     let mut joiner = Joiner::new(tables, o.join.clone());
     let keys: Vec<String> = o
