@@ -40,9 +40,38 @@ pub struct Args {
     /// TTL of a group (overrides its pipeline): NAME=DURATION, or NAME=none.
     #[arg(long = "ttl")]
     pub ttl: Vec<String>,
+    /// Memory budget (e.g. 1GB, 512MB); past it the join partitions the
+    /// key space on disk. Default: a quarter of the machine's memory.
+    #[arg(long, value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `1GB`, `512MB`, `64KiB`, `1000`: bytes (K/M/G are powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 1GB or 512MB"))?;
+    let mul = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1u64,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?} in {s:?} (B, KB, MB, GB, TB)"
+            ))
+        }
+    };
+    Ok((n * mul as f64) as u64)
 }
 
 fn flag_for<'a>(flags: &'a [String], group: &str, what: &str) -> anyhow::Result<Option<&'a str>> {
@@ -114,6 +143,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         offline: a.offline,
         output: a.output,
         mode: a.mode,
+        memory_limit: a.memory_limit,
         join: JoinOptions {
             timestamp_column: a.timestamp_column,
             full_names: a.full_names,

@@ -16,6 +16,7 @@
 //! differ.
 
 mod read;
+mod spill;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -205,11 +206,11 @@ impl KeyCols {
 /// Resolved ids of a dictionary's values, by the dictionary's identity.
 /// The values array is held, so its buffer cannot be freed and its
 /// address reused by another dictionary while the cache names it.
-type DictCache = Option<(ArrayRef, Vec<Option<u32>>)>;
+pub type DictCache = Option<(ArrayRef, Vec<Option<u32>>)>;
 
 const UNRESOLVED: Option<u32> = Some(u32::MAX);
 
-fn key_ids(
+pub(crate) fn key_ids(
     batch: &RecordBatch,
     names: &[String],
     cache: &mut DictCache,
@@ -277,7 +278,7 @@ fn key_ids(
         .collect())
 }
 
-fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef, JoinError> {
+pub(crate) fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef, JoinError> {
     batch
         .column_by_name(name)
         .cloned()
@@ -502,6 +503,17 @@ impl FeatureTable {
         mode: Mode,
         batches: &[RecordBatch],
     ) -> Result<FeatureTable, JoinError> {
+        Self::from_batches_typed(spec, mode, batches, None)
+    }
+
+    /// As [`FeatureTable::from_batches`], with the features' output types
+    /// given (so that every partition of a spilled join agrees).
+    pub fn from_batches_typed(
+        spec: GroupSpec,
+        mode: Mode,
+        batches: &[RecordBatch],
+        given: Option<&[DataType]>,
+    ) -> Result<FeatureTable, JoinError> {
         if mode == Mode::Final && spec.discarding {
             return Err(JoinError::Discarding(spec.name.clone()));
         }
@@ -528,10 +540,13 @@ impl FeatureTable {
                 }
             }
         }
-        let mut types: Vec<DataType> = types
-            .into_iter()
-            .map(|t| t.unwrap_or(DataType::Float64))
-            .collect();
+        let mut types: Vec<DataType> = match given {
+            Some(g) => g.to_vec(),
+            None => types
+                .into_iter()
+                .map(|t| t.unwrap_or(DataType::Float64))
+                .collect(),
+        };
         for b in batches {
             for (i, f) in selected.iter().enumerate() {
                 if let Some(c) = b.column_by_name(f) {
@@ -733,12 +748,32 @@ impl FeatureTable {
         (idx, matched)
     }
 
+    /// The feature columns for entity rows `batch` at times `ts`, and how
+    /// many rows matched.
+    pub fn features_for(
+        &self,
+        batch: &RecordBatch,
+        ts: &[Micros],
+        cache: &mut DictCache,
+    ) -> Result<(Vec<ArrayRef>, u64), JoinError> {
+        let ids = key_ids(batch, &self.spec.keys, cache, &mut |k: &[u8]| {
+            self.keys.get(k)
+        })?;
+        let (idx, matched) = self.lookup_all(&ids, ts);
+        let mut cols = Vec::with_capacity(self.fields.len());
+        for f in 0..self.fields.len() {
+            let arrays: Vec<&dyn Array> = self.values.iter().map(|b| b[f].as_ref()).collect();
+            cols.push(arrow_select::interleave::interleave(&arrays, &idx)?);
+        }
+        Ok((cols, matched))
+    }
+
     fn null_ref(&self) -> (usize, usize) {
         (self.values.len() - 1, 0)
     }
 }
 
-fn micros_col(b: &RecordBatch, name: &str) -> Result<Vec<Micros>, JoinError> {
+pub(crate) fn micros_col(b: &RecordBatch, name: &str) -> Result<Vec<Micros>, JoinError> {
     let c = column(b, name)?;
     if let (DataType::Timestamp(TimeUnit::Microsecond, _), 0) = (c.data_type(), c.null_count()) {
         return Ok(c
@@ -871,18 +906,9 @@ impl Joiner {
         };
         let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
         for (ti, t) in self.tables.iter().enumerate() {
-            let ids = key_ids(
-                batch,
-                &t.spec.keys,
-                &mut self.dict_caches[ti],
-                &mut |k: &[u8]| t.keys.get(k),
-            )?;
-            let (idx, matched) = t.lookup_all(&ids, &ts);
+            let (features, matched) = t.features_for(batch, &ts, &mut self.dict_caches[ti])?;
             self.matched[ti] += matched;
-            for f in 0..t.fields.len() {
-                let arrays: Vec<&dyn Array> = t.values.iter().map(|b| b[f].as_ref()).collect();
-                cols.push(arrow_select::interleave::interleave(&arrays, &idx)?);
-            }
+            cols.extend(features);
         }
         self.rows += batch.num_rows() as u64;
         self.row_base += batch.num_rows();

@@ -24,6 +24,8 @@ pub struct FileJoinOptions {
     pub output: PathBuf,
     pub mode: Mode,
     pub join: JoinOptions,
+    /// Memory budget in bytes (`None`: a quarter of the machine's memory).
+    pub memory_limit: Option<u64>,
 }
 
 /// Per-group figures of a join.
@@ -39,6 +41,8 @@ pub struct GroupSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct JoinSummary {
     pub rows: u64,
+    /// Key-space partitions used (1: everything in memory).
+    pub partitions: usize,
     pub groups: Vec<GroupSummary>,
     pub seconds: f64,
     pub output: String,
@@ -60,6 +64,15 @@ fn is_csv(p: &Path) -> bool {
 
 /// Reads a group's feature rows: keys, times, flags and the selected features.
 fn read_group(offline: &Path, spec: &GroupSpec) -> Result<Vec<RecordBatch>, JoinError> {
+    let mut out = Vec::new();
+    for_each_group_batch(offline, spec, &mut |b| {
+        out.push(b);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn group_files(offline: &Path, spec: &GroupSpec) -> Result<Vec<PathBuf>, JoinError> {
     let dir = offline.join(&spec.name);
     if !dir.is_dir() {
         return Err(JoinError::Input(format!(
@@ -68,6 +81,16 @@ fn read_group(offline: &Path, spec: &GroupSpec) -> Result<Vec<RecordBatch>, Join
             dir.display()
         )));
     }
+    load_group_files(&dir)
+}
+
+/// Passes a group's feature batches, file by file and row group by row
+/// group, to `sink`.
+fn for_each_group_batch(
+    offline: &Path,
+    spec: &GroupSpec,
+    sink: &mut dyn FnMut(RecordBatch) -> Result<(), JoinError>,
+) -> Result<(), JoinError> {
     let mut wanted: Vec<String> = spec.keys.clone();
     for c in [
         "window_end",
@@ -82,14 +105,36 @@ fn read_group(offline: &Path, spec: &GroupSpec) -> Result<Vec<RecordBatch>, Join
         Some(f) => wanted.extend(f.iter().cloned()),
         None => wanted.extend(spec.all_features.iter().cloned()),
     }
-    let mut out = Vec::new();
-    for f in load_group_files(&dir)? {
+    for f in group_files(offline, spec)? {
         let (mut rg, _) = RowGroups::open(&f, &spec.keys, Some(&wanted))?;
         while let Some(batch) = rg.next_batch() {
-            out.push(batch?);
+            sink(batch?)?;
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Bytes of memory a group's index takes per feature row (values, times,
+/// positions, and what the build needs for a while).
+fn bytes_per_row(spec: &GroupSpec) -> u64 {
+    let n = spec
+        .features
+        .as_ref()
+        .map_or(spec.all_features.len(), Vec::len) as u64;
+    16 * n + 96
+}
+
+/// A quarter of the machine's memory.
+pub fn default_memory_limit() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(2 << 30, |kb| kb * 1024 / 4)
 }
 
 /// A Parquet file read one row group at a time, each as whole batches, with
@@ -247,6 +292,62 @@ enum Output {
     Csv(arrow_csv::Writer<std::io::BufWriter<File>>),
 }
 
+impl Output {
+    fn write(&mut self, b: &RecordBatch) -> Result<(), JoinError> {
+        match self {
+            Output::Parquet(w) => w.write(b)?,
+            Output::Csv(w) => {
+                if b.num_rows() > 0 {
+                    w.write(b)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn close(self, tmp: &Path) -> Result<(), JoinError> {
+        match self {
+            Output::Parquet(w) => {
+                w.close()?;
+            }
+            Output::Csv(w) => {
+                use std::io::Write;
+                w.into_inner().flush().map_err(io_err(tmp))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The output file (Parquet, or CSV by extension), written at `tmp`.
+fn open_output(output: &Path, tmp: &Path, schema: &SchemaRef) -> Result<Output, JoinError> {
+    let file = File::create(tmp).map_err(io_err(tmp))?;
+    if is_csv(output) {
+        return Ok(Output::Csv(
+            arrow_csv::WriterBuilder::new()
+                .with_header(true)
+                .build(std::io::BufWriter::new(file)),
+        ));
+    }
+    let mut props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY);
+    // Measured values repeat little: dictionaries cost time for nothing.
+    for f in schema.fields() {
+        if matches!(f.data_type(), arrow_schema::DataType::Float64) {
+            let col = parquet::schema::types::ColumnPath::from(f.name().as_str());
+            props = props
+                .set_column_dictionary_enabled(col.clone(), false)
+                // Measured values barely compress; skip the codec.
+                .set_column_compression(col, parquet::basic::Compression::UNCOMPRESSED);
+        }
+    }
+    Ok(Output::Parquet(ArrowWriter::try_new(
+        file,
+        schema.clone(),
+        Some(props.build()),
+    )?))
+}
+
 /// Casts columns read in another type (dictionary keys) back to `schema`'s.
 fn restore_types(b: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, JoinError> {
     if b.schema().fields() == schema.fields() {
@@ -269,6 +370,26 @@ fn restore_types(b: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Join
 
 /// Runs a join of files; the output appears atomically (written aside, renamed).
 pub fn join_files(o: &FileJoinOptions) -> Result<JoinSummary, JoinError> {
+    let limit = o.memory_limit.unwrap_or_else(default_memory_limit).max(1);
+    let mut largest = 0u64;
+    for g in &o.groups {
+        let mut rows = 0u64;
+        for f in group_files(&o.offline, g)? {
+            let file = File::open(&f).map_err(io_err(&f))?;
+            let meta = parquet::file::metadata::ParquetMetaDataReader::new()
+                .parse_and_finish(&file)
+                .map_err(|e| {
+                    JoinError::Input(format!("{}: not a readable Parquet file: {e}", f.display()))
+                })?;
+            rows += meta.file_metadata().num_rows().max(0) as u64;
+        }
+        largest = largest.max(rows * bytes_per_row(g));
+    }
+    if largest > limit / 2 {
+        // At most 128 partitions: each holds open spill files per group.
+        let parts = largest.div_ceil((limit / 3).max(1)).clamp(2, 128) as usize;
+        return join_partitioned(o, parts);
+    }
     let started = Instant::now();
     let mut tables = Vec::new();
     for g in &o.groups {
@@ -294,44 +415,17 @@ pub fn join_files(o: &FileJoinOptions) -> Result<JoinSummary, JoinError> {
             .and_then(|s| s.to_str())
             .unwrap_or("join")
     ));
-    let file = File::create(&tmp).map_err(io_err(&tmp))?;
-    let mut out = if is_csv(&o.output) {
-        Output::Csv(
-            arrow_csv::WriterBuilder::new()
-                .with_header(true)
-                .build(std::io::BufWriter::new(file)),
-        )
-    } else {
-        let mut props = parquet::file::properties::WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::SNAPPY);
-        // Measured values repeat little: dictionaries cost time for nothing.
-        for f in out_schema.fields() {
-            if matches!(f.data_type(), arrow_schema::DataType::Float64) {
-                let col = parquet::schema::types::ColumnPath::from(f.name().as_str());
-                props = props
-                    .set_column_dictionary_enabled(col.clone(), false)
-                    // Measured values barely compress; skip the codec.
-                    .set_column_compression(col, parquet::basic::Compression::UNCOMPRESSED);
-            }
-        }
-        let props = props.build();
-        Output::Parquet(ArrowWriter::try_new(file, out_schema.clone(), Some(props))?)
-    };
+    let mut out = open_output(&o.output, &tmp, &out_schema)?;
     let result = (|| -> Result<(), JoinError> {
         let mut wrote_any = false;
         while let Some(batch) = reader.next() {
             let joined = joiner.join_batch(&batch?)?;
             let joined = restore_types(joined, &out_schema)?;
-            match &mut out {
-                Output::Parquet(w) => w.write(&joined)?,
-                Output::Csv(w) => w.write(&joined)?,
-            }
+            out.write(&joined)?;
             wrote_any = true;
         }
         if !wrote_any {
-            if let Output::Parquet(w) = &mut out {
-                w.write(&RecordBatch::new_empty(out_schema.clone()))?;
-            }
+            out.write(&RecordBatch::new_empty(out_schema.clone()))?;
         }
         Ok(())
     })();
@@ -339,19 +433,12 @@ pub fn join_files(o: &FileJoinOptions) -> Result<JoinSummary, JoinError> {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    match out {
-        Output::Parquet(w) => {
-            w.close()?;
-        }
-        Output::Csv(w) => {
-            use std::io::Write;
-            w.into_inner().flush().map_err(io_err(&tmp))?;
-        }
-    }
+    out.close(&tmp)?;
     std::fs::rename(&tmp, &o.output).map_err(io_err(&o.output))?;
     let rows = joiner.rows;
     Ok(JoinSummary {
         rows,
+        partitions: 1,
         groups: joiner
             .tables
             .iter()
@@ -371,4 +458,175 @@ pub fn join_files(o: &FileJoinOptions) -> Result<JoinSummary, JoinError> {
         output: o.output.display().to_string(),
         peak_memory_bytes: crate::replay::peak_memory_bytes(),
     })
+}
+
+/// The join past the memory budget (see `spill`).
+fn join_partitioned(o: &FileJoinOptions, parts: usize) -> Result<JoinSummary, JoinError> {
+    use super::spill::{join_group, EntitySpill, Merge};
+    let started = Instant::now();
+    let parent = o
+        .output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = parent.join(format!(".rill-join-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    let r = (|| {
+        tracing::info!(
+            partitions = parts,
+            "feature rows exceed the memory budget: joining by key-space partitions on disk"
+        );
+        let keys: Vec<String> = o
+            .groups
+            .iter()
+            .flat_map(|g| g.keys.iter().cloned())
+            .collect();
+        let ts_col = o.join.timestamp_column.clone();
+        // Pass 1: entity rows to per-partition spills, per group.
+        let (mut reader, schema) = EntityReader::open(&o.entities, &keys)?;
+        let available = || {
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for c in keys.iter().chain(std::iter::once(&ts_col)) {
+            if schema.field_with_name(c).is_err() {
+                return Err(JoinError::MissingColumn {
+                    column: c.clone(),
+                    available: available(),
+                });
+            }
+        }
+        let mut spills: Vec<EntitySpill> = o
+            .groups
+            .iter()
+            .map(|g| EntitySpill::new(&tmp, &g.name, &g.keys, &ts_col, parts))
+            .collect();
+        let (mut rows, mut nulls, mut first_null) = (0u64, 0usize, None);
+        while let Some(b) = reader.next() {
+            let b = b?;
+            let t = b.column_by_name(&ts_col).expect("checked above");
+            if t.null_count() > 0 {
+                nulls += t.null_count();
+                if first_null.is_none() {
+                    first_null = (0..t.len())
+                        .find(|&i| t.is_null(i))
+                        .map(|i| rows as usize + i);
+                }
+            }
+            for s in spills.iter_mut() {
+                s.add(&b, rows)?;
+            }
+            rows += b.num_rows() as u64;
+        }
+        if let Some(first) = first_null {
+            return Err(JoinError::NullTimestamps {
+                column: ts_col,
+                count: nulls,
+                first,
+            });
+        }
+        // Pass 2: each group, partition by partition.
+        let mut results = Vec::new();
+        for (g, s) in o.groups.iter().zip(spills) {
+            let entity_files = s.finish()?;
+            let mut feed = |sink: &mut dyn FnMut(RecordBatch) -> Result<(), JoinError>| {
+                for_each_group_batch(&o.offline, g, sink)
+            };
+            results.push(join_group(
+                g,
+                o.mode,
+                parts,
+                &tmp,
+                &mut feed,
+                &entity_files,
+                &ts_col,
+            )?);
+        }
+        // Pass 3: the entity rows again, in order, with their results.
+        let mut fields: Vec<arrow_schema::Field> =
+            schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut seen: std::collections::HashSet<String> =
+            fields.iter().map(|f| f.name().clone()).collect();
+        for (g, r) in o.groups.iter().zip(&results) {
+            for f in &r.fields {
+                let name = if o.join.full_names {
+                    format!("{}__{}", g.name, f.name())
+                } else {
+                    f.name().clone()
+                };
+                if !seen.insert(name.clone()) {
+                    return Err(JoinError::DuplicateColumn(name));
+                }
+                fields.push(arrow_schema::Field::new(name, f.data_type().clone(), true));
+            }
+        }
+        let out_schema: SchemaRef = Arc::new(arrow_schema::Schema::new(fields));
+        let mut merges: Vec<Merge> = o
+            .groups
+            .iter()
+            .zip(&results)
+            .map(|(g, r)| Merge::new(r, &g.keys))
+            .collect::<Result<_, _>>()?;
+        let (mut reader, _) = EntityReader::open(&o.entities, &keys)?;
+        let out_tmp = o.output.with_file_name(format!(
+            ".{}.tmp",
+            o.output
+                .file_name()
+                .and_then(|s| s.to_str())
+                .unwrap_or("join")
+        ));
+        let mut out = open_output(&o.output, &out_tmp, &out_schema)?;
+        let mut base = 0u64;
+        let mut wrote = false;
+        while let Some(b) = reader.next() {
+            let b = b?;
+            let mut cols: Vec<arrow_array::ArrayRef> = Vec::new();
+            for (c, f) in b.columns().iter().zip(schema.fields()) {
+                cols.push(if c.data_type() == f.data_type() {
+                    c.clone()
+                } else {
+                    arrow_cast::cast(c, f.data_type())?
+                });
+            }
+            for m in merges.iter_mut() {
+                cols.extend(m.columns(&b, base)?);
+            }
+            base += b.num_rows() as u64;
+            out.write(&RecordBatch::try_new(out_schema.clone(), cols)?)?;
+            wrote = true;
+        }
+        if !wrote {
+            out.write(&RecordBatch::new_empty(out_schema.clone()))?;
+        }
+        out.close(&out_tmp)?;
+        std::fs::rename(&out_tmp, &o.output).map_err(io_err(&o.output))?;
+        Ok(JoinSummary {
+            rows,
+            partitions: parts,
+            groups: o
+                .groups
+                .iter()
+                .zip(&results)
+                .map(|(g, r)| GroupSummary {
+                    group: g.name.clone(),
+                    feature_rows: r.feature_rows,
+                    matched_rows: r.matched,
+                    matched_share: if rows == 0 {
+                        0.0
+                    } else {
+                        r.matched as f64 / rows as f64
+                    },
+                })
+                .collect(),
+            seconds: started.elapsed().as_secs_f64(),
+            output: o.output.display().to_string(),
+            peak_memory_bytes: crate::replay::peak_memory_bytes(),
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    r
 }

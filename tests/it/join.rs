@@ -518,6 +518,57 @@ fn cli_joins_two_groups_from_csv_and_reports_errors() {
         rows[302]["user_spend_5m__tx_count"]
     );
 
+    // Past the memory budget the join partitions the key space on disk and
+    // gives the same rows.
+    std::fs::create_dir_all(tmp.path().join("spilled")).expect("dir");
+    let o = run_ok(
+        rill()
+            .arg("join")
+            .arg("--entities")
+            .arg(&ent)
+            .args([
+                "--group",
+                "user_spend_5m:tx_count,amount_sum",
+                "--group",
+                "user_category_1h",
+                "--full-names",
+                "--json",
+            ])
+            .arg("--pipelines")
+            .arg(repo("pipelines"))
+            .arg("--offline")
+            .arg(&offline)
+            .arg("--output")
+            .arg(tmp.path().join("spilled").join("train.parquet"))
+            .args([
+                "--ttl",
+                "user_spend_5m=none",
+                "--ttl",
+                "user_category_1h=none",
+                "--memory-limit",
+                "64KB",
+            ]),
+    );
+    let s2: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json summary");
+    assert!(s2["partitions"].as_u64().unwrap_or(0) > 1, "{s2}");
+    assert_eq!(s2["groups"], summary["groups"]);
+    let spilled = crate::util::read_rows(&tmp.path().join("spilled"));
+    let strip = |mut r: serde_json::Map<String, serde_json::Value>| {
+        r.remove("_file");
+        r
+    };
+    assert_eq!(
+        spilled.into_iter().map(strip).collect::<Vec<_>>(),
+        rows.iter().cloned().map(strip).collect::<Vec<_>>()
+    );
+    assert!(
+        std::fs::read_dir(tmp.path().join("spilled"))
+            .expect("dir")
+            .count()
+            == 1,
+        "spill files are removed"
+    );
+
     // Errors name what is wrong.
     let err = |args: &[&str]| {
         let o = rill()
