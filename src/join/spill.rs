@@ -27,6 +27,11 @@ use crate::time::Micros;
 
 type IpcWriter = FileWriter<BufWriter<File>>;
 
+/// Sink of feature batches.
+pub(super) type BatchSink<'a> = dyn FnMut(RecordBatch) -> Result<(), JoinError> + 'a;
+/// Calls its argument with each feature batch of a group.
+pub(super) type FeedBatches<'a> = dyn FnMut(&mut BatchSink<'_>) -> Result<(), JoinError> + 'a;
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JoinError + '_ {
     move |source| JoinError::Io {
         path: path.to_path_buf(),
@@ -203,9 +208,7 @@ pub(super) fn join_group(
     mode: Mode,
     parts: usize,
     tmp: &Path,
-    feature_batches: &mut dyn FnMut(
-        &mut dyn FnMut(RecordBatch) -> Result<(), JoinError>,
-    ) -> Result<(), JoinError>,
+    feature_batches: &mut FeedBatches<'_>,
     entities: &[Option<PathBuf>],
     timestamp_column: &str,
 ) -> Result<GroupResults, JoinError> {
