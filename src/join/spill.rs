@@ -27,11 +27,6 @@ use crate::time::Micros;
 
 type IpcWriter = FileWriter<BufWriter<File>>;
 
-/// Sink of feature batches.
-pub(super) type BatchSink<'a> = dyn FnMut(RecordBatch) -> Result<(), JoinError> + 'a;
-/// Calls its argument with each feature batch of a group.
-pub(super) type FeedBatches<'a> = dyn FnMut(&mut BatchSink<'_>) -> Result<(), JoinError> + 'a;
-
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JoinError + '_ {
     move |source| JoinError::Io {
         path: path.to_path_buf(),
@@ -203,12 +198,15 @@ pub(super) struct GroupResults {
 
 /// Spills a group's feature batches (already read one by one by `feed`)
 /// and the entity spill `entities`, then joins partition by partition.
+#[allow(clippy::type_complexity)]
 pub(super) fn join_group(
     spec: &GroupSpec,
     mode: Mode,
     parts: usize,
     tmp: &Path,
-    feature_batches: &mut FeedBatches<'_>,
+    feature_batches: &mut dyn FnMut(
+        &mut dyn FnMut(RecordBatch) -> Result<(), JoinError>,
+    ) -> Result<(), JoinError>,
     entities: &[Option<PathBuf>],
     timestamp_column: &str,
 ) -> Result<GroupResults, JoinError> {
