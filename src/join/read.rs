@@ -63,9 +63,13 @@ fn is_csv(p: &Path) -> bool {
 }
 
 /// Reads a group's feature rows: keys, times, flags and the selected features.
-fn read_group(offline: &Path, spec: &GroupSpec) -> Result<Vec<RecordBatch>, JoinError> {
+fn read_group(
+    offline: &Path,
+    spec: &GroupSpec,
+    prune: &Prune,
+) -> Result<Vec<RecordBatch>, JoinError> {
     let mut out = Vec::new();
-    for_each_group_batch(offline, spec, &mut |b| {
+    for_each_group_batch(offline, spec, prune, &mut |b| {
         out.push(b);
         Ok(())
     })?;
@@ -89,6 +93,7 @@ fn group_files(offline: &Path, spec: &GroupSpec) -> Result<Vec<PathBuf>, JoinErr
 fn for_each_group_batch(
     offline: &Path,
     spec: &GroupSpec,
+    prune: &Prune,
     sink: &mut dyn FnMut(RecordBatch) -> Result<(), JoinError>,
 ) -> Result<(), JoinError> {
     let mut wanted: Vec<String> = spec.keys.clone();
@@ -107,6 +112,7 @@ fn for_each_group_batch(
     }
     for f in group_files(offline, spec)? {
         let (mut rg, _) = RowGroups::open(&f, &spec.keys, Some(&wanted))?;
+        rg.prune = Some(prune.clone());
         while let Some(batch) = rg.next_batch() {
             sink(batch?)?;
         }
@@ -147,6 +153,77 @@ struct RowGroups {
     mask: Option<ProjectionMask>,
     next: usize,
     cur: Option<parquet::arrow::arrow_reader::ParquetRecordBatchReader>,
+    /// Row groups whose statistics say no row can match are not read.
+    prune: Option<Prune>,
+}
+
+/// What row-group statistics can rule out.
+#[derive(Debug, Clone)]
+pub(super) struct Prune {
+    pub mode: Mode,
+    /// The latest entity time (µs), when the entity file's statistics tell.
+    pub max_ts: Option<i64>,
+}
+
+impl Prune {
+    fn skips(&self, rg: &parquet::file::metadata::RowGroupMetaData) -> bool {
+        use parquet::file::statistics::Statistics;
+        let stats = |name: &str| {
+            rg.columns()
+                .iter()
+                .find(|c| c.column_path().string() == name)
+                .and_then(|c| c.statistics())
+        };
+        let all = |name: &str, v: bool| match stats(name) {
+            Some(Statistics::Boolean(b)) => b.min_opt() == Some(&v) && b.max_opt() == Some(&v),
+            _ => false,
+        };
+        if all("retraction", true) || (self.mode == Mode::Final && all("is_final", false)) {
+            return true;
+        }
+        let elig = match self.mode {
+            Mode::Final => "window_end",
+            Mode::AsOfEmit => "emitted_at",
+        };
+        match (self.max_ts, stats(elig)) {
+            (Some(max), Some(Statistics::Int64(v))) => v.min_opt().is_some_and(|&m| m > max),
+            _ => false,
+        }
+    }
+}
+
+/// The latest value of the entity file's timestamp column, from Parquet
+/// statistics (microsecond timestamps only); `None` when unknown.
+pub(super) fn entity_max_ts(path: &Path, column: &str) -> Option<i64> {
+    use parquet::file::statistics::Statistics;
+    if is_csv(path) {
+        return None;
+    }
+    let file = File::open(path).ok()?;
+    let meta = parquet::arrow::arrow_reader::ArrowReaderMetadata::load(
+        &file,
+        parquet::arrow::arrow_reader::ArrowReaderOptions::new(),
+    )
+    .ok()?;
+    let field = meta.schema().field_with_name(column).ok()?;
+    if !matches!(
+        field.data_type(),
+        arrow_schema::DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, _)
+    ) {
+        return None;
+    }
+    let mut max = None;
+    for rg in meta.metadata().row_groups() {
+        let c = rg
+            .columns()
+            .iter()
+            .find(|c| c.column_path().string() == column)?;
+        match c.statistics()? {
+            Statistics::Int64(v) => max = max.max(Some(*v.max_opt()?)),
+            _ => return None,
+        }
+    }
+    max
 }
 
 impl RowGroups {
@@ -209,6 +286,7 @@ impl RowGroups {
                 mask,
                 next: 0,
                 cur: None,
+                prune: None,
             },
             schema,
         ))
@@ -228,6 +306,13 @@ impl RowGroups {
             }
             let rg = self.next;
             self.next += 1;
+            if self
+                .prune
+                .as_ref()
+                .is_some_and(|p| p.skips(md.row_group(rg)))
+            {
+                continue;
+            }
             let rows = md.row_group(rg).num_rows().clamp(1, 1 << 20) as usize;
             let file = match self.file.try_clone() {
                 Ok(f) => f,
@@ -391,10 +476,14 @@ pub fn join_files(o: &FileJoinOptions) -> Result<JoinSummary, JoinError> {
         return join_partitioned(o, parts);
     }
     let started = Instant::now();
+    let prune = Prune {
+        mode: o.mode,
+        max_ts: entity_max_ts(&o.entities, &o.join.timestamp_column),
+    };
     let mut tables = Vec::new();
     for g in &o.groups {
         let t = Instant::now();
-        let batches = read_group(&o.offline, g)?;
+        let batches = read_group(&o.offline, g, &prune)?;
         let read = t.elapsed();
         tables.push(FeatureTable::from_batches(g.clone(), o.mode, &batches)?);
         tracing::debug!(group = %g.name, read_ms = read.as_millis() as u64, index_ms = (t.elapsed() - read).as_millis() as u64, "feature group indexed");
@@ -533,8 +622,12 @@ fn join_partitioned(o: &FileJoinOptions, parts: usize) -> Result<JoinSummary, Jo
         let mut results = Vec::new();
         for (g, s) in o.groups.iter().zip(spills) {
             let entity_files = s.finish()?;
+            let prune = Prune {
+                mode: o.mode,
+                max_ts: entity_max_ts(&o.entities, &ts_col),
+            };
             let mut feed = |sink: &mut dyn FnMut(RecordBatch) -> Result<(), JoinError>| {
-                for_each_group_batch(&o.offline, g, sink)
+                for_each_group_batch(&o.offline, g, &prune, sink)
             };
             results.push(join_group(
                 g,
@@ -629,4 +722,101 @@ fn join_partitioned(o: &FileJoinOptions, parts: usize) -> Result<JoinSummary, Jo
     })();
     let _ = std::fs::remove_dir_all(&tmp);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{BooleanArray, Int64Array, TimestampMicrosecondArray};
+    use arrow_schema::{DataType, Field, Schema, TimeUnit};
+
+    /// Row groups that statistics rule out are skipped; the others are read.
+    #[test]
+    fn row_group_statistics_skip_what_cannot_match() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("f.parquet");
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("window_end", ts.clone(), false),
+            Field::new("emitted_at", ts, false),
+            Field::new("is_final", DataType::Boolean, false),
+            Field::new("retraction", DataType::Boolean, false),
+        ]));
+        // Row groups of two rows: [final, ends 10..20], [not final], [retractions], [final, ends 100..110].
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![1; 8])),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![10, 20, 30, 40, 50, 60, 100, 110])
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![11, 21, 31, 41, 51, 61, 101, 111])
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(BooleanArray::from(vec![
+                    true, true, false, false, true, true, true, true,
+                ])),
+                Arc::new(BooleanArray::from(vec![
+                    false, false, false, false, true, true, false, false,
+                ])),
+            ],
+        )
+        .expect("batch");
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(2))
+            .build();
+        let mut w = ArrowWriter::try_new(File::create(&path).expect("file"), schema, Some(props))
+            .expect("writer");
+        w.write(&b).expect("write");
+        w.close().expect("close");
+        let read = |prune: Prune| {
+            let (mut rg, _) = RowGroups::open(&path, &["k".to_string()], None).expect("open");
+            rg.prune = Some(prune);
+            let mut ends = Vec::new();
+            while let Some(b) = rg.next_batch() {
+                let b = b.expect("batch");
+                let c = b.column_by_name("window_end").expect("col");
+                ends.extend(
+                    c.as_any()
+                        .downcast_ref::<TimestampMicrosecondArray>()
+                        .expect("ts")
+                        .values()
+                        .iter()
+                        .copied(),
+                );
+            }
+            ends
+        };
+        assert_eq!(
+            read(Prune {
+                mode: Mode::Final,
+                max_ts: None
+            }),
+            [10, 20, 100, 110]
+        );
+        assert_eq!(
+            read(Prune {
+                mode: Mode::Final,
+                max_ts: Some(99)
+            }),
+            [10, 20]
+        );
+        assert_eq!(
+            read(Prune {
+                mode: Mode::AsOfEmit,
+                max_ts: None
+            }),
+            [10, 20, 30, 40, 100, 110]
+        );
+        assert_eq!(
+            read(Prune {
+                mode: Mode::AsOfEmit,
+                max_ts: Some(100)
+            }),
+            [10, 20, 30, 40]
+        );
+    }
 }
