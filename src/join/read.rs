@@ -589,6 +589,32 @@ fn join_partitioned(o: &FileJoinOptions, parts: usize) -> Result<JoinSummary, Jo
                 });
             }
         }
+        // Key types against each group's first file.
+        for g in &o.groups {
+            if let Some(f) = group_files(&o.offline, g)?.first() {
+                let (_, fschema) = RowGroups::open(f, &g.keys, None)?;
+                for k in &g.keys {
+                    let e = schema
+                        .field_with_name(k)
+                        .map(|x| super::key_class(x.data_type()))
+                        .ok()
+                        .flatten();
+                    let fc = fschema
+                        .field_with_name(k)
+                        .map(|x| super::key_class(x.data_type()))
+                        .ok()
+                        .flatten();
+                    if e.is_none() || (fc.is_some() && e != fc) {
+                        return Err(JoinError::KeyType {
+                            column: k.clone(),
+                            entity: super::class_name(e).to_string(),
+                            group: g.name.clone(),
+                            feature: super::class_name(fc).to_string(),
+                        });
+                    }
+                }
+            }
+        }
         let mut spills: Vec<EntitySpill> = o
             .groups
             .iter()

@@ -631,5 +631,23 @@ fn cli_joins_two_groups_from_csv_and_reports_errors() {
         .expect("runs");
     let msg = String::from_utf8_lossy(&o.stderr);
     assert!(msg.contains("key type mismatch for \"user_id\""), "{msg}");
+    let o = rill()
+        .arg("join")
+        .arg("--entities")
+        .arg(&ints)
+        .arg("--offline")
+        .arg(&offline)
+        .arg("--pipelines")
+        .arg(repo("pipelines"))
+        .arg("--output")
+        .arg(tmp.path().join("x.parquet"))
+        .args(["--group", "user_spend_5m", "--memory-limit", "1KB"])
+        .output()
+        .expect("runs");
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        msg.contains("key type mismatch for \"user_id\""),
+        "partitioned path too: {msg}"
+    );
     assert!(!tmp.path().join("x.parquet").exists(), "no partial output");
 }
