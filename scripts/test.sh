@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+# A C toolchain and make: the rdkafka crate builds librdkafka from source.
+{ command -v cc && command -v make && command -v perl; } >/dev/null 2>&1 || need_apt+=(build-essential perl)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
