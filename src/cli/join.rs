@@ -180,16 +180,7 @@ fn features_from_files(dir: &std::path::Path, keys: &[String]) -> anyhow::Result
     let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
         std::fs::File::open(f)?,
     )?;
-    let fixed = [
-        "window_start",
-        "window_end",
-        "pane_index",
-        "timing",
-        "is_final",
-        "retraction",
-        "emitted_at",
-        "watermark",
-    ];
+    let fixed = rill::config::PANE_COLUMNS;
     Ok(b.schema()
         .fields()
         .iter()

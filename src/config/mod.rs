@@ -155,6 +155,19 @@ pub struct RedisSink {
     pub key_prefix: String,
 }
 
+/// Columns of an offline row besides keys and features (SPEC 6); no
+/// feature may take these names.
+pub const PANE_COLUMNS: [&str; 8] = [
+    "window_start",
+    "window_end",
+    "pane_index",
+    "timing",
+    "is_final",
+    "retraction",
+    "emitted_at",
+    "watermark",
+];
+
 /// A checked pipeline, ready to run.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -490,18 +503,7 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
     if spec.features.value.is_empty() {
         return Err(cx.err(&features_loc, "expected at least one feature"));
     }
-    let reserved: HashSet<&str> = [
-        "window_start",
-        "window_end",
-        "pane_index",
-        "timing",
-        "is_final",
-        "retraction",
-        "emitted_at",
-        "watermark",
-    ]
-    .into_iter()
-    .collect();
+    let reserved: HashSet<&str> = PANE_COLUMNS.into_iter().collect();
     let mut names: HashMap<String, Location> = HashMap::new();
     for f in &spec.features.value {
         let n = &f.name;

@@ -497,7 +497,7 @@ impl Worker {
         };
         let prefix = format!("p{p}o");
         let mut sink = self.parquet_root.as_ref().map(|root| {
-            ParquetSink::new(root, &self.p, &run_id(p, next_offset))
+            ParquetSink::new(root, &self.p, &run_id(p, epoch, next_offset))
                 .deferred(self.opts.max_file_rows)
         });
         if let Some(c) = &c {
@@ -740,7 +740,7 @@ impl Worker {
             self.store.store(&ck)?;
             ParquetSink::publish(&pending)?;
             if let Some(s) = &mut part.sink {
-                s.set_run_id(&run_id(p, part.next_offset));
+                s.set_run_id(&run_id(p, part.epoch, part.next_offset));
             }
             if let Some(o) = part.next_offset {
                 commit.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
@@ -801,8 +801,11 @@ impl Worker {
     }
 }
 
-/// File-name run id of a partition's epoch: the offset it starts at, so
-/// that re-processing the same offsets writes the same names.
-fn run_id(p: i32, next_offset: Option<i64>) -> String {
-    format!("p{p}o{}", next_offset.unwrap_or(0))
+/// File-name run id of a partition's epoch: the checkpoint epoch it
+/// follows and the offset it starts at. Unique per epoch (two epochs can
+/// start at one offset when a partition has no new records but its windows
+/// keep firing), and the same when the same epoch is re-processed after a
+/// crash.
+fn run_id(p: i32, epoch: u64, next_offset: Option<i64>) -> String {
+    format!("p{p}o{}e{epoch}", next_offset.unwrap_or(0))
 }

@@ -387,28 +387,35 @@ impl ParquetSink {
         Ok(())
     }
 
-    /// Removes temporary files whose names start with `.part-{prefix}` and
-    /// that are not in `keep` (left by a crashed run).
-    pub fn remove_unpublished(&self, prefix: &str, keep: &[(PathBuf, PathBuf)]) -> usize {
-        let start = format!(".part-{prefix}");
-        let mut removed = 0;
+    /// Every file of the group's date directories, with its name.
+    fn day_files(&self) -> Vec<(PathBuf, String)> {
+        let mut out = Vec::new();
         let Ok(days) = std::fs::read_dir(&self.dir) else {
-            return 0;
+            return out;
         };
         for day in days.flatten() {
             let Ok(files) = std::fs::read_dir(day.path()) else {
                 continue;
             };
             for f in files.flatten() {
-                let path = f.path();
-                let name = f.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&start)
-                    && name.ends_with(".tmp")
-                    && !keep.iter().any(|(t, _)| *t == path)
-                    && std::fs::remove_file(&path).is_ok()
-                {
-                    removed += 1;
-                }
+                out.push((f.path(), f.file_name().to_string_lossy().into_owned()));
+            }
+        }
+        out
+    }
+
+    /// Removes temporary files whose names start with `.part-{prefix}` and
+    /// that are not in `keep` (left by a crashed run).
+    pub fn remove_unpublished(&self, prefix: &str, keep: &[(PathBuf, PathBuf)]) -> usize {
+        let start = format!(".part-{prefix}");
+        let mut removed = 0;
+        for (path, name) in self.day_files() {
+            if name.starts_with(&start)
+                && name.ends_with(".tmp")
+                && !keep.iter().any(|(t, _)| *t == path)
+                && std::fs::remove_file(&path).is_ok()
+            {
+                removed += 1;
             }
         }
         removed
@@ -501,26 +508,16 @@ impl ParquetSink {
     pub fn remove_stale(&self) -> Result<usize, ParquetSinkError> {
         let prefix = format!("part-{}-", self.run_id);
         let mut removed = 0;
-        let Ok(days) = std::fs::read_dir(&self.dir) else {
-            return Ok(0);
-        };
-        for day in days.flatten() {
-            let Ok(files) = std::fs::read_dir(day.path()) else {
-                continue;
-            };
-            for f in files.flatten() {
-                let path = f.path();
-                let name = f.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&prefix)
-                    && name.ends_with(".parquet")
-                    && !self.written.contains(&path)
-                {
-                    std::fs::remove_file(&path).map_err(|source| ParquetSinkError::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
-                    removed += 1;
-                }
+        for (path, name) in self.day_files() {
+            if name.starts_with(&prefix)
+                && name.ends_with(".parquet")
+                && !self.written.contains(&path)
+            {
+                std::fs::remove_file(&path).map_err(|source| ParquetSinkError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                removed += 1;
             }
         }
         Ok(removed)

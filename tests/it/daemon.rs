@@ -250,10 +250,14 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, brokers: &str, redis: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_with(dir, PIPELINE, brokers, redis, extra)
+    }
+
+    fn start_with(dir: &Path, yaml: &str, brokers: &str, redis: &str, extra: &[&str]) -> Daemon {
         let http = free_port();
         let pipe = dir.join("spend.yaml");
         if !pipe.exists() {
-            std::fs::write(&pipe, PIPELINE).expect("pipeline file");
+            std::fs::write(&pipe, yaml).expect("pipeline file");
         }
         let child = rill()
             .arg("run")
@@ -424,6 +428,56 @@ fn check_redis(r: &RedisServer, want: &BTreeMap<(String, i64), (i64, f64, f64)>)
     }
 }
 
+/// Waits until Parquet holds as many final rows as expected.
+fn wait_for_finals(dir: &Path, want: &Finals) {
+    let t = Instant::now();
+    loop {
+        let got = final_rows(dir);
+        if got.as_ref().is_ok_and(|g| g.len() >= want.len()) {
+            return;
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            let mut logs = String::new();
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with("daemon-") {
+                    logs += &format!(
+                        "--- {}\n{}\n",
+                        e.path().display(),
+                        std::fs::read_to_string(e.path()).unwrap_or_default()
+                    );
+                }
+            }
+            let state = match &got {
+                Ok(g) => {
+                    let missing: Vec<_> = want
+                        .keys()
+                        .filter(|k| !g.contains_key(*k))
+                        .take(5)
+                        .collect();
+                    format!(
+                        "{} of {} final rows; missing e.g. {missing:?}",
+                        g.len(),
+                        want.len()
+                    )
+                }
+                Err(e) => e.clone(),
+            };
+            panic!("timed out waiting for every final pane in Parquet: {state}\n{logs}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for every final row, stops the daemon with SIGTERM, and checks
+/// Parquet (each window once, with the group-by's values) and Redis.
+fn drain_and_check(d: Daemon, dir: &Path, redis: &RedisServer, want: &Finals) {
+    wait_for_finals(dir, want);
+    let (st, _) = d.stop();
+    assert!(st.success(), "clean exit on SIGTERM: {st:?}");
+    assert_same(&final_rows(dir).expect("no doubled rows"), want);
+    check_redis(redis, want);
+}
+
 fn end_of(evs: &[Ev]) -> i64 {
     evs.iter().map(|e| e.time).max().expect("events") + 86_400_000_000
 }
@@ -438,9 +492,7 @@ fn kafka_to_redis_and_parquet_with_exact_values_and_metrics() {
     kafka.sentinels(end_of(&evs));
     let d = Daemon::start(tmp.path(), &kafka.brokers(), &redis.url(), &[]);
     let want = group_by(&evs);
-    wait_for(90, "every final pane in Parquet", || {
-        final_rows(tmp.path()).is_ok_and(|g| g.len() >= want.len())
-    });
+    wait_for_finals(tmp.path(), &want);
     assert!(d.metric("rill_events_total") >= 3002.0, "{}", d.metrics());
     assert!(d.metrics().contains("rill_event_to_online_seconds_bucket"));
     let (st, _) = d.stop();
@@ -478,13 +530,7 @@ fn kill_9_mid_stream_then_restart_loses_and_doubles_nothing() {
     kafka.sentinels(end_of(&evs));
     let d = Daemon::start(tmp.path(), &kafka.brokers(), &redis.url(), &[]);
     let want = group_by(&evs);
-    wait_for(90, "every final pane in Parquet", || {
-        final_rows(tmp.path()).is_ok_and(|g| g.len() >= want.len())
-    });
-    let (st, _) = d.stop();
-    assert!(st.success());
-    assert_same(&final_rows(tmp.path()).expect("no doubled rows"), &want);
-    check_redis(&redis, &want);
+    drain_and_check(d, tmp.path(), &redis, &want);
 }
 
 #[test]
@@ -507,13 +553,7 @@ fn redis_down_and_back_mid_stream_loses_nothing() {
     });
     redis.restart();
     let want = group_by(&evs);
-    wait_for(90, "every final pane in Parquet", || {
-        final_rows(tmp.path()).is_ok_and(|g| g.len() >= want.len())
-    });
-    let (st, _) = d.stop();
-    assert!(st.success());
-    assert_same(&final_rows(tmp.path()).expect("no doubled rows"), &want);
-    check_redis(&redis, &want);
+    drain_and_check(d, tmp.path(), &redis, &want);
 }
 
 #[test]
@@ -542,9 +582,7 @@ fn bad_messages_go_to_dead_letters_with_reasons() {
     kafka.sentinels(end_of(&evs));
     let d = Daemon::start(tmp.path(), &kafka.brokers(), &redis.url(), &[]);
     let want = group_by(&evs);
-    wait_for(90, "every final pane in Parquet", || {
-        final_rows(tmp.path()).is_ok_and(|g| g.len() >= want.len())
-    });
+    wait_for_finals(tmp.path(), &want);
     wait_for(30, "four dead letters", || {
         d.metric("rill_dead_letters_total") >= 4.0
     });
@@ -593,9 +631,7 @@ fn rebalance_between_two_instances_keeps_every_value_once() {
     kafka.produce(b);
     kafka.sentinels(end_of(&evs));
     let want = group_by(&evs);
-    wait_for(120, "every final pane in Parquet", || {
-        final_rows(tmp.path()).is_ok_and(|g| g.len() >= want.len())
-    });
+    wait_for_finals(tmp.path(), &want);
     let (s1, _) = d1.stop();
     let (s2, _) = d2.stop();
     assert!(s1.success() && s2.success());
@@ -759,4 +795,92 @@ fn redis_compare_and_set_orders_by_window_generation_and_pane() {
         ),
         ("9", "300", "1")
     );
+}
+
+/// A partition that gets no new records while the watermark, moved by the
+/// other partition, fires its windows in several checkpoint epochs: every
+/// epoch's file is kept (file names are unique per epoch).
+#[test]
+fn an_idle_partition_firing_across_epochs_keeps_every_file() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let kafka = Kafka::start();
+    let yaml = PIPELINE.replace(
+        "watermark: { max_out_of_orderness: 15m }",
+        "watermark: { max_out_of_orderness: 1m, idle_timeout: 300ms }",
+    );
+    let t0 = 1_767_571_200_000_000i64; // 2026-01-05T00:00:00Z
+    let ev = |user: &str, t: i64, amount: f64| Ev {
+        user: user.into(),
+        amount,
+        time: t,
+        json: format!(
+            r#"{{"user_id":"{user}","event_type":"click","amount":{amount},"event_time":"{}"}}"#,
+            rill::time::format_rfc3339(t)
+        ),
+    };
+    let hour = 3_600_000_000i64;
+    // Partition 1: two windows, hours apart, and then nothing more.
+    let p1 = [ev("u1", t0 + 2 * hour, 1.0), ev("u1", t0 + 6 * hour, 2.0)];
+    for e in &p1 {
+        kafka.send(1, &e.user, Some(e.json.as_bytes()));
+    }
+    let chunk = |from: i64, to: i64| -> Vec<Ev> {
+        (0..40)
+            .map(|i| ev("u2", from + (to - from) * i / 40, 1.0))
+            .collect()
+    };
+    let send = |evs: &[Ev]| {
+        for e in evs {
+            kafka.send(0, &e.user, Some(e.json.as_bytes()));
+        }
+        kafka
+            .producer
+            .flush(Duration::from_secs(30))
+            .expect("flush");
+    };
+    // Partition 0 moves the watermark in steps, each after checkpoints in
+    // which partition 1 got nothing new.
+    let zero = chunk(t0, t0 + hour);
+    send(&zero);
+    let d = Daemon::start_with(tmp.path(), &yaml, &kafka.brokers(), &redis.url(), &[]);
+    let checkpoints = |n: f64| {
+        let seen = d.metric("rill_checkpoints_total");
+        wait_for(60, "checkpoints", || {
+            d.metric("rill_checkpoints_total") >= seen + n
+        });
+    };
+    wait_for(60, "the first events", || {
+        d.metric("rill_events_total") >= 42.0
+    });
+    checkpoints(2.0);
+    let first = chunk(t0 + hour, t0 + 3 * hour);
+    send(&first);
+    wait_for(60, "the first window of partition 1 published", || {
+        final_rows(tmp.path()).is_ok_and(|g| g.contains_key(&("u1".to_string(), t0 + 2 * hour)))
+    });
+    checkpoints(2.0);
+    let second = chunk(t0 + 3 * hour, t0 + 12 * hour);
+    send(&second);
+    let mut all: Vec<Ev> = p1.to_vec();
+    all.extend(zero);
+    all.extend(first);
+    all.extend(second.iter().cloned());
+    // The last windows of u2 stay open (the watermark trails u2's latest event).
+    let cut = second.last().expect("events").time - 60_000_000 - WINDOW_US;
+    let want: Finals = group_by(&all)
+        .into_iter()
+        .filter(|((_, s), _)| *s < cut)
+        .collect();
+    wait_for(60, "both windows of partition 1", || {
+        final_rows(tmp.path()).is_ok_and(|g| want.keys().all(|k| g.contains_key(k)))
+    });
+    let (st, _) = d.stop();
+    assert!(st.success());
+    let got: Finals = final_rows(tmp.path())
+        .expect("no doubled rows")
+        .into_iter()
+        .filter(|(k, _)| want.contains_key(k))
+        .collect();
+    assert_same(&got, &want);
 }

@@ -414,6 +414,41 @@ fn discarding_pipelines_are_refused_in_final_mode() {
     assert!(FeatureTable::from_batches(s, Mode::AsOfEmit, &[]).is_ok());
 }
 
+/// `rill join` over `entities` with the pipelines of the repository.
+fn join_cmd(
+    entities: &std::path::Path,
+    offline: &std::path::Path,
+    output: &std::path::Path,
+) -> std::process::Command {
+    let mut c = rill();
+    c.arg("join")
+        .arg("--entities")
+        .arg(entities)
+        .arg("--offline")
+        .arg(offline)
+        .arg("--pipelines")
+        .arg(repo("pipelines"))
+        .arg("--output")
+        .arg(output);
+    c
+}
+
+/// The two groups of the end-to-end test, with full names, JSON summary, no TTL.
+const TWO_GROUPS: [&str; 12] = [
+    "--group",
+    "user_spend_5m:tx_count,amount_sum",
+    "--group",
+    "user_category_1h",
+    "--full-names",
+    "--json",
+    "--ttl",
+    "user_spend_5m=none",
+    "--ttl",
+    "user_category_1h=none",
+    "--mode",
+    "final",
+];
+
 /// End to end: `rill replay` writes two groups, `rill join` joins a CSV of
 /// entity rows with both, and every value equals a brute-force answer
 /// computed from the replay's own Parquet rows.
@@ -459,32 +494,7 @@ fn cli_joins_two_groups_from_csv_and_reports_errors() {
     std::fs::write(&ent, &csv).expect("csv");
     std::fs::create_dir_all(tmp.path().join("train")).expect("dir");
     let out = tmp.path().join("train").join("train.parquet");
-    let o = run_ok(
-        rill()
-            .arg("join")
-            .arg("--entities")
-            .arg(&ent)
-            .args([
-                "--group",
-                "user_spend_5m:tx_count,amount_sum",
-                "--group",
-                "user_category_1h",
-                "--full-names",
-                "--json",
-            ])
-            .arg("--pipelines")
-            .arg(repo("pipelines"))
-            .arg("--offline")
-            .arg(&offline)
-            .arg("--output")
-            .arg(&out)
-            .args([
-                "--ttl",
-                "user_spend_5m=none",
-                "--ttl",
-                "user_category_1h=none",
-            ]),
-    );
+    let o = run_ok(join_cmd(&ent, &offline, &out).args(TWO_GROUPS));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json summary");
     assert_eq!(summary["rows"], 303);
     let rows = crate::util::read_rows(&tmp.path().join("train"));
@@ -522,32 +532,13 @@ fn cli_joins_two_groups_from_csv_and_reports_errors() {
     // gives the same rows.
     std::fs::create_dir_all(tmp.path().join("spilled")).expect("dir");
     let o = run_ok(
-        rill()
-            .arg("join")
-            .arg("--entities")
-            .arg(&ent)
-            .args([
-                "--group",
-                "user_spend_5m:tx_count,amount_sum",
-                "--group",
-                "user_category_1h",
-                "--full-names",
-                "--json",
-            ])
-            .arg("--pipelines")
-            .arg(repo("pipelines"))
-            .arg("--offline")
-            .arg(&offline)
-            .arg("--output")
-            .arg(tmp.path().join("spilled").join("train.parquet"))
-            .args([
-                "--ttl",
-                "user_spend_5m=none",
-                "--ttl",
-                "user_category_1h=none",
-                "--memory-limit",
-                "64KB",
-            ]),
+        join_cmd(
+            &ent,
+            &offline,
+            &tmp.path().join("spilled").join("train.parquet"),
+        )
+        .args(TWO_GROUPS)
+        .args(["--memory-limit", "64KB"]),
     );
     let s2: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json summary");
     assert!(s2["partitions"].as_u64().unwrap_or(0) > 1, "{s2}");
@@ -569,82 +560,39 @@ fn cli_joins_two_groups_from_csv_and_reports_errors() {
         "spill files are removed"
     );
 
-    // Errors name what is wrong.
-    let err = |args: &[&str]| {
-        let o = rill()
-            .arg("join")
-            .arg("--entities")
-            .arg(&ent)
-            .arg("--offline")
-            .arg(&offline)
-            .arg("--pipelines")
-            .arg(repo("pipelines"))
-            .arg("--output")
-            .arg(tmp.path().join("x.parquet"))
+    // Errors name what is wrong, and leave no output behind.
+    let x = tmp.path().join("x.parquet");
+    let fails = |entities: &std::path::Path, args: &[&str]| {
+        let o = join_cmd(entities, &offline, &x)
             .args(args)
             .output()
             .expect("runs");
-        assert!(!o.status.success());
+        assert!(!o.status.success(), "{args:?} should fail");
         String::from_utf8_lossy(&o.stderr).to_string()
     };
-    assert!(err(&["--group", "nope"]).contains("unknown feature group \"nope\""));
-    assert!(err(&["--group", "user_spend_5m:tx_cnt"]).contains("no feature \"tx_cnt\""));
-    assert!(
-        err(&["--group", "user_spend_5m", "--timestamp-column", "ts"])
-            .contains("\"ts\" is missing")
-    );
+    assert!(fails(&ent, &["--group", "nope"]).contains("unknown feature group \"nope\""));
+    assert!(fails(&ent, &["--group", "user_spend_5m:tx_cnt"]).contains("no feature \"tx_cnt\""));
+    assert!(fails(
+        &ent,
+        &["--group", "user_spend_5m", "--timestamp-column", "ts"]
+    )
+    .contains("\"ts\" is missing"));
     let bad = tmp.path().join("nulls.csv");
     std::fs::write(
         &bad,
         "user_id,event_timestamp\nu1,2026-01-05T00:00:00Z\nu2,\nu3,\n",
     )
     .expect("csv");
-    let o = rill()
-        .arg("join")
-        .arg("--entities")
-        .arg(&bad)
-        .arg("--offline")
-        .arg(&offline)
-        .arg("--pipelines")
-        .arg(repo("pipelines"))
-        .arg("--output")
-        .arg(tmp.path().join("x.parquet"))
-        .args(["--group", "user_spend_5m"])
-        .output()
-        .expect("runs");
-    let msg = String::from_utf8_lossy(&o.stderr);
+    let msg = fails(&bad, &["--group", "user_spend_5m"]);
     assert!(msg.contains("2 null value(s), the first at row 1"), "{msg}");
     let ints = tmp.path().join("ints.csv");
     std::fs::write(&ints, "user_id,event_timestamp\n1,2026-01-05T00:00:00Z\n").expect("csv");
-    let o = rill()
-        .arg("join")
-        .arg("--entities")
-        .arg(&ints)
-        .arg("--offline")
-        .arg(&offline)
-        .arg("--pipelines")
-        .arg(repo("pipelines"))
-        .arg("--output")
-        .arg(tmp.path().join("x.parquet"))
-        .args(["--group", "user_spend_5m"])
-        .output()
-        .expect("runs");
-    let msg = String::from_utf8_lossy(&o.stderr);
+    let msg = fails(&ints, &["--group", "user_spend_5m"]);
     assert!(msg.contains("key type mismatch for \"user_id\""), "{msg}");
-    let o = rill()
-        .arg("join")
-        .arg("--entities")
-        .arg(&ints)
-        .arg("--offline")
-        .arg(&offline)
-        .arg("--pipelines")
-        .arg(repo("pipelines"))
-        .arg("--output")
-        .arg(tmp.path().join("x.parquet"))
-        .args(["--group", "user_spend_5m", "--memory-limit", "1KB"])
-        .output()
-        .expect("runs");
-    let msg = String::from_utf8_lossy(&o.stderr);
+    let msg = fails(
+        &ints,
+        &["--group", "user_spend_5m", "--memory-limit", "1KB"],
+    );
     assert!(
         msg.contains("key type mismatch for \"user_id\""),
         "partitioned path too: {msg}"
