@@ -589,6 +589,18 @@ fn cli_joins_two_groups_from_csv_and_reports_errors() {
     std::fs::write(&ints, "user_id,event_timestamp\n1,2026-01-05T00:00:00Z\n").expect("csv");
     let msg = fails(&ints, &["--group", "user_spend_5m"]);
     assert!(msg.contains("key type mismatch for \"user_id\""), "{msg}");
+    let garbage = tmp.path().join("garbage.parquet");
+    std::fs::write(&garbage, b"PAR1 this is not parquet at all").expect("file");
+    let msg = fails(&garbage, &["--group", "user_spend_5m"]);
+    assert!(
+        msg.contains("garbage.parquet: not a readable Parquet file"),
+        "{msg}"
+    );
+    let msg = fails(
+        &tmp.path().join("absent.csv"),
+        &["--group", "user_spend_5m"],
+    );
+    assert!(msg.contains("absent.csv"), "{msg}");
     let msg = fails(
         &ints,
         &["--group", "user_spend_5m", "--memory-limit", "1KB"],
