@@ -25,8 +25,8 @@ pub struct Args {
     /// Only events before this time (RFC 3339 or YYYY-MM-DD).
     #[arg(long)]
     pub to: Option<String>,
-    /// Also write to the pipeline's Redis sink. Not available yet: the Redis
-    /// writer comes with the daemon (`rill run`); this flag is refused until then.
+    /// Also write to the pipeline's Redis sink. Not available yet (the
+    /// daemon, `rill run`, writes Redis); this flag is refused until then.
     #[arg(long)]
     pub online: bool,
     /// Print the summary as JSON on standard output.
@@ -37,7 +37,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ReplaySummary> {
     let pipeline = Pipeline::from_file(&args.pipeline)?;
     if args.online {
-        bail!("--online is not available yet: the Redis writer comes with the daemon (rill run)");
+        bail!("--online is not available yet: replay writes the offline store only; the daemon (rill run) writes Redis");
     }
     let output = match (&args.output, &pipeline.parquet_path) {
         (Some(o), _) => o.clone(),

@@ -1,3 +1,4 @@
-//! Sources of events: bounded files for replay (`file`); Kafka comes with the daemon.
+//! Sources of events: bounded files for replay (`file`). The daemon reads
+//! Kafka itself (`daemon::worker`).
 
 pub mod file;
