@@ -54,23 +54,30 @@ pub const CAS_SCRIPT: &str = r#"
 local i = 1
 local written = 0
 for k = 1, #KEYS do
-  local we, gen, pane = tonumber(ARGV[i]), tonumber(ARGV[i+1]), tonumber(ARGV[i+2])
-  local ttl, nset, ndel = tonumber(ARGV[i+3]), tonumber(ARGV[i+4]), tonumber(ARGV[i+5])
+  local key = KEYS[k]
+  local we = tonumber(ARGV[i])
+  local nset, ndel = tonumber(ARGV[i+4]), tonumber(ARGV[i+5])
   local first = i + 6
   local ok = true
-  local cur = redis.call('HMGET', KEYS[k], '_window_end', '_gen', '_pane')
-  if cur[1] then
-    local cwe, cgen, cpane = tonumber(cur[1]), tonumber(cur[2]) or 0, tonumber(cur[3]) or 0
+  local existed = false
+  local cwe = redis.call('HGET', key, '_window_end')
+  if cwe then
+    existed = true
+    cwe = tonumber(cwe)
     if cwe > we then ok = false
     elseif cwe == we then
+      local cur = redis.call('HMGET', key, '_gen', '_pane')
+      local gen, pane = tonumber(ARGV[i+1]), tonumber(ARGV[i+2])
+      local cgen, cpane = tonumber(cur[1]) or 0, tonumber(cur[2]) or 0
       if cgen > gen then ok = false
       elseif cgen == gen and cpane > pane then ok = false end
     end
   end
   if ok then
-    redis.call('HSET', KEYS[k], '_window_end', ARGV[i], '_gen', ARGV[i+1], '_pane', ARGV[i+2], unpack(ARGV, first, first + nset - 1))
-    if ndel > 0 then redis.call('HDEL', KEYS[k], unpack(ARGV, first + nset, first + nset + ndel - 1)) end
-    if ttl > 0 then redis.call('PEXPIRE', KEYS[k], ttl) end
+    redis.call('HSET', key, '_window_end', ARGV[i], '_gen', ARGV[i+1], '_pane', ARGV[i+2], unpack(ARGV, first, first + nset - 1))
+    if existed and ndel > 0 then redis.call('HDEL', key, unpack(ARGV, first + nset, first + nset + ndel - 1)) end
+    local ttl = tonumber(ARGV[i+3])
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
     written = written + 1
   end
   i = first + nset + ndel
