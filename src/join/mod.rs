@@ -110,12 +110,12 @@ pub enum JoinError {
 
 /// The class of a key column, for typed comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeyClass {
+pub(crate) enum KeyClass {
     Int,
     Str,
 }
 
-fn key_class(dt: &DataType) -> Option<KeyClass> {
+pub(crate) fn key_class(dt: &DataType) -> Option<KeyClass> {
     match dt {
         DataType::Int8
         | DataType::Int16
@@ -284,13 +284,7 @@ pub(crate) fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef, JoinEr
         .cloned()
         .ok_or_else(|| JoinError::MissingColumn {
             column: name.to_string(),
-            available: batch
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            available: names(&batch.schema()),
         })
 }
 
@@ -792,6 +786,75 @@ pub struct JoinOptions {
     pub full_names: bool,
 }
 
+/// The entity columns, then each group's features (named `GROUP__FEATURE`
+/// with `full_names`); a name that would appear twice is refused.
+pub(crate) fn output_schema<'a>(
+    input: &Schema,
+    groups: impl Iterator<Item = (&'a str, &'a [Field])>,
+    full_names: bool,
+) -> Result<SchemaRef, JoinError> {
+    let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut seen: std::collections::HashSet<String> =
+        fields.iter().map(|f| f.name().clone()).collect();
+    for (group, features) in groups {
+        for f in features {
+            let name = if full_names {
+                format!("{group}__{}", f.name())
+            } else {
+                f.name().clone()
+            };
+            if !seen.insert(name.clone()) {
+                return Err(JoinError::DuplicateColumn(name));
+            }
+            fields.push(Field::new(name, f.data_type().clone(), true));
+        }
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// The column names of a schema, for error messages.
+fn names(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks that the entity schema has the timestamp and key columns, and
+/// that each key column's type class agrees with the group's (`None`: not
+/// known).
+pub(crate) fn check_entities<'a>(
+    input: &Schema,
+    timestamp_column: &str,
+    groups: impl Iterator<Item = (&'a GroupSpec, Vec<Option<KeyClass>>)>,
+) -> Result<(), JoinError> {
+    let missing = |column: &str| JoinError::MissingColumn {
+        column: column.to_string(),
+        available: names(input),
+    };
+    input
+        .field_with_name(timestamp_column)
+        .map_err(|_| missing(timestamp_column))?;
+    for (spec, classes) in groups {
+        for (k, name) in spec.keys.iter().enumerate() {
+            let f = input.field_with_name(name).map_err(|_| missing(name))?;
+            let ec = key_class(f.data_type());
+            let fc = classes.get(k).copied().flatten();
+            if ec.is_none() || (fc.is_some() && ec != fc) {
+                return Err(JoinError::KeyType {
+                    column: name.clone(),
+                    entity: format!("{} ({})", class_name(ec), f.data_type()),
+                    group: spec.name.clone(),
+                    feature: class_name(fc).to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Joins entity batches with indexed feature groups.
 pub struct Joiner {
     pub tables: Vec<FeatureTable>,
@@ -820,63 +883,23 @@ impl Joiner {
 
     /// The output schema for entity rows of schema `input`.
     pub fn output_schema(&self, input: &Schema) -> Result<SchemaRef, JoinError> {
-        let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
-        let mut seen: std::collections::HashSet<String> =
-            fields.iter().map(|f| f.name().clone()).collect();
-        for t in &self.tables {
-            for f in &t.fields {
-                let name = if self.opts.full_names {
-                    format!("{}__{}", t.spec.name, f.name())
-                } else {
-                    f.name().clone()
-                };
-                if !seen.insert(name.clone()) {
-                    return Err(JoinError::DuplicateColumn(name));
-                }
-                fields.push(Field::new(name, f.data_type().clone(), true));
-            }
-        }
-        Ok(Arc::new(Schema::new(fields)))
+        output_schema(
+            input,
+            self.tables
+                .iter()
+                .map(|t| (t.spec.name.as_str(), t.fields.as_slice())),
+            self.opts.full_names,
+        )
     }
 
     /// Checks that the entity schema has the key and timestamp columns and
     /// that key types agree with each group.
     pub fn check(&self, input: &Schema) -> Result<(), JoinError> {
-        let available = || {
-            input
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        if input.field_with_name(&self.opts.timestamp_column).is_err() {
-            return Err(JoinError::MissingColumn {
-                column: self.opts.timestamp_column.clone(),
-                available: available(),
-            });
-        }
-        for t in &self.tables {
-            for (k, name) in t.spec.keys.iter().enumerate() {
-                let f = input
-                    .field_with_name(name)
-                    .map_err(|_| JoinError::MissingColumn {
-                        column: name.clone(),
-                        available: available(),
-                    })?;
-                let ec = key_class(f.data_type());
-                let fc = t.key_classes[k];
-                if ec.is_none() || (fc.is_some() && ec != fc) {
-                    return Err(JoinError::KeyType {
-                        column: name.clone(),
-                        entity: format!("{} ({})", class_name(ec), f.data_type()),
-                        group: t.spec.name.clone(),
-                        feature: class_name(fc).to_string(),
-                    });
-                }
-            }
-        }
-        Ok(())
+        check_entities(
+            input,
+            &self.opts.timestamp_column,
+            self.tables.iter().map(|t| (&t.spec, t.key_classes.clone())),
+        )
     }
 
     /// Joins one batch of entity rows: the same rows, in order, with the

@@ -404,6 +404,17 @@ impl Output {
     }
 }
 
+/// Where the output is written before it is renamed into place.
+fn aside(output: &Path) -> PathBuf {
+    output.with_file_name(format!(
+        ".{}.tmp",
+        output
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("join")
+    ))
+}
+
 /// The output file (Parquet, or CSV by extension), written at `tmp`.
 fn open_output(output: &Path, tmp: &Path, schema: &SchemaRef) -> Result<Output, JoinError> {
     let file = File::create(tmp).map_err(io_err(tmp))?;
@@ -497,13 +508,7 @@ pub fn join_files(o: &FileJoinOptions) -> Result<JoinSummary, JoinError> {
     let (mut reader, schema) = EntityReader::open(&o.entities, &keys)?;
     joiner.check(&schema)?;
     let out_schema = joiner.output_schema(&schema)?;
-    let tmp = o.output.with_file_name(format!(
-        ".{}.tmp",
-        o.output
-            .file_name()
-            .and_then(|s| s.to_str())
-            .unwrap_or("join")
-    ));
+    let tmp = aside(&o.output);
     let mut out = open_output(&o.output, &tmp, &out_schema)?;
     let result = (|| -> Result<(), JoinError> {
         let mut wrote_any = false;
@@ -573,48 +578,26 @@ fn join_partitioned(o: &FileJoinOptions, parts: usize) -> Result<JoinSummary, Jo
         let ts_col = o.join.timestamp_column.clone();
         // Pass 1: entity rows to per-partition spills, per group.
         let (mut reader, schema) = EntityReader::open(&o.entities, &keys)?;
-        let available = || {
-            schema
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        for c in keys.iter().chain(std::iter::once(&ts_col)) {
-            if schema.field_with_name(c).is_err() {
-                return Err(JoinError::MissingColumn {
-                    column: c.clone(),
-                    available: available(),
-                });
-            }
-        }
         // Key types against each group's first file.
+        let mut classes = Vec::new();
         for g in &o.groups {
-            if let Some(f) = group_files(&o.offline, g)?.first() {
-                let (_, fschema) = RowGroups::open(f, &g.keys, None)?;
-                for k in &g.keys {
-                    let e = schema
-                        .field_with_name(k)
-                        .map(|x| super::key_class(x.data_type()))
-                        .ok()
-                        .flatten();
-                    let fc = fschema
-                        .field_with_name(k)
-                        .map(|x| super::key_class(x.data_type()))
-                        .ok()
-                        .flatten();
-                    if e.is_none() || (fc.is_some() && e != fc) {
-                        return Err(JoinError::KeyType {
-                            column: k.clone(),
-                            entity: super::class_name(e).to_string(),
-                            group: g.name.clone(),
-                            feature: super::class_name(fc).to_string(),
-                        });
-                    }
-                }
-            }
+            let fschema = match group_files(&o.offline, g)?.first() {
+                Some(f) => Some(RowGroups::open(f, &g.keys, None)?.1),
+                None => None,
+            };
+            classes.push(
+                g.keys
+                    .iter()
+                    .map(|k| {
+                        fschema
+                            .as_ref()
+                            .and_then(|s| s.field_with_name(k).ok())
+                            .and_then(|f| super::key_class(f.data_type()))
+                    })
+                    .collect::<Vec<_>>(),
+            );
         }
+        super::check_entities(&schema, &ts_col, o.groups.iter().zip(classes))?;
         let mut spills: Vec<EntitySpill> = o
             .groups
             .iter()
@@ -666,24 +649,14 @@ fn join_partitioned(o: &FileJoinOptions, parts: usize) -> Result<JoinSummary, Jo
             )?);
         }
         // Pass 3: the entity rows again, in order, with their results.
-        let mut fields: Vec<arrow_schema::Field> =
-            schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-        let mut seen: std::collections::HashSet<String> =
-            fields.iter().map(|f| f.name().clone()).collect();
-        for (g, r) in o.groups.iter().zip(&results) {
-            for f in &r.fields {
-                let name = if o.join.full_names {
-                    format!("{}__{}", g.name, f.name())
-                } else {
-                    f.name().clone()
-                };
-                if !seen.insert(name.clone()) {
-                    return Err(JoinError::DuplicateColumn(name));
-                }
-                fields.push(arrow_schema::Field::new(name, f.data_type().clone(), true));
-            }
-        }
-        let out_schema: SchemaRef = Arc::new(arrow_schema::Schema::new(fields));
+        let out_schema = super::output_schema(
+            &schema,
+            o.groups
+                .iter()
+                .zip(&results)
+                .map(|(g, r)| (g.name.as_str(), r.fields.as_slice())),
+            o.join.full_names,
+        )?;
         let mut merges: Vec<Merge> = o
             .groups
             .iter()
@@ -691,13 +664,7 @@ fn join_partitioned(o: &FileJoinOptions, parts: usize) -> Result<JoinSummary, Jo
             .map(|(g, r)| Merge::new(r, &g.keys))
             .collect::<Result<_, _>>()?;
         let (mut reader, _) = EntityReader::open(&o.entities, &keys)?;
-        let out_tmp = o.output.with_file_name(format!(
-            ".{}.tmp",
-            o.output
-                .file_name()
-                .and_then(|s| s.to_str())
-                .unwrap_or("join")
-        ));
+        let out_tmp = aside(&o.output);
         let mut out = open_output(&o.output, &out_tmp, &out_schema)?;
         let mut base = 0u64;
         let mut wrote = false;
