@@ -167,7 +167,8 @@ enum Polled {
         p: i32,
         offset: i64,
         ts: Option<Micros>,
-        payload: Option<Vec<u8>>,
+        /// The value is in `Worker::record` (`false`: a tombstone).
+        has_payload: bool,
     },
     Eof(i32),
     Error(KafkaError),
@@ -208,6 +209,8 @@ pub struct Worker {
     parts: BTreeMap<i32, Part>,
     online: Option<mpsc::Sender<OnlineMsg>>,
     online_buf: OnlineBatch,
+    /// The current record's value, reused from record to record.
+    record: Vec<u8>,
     feature_names: Vec<String>,
     parquet_root: Option<PathBuf>,
     dead: DeadLetters,
@@ -291,6 +294,7 @@ impl Worker {
             }
         };
         Ok(Worker {
+            record: Vec::with_capacity(4096),
             online_buf: OnlineBatch {
                 panes: PaneBuf::new(p.features.len()),
                 generations: Vec::new(),
@@ -384,12 +388,20 @@ impl Worker {
             }
             let polled = match self.consumer.poll(Duration::from_millis(20)) {
                 None => Polled::Nothing,
-                Some(Ok(msg)) => Polled::Record {
-                    p: msg.partition(),
-                    offset: msg.offset(),
-                    ts: msg.timestamp().to_millis().map(|ms| ms * 1000),
-                    payload: msg.payload().map(<[u8]>::to_vec),
-                },
+                Some(Ok(msg)) => {
+                    // Copied into a reused buffer: the message borrows the
+                    // consumer, which rebalance handling needs next.
+                    self.record.clear();
+                    if let Some(b) = msg.payload() {
+                        self.record.extend_from_slice(b);
+                    }
+                    Polled::Record {
+                        p: msg.partition(),
+                        offset: msg.offset(),
+                        ts: msg.timestamp().to_millis().map(|ms| ms * 1000),
+                        has_payload: msg.payload().is_some(),
+                    }
+                }
                 Some(Err(KafkaError::PartitionEOF(p))) => Polled::Eof(p),
                 Some(Err(e)) => Polled::Error(e),
             };
@@ -401,8 +413,13 @@ impl Worker {
                     p,
                     offset,
                     ts,
-                    payload,
-                } => self.on_record(p, offset, ts, payload.as_deref())?,
+                    has_payload,
+                } => {
+                    let buf = std::mem::take(&mut self.record);
+                    let r = self.on_record(p, offset, ts, has_payload.then_some(buf.as_slice()));
+                    self.record = buf;
+                    r?
+                }
                 Polled::Eof(p) => {
                     if let Some(part) = self.parts.get_mut(&p) {
                         part.at_eof = true;
