@@ -12,6 +12,7 @@ pub mod gen;
 pub mod join;
 pub mod metrics;
 pub mod replay;
+pub mod serve;
 pub mod sink;
 pub mod source;
 pub mod time;

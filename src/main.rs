@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RILL_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,rill::serve::freshness=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -22,6 +22,8 @@ fn main() -> ExitCode {
         cli::Command::Run(a) => cli::run::run(a).map(|_| 0),
         cli::Command::Join(a) => cli::join::run(a).map(|_| 0),
         cli::Command::Gen(a) => cli::gen::run(a).map(|_| 0),
+        cli::Command::Serve(a) => cli::serve::run(a).map(|_| 0),
+        cli::Command::Features(a) => cli::features::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -103,6 +103,12 @@ pub struct PipelineMetrics {
     pub watermark_us: AtomicI64,
     /// Total consumer lag over the assigned partitions.
     pub total_lag: AtomicI64,
+    /// The declared freshness SLA (absent without one).
+    pub freshness_sla: Gauge<f64, AtomicU64>,
+    /// 1 while the watermark lags the wall clock by more than the SLA.
+    pub freshness_breached: Gauge,
+    /// Wall time since the last pane reached each sink (`sink` label).
+    pub since_last_write: Family<Labels, Gauge<f64, AtomicU64>>,
 }
 
 /// Every metric of the process.
@@ -209,12 +215,32 @@ impl Metrics {
             "Rows written to Parquet",
             m.offline_rows.clone(),
         );
+        r.register(
+            "freshness_sla_seconds",
+            "The pipeline's declared freshness SLA",
+            m.freshness_sla.clone(),
+        );
+        r.register(
+            "freshness_sla_breached",
+            "1 while the watermark lags the wall clock by more than the freshness SLA",
+            m.freshness_breached.clone(),
+        );
+        r.register(
+            "seconds_since_last_write",
+            "Wall time since the last pane reached the sink",
+            m.since_last_write.clone(),
+        );
         m.watermark_us.store(i64::MIN, Ordering::Relaxed);
         self.pipelines
             .lock()
             .expect("pipelines lock")
             .push((name.to_string(), m.clone()));
         m
+    }
+
+    /// The metrics of every pipeline, by name.
+    pub fn handles(&self) -> Vec<(String, Arc<PipelineMetrics>)> {
+        self.pipelines.lock().expect("pipelines lock").clone()
     }
 
     /// Headline figures of every pipeline.

@@ -32,6 +32,8 @@ pub enum ReplayError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("online store: {0}")]
+    Online(String),
 }
 
 /// A progress callback: (bytes read, input size if known, records).
@@ -50,6 +52,62 @@ pub struct ReplayOptions {
     pub wall_clock: Arc<dyn Clock>,
     /// Called every few thousand records with (bytes read, size if known, records).
     pub progress: Option<Progress>,
+    /// Also hand every pane (retractions aside) to an online writer
+    /// (`--online`: the Redis writer of the daemon, same compare-and-set).
+    pub online: Option<tokio::sync::mpsc::Sender<crate::sink::redis::OnlineMsg>>,
+}
+
+/// Panes on their way to the online writer, sent in batches.
+struct OnlineFeed {
+    tx: tokio::sync::mpsc::Sender<crate::sink::redis::OnlineMsg>,
+    batch: crate::sink::redis::OnlineBatch,
+}
+
+impl OnlineFeed {
+    fn new(tx: tokio::sync::mpsc::Sender<crate::sink::redis::OnlineMsg>, width: usize) -> OnlineFeed {
+        OnlineFeed {
+            tx,
+            batch: Self::empty(width),
+        }
+    }
+
+    fn empty(width: usize) -> crate::sink::redis::OnlineBatch {
+        crate::sink::redis::OnlineBatch {
+            panes: crate::engine::PaneBuf::new(width),
+            generations: Vec::new(),
+            emitted: Instant::now(),
+        }
+    }
+
+    fn push(&mut self, out: &crate::engine::PaneBuf) -> Result<(), ReplayError> {
+        for (m, values) in out.iter() {
+            if !m.retraction {
+                if self.batch.panes.is_empty() {
+                    self.batch.emitted = Instant::now();
+                }
+                self.batch.panes.push(m.clone(), values);
+                // A replay writes with generation 0: it never replaces what a
+                // daemon restored and recomputed for the same pane.
+                self.batch.generations.push(0);
+            }
+        }
+        if self.batch.panes.len() >= 4096 {
+            self.send()?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self) -> Result<(), ReplayError> {
+        if self.batch.panes.is_empty() {
+            return Ok(());
+        }
+        let width = self.batch.panes.width();
+        let b = std::mem::replace(&mut self.batch, Self::empty(width));
+        // A full queue waits here until Redis catches up.
+        self.tx
+            .blocking_send(crate::sink::redis::OnlineMsg::Panes(b))
+            .map_err(|_| ReplayError::Online("the Redis writer stopped".into()))
+    }
 }
 
 /// What a replay did.
@@ -76,6 +134,9 @@ pub struct ReplaySummary {
     pub seconds: f64,
     pub events_per_second: f64,
     pub peak_memory_bytes: Option<u64>,
+    /// Panes acknowledged by Redis (`--online`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub online_rows: Option<u64>,
 }
 
 /// Hands a decoded record to the engine when it lies in `[from, to)`.
@@ -160,6 +221,10 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     let mut opened = file::open(&opts.input, 8192, &columns)?;
     let name = opened.name.clone();
     let mut out = crate::engine::PaneBuf::new(p.features.len());
+    let mut online = opts
+        .online
+        .take()
+        .map(|tx| OnlineFeed::new(tx, p.features.len()));
     let mut s = ReplaySummary {
         pipeline: p.name.clone(),
         input: name.clone(),
@@ -219,6 +284,9 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                         .map_err(dl_err(dl.path()))?;
                 }
                 if !out.is_empty() {
+                    if let Some(o) = online.as_mut() {
+                        o.push(&out)?;
+                    }
                     sink.write(&mut out)?;
                 }
                 if s.records % 65_536 == 0 {
@@ -242,6 +310,9 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                     .map_err(dl_err(dl.path()))?;
                 }
                 if !out.is_empty() {
+                    if let Some(o) = online.as_mut() {
+                        o.push(&out)?;
+                    }
                     sink.write(&mut out)?;
                 }
                 if s.records % 65_536 == 0 {
@@ -251,6 +322,11 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         }
     }
     engine.finish(&mut out);
+    if let Some(o) = online.as_mut() {
+        o.push(&out)?;
+        o.send()?;
+    }
+    drop(online);
     sink.write(&mut out)?;
     sink.finish()?;
     sink.remove_stale()?;

@@ -22,6 +22,8 @@ pub struct Args {
 pub enum What {
     /// The daemon path from a file into Redis and Parquet.
     Daemon(DaemonArgs),
+    /// Load generator for the read API (`POST /v1/features`) at a fixed rate.
+    Serve(super::bench_serve::ServeArgs),
 }
 
 #[derive(Debug, Parser)]
@@ -51,6 +53,7 @@ pub struct DaemonArgs {
 pub fn run(a: Args) -> anyhow::Result<()> {
     match a.what {
         What::Daemon(d) => daemon(d),
+        What::Serve(s) => super::bench_serve::run(s),
     }
 }
 

@@ -79,6 +79,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         http: Some(http),
         drain_deadline: Duration::from_secs(30),
         embedded: embedded.clone(),
+        read_api: true,
     };
     println!(
         "rill demo: broker {brokers} (in-process), topics {}, {} events at {}/s",

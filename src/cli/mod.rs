@@ -2,11 +2,14 @@
 //! are printed with their whole chain by `main`.
 
 pub mod bench;
+pub mod bench_serve;
 pub mod demo;
 pub mod gen;
 pub mod join;
 pub mod replay;
 pub mod run;
+pub mod serve;
+pub mod features;
 pub mod validate;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +38,10 @@ pub enum Command {
     Join(join::Args),
     /// Generate the standard data set (deterministic for a seed).
     Gen(gen::Args),
+    /// The online read API, registry, freshness and catalog page over Redis.
+    Serve(serve::Args),
+    /// The feature registry: list, search, describe and lineage of feature groups.
+    Features(features::Args),
 }
 
 /// Parses a time given on the command line: RFC 3339 or a date `YYYY-MM-DD`.

@@ -25,10 +25,14 @@ pub struct Args {
     /// Only events before this time (RFC 3339 or YYYY-MM-DD).
     #[arg(long)]
     pub to: Option<String>,
-    /// Also write to the pipeline's Redis sink. Not available yet (the
-    /// daemon, `rill run`, writes Redis); this flag is refused until then.
+    /// Also write every pane to the pipeline's Redis sink, with the daemon's
+    /// writer and its newer-wins compare-and-set (a replay never replaces a
+    /// newer window).
     #[arg(long)]
     pub online: bool,
+    /// Redis URL for `--online` (default: the pipeline's online sink).
+    #[arg(long)]
+    pub redis: Option<String>,
     /// Print the summary as JSON on standard output.
     #[arg(long)]
     pub json: bool,
@@ -36,9 +40,21 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ReplaySummary> {
     let pipeline = Pipeline::from_file(&args.pipeline)?;
-    if args.online {
-        bail!("--online is not available yet: replay writes the offline store only; the daemon (rill run) writes Redis");
-    }
+    let online_url = if args.online {
+        match (&args.redis, &pipeline.redis) {
+            (Some(u), _) => Some(u.clone()),
+            (None, Some(r)) => Some(r.url.clone()),
+            (None, None) => bail!(
+                "--online: pipeline {} has no online sink; give --redis URL",
+                pipeline.name
+            ),
+        }
+    } else {
+        if args.redis.is_some() {
+            bail!("--redis is for --online");
+        }
+        None
+    };
     let output = match (&args.output, &pipeline.parquet_path) {
         (Some(o), _) => o.clone(),
         (None, Some(p)) => p.clone(),
@@ -77,6 +93,32 @@ pub fn run(args: Args) -> anyhow::Result<ReplaySummary> {
     } else {
         None
     };
+    // The online writer runs on its own runtime while the replay feeds it.
+    let mut online = None;
+    let mut writer = None;
+    let mut observer = None;
+    let rt = match &online_url {
+        Some(url) => {
+            check_redis(url)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            let (tx, rx) = tokio::sync::mpsc::channel(rill::daemon::ONLINE_QUEUE);
+            let metrics = rill::metrics::Metrics::default();
+            let pm = metrics.pipeline(&pipeline.name);
+            writer = Some(rt.spawn(rill::sink::redis::run_writer(
+                url.clone(),
+                rill::daemon::online_layout(&pipeline),
+                rx,
+                pm.clone(),
+            )));
+            observer = Some(pm);
+            online = Some(tx);
+            Some(rt)
+        }
+        None => None,
+    };
     let summary = replay::run(ReplayOptions {
         pipeline,
         input: args.input.clone(),
@@ -85,13 +127,34 @@ pub fn run(args: Args) -> anyhow::Result<ReplaySummary> {
         to,
         wall_clock: Arc::new(SystemClock),
         progress,
-    })?;
+        online,
+    });
+    if let (Some(rt), Some(w)) = (&rt, writer) {
+        // The replay dropped its sender: the writer flushes what is left and ends.
+        rt.block_on(w)?;
+    }
+    let mut summary = summary?;
+    if let Some(pm) = observer {
+        summary.online_rows = Some(pm.online_rows.get());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print_summary(&summary);
     }
     Ok(summary)
+}
+
+/// Fails fast when Redis does not answer, rather than retrying forever.
+fn check_redis(url: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(url).with_context(|| format!("--online: bad Redis URL {url:?}"))?;
+    let mut c = client
+        .get_connection_with_timeout(std::time::Duration::from_secs(2))
+        .with_context(|| format!("--online: cannot connect to {url}"))?;
+    redis::cmd("PING")
+        .query::<String>(&mut c)
+        .with_context(|| format!("--online: {url} does not answer PING"))?;
+    Ok(())
 }
 
 fn print_summary(s: &ReplaySummary) {
@@ -124,6 +187,9 @@ fn print_summary(s: &ReplaySummary) {
         "  time           {:.2}s, {:.0} events/s",
         s.seconds, s.events_per_second
     );
+    if let Some(n) = s.online_rows {
+        eprintln!("  online         {n} panes written to Redis");
+    }
     if let Some(m) = s.peak_memory_bytes {
         eprintln!("  peak memory    {:.1} MiB", m as f64 / (1024.0 * 1024.0));
     }

@@ -29,9 +29,14 @@ pub struct Args {
     /// Redis URL for every pipeline (default: each pipeline's online sink).
     #[arg(long)]
     pub redis: Option<String>,
-    /// HTTP address for /metrics, /healthz and /readyz.
+    /// HTTP address for /metrics, /healthz, /readyz, the catalog page (`/`),
+    /// /v1/freshness and the registry; `off` for none.
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub http: String,
+    /// Also serve feature values (`/v1/features`, as `rill serve` does) on
+    /// the HTTP port.
+    #[arg(long)]
+    pub read_api: bool,
     /// Time between checkpoints (files roll at least this often).
     #[arg(long, default_value = "10s")]
     pub checkpoint_interval: String,
@@ -126,6 +131,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         http,
         drain_deadline: Duration::from_micros(dd as u64),
         embedded: None,
+        read_api: a.read_api,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

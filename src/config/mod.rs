@@ -122,6 +122,25 @@ pub struct Feature {
     pub default: Option<serde_json::Value>,
 }
 
+impl Feature {
+    /// The type of the values the feature takes (the Parquet column's type):
+    /// counts are integers, first/last have their declared type, every
+    /// other aggregate and every derived feature is a float.
+    pub fn output_type(&self) -> ValueType {
+        match &self.kind {
+            FeatureKind::Agg {
+                agg: AggKind::Count,
+                ..
+            } => ValueType::Int,
+            FeatureKind::Agg {
+                agg: AggKind::First | AggKind::Last,
+                ..
+            } => self.value_type,
+            _ => ValueType::Float,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum FeatureKind {
     Agg {
@@ -153,6 +172,8 @@ pub struct RedisSink {
     pub url: String,
     pub ttl: Option<Micros>,
     pub key_prefix: String,
+    /// Values older than this are served as `expired` (falls back to `ttl`).
+    pub max_age: Option<Micros>,
 }
 
 /// Columns of an offline row besides keys and features (SPEC 6); no
@@ -315,10 +336,10 @@ fn is_identifier(s: &str) -> bool {
 /// Checks a parsed pipeline and turns it into a [`Pipeline`].
 pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError> {
     let cx = Ctx { file };
-    if spec.version.value != 1 {
+    if spec.version.value == 0 {
         return Err(cx.err(
             &spec.version.referenced,
-            format!("unsupported version {}: expected 1", spec.version.value),
+            "version: expected a positive integer (the pipeline's version, starting at 1)",
         ));
     }
     let name = spec.name.value.clone();
@@ -643,10 +664,15 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
                 Some(t) => Some(cx.positive_duration(t, "redis ttl")?),
                 None => None,
             };
+            let max_age = match &o.redis.max_age {
+                Some(t) => Some(cx.positive_duration(t, "redis max_age")?),
+                None => None,
+            };
             redis = Some(RedisSink {
                 url: o.redis.url,
                 ttl,
                 key_prefix: o.redis.key_prefix.unwrap_or_else(|| "rill".into()),
+                max_age,
             });
         }
         if let Some(o) = s.offline {

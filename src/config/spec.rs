@@ -12,7 +12,9 @@ use serde_saphyr::Spanned;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
-    /// Format version of the file; only `1` exists.
+    /// The pipeline's version, a positive integer: raise it with every
+    /// breaking change (a removed or renamed feature, a changed aggregate,
+    /// window or key); `rill validate --against` checks this.
     pub version: Spanned<u32>,
     /// The feature group's name: letters, digits and `_`, unique across pipelines.
     pub name: Spanned<String>,
@@ -265,6 +267,9 @@ pub struct RedisSpec {
     /// Key prefix (default `rill`).
     #[serde(default)]
     pub key_prefix: Option<String>,
+    /// The read API reports a value older than this as `expired` (default: the ttl).
+    #[serde(default)]
+    pub max_age: Option<Spanned<String>>,
 }
 
 /// Offline store settings.

@@ -40,6 +40,8 @@ pub struct RunOptions {
     pub drain_deadline: Duration,
     /// The in-process online store for pipelines without Redis (`rill demo`).
     pub embedded: Option<Arc<EmbeddedStore>>,
+    /// Serve `/v1/features` on the HTTP port too.
+    pub read_api: bool,
 }
 
 /// Runs until `shutdown` is cancelled (or a worker fails), then drains.
@@ -49,14 +51,43 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut http_task = None;
+    let registry = Arc::new(
+        crate::serve::registry::Registry::new(opts.pipelines.clone())
+            .map_err(|e| anyhow::anyhow!(e))?,
+    );
+    let read_store = match (&opts.embedded, &opts.redis_url) {
+        (Some(store), None) => crate::serve::api::Store::Embedded(store.clone()),
+        _ => crate::serve::api::Store::redis(&opts.pipelines, opts.redis_url.as_deref())?,
+    };
+    let monitor = tokio::spawn(freshness_monitor(
+        registry.clone(),
+        metrics.clone(),
+        if opts.embedded.is_some() && opts.redis_url.is_none() {
+            None
+        } else {
+            Some(read_store.clone())
+        },
+        opts.worker.instance.clone(),
+        shutdown.clone(),
+    ));
     if let Some(addr) = opts.http {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "http listening");
+        let service = crate::serve::routes::Service {
+            api: Arc::new(crate::serve::api::ReadApi {
+                registry: registry.clone(),
+                store: read_store,
+                limits: crate::serve::api::Limits::default(),
+            }),
+            freshness: crate::serve::routes::FreshnessSource::Metrics(metrics.clone()),
+            clock: Arc::new(crate::time::SystemClock),
+        };
         let app = http::router(
             metrics.clone(),
             Arc::new(opts.pipelines.clone()),
             opts.embedded.clone(),
-        );
+        )
+        .merge(crate::serve::routes::router(service, opts.read_api));
         let stop = shutdown.clone();
         http_task = Some(tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -147,7 +178,77 @@ pub async fn run(
     if let Some(t) = http_task {
         let _ = t.await;
     }
+    let _ = monitor.await;
     Ok(())
+}
+
+/// Every second: judges each pipeline's freshness, logs SLA breaches when
+/// they start and end, updates the freshness gauges, and publishes this
+/// instance's report in Redis for `rill serve` (see
+/// [`crate::serve::freshness::status_key`]).
+async fn freshness_monitor(
+    registry: Arc<crate::serve::registry::Registry>,
+    metrics: Arc<Metrics>,
+    publish: Option<crate::serve::api::Store>,
+    instance: String,
+    shutdown: CancellationToken,
+) {
+    use crate::serve::freshness::{evaluate, status_key, BreachTracker};
+    use crate::time::Clock;
+    let mut tracker = BreachTracker::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now = crate::time::SystemClock.now();
+        let handles = metrics.handles();
+        for s in metrics.snapshot() {
+            let Some(p) = registry.get(&s.name) else { continue };
+            let report = crate::serve::routes::report_of(&s, now);
+            let f = evaluate(p, Some(&report), now);
+            tracker.observe_and_log(&f, now);
+            if let Some(m) = handles.iter().find(|(n, _)| *n == s.name).map(|(_, m)| m) {
+                if let Some(sla) = f.sla_seconds {
+                    m.freshness_sla.set(sla);
+                }
+                m.freshness_breached.set(i64::from(f.sla_holds == Some(false)));
+                if let Some(l) = f.watermark_lag_seconds {
+                    m.watermark_lag.set(l);
+                }
+                for (sink, v) in [
+                    ("online", f.seconds_since_online_write),
+                    ("offline", f.seconds_since_offline_write),
+                ] {
+                    if let Some(v) = v {
+                        m.since_last_write
+                            .get_or_create(&vec![("sink".to_string(), sink.to_string())])
+                            .set(v);
+                    }
+                }
+            }
+            if let Some(crate::serve::api::Store::Redis { targets, group_target }) = &publish {
+                let Some(i) = registry.pipelines().iter().position(|q| q.name == s.name) else {
+                    continue;
+                };
+                let Some(t) = targets.get(group_target[i]) else { continue };
+                let prefix = p.redis.as_ref().map_or("rill", |r| r.key_prefix.as_str());
+                let key = status_key(prefix, &p.name);
+                let value = serde_json::to_string(&report).expect("json");
+                let mut conn = t.conn.clone();
+                let r: redis::RedisResult<()> = redis::pipe()
+                    .cmd("HSET").arg(&key).arg(&instance).arg(value).ignore()
+                    .cmd("PEXPIRE").arg(&key).arg(86_400_000).ignore()
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(e) = r {
+                    tracing::debug!(pipeline = %p.name, error = %e, "publishing freshness");
+                }
+            }
+        }
+    }
 }
 
 /// How a pipeline's panes are written online.

@@ -1,0 +1,675 @@
+//! The online read API: entities and feature names in, values with their
+//! status, window and age out. One Redis round trip per request: every
+//! `HMGET` of every (entity, group) goes in one pipeline per Redis server.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use serde::ser::{SerializeMap, SerializeStruct};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use super::registry::Registry;
+use crate::config::{Pipeline, ValueType};
+use crate::sink::embedded::EmbeddedStore;
+use crate::sink::redis::online_key_text;
+use crate::time::{format_rfc3339, parse_duration, Micros};
+
+/// Fields read besides the features (see the Redis layout in the README).
+const META: [&str; 3] = ["_window_start", "_window_end", "_emitted_at"];
+
+/// Where values are read from.
+#[derive(Clone)]
+pub enum Store {
+    /// Redis servers; `targets[group_target[i]]` serves pipeline `i`.
+    Redis {
+        targets: Vec<RedisTarget>,
+        group_target: Vec<usize>,
+    },
+    /// The in-process store of `rill demo`.
+    Embedded(Arc<EmbeddedStore>),
+}
+
+#[derive(Clone)]
+pub struct RedisTarget {
+    pub url: String,
+    /// Reconnects by itself after Redis restarts.
+    pub conn: redis::aio::ConnectionManager,
+}
+
+impl Store {
+    /// Connections to the Redis server of every pipeline that has one;
+    /// `override_url` replaces them all. They connect on first use and
+    /// reconnect after failures, so a server that starts before Redis (or
+    /// outlives a Redis restart) serves as soon as Redis is back. Must be
+    /// called within a tokio runtime.
+    pub fn redis(pipelines: &[Pipeline], override_url: Option<&str>) -> anyhow::Result<Store> {
+        let mut targets: Vec<RedisTarget> = Vec::new();
+        let mut group_target = Vec::with_capacity(pipelines.len());
+        for p in pipelines {
+            let url = match (override_url, &p.redis) {
+                (Some(u), _) => u.to_string(),
+                (None, Some(r)) => r.url.clone(),
+                (None, None) => {
+                    group_target.push(usize::MAX);
+                    continue;
+                }
+            };
+            let i = match targets.iter().position(|t| t.url == url) {
+                Some(i) => i,
+                None => {
+                    let client = redis::Client::open(url.as_str())
+                        .map_err(|e| anyhow::anyhow!("redis URL {url:?}: {e}"))?;
+                    let config = redis::aio::ConnectionManagerConfig::new()
+                        .set_number_of_retries(1)
+                        .set_connection_timeout(Some(std::time::Duration::from_millis(500)))
+                        .set_response_timeout(Some(std::time::Duration::from_secs(2)));
+                    let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+                        .map_err(|e| anyhow::anyhow!("redis {url}: {e}"))?;
+                    targets.push(RedisTarget { url, conn });
+                    targets.len() - 1
+                }
+            };
+            group_target.push(i);
+        }
+        Ok(Store::Redis {
+            targets,
+            group_target,
+        })
+    }
+}
+
+/// A request error: status and a message naming what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+/// `POST /v1/features` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesRequest {
+    /// One object per entity: key field → value (string or integer).
+    pub entities: Vec<Map<String, Value>>,
+    /// `group:feature` or `group:*`.
+    pub features: Vec<String>,
+    /// Values older than this are `expired` (a duration such as `10m`, or
+    /// seconds as a number); default: the group's `max_age`, else its `ttl`.
+    #[serde(default)]
+    pub max_age: Option<Value>,
+}
+
+/// Limits of one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_entities: usize,
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_entities: 1000,
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+/// One requested column: pipeline index and feature index.
+#[derive(Debug, Clone, Copy)]
+struct Col {
+    group: usize,
+    feature: usize,
+}
+
+/// A resolved request.
+struct Plan {
+    cols: Vec<Col>,
+    /// Distinct pipelines in order of first request.
+    groups: Vec<usize>,
+    /// Per entry of `groups`: the Redis fields read (features, then META).
+    fields: Vec<Vec<String>>,
+    /// Per column: (entry of `groups`, position in its fields).
+    col_at: Vec<(usize, usize)>,
+    /// Key fields per entry of `groups`.
+    keys: Vec<Vec<String>>,
+    /// Per entry of `groups`: the age after which values expire.
+    max_age: Vec<Option<Micros>>,
+}
+
+/// The response to a feature request.
+pub struct FeaturesResponse {
+    names: Vec<String>,
+    results: Vec<EntityResult>,
+}
+
+struct EntityResult {
+    entity: Map<String, Value>,
+    values: Vec<FeatureValue>,
+}
+
+/// One value as served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureValue {
+    pub value: Value,
+    pub status: &'static str,
+    pub window_start: Option<Micros>,
+    pub window_end: Option<Micros>,
+    pub emitted_at: Option<Micros>,
+    pub age: Option<Micros>,
+}
+
+impl Serialize for FeatureValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_struct("FeatureValue", 6)?;
+        m.serialize_field("value", &self.value)?;
+        m.serialize_field("status", self.status)?;
+        m.serialize_field("window_start", &self.window_start.map(format_rfc3339))?;
+        m.serialize_field("window_end", &self.window_end.map(format_rfc3339))?;
+        m.serialize_field("emitted_at", &self.emitted_at.map(format_rfc3339))?;
+        m.serialize_field("age_seconds", &self.age.map(|a| a as f64 / 1e6))?;
+        m.end()
+    }
+}
+
+impl Serialize for FeaturesResponse {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Values<'a>(&'a [String], &'a [FeatureValue]);
+        impl Serialize for Values<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(self.0.len()))?;
+                for (n, v) in self.0.iter().zip(self.1) {
+                    m.serialize_entry(n, v)?;
+                }
+                m.end()
+            }
+        }
+        struct Results<'a>(&'a FeaturesResponse);
+        impl Serialize for Results<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                let mut q = s.serialize_seq(Some(self.0.results.len()))?;
+                for r in &self.0.results {
+                    #[derive(Serialize)]
+                    struct One<'a> {
+                        entity: &'a Map<String, Value>,
+                        features: Values<'a>,
+                    }
+                    q.serialize_element(&One {
+                        entity: &r.entity,
+                        features: Values(&self.0.names, &r.values),
+                    })?;
+                }
+                q.end()
+            }
+        }
+        let mut m = s.serialize_struct("FeaturesResponse", 2)?;
+        m.serialize_field("features", &self.names)?;
+        m.serialize_field("results", &Results(self))?;
+        m.end()
+    }
+}
+
+impl FeaturesResponse {
+    /// The value of `feature` (`group:name`) for entity `i`.
+    pub fn get(&self, i: usize, feature: &str) -> Option<&FeatureValue> {
+        let j = self.names.iter().position(|n| n == feature)?;
+        self.results.get(i)?.values.get(j)
+    }
+}
+
+/// Parses `max_age` given as a duration text or a number of seconds.
+fn parse_max_age(v: &Value) -> Result<Micros, ApiError> {
+    let d = match v {
+        Value::String(s) => parse_duration(s)
+            .map_err(|e| ApiError::bad(format!("max_age: {e}")))?,
+        Value::Number(n) => match n.as_f64() {
+            Some(x) if x.is_finite() => (x * 1e6).round() as Micros,
+            _ => return Err(ApiError::bad("max_age: expected a duration")),
+        },
+        _ => {
+            return Err(ApiError::bad(
+                "max_age: expected a duration such as \"10m\" or a number of seconds",
+            ))
+        }
+    };
+    if d <= 0 {
+        return Err(ApiError::bad("max_age: expected a duration above zero"));
+    }
+    Ok(d)
+}
+
+/// The request logic, shared by the HTTP handlers and the benchmarks.
+pub struct ReadApi {
+    pub registry: Arc<Registry>,
+    pub store: Store,
+    pub limits: Limits,
+}
+
+impl ReadApi {
+    fn plan(&self, features: &[String], max_age: Option<&Value>) -> Result<Plan, ApiError> {
+        if features.is_empty() {
+            return Err(ApiError::bad(
+                "features: expected at least one name such as \"group:feature\" or \"group:*\"",
+            ));
+        }
+        let request_max_age = max_age.map(parse_max_age).transpose()?;
+        let pipelines = self.registry.pipelines();
+        let mut cols = Vec::new();
+        let mut unknown_groups: Vec<String> = Vec::new();
+        let mut unknown_features: Vec<String> = Vec::new();
+        for name in features {
+            let Some((g, f)) = name.split_once(':') else {
+                return Err(ApiError::bad(format!(
+                    "feature {name:?}: expected \"group:feature\" or \"group:*\""
+                )));
+            };
+            let Some(gi) = pipelines.iter().position(|p| p.name == g) else {
+                if !unknown_groups.iter().any(|x| x == g) {
+                    unknown_groups.push(g.to_string());
+                }
+                continue;
+            };
+            let p = &pipelines[gi];
+            if f == "*" {
+                cols.extend((0..p.features.len()).map(|feature| Col { group: gi, feature }));
+            } else {
+                match p.features.iter().position(|x| x.name == f) {
+                    Some(feature) => cols.push(Col { group: gi, feature }),
+                    None => unknown_features.push(name.clone()),
+                }
+            }
+        }
+        if !unknown_groups.is_empty() || !unknown_features.is_empty() {
+            let mut parts = Vec::new();
+            if !unknown_groups.is_empty() {
+                let mut known: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
+                known.sort_unstable();
+                parts.push(format!(
+                    "unknown feature group(s) {} (known groups: {})",
+                    unknown_groups.join(", "),
+                    known.join(", ")
+                ));
+            }
+            if !unknown_features.is_empty() {
+                parts.push(format!("unknown feature(s) {}", unknown_features.join(", ")));
+            }
+            return Err(ApiError::new(StatusCode::NOT_FOUND, parts.join("; ")));
+        }
+        // Keep the first occurrence of a feature named twice.
+        let mut seen = std::collections::HashSet::new();
+        cols.retain(|c| seen.insert((c.group, c.feature)));
+        let mut groups: Vec<usize> = Vec::new();
+        let mut fields: Vec<Vec<String>> = Vec::new();
+        let mut col_at = Vec::with_capacity(cols.len());
+        for c in &cols {
+            let gi = match groups.iter().position(|&g| g == c.group) {
+                Some(i) => i,
+                None => {
+                    groups.push(c.group);
+                    fields.push(Vec::new());
+                    groups.len() - 1
+                }
+            };
+            fields[gi].push(pipelines[c.group].features[c.feature].name.clone());
+            col_at.push((gi, fields[gi].len() - 1));
+        }
+        for f in &mut fields {
+            f.extend(META.iter().map(|m| m.to_string()));
+        }
+        let keys = groups
+            .iter()
+            .map(|&g| pipelines[g].key_fields.clone())
+            .collect();
+        let max_age = groups
+            .iter()
+            .map(|&g| {
+                request_max_age.or_else(|| {
+                    pipelines[g]
+                        .redis
+                        .as_ref()
+                        .and_then(|r| r.max_age.or(r.ttl))
+                })
+            })
+            .collect();
+        Ok(Plan {
+            cols,
+            groups,
+            fields,
+            col_at,
+            keys,
+            max_age,
+        })
+    }
+
+    /// Key texts of one entity per group of the plan.
+    fn entity_keys(
+        &self,
+        plan: &Plan,
+        i: usize,
+        e: &Map<String, Value>,
+    ) -> Result<Vec<String>, ApiError> {
+        let pipelines = self.registry.pipelines();
+        for k in e.keys() {
+            if !plan.keys.iter().any(|ks| ks.contains(k)) {
+                let mut all: Vec<&str> = plan.keys.iter().flatten().map(String::as_str).collect();
+                all.sort_unstable();
+                all.dedup();
+                return Err(ApiError::bad(format!(
+                    "entities[{i}]: unknown key field {k:?} (the requested groups are keyed by {})",
+                    all.join(", ")
+                )));
+            }
+        }
+        let mut out = Vec::with_capacity(plan.groups.len());
+        for (gi, &g) in plan.groups.iter().enumerate() {
+            let p = &pipelines[g];
+            let mut parts = Vec::with_capacity(plan.keys[gi].len());
+            for k in &plan.keys[gi] {
+                let v = e.get(k).ok_or_else(|| {
+                    ApiError::bad(format!(
+                        "entities[{i}]: missing key field {k:?} of feature group {}",
+                        p.name
+                    ))
+                })?;
+                parts.push(key_text(v).ok_or_else(|| {
+                    ApiError::bad(format!(
+                        "entities[{i}]: key field {k:?} must be a string or an integer, found {v}"
+                    ))
+                })?);
+            }
+            let prefix = p.redis.as_ref().map_or("rill", |r| r.key_prefix.as_str());
+            out.push(online_key_text(prefix, &p.name, &parts));
+        }
+        Ok(out)
+    }
+
+    /// Answers a parsed request at time `now`.
+    pub async fn features(
+        &self,
+        req: FeaturesRequest,
+        now: Micros,
+    ) -> Result<FeaturesResponse, ApiError> {
+        if req.entities.len() > self.limits.max_entities {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{} entities in one request: at most {} are served at once; split the request",
+                    req.entities.len(),
+                    self.limits.max_entities
+                ),
+            ));
+        }
+        let plan = self.plan(&req.features, req.max_age.as_ref())?;
+        let mut keys = Vec::with_capacity(req.entities.len());
+        for (i, e) in req.entities.iter().enumerate() {
+            keys.push(self.entity_keys(&plan, i, e)?);
+        }
+        let rows = self.fetch(&plan, &keys).await?;
+        let pipelines = self.registry.pipelines();
+        let names: Vec<String> = plan
+            .cols
+            .iter()
+            .map(|c| format!("{}:{}", pipelines[c.group].name, pipelines[c.group].features[c.feature].name))
+            .collect();
+        let mut results = Vec::with_capacity(req.entities.len());
+        for (ei, entity) in req.entities.into_iter().enumerate() {
+            let mut values = Vec::with_capacity(plan.cols.len());
+            for (ci, c) in plan.cols.iter().enumerate() {
+                let (gi, fi) = plan.col_at[ci];
+                let row = &rows[ei * plan.groups.len() + gi];
+                let feature = &pipelines[c.group].features[c.feature];
+                values.push(make_value(
+                    row,
+                    fi,
+                    plan.fields[gi].len(),
+                    feature.output_type(),
+                    feature.default.as_ref(),
+                    plan.max_age[gi],
+                    now,
+                ));
+            }
+            results.push(EntityResult { entity, values });
+        }
+        Ok(FeaturesResponse { names, results })
+    }
+
+    /// Reads every (entity, group) hash; `rows[e * groups + g]`.
+    async fn fetch(&self, plan: &Plan, keys: &[Vec<String>]) -> Result<Vec<Vec<Option<String>>>, ApiError> {
+        let ng = plan.groups.len();
+        let mut rows: Vec<Vec<Option<String>>> = vec![Vec::new(); keys.len() * ng];
+        match &self.store {
+            Store::Embedded(store) => {
+                for (e, ks) in keys.iter().enumerate() {
+                    for (g, k) in ks.iter().enumerate() {
+                        let h = store.get(k);
+                        rows[e * ng + g] = plan.fields[g]
+                            .iter()
+                            .map(|f| h.as_ref().and_then(|h| h.get(f).cloned()))
+                            .collect();
+                    }
+                }
+            }
+            Store::Redis {
+                targets,
+                group_target,
+            } => {
+                // One pipeline per server, all sent at once.
+                let mut per_target: HashMap<usize, (redis::Pipeline, Vec<usize>)> = HashMap::new();
+                for (e, ks) in keys.iter().enumerate() {
+                    for (g, k) in ks.iter().enumerate() {
+                        let t = group_target[plan.groups[g]];
+                        if t == usize::MAX {
+                            return Err(ApiError::new(
+                                StatusCode::NOT_FOUND,
+                                format!(
+                                    "feature group {} has no online store",
+                                    self.registry.pipelines()[plan.groups[g]].name
+                                ),
+                            ));
+                        }
+                        let (pipe, slots) = per_target
+                            .entry(t)
+                            .or_insert_with(|| (redis::pipe(), Vec::new()));
+                        pipe.cmd("HMGET").arg(k).arg(&plan.fields[g]);
+                        slots.push(e * ng + g);
+                    }
+                }
+                let query = |t: usize, pipe: redis::Pipeline, slots: Vec<usize>| {
+                    let mut conn = targets[t].conn.clone();
+                    let url = targets[t].url.clone();
+                    async move {
+                        let r: redis::RedisResult<Vec<Vec<Option<String>>>> =
+                            pipe.query_async(&mut conn).await;
+                        (url, slots, r)
+                    }
+                };
+                let mut answers = Vec::with_capacity(per_target.len());
+                if per_target.len() == 1 {
+                    let (t, (pipe, slots)) = per_target.into_iter().next().expect("one");
+                    answers.push(query(t, pipe, slots).await);
+                } else {
+                    // Several servers: the round trips overlap.
+                    let mut set = tokio::task::JoinSet::new();
+                    for (t, (pipe, slots)) in per_target {
+                        set.spawn(query(t, pipe, slots));
+                    }
+                    while let Some(r) = set.join_next().await {
+                        answers.push(r.map_err(|e| {
+                            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                        })?);
+                    }
+                }
+                for (url, slots, r) in answers {
+                    let got = r.map_err(|e| {
+                        ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("online store {} unavailable: {e}", super::registry::redact_url(&url)),
+                        )
+                    })?;
+                    for (slot, row) in slots.into_iter().zip(got) {
+                        rows[slot] = row;
+                    }
+                }
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// The text of a key value as the daemon writes it: strings as they are,
+/// integers in decimal.
+fn key_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Turns stored text back into a JSON value of the feature's type.
+pub fn parse_value(text: &str, t: ValueType) -> Value {
+    let float = |s: &str| -> Value {
+        match s.parse::<f64>() {
+            Ok(x) if x.is_finite() => serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number),
+            // JSON has no NaN or infinities: the text is passed on as it is.
+            _ => Value::String(s.to_string()),
+        }
+    };
+    match t {
+        ValueType::Int => text
+            .parse::<i64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| float(text)),
+        ValueType::Float => float(text),
+        ValueType::Bool => match text {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            other => Value::String(other.to_string()),
+        },
+        ValueType::String => Value::String(text.to_string()),
+        ValueType::Inferred => {
+            if let Ok(i) = text.parse::<i64>() {
+                Value::from(i)
+            } else if let Ok(x) = text.parse::<f64>() {
+                if x.is_finite() {
+                    float(text)
+                } else {
+                    Value::String(text.to_string())
+                }
+            } else if text == "true" || text == "false" {
+                Value::Bool(text == "true")
+            } else {
+                Value::String(text.to_string())
+            }
+        }
+    }
+}
+
+/// One served value from a hash row (`fields` long; META at the end).
+fn make_value(
+    row: &[Option<String>],
+    at: usize,
+    nfields: usize,
+    t: ValueType,
+    default: Option<&Value>,
+    max_age: Option<Micros>,
+    now: Micros,
+) -> FeatureValue {
+    let meta = |k: usize| -> Option<Micros> {
+        row.get(nfields - META.len() + k)
+            .and_then(|v| v.as_deref())
+            .and_then(|v| v.parse().ok())
+    };
+    let (ws, we, em) = (meta(0), meta(1), meta(2));
+    let fallback = || default.cloned().unwrap_or(Value::Null);
+    let Some(we) = we else {
+        // No hash: the entity has no values in this group (or they expired
+        // out of Redis).
+        return FeatureValue {
+            value: fallback(),
+            status: "missing",
+            window_start: None,
+            window_end: None,
+            emitted_at: None,
+            age: None,
+        };
+    };
+    // A value is as old as the data it covers: up to the window's end, or up
+    // to its emission for an early pane of a still-open window.
+    let covered = em.map_or(we, |e| e.min(we));
+    let age = now - covered;
+    let text = row.get(at).and_then(|v| v.as_deref());
+    let (value, status) = match text {
+        _ if max_age.is_some_and(|m| age > m) => (fallback(), "expired"),
+        None => (fallback(), "missing"),
+        Some(s) => (parse_value(s, t), "present"),
+    };
+    FeatureValue {
+        value,
+        status,
+        window_start: ws,
+        window_end: Some(we),
+        emitted_at: em,
+        age: Some(age),
+    }
+}
+
+/// Parses a `POST /v1/features` body.
+pub fn parse_request(body: &[u8]) -> Result<FeaturesRequest, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let what = if e.is_data() {
+            "invalid request"
+        } else {
+            "malformed JSON"
+        };
+        ApiError::bad(format!(
+            "{what} at line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+/// Builds a request from the query of `GET /v1/features`: `features`
+/// (comma-separated, may repeat), `max_age`, and the entity's key fields.
+pub fn request_from_query(query: &str) -> Result<FeaturesRequest, ApiError> {
+    let mut entity = Map::new();
+    let mut features = Vec::new();
+    let mut max_age = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "features" | "feature" => {
+                features.extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_string))
+            }
+            "max_age" => max_age = Some(Value::String(v.into_owned())),
+            _ => {
+                entity.insert(k.into_owned(), Value::String(v.into_owned()));
+            }
+        }
+    }
+    if entity.is_empty() {
+        return Err(ApiError::bad(
+            "give the entity's key fields as query parameters, e.g. ?user_id=u1&features=group:*",
+        ));
+    }
+    Ok(FeaturesRequest {
+        entities: vec![entity],
+        features,
+        max_age,
+    })
+}
