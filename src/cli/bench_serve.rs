@@ -3,10 +3,11 @@
 //! It fills a real Redis with `--population` entities of the bench pipeline,
 //! starts the read API in this process on its own runtime (or targets
 //! `--url`), and sends `POST /v1/features` at a fixed rate over keep-alive
-//! connections. Each request has a scheduled send time; when a connection
-//! is behind schedule the latency counts from the scheduled time, so a slow
-//! server cannot hide its queueing (no coordinated omission). Latencies are
-//! recorded in an hdrhistogram.
+//! connections. Each request has a scheduled send time, released by a
+//! dispatcher thread; when its connection is still busy with an earlier
+//! request at that time, the latency counts from the scheduled time, so a
+//! slow server cannot hide its queueing (no coordinated omission); otherwise
+//! it counts from the send. Latencies are recorded in an hdrhistogram.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -158,38 +159,54 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let not_present = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let total = warmup + duration;
+    let period = Duration::from_secs_f64(1.0 / a.rate as f64);
+    let n_requests = (total.as_secs_f64() * a.rate as f64) as u64;
+    // One queue per connection; a dispatcher thread releases each request at
+    // its scheduled time, round robin (the tokio timer ticks in whole
+    // milliseconds, which would send requests in bursts).
+    let mut queues = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..a.connections {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+        queues.push(tx);
+        receivers.push(rx);
+    }
+    let start = Instant::now() + Duration::from_millis(200);
+    let dispatcher = std::thread::spawn(move || {
+        for seq in 0..n_requests {
+            let due = start + period.mul_f64(seq as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if queues[(seq % queues.len() as u64) as usize].send((seq, due)).is_err() {
+                break;
+            }
+        }
+    });
     let started = client_rt.block_on(async {
-        let start = tokio::time::Instant::now() + Duration::from_millis(50);
-        let period = Duration::from_secs_f64(1.0 / a.rate as f64);
         let mut tasks = Vec::new();
-        for c in 0..a.connections {
+        for mut rx in receivers {
             let addr = addr.clone();
             let bodies = bodies.clone();
             let hist = hist.clone();
             let errors = errors.clone();
             let not_present = not_present.clone();
-            let conns = a.connections;
             tasks.push(tokio::spawn(async move {
                 let stream = tokio::net::TcpStream::connect(&addr).await?;
                 stream.set_nodelay(true)?;
                 let (mut sender, conn) =
                     hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
                 tokio::spawn(conn);
-                let mut k: u64 = 0;
-                loop {
-                    let seq = k * conns as u64 + c as u64;
-                    let due = start + period.mul_f64(seq as f64);
-                    if due.duration_since(start) >= total {
-                        break;
-                    }
-                    let now = tokio::time::Instant::now();
-                    // Behind schedule: the wait counts. On time: from the send.
-                    let from = if now >= due {
-                        due
-                    } else {
-                        tokio::time::sleep_until(due).await;
-                        tokio::time::Instant::now()
-                    };
+                let mut first = true;
+                let mut free_since = Instant::now();
+                while let Some((seq, due)) = rx.recv().await {
+                    // Behind schedule (the previous response on this
+                    // connection came after this request was due): latency
+                    // counts from the scheduled time, so queueing behind a
+                    // slow response is included. On schedule: from the send,
+                    // so the dispatcher thread's own wake-up lag is not.
+                    let from = if free_since > due { due } else { Instant::now() };
                     let body = bodies[(seq % bodies.len() as u64) as usize].clone();
                     let req = hyper::Request::post("/v1/features")
                         .header("host", "bench")
@@ -199,12 +216,12 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
                         Ok(resp) => {
                             let status = resp.status();
                             let bytes = resp.into_body().collect().await?.to_bytes();
-                            if k == 0 {
+                            if first {
+                                first = false;
                                 // Every value is in Redis: any other status is a bug.
                                 let text = String::from_utf8_lossy(&bytes);
                                 let present = text.matches("\"present\"").count();
-                                let want = names_len(&bytes);
-                                if present != want {
+                                if present != names_len(&bytes) {
                                     not_present.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 }
                             }
@@ -212,7 +229,8 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
                         }
                         Err(_) => false,
                     };
-                    let done = tokio::time::Instant::now();
+                    let done = Instant::now();
+                    free_since = done;
                     if due.duration_since(start) >= warmup {
                         if ok {
                             let us = done.duration_since(from).as_micros() as u64;
@@ -221,7 +239,6 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
                             errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
-                    k += 1;
                 }
                 anyhow::Ok(())
             }));
@@ -232,6 +249,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(t0)
     })?;
+    dispatcher.join().map_err(|_| anyhow::anyhow!("dispatcher thread panicked"))?;
     let elapsed = started.elapsed().as_secs_f64();
     let h = hist.lock().expect("hist");
     let measured = h.len();

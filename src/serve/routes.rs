@@ -184,7 +184,7 @@ async fn answer(s: &Service, req: api::FeaturesRequest) -> Response {
     let now = s.clock.now();
     match s.api.features(req, now).await {
         Ok(r) => {
-            let body = serde_json::to_vec(&r).expect("serialising a response");
+            let body = r.to_json();
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         Err(e) => e.into_response(),

@@ -7,9 +7,8 @@
 //! events, not from rill.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -17,114 +16,12 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
-use crate::util::{read_rows, rill};
+use crate::util::{free_port, read_rows, rill, unsafe_kill, wait_for, RedisServer};
 
 const WINDOW_US: i64 = 300_000_000;
 
 /// (user, window_start) -> (count, sum, max).
 type Finals = BTreeMap<(String, i64), (i64, f64, f64)>;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// Waits for `cond`, polling; panics with `what` after `secs`.
-fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A redis-server on a free port, stopped on drop.
-pub struct RedisServer {
-    pub port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    pub fn start(dir: &Path) -> RedisServer {
-        let mut r = RedisServer {
-            port: free_port(),
-            dir: dir.to_path_buf(),
-            child: None,
-        };
-        r.restart();
-        r
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts (again) on the same port, with an append-only file so that a
-    /// restart keeps the data.
-    pub fn restart(&mut self) {
-        std::fs::create_dir_all(&self.dir).expect("redis dir");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--dir"])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        self.child = Some(child);
-        let url = self.url();
-        wait_for(20, "redis-server to answer PING", || {
-            redis::Client::open(url.as_str())
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok()
-        });
-    }
-
-    /// Stops the server (SIGTERM: it syncs its append-only file first).
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            unsafe_kill(c.id(), "TERM");
-            let _ = c.wait();
-        }
-    }
-
-    pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url().as_str())
-            .expect("url")
-            .get_connection()
-            .expect("redis connection")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn unsafe_kill(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
-}
 
 /// One generated event, as produced.
 #[derive(Debug, Clone)]

@@ -6,5 +6,8 @@ mod docker;
 mod golden;
 mod join;
 mod replay;
+mod serve;
+mod registry;
+mod catalog;
 mod util;
 mod validate;
