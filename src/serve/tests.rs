@@ -39,3 +39,151 @@ fn hand_written_json_equals_serde() {
     assert_eq!(hand["results"][0]["features"]["g:b\"q"]["value"], "x\ny");
     assert_eq!(hand["results"][1]["features"]["h:c"]["window_start"], "2020-09-13T12:26:40.000001Z");
 }
+
+mod freshness_tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use crate::config::Pipeline;
+    use crate::serve::freshness::*;
+    use crate::time::{Clock, ManualClock};
+
+    const MIN: i64 = 60_000_000;
+
+    fn pipeline(sla: &str) -> Pipeline {
+        Pipeline::from_yaml(
+            &format!(
+                r#"
+version: 1
+name: spend
+source: {{ format: json, key: [user_id], event_time: {{ field: ts }} }}
+window: {{ tumbling: {{ size: 5m }} }}
+features: [{{ name: n, agg: count }}]
+{sla}
+"#
+            ),
+            "t.yaml",
+        )
+        .expect("valid")
+    }
+
+    #[test]
+    fn sla_holds_while_the_watermark_lag_is_within_it() {
+        let p = pipeline("freshness_sla: 10m");
+        let t0 = 1_800_000_000_000_000;
+        let r = Report {
+            watermark: Some(t0),
+            last_online_write: Some(t0 + 5 * MIN),
+            last_offline_write: None,
+            consumer_lag: Some(42),
+            at: t0,
+        };
+        let f = evaluate(&p, Some(&r), t0 + 10 * MIN);
+        assert_eq!((f.status, f.sla_holds), ("fresh", Some(true)), "exactly at the SLA it holds");
+        assert_eq!(f.watermark_lag_seconds, Some(600.0));
+        assert_eq!(f.seconds_since_online_write, Some(300.0));
+        assert_eq!(f.seconds_since_offline_write, None);
+        assert_eq!(f.consumer_lag, Some(42));
+        let f = evaluate(&p, Some(&r), t0 + 10 * MIN + 1);
+        assert_eq!((f.status, f.sla_holds), ("late", Some(false)));
+        // No watermark yet: unknown, not a breach.
+        let f = evaluate(&p, None, t0);
+        assert_eq!((f.status, f.sla_holds), ("unknown", None));
+        // No SLA declared: fresh once there is a watermark, never late.
+        let f = evaluate(&pipeline(""), Some(&r), t0 + 1000 * MIN);
+        assert_eq!((f.status, f.sla_holds), ("fresh", None));
+    }
+
+    #[test]
+    fn a_breach_is_reported_once_when_it_starts_and_once_when_it_ends() {
+        let p = pipeline("freshness_sla: 2m");
+        let clock = ManualClock::new(1_800_000_000_000_000);
+        let mut tracker = BreachTracker::default();
+        let mut watermark = clock.now();
+        let mut transitions = Vec::new();
+        // Twenty seconds per step: the watermark stalls for 4 minutes, then catches up.
+        for step in 0..40 {
+            clock.advance(20_000_000);
+            if !(10..22).contains(&step) {
+                watermark = clock.now() - 30_000_000;
+            }
+            let r = Report {
+                watermark: Some(watermark),
+                at: clock.now(),
+                ..Default::default()
+            };
+            let f = evaluate(&p, Some(&r), clock.now());
+            if let Some(t) = tracker.observe(&f, clock.now()) {
+                transitions.push((step, t));
+            }
+        }
+        assert_eq!(transitions.len(), 2, "{transitions:?}");
+        // The watermark last moved at step 9 (to 170 s after t0); at step 14
+        // the clock reads 300 s, a lag of 130 s, past the 120 s SLA.
+        match &transitions[0] {
+            (14, Transition::BreachStarted { pipeline, lag_seconds, sla_seconds }) => {
+                assert_eq!(pipeline, "spend");
+                assert_eq!(*lag_seconds, 130.0);
+                assert_eq!(*sla_seconds, 120.0);
+            }
+            other => panic!("{other:?}"),
+        }
+        match &transitions[1] {
+            (22, Transition::BreachEnded { lasted, .. }) => assert_eq!(*lasted, 8 * 20_000_000),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn published_reports_merge_live_instances_and_fall_back_to_the_newest() {
+        let now = 1_800_000_000_000_000;
+        let rep = |w: i64, lag: i64, at: i64| {
+            serde_json::to_string(&Report {
+                watermark: Some(w),
+                last_online_write: Some(at - 1),
+                last_offline_write: None,
+                consumer_lag: Some(lag),
+                at,
+            })
+            .expect("json")
+        };
+        // Two live instances: the slower watermark, the summed lag.
+        let r = merge_published(&[rep(now - 5 * MIN, 10, now - 1), rep(now - 2 * MIN, 5, now - 2)], now).expect("report");
+        assert_eq!(r.watermark, Some(now - 5 * MIN));
+        assert_eq!(r.consumer_lag, Some(15));
+        assert_eq!(r.last_online_write, Some(now - 2));
+        // A stopped instance's report is left out while others are live.
+        let r = merge_published(&[rep(now - 50 * MIN, 10, now - 2 * REPORT_STALE_AFTER), rep(now - MIN, 1, now)], now).expect("report");
+        assert_eq!(r.watermark, Some(now - MIN));
+        // Every instance gone: the newest report still shows how stale things are.
+        let r = merge_published(&[rep(now - 50 * MIN, 10, now - 3 * REPORT_STALE_AFTER), rep(now - 40 * MIN, 1, now - 2 * REPORT_STALE_AFTER)], now).expect("report");
+        assert_eq!(r.watermark, Some(now - 40 * MIN));
+        assert!(merge_published(&["not json".to_string()], now).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_service_judges_the_daemon_figures_by_its_clock() {
+        let p = pipeline("freshness_sla: 10m");
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let pm = metrics.pipeline("spend");
+        let t0 = 1_800_000_000_000_000;
+        let clock = Arc::new(ManualClock::new(t0));
+        let registry = Arc::new(crate::serve::registry::Registry::new(vec![p]).expect("registry"));
+        let svc = crate::serve::routes::Service {
+            api: Arc::new(crate::serve::api::ReadApi {
+                registry,
+                store: crate::serve::api::Store::Embedded(Default::default()),
+                limits: Default::default(),
+            }),
+            freshness: crate::serve::routes::FreshnessSource::Metrics(metrics.clone()),
+            clock: clock.clone(),
+        };
+        assert_eq!(svc.freshness().await[0].status, "unknown");
+        pm.watermark_us.store(t0 - MIN, Ordering::Relaxed);
+        pm.total_lag.store(7, Ordering::Relaxed);
+        let f = &svc.freshness().await[0];
+        assert_eq!((f.status, f.watermark_lag_seconds, f.consumer_lag), ("fresh", Some(60.0), Some(7)));
+        clock.advance(10 * MIN);
+        assert_eq!(svc.freshness().await[0].status, "late");
+    }
+}
