@@ -8,6 +8,8 @@ need_apt=()
 # A C toolchain and make: the rdkafka crate builds librdkafka from source.
 { command -v cc && command -v make && command -v perl; } >/dev/null 2>&1 || need_apt+=(build-essential perl)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# Headless Chromium for the catalog page's browser test.
+{ command -v chromium || command -v chromium-browser || command -v google-chrome; } >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   SUDO=""
