@@ -16,7 +16,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
-use crate::util::{free_port, read_rows, rill, unsafe_kill, wait_for, RedisServer};
+use crate::util::{free_port, http, read_rows, rill, start_serve, unsafe_kill, wait_for, RedisServer};
 
 const WINDOW_US: i64 = 300_000_000;
 
@@ -138,6 +138,7 @@ features:
 sinks:
   online: { redis: { url: "redis://unused", ttl: 30d } }
   offline: { parquet: { path: ./unused } }
+freshness_sla: 10m
 "#;
 
 struct Daemon {
@@ -387,15 +388,72 @@ fn kafka_to_redis_and_parquet_with_exact_values_and_metrics() {
     let evs = events(3000, 7);
     kafka.produce(&evs);
     kafka.sentinels(end_of(&evs));
-    let d = Daemon::start(tmp.path(), &kafka.brokers(), &redis.url(), &[]);
+    let d = Daemon::start(tmp.path(), &kafka.brokers(), &redis.url(), &["--read-api"]);
     let want = group_by(&evs);
     wait_for_finals(tmp.path(), &want);
     assert!(d.metric("rill_events_total") >= 3002.0, "{}", d.metrics());
     assert!(d.metrics().contains("rill_event_to_online_seconds_bucket"));
+
+    // Freshness: the events are from the past, so the watermark lags the
+    // wall clock by far more than the 10m SLA.
+    wait_for(30, "the SLA breach in /metrics", || {
+        d.metric("rill_freshness_sla_breached") == 1.0
+    });
+    assert_eq!(d.metric("rill_freshness_sla_seconds"), 600.0);
+    assert!(d.metrics().contains("rill_seconds_since_last_write{sink=\"online\",pipeline=\"spend\"}")
+        || d.metrics().contains("rill_seconds_since_last_write{pipeline=\"spend\",sink=\"online\"}"), "{}", d.metrics());
+    let (s, body) = http(d.http, "GET", "/v1/freshness/spend", b"");
+    assert_eq!(s, 200, "{body}");
+    let f: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(f["status"], "late", "{f}");
+    assert_eq!(f["sla_holds"], false);
+    let wm = rill::time::parse_rfc3339(f["watermark"].as_str().expect("a watermark")).expect("rfc3339");
+    assert!(wm >= end_of(&evs) - 86_400_000_000 - 15 * 60_000_000, "watermark {wm} follows the events");
+    assert!(f["seconds_since_online_write"].as_f64().is_some(), "{f}");
+    assert!(f["seconds_since_offline_write"].as_f64().is_some(), "{f}");
+    // The same report, published in Redis, is what `rill serve` shows.
+    wait_for(10, "the published freshness report", || {
+        let mut c = redis.conn();
+        redis::cmd("HLEN").arg("rill:_freshness:spend").query::<i64>(&mut c).unwrap_or(0) == 1
+    });
+    let pipe = tmp.path().join("spend.yaml");
+    let url = redis.url();
+    let (_serve, port) = start_serve(&[pipe.to_str().expect("utf-8"), "--redis", &url]);
+    let (_, body) = http(port, "GET", "/v1/freshness/spend", b"");
+    let served: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(served["status"], "late", "{served}");
+    assert_eq!(served["watermark"], f["watermark"], "{served}");
+
+    // The daemon's read API serves what it wrote: the latest window of a user.
+    let (user, start, count) = want
+        .iter()
+        .map(|((u, s), v)| (u.clone(), *s, v.0))
+        .max_by_key(|(u, s, _)| (u == "u1", *s))
+        .expect("rows");
+    let (s, body) = http(
+        d.http,
+        "POST",
+        "/v1/features",
+        serde_json::json!({"entities": [{"user_id": user}], "features": ["spend:tx_count"], "max_age": "100000d"}).to_string().as_bytes(),
+    );
+    assert_eq!(s, 200, "{body}");
+    let r: Value = serde_json::from_str(&body).expect("json");
+    let v = &r["results"][0]["features"]["spend:tx_count"];
+    assert_eq!(v["status"], "present", "{r}");
+    assert_eq!(v["value"], count, "{r}");
+    assert_eq!(
+        rill::time::parse_rfc3339(v["window_start"].as_str().expect("start")).expect("rfc3339"),
+        start
+    );
+
+    let d_http = d.http;
     let (st, _) = d.stop();
     assert!(st.success(), "clean exit on SIGTERM");
     assert_same(&final_rows(tmp.path()).expect("no doubles"), &want);
     check_redis(&redis, &want);
+    // The breach was logged once, when it started.
+    let log = std::fs::read_to_string(tmp.path().join(format!("daemon-{}.log", d_http))).expect("log");
+    assert_eq!(log.matches("freshness SLA breached").count(), 1, "{log}");
 }
 
 #[test]
