@@ -131,6 +131,9 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             })?;
             let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
             let local = listener.local_addr()?;
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             server_rt.spawn(async move {
                 let _ = axum::serve(listener, rill::serve::routes::router(svc, true)).await;
             });

@@ -37,7 +37,8 @@ pub struct Args {
     /// Parquet output and checkpoints.
     #[arg(long, default_value = "./rill-data")]
     pub data_dir: PathBuf,
-    /// HTTP address (/metrics, /healthz, /readyz, /v1/online/GROUP/ENTITY).
+    /// HTTP address: the catalog page (/), /v1/features, /v1/freshness,
+    /// /metrics, /healthz, /readyz.
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub http: String,
 }
@@ -91,9 +92,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     match &a.redis {
         Some(r) => println!("  online features in {r}"),
         None => println!(
-            "  online features: curl http://{http}/v1/online/user_spend_5m/u1 (in-process store)"
+            "  online features: curl 'http://{http}/v1/features?user_id=u1&features=user_spend_5m:*' (in-process store)"
         ),
     }
+    println!("  feature catalog: http://{http}/");
     println!("  metrics: curl http://{http}/metrics     Ctrl-C to stop");
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));

@@ -74,6 +74,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tracing::info!(addr = %local, groups = svc.registry().pipelines().len(), "serving");
         eprintln!("rill serve: listening on http://{local}/ (catalog at /, API at /v1/features, /openapi.json)");
         let token = CancellationToken::new();

@@ -73,6 +73,9 @@ pub async fn run(
     if let Some(addr) = opts.http {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "http listening");
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let service = crate::serve::routes::Service {
             api: Arc::new(crate::serve::api::ReadApi {
                 registry: registry.clone(),

@@ -59,7 +59,7 @@ impl Store {
             let i = match targets.iter().position(|t| t.url == url) {
                 Some(i) => i,
                 None => {
-                    let client = redis::Client::open(url.as_str())
+                    let client = crate::sink::redis::client(url.as_str())
                         .map_err(|e| anyhow::anyhow!("redis URL {url:?}: {e}"))?;
                     let config = redis::aio::ConnectionManagerConfig::new()
                         .set_number_of_retries(1)

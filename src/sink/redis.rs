@@ -85,6 +85,17 @@ end
 return written
 "#;
 
+/// A client for `url` whose connections set `TCP_NODELAY`: pipelined
+/// commands from concurrent callers are sent at once instead of waiting
+/// for the previous reply's ACK (Nagle).
+pub fn client(url: &str) -> redis::RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo;
+    let info = url
+        .into_connection_info()?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    redis::Client::open(info)
+}
+
 /// The Redis key of an entity's hash in a group.
 pub fn online_key(prefix: &str, group: &str, key: &EncodedKey) -> String {
     let mut s = String::with_capacity(prefix.len() + group.len() + 24);
@@ -391,7 +402,7 @@ async fn write(
     rows: &[(u32, u32)],
 ) -> redis::RedisResult<()> {
     if conn.is_none() {
-        let client = redis::Client::open(url)?;
+        let client = client(url)?;
         let mut c = tokio::time::timeout(
             Duration::from_secs(5),
             client.get_multiplexed_async_connection(),
