@@ -56,8 +56,8 @@ pub struct ServeArgs {
     /// instead of one in this process.
     #[arg(long)]
     pub url: Option<String>,
-    /// Worker threads of the in-process server.
-    #[arg(long, default_value_t = 1)]
+    /// Worker threads of the in-process server (as `rill serve --threads`).
+    #[arg(long, default_value_t = 2)]
     pub server_threads: usize,
     /// Print the result as JSON.
     #[arg(long)]

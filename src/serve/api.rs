@@ -516,17 +516,23 @@ impl ReadApi {
             .iter()
             .map(|c| format!("{}:{}", pipelines[c.group].name, pipelines[c.group].features[c.feature].name))
             .collect();
+        // The window metadata of every (entity, group) hash, read once.
+        let metas: Vec<Meta> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| row_meta(row, plan.fields[i % plan.groups.len()].len()))
+            .collect();
         let mut results = Vec::with_capacity(req.entities.len());
         for (ei, entity) in req.entities.into_iter().enumerate() {
             let mut values = Vec::with_capacity(plan.cols.len());
             for (ci, c) in plan.cols.iter().enumerate() {
                 let (gi, fi) = plan.col_at[ci];
-                let row = &rows[ei * plan.groups.len() + gi];
+                let slot = ei * plan.groups.len() + gi;
                 let feature = &pipelines[c.group].features[c.feature];
                 values.push(make_value(
-                    row,
+                    &rows[slot],
                     fi,
-                    plan.fields[gi].len(),
+                    metas[slot],
                     feature.output_type(),
                     feature.default.as_ref(),
                     plan.max_age[gi],
@@ -670,22 +676,29 @@ pub fn parse_value(text: &str, t: ValueType) -> Value {
     }
 }
 
-/// One served value from a hash row (`fields` long; META at the end).
-fn make_value(
-    row: &[Option<String>],
-    at: usize,
-    nfields: usize,
-    t: ValueType,
-    default: Option<&Value>,
-    max_age: Option<Micros>,
-    now: Micros,
-) -> FeatureValue {
+/// `_window_start`, `_window_end`, `_emitted_at` of a hash row.
+type Meta = (Option<Micros>, Option<Micros>, Option<Micros>);
+
+/// The META fields at the end of a row `nfields` long.
+fn row_meta(row: &[Option<String>], nfields: usize) -> Meta {
     let meta = |k: usize| -> Option<Micros> {
         row.get(nfields - META.len() + k)
             .and_then(|v| v.as_deref())
             .and_then(|v| v.parse().ok())
     };
-    let (ws, we, em) = (meta(0), meta(1), meta(2));
+    (meta(0), meta(1), meta(2))
+}
+
+/// One served value from a hash row.
+fn make_value(
+    row: &[Option<String>],
+    at: usize,
+    (ws, we, em): Meta,
+    t: ValueType,
+    default: Option<&Value>,
+    max_age: Option<Micros>,
+    now: Micros,
+) -> FeatureValue {
     let fallback = || default.cloned().unwrap_or(Value::Null);
     let Some(we) = we else {
         // No hash: the entity has no values in this group (or they expired
