@@ -30,6 +30,9 @@ pub struct GenOptions {
     /// Arrival time of the first event.
     pub start: Micros,
     pub days: u32,
+    /// Overrides `days`: the arrival times span this many microseconds
+    /// (`rill demo` uses it so that event time follows the wall clock).
+    pub span: Option<Micros>,
     /// Share of events late by 2 to 10 minutes.
     pub late_share: f64,
 }
@@ -44,6 +47,7 @@ impl Default for GenOptions {
             // 2026-01-05T00:00:00Z
             start: 1_767_571_200 * MICROS_PER_SEC,
             days: 7,
+            span: None,
             late_share: 0.001,
         }
     }
@@ -147,7 +151,7 @@ impl Generator {
         for c in cdf.iter_mut() {
             *c /= acc;
         }
-        let span = opts.days as i64 * MICROS_PER_DAY;
+        let span = opts.span.unwrap_or(opts.days as i64 * MICROS_PER_DAY);
         let rng = Rng::new(opts.seed);
         Generator {
             opts,

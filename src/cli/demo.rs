@@ -102,8 +102,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let producer = {
         let (stop, sent, topics, brokers) =
             (stop.clone(), sent.clone(), topics.clone(), brokers.clone());
+        // Event time follows the wall clock: the events start now and span
+        // the time they take to produce at the chosen rate, so watermarks,
+        // freshness and the ages served online look like a live system.
         let gen = GenOptions {
             events: a.events,
+            start: rill::time::Clock::now(&rill::time::SystemClock),
+            span: (a.rate > 0).then(|| (a.events as i128 * 1_000_000 / a.rate as i128) as i64),
             ..Default::default()
         };
         let rate = a.rate;

@@ -70,7 +70,20 @@ struct Ctx {
     errors: Mutex<Vec<String>>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    /// Reaching the end of a partition is how idleness is detected, not an
+    /// error: librdkafka reports it as a global error, logged here at debug.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::debug!("librdkafka: {error}: {reason}");
+        } else {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn rebalance(
