@@ -168,18 +168,7 @@ fn print_list(groups: &[GroupInfo]) {
 }
 
 fn feature_line(f: &FeatureInfo) -> String {
-    let def = match (&f.expr, f.agg) {
-        (Some(e), _) => format!("= {e}"),
-        (None, Some(a)) => {
-            let mut d = format!("{a}({})", f.field.as_deref().unwrap_or(""));
-            if let Some(w) = &f.filter {
-                d.push_str(&format!(" where {w}"));
-            }
-            d
-        }
-        _ => String::new(),
-    };
-    let mut s = format!("{:<22} {:<40} {:<6}", f.name, def, f.value_type);
+    let mut s = format!("{:<22} {:<40} {:<6}", f.name, f.definition(), f.value_type);
     if let Some(d) = &f.default {
         s.push_str(&format!(" default {d}"));
     }

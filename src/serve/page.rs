@@ -280,17 +280,7 @@ pub fn group(reg: &Registry, fresh: &[Freshness], name: &str) -> Option<String> 
             .map_or("unknown".to_string(), |l| l.to_string()),
     );
     for fe in &g.features {
-        let def = match (&fe.expr, fe.agg) {
-            (Some(e), _) => format!("= {e}"),
-            (None, Some(a)) => {
-                let mut d = format!("{a}({})", fe.field.as_deref().unwrap_or(""));
-                if let Some(w) = &fe.filter {
-                    d.push_str(&format!(" where {w}"));
-                }
-                d
-            }
-            _ => String::new(),
-        };
+        let def = fe.definition();
         let _ = write!(
             s,
             r#"<tr class="feature" id="feature-{n}"><td><code>{n}</code></td><td><code>{d}</code></td><td>{t}</td><td>{def}</td><td>{desc}</td></tr>"#,

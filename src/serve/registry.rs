@@ -65,6 +65,23 @@ pub struct FeatureInfo {
     pub used_by: Vec<String>,
 }
 
+impl FeatureInfo {
+    /// `mean(amount)`, `count() where ...`, or `= a - b` for a derived feature.
+    pub fn definition(&self) -> String {
+        match (&self.expr, self.agg) {
+            (Some(e), _) => format!("= {e}"),
+            (None, Some(a)) => {
+                let mut d = format!("{a}({})", self.field.as_deref().unwrap_or(""));
+                if let Some(w) = &self.filter {
+                    d.push_str(&format!(" where {w}"));
+                }
+                d
+            }
+            _ => String::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SinksInfo {
     /// `rill:{<entity>}:<group>` with the configured prefix.

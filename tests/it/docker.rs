@@ -11,7 +11,7 @@ fn compose_file_parses_and_its_commands_are_valid_rill_invocations() {
     let text = std::fs::read_to_string(repo("docker/compose.yaml")).expect("compose file");
     let doc: Value = serde_saphyr::from_str(&text).expect("compose.yaml is YAML");
     let services = doc["services"].as_object().expect("services");
-    for s in ["kafka", "redis", "rill", "producer"] {
+    for s in ["kafka", "redis", "rill", "serve", "producer"] {
         assert!(services.contains_key(s), "service {s}");
     }
     let dockerfile = doc["services"]["rill"]["build"]["dockerfile"]
@@ -21,7 +21,7 @@ fn compose_file_parses_and_its_commands_are_valid_rill_invocations() {
     let df = std::fs::read_to_string(repo(dockerfile)).expect("Dockerfile");
     assert!(df.contains("\nUSER rill"), "runs as a non-root user");
     assert!(df.matches("FROM ").count() >= 2, "multi-stage");
-    for s in ["rill", "producer"] {
+    for s in ["rill", "serve", "producer"] {
         let args: Vec<String> = doc["services"][s]["command"]
             .as_array()
             .expect("command")
