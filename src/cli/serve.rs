@@ -17,7 +17,7 @@ pub struct Args {
     /// Pipeline files, or directories of them (*.yaml, *.yml).
     #[arg(required = true)]
     pub pipelines: Vec<PathBuf>,
-    /// Address to listen on.
+    /// Address to listen on (`HOST:PORT`, or a port on 127.0.0.1).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
     /// Redis URL for every group (default: each pipeline's online sink).
@@ -56,10 +56,13 @@ pub fn service(
 pub fn run(a: Args) -> anyhow::Result<()> {
     let pipelines = super::run::load_pipelines(&a.pipelines)?;
     anyhow::ensure!(!pipelines.is_empty(), "no pipeline files given");
-    let addr: SocketAddr = a
-        .listen
-        .parse()
-        .with_context(|| format!("--listen {:?} is not an address", a.listen))?;
+    let addr: SocketAddr = match a.listen.parse::<u16>() {
+        Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
+        Err(_) => a
+            .listen
+            .parse()
+            .with_context(|| format!("--listen {:?} is not an address", a.listen))?,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(a.threads.max(1))
         .enable_all()

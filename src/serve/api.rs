@@ -659,28 +659,23 @@ pub fn parse_value(text: &str, t: ValueType) -> Value {
         },
         ValueType::String => Value::String(text.to_string()),
         ValueType::Inferred => {
-            if let Ok(i) = text.parse::<i64>() {
-                Value::from(i)
-            } else if let Ok(x) = text.parse::<f64>() {
-                if x.is_finite() {
-                    float(text)
-                } else {
-                    Value::String(text.to_string())
-                }
-            } else if text == "true" || text == "false" {
-                Value::Bool(text == "true")
-            } else {
-                Value::String(text.to_string())
+            // Only text that is exactly how the sink writes a number is read
+            // as one: "007" or "1e3" stay strings.
+            match (text.parse::<i64>(), text.parse::<f64>()) {
+                (Ok(i), _) if i.to_string() == text => Value::from(i),
+                (_, Ok(x)) if x.is_finite() && crate::sink::format_f64(x) == text => float(text),
+                _ if text == "true" || text == "false" => Value::Bool(text == "true"),
+                _ => Value::String(text.to_string()),
             }
         }
     }
 }
 
 /// `_window_start`, `_window_end`, `_emitted_at` of a hash row.
-type Meta = (Option<Micros>, Option<Micros>, Option<Micros>);
+pub(crate) type Meta = (Option<Micros>, Option<Micros>, Option<Micros>);
 
 /// The META fields at the end of a row `nfields` long.
-fn row_meta(row: &[Option<String>], nfields: usize) -> Meta {
+pub(crate) fn row_meta(row: &[Option<String>], nfields: usize) -> Meta {
     let meta = |k: usize| -> Option<Micros> {
         row.get(nfields - META.len() + k)
             .and_then(|v| v.as_deref())
@@ -690,7 +685,7 @@ fn row_meta(row: &[Option<String>], nfields: usize) -> Meta {
 }
 
 /// One served value from a hash row.
-fn make_value(
+pub(crate) fn make_value(
     row: &[Option<String>],
     at: usize,
     (ws, we, em): Meta,
@@ -700,15 +695,21 @@ fn make_value(
     now: Micros,
 ) -> FeatureValue {
     let fallback = || default.cloned().unwrap_or(Value::Null);
+    let text = row.get(at).and_then(|v| v.as_deref());
     let Some(we) = we else {
-        // No hash: the entity has no values in this group (or they expired
-        // out of Redis).
+        // No window: either no hash (the entity has no values in this group,
+        // or they expired out of Redis), or a hash written without the
+        // window fields, whose values are served without an age.
+        let (value, status) = match text {
+            Some(s) => (parse_value(s, t), "present"),
+            None => (fallback(), "missing"),
+        };
         return FeatureValue {
-            value: fallback(),
-            status: "missing",
-            window_start: None,
+            value,
+            status,
+            window_start: ws,
             window_end: None,
-            emitted_at: None,
+            emitted_at: em,
             age: None,
         };
     };
@@ -716,7 +717,6 @@ fn make_value(
     // to its emission for an early pane of a still-open window.
     let covered = em.map_or(we, |e| e.min(we));
     let age = now - covered;
-    let text = row.get(at).and_then(|v| v.as_deref());
     let (value, status) = match text {
         _ if max_age.is_some_and(|m| age > m) => (fallback(), "expired"),
         None => (fallback(), "missing"),

@@ -187,3 +187,62 @@ features: [{{ name: n, agg: count }}]
         assert_eq!(svc.freshness().await[0].status, "late");
     }
 }
+
+mod value_tests {
+    use serde_json::{json, Value};
+
+    use crate::config::ValueType;
+    use crate::serve::api::{make_value, parse_value, row_meta};
+
+    fn row(fields: &[Option<&str>]) -> Vec<Option<String>> {
+        fields.iter().map(|f| f.map(str::to_string)).collect()
+    }
+
+    #[test]
+    fn statuses_from_stored_hashes() {
+        let now = 10_000_000_000;
+        // [feature a, feature b, _window_start, _window_end, _emitted_at]
+        let full = row(&[Some("4"), None, Some("9000000000"), Some("9300000000"), Some("9310000000")]);
+        let m = row_meta(&full, 5);
+        assert_eq!(m, (Some(9_000_000_000), Some(9_300_000_000), Some(9_310_000_000)));
+        let d = json!(0);
+        let v = make_value(&full, 0, m, ValueType::Int, Some(&d), None, now);
+        assert_eq!((v.value.clone(), v.status, v.age), (json!(4), "present", Some(700_000_000)));
+        let v = make_value(&full, 1, m, ValueType::Float, Some(&d), None, now);
+        assert_eq!((v.value, v.status), (json!(0), "missing"), "a null feature gets the default");
+        // Older than the limit: expired, with the default, the window still known.
+        let v = make_value(&full, 0, m, ValueType::Int, Some(&d), Some(600_000_000), now);
+        assert_eq!((v.value, v.status, v.window_end), (json!(0), "expired", Some(9_300_000_000)));
+        let v = make_value(&full, 0, m, ValueType::Int, None, Some(600_000_000), now);
+        assert_eq!(v.value, Value::Null);
+        // An early pane of an open window: its age runs from its emission.
+        let early = row(&[Some("1"), None, Some("9900000000"), Some("10200000000"), Some("9950000000")]);
+        let v = make_value(&early, 0, row_meta(&early, 5), ValueType::Int, None, Some(60_000_000), now);
+        assert_eq!((v.status, v.age), ("present", Some(50_000_000)));
+        // No hash at all.
+        let none = row(&[None, None, None, None, None]);
+        let v = make_value(&none, 0, row_meta(&none, 5), ValueType::Int, Some(&d), Some(1), now);
+        assert_eq!((v.value, v.status, v.window_end), (json!(0), "missing", None));
+        // A hash written without the window fields: served, without an age.
+        let bare = row(&[Some("2.5"), None, None, None, None]);
+        let v = make_value(&bare, 0, row_meta(&bare, 5), ValueType::Float, None, Some(1), now);
+        assert_eq!((v.value, v.status, v.age), (json!(2.5), "present", None));
+    }
+
+    #[test]
+    fn stored_text_becomes_the_feature_type() {
+        assert_eq!(parse_value("42", ValueType::Int), json!(42));
+        assert_eq!(parse_value("17.35", ValueType::Float), json!(17.35));
+        assert_eq!(parse_value("12", ValueType::Float), json!(12.0));
+        assert_eq!(parse_value("nan", ValueType::Float), json!("nan"));
+        assert_eq!(parse_value("-inf", ValueType::Float), json!("-inf"));
+        assert_eq!(parse_value("true", ValueType::Bool), json!(true));
+        assert_eq!(parse_value("007", ValueType::String), json!("007"));
+        assert_eq!(parse_value("7", ValueType::Inferred), json!(7));
+        assert_eq!(parse_value("0.25", ValueType::Inferred), json!(0.25));
+        assert_eq!(parse_value("007", ValueType::Inferred), json!("007"));
+        assert_eq!(parse_value("1e3", ValueType::Inferred), json!("1e3"));
+        assert_eq!(parse_value("false", ValueType::Inferred), json!(false));
+        assert_eq!(parse_value("/home", ValueType::Inferred), json!("/home"));
+    }
+}
