@@ -24,6 +24,25 @@ pub enum What {
     Daemon(DaemonArgs),
     /// Load generator for the read API (`POST /v1/features`) at a fixed rate.
     Serve(super::bench_serve::ServeArgs),
+    /// A bare rdkafka consumer reading a topic to its end: the broker's own
+    /// rate, to compare the daemon with (benches/daemon_vs_consumer.sh).
+    Consume(ConsumeArgs),
+}
+
+#[derive(Debug, Parser)]
+pub struct ConsumeArgs {
+    /// Bootstrap servers.
+    #[arg(long)]
+    pub brokers: String,
+    /// Topic to read from its beginning.
+    #[arg(long)]
+    pub topic: String,
+    /// Stop after this many messages (0: at the end of every partition).
+    #[arg(long, default_value_t = 0)]
+    pub expect: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Parser)]
@@ -54,6 +73,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     match a.what {
         What::Daemon(d) => daemon(d),
         What::Serve(s) => super::bench_serve::run(s),
+        What::Consume(c) => consume(c),
     }
 }
 
@@ -111,6 +131,85 @@ fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
         "emit_to_online_us": { "p50": p50, "p99": p99, "p999": p999, "max": max, "rows": count },
         "redis_write_p99_us": w99,
         "peak_memory_bytes": rill::replay::peak_memory_bytes(),
+    });
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+/// Reads `topic` with a fresh consumer group, the way the daemon's consumer
+/// is configured (no commits, partition EOF on), touching every payload.
+fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let group = format!("rill-bench-consume-{}", std::process::id());
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &a.brokers)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[a.topic.as_str()])?;
+    let started = Instant::now();
+    let (mut n, mut bytes, mut checksum) = (0u64, 0u64, 0u64);
+    let mut first: Option<Instant> = None;
+    let mut eof: std::collections::BTreeSet<i32> = Default::default();
+    let mut partitions = 0usize;
+    let (mut t10, mut t90) = (None, None);
+    loop {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
+                n += 1;
+                let p = m.payload().unwrap_or(&[]);
+                bytes += p.len() as u64;
+                checksum = checksum.wrapping_add(p.first().copied().unwrap_or(0) as u64);
+                eof.remove(&m.partition());
+                if a.expect > 0 {
+                    if t10.is_none() && n * 10 >= a.expect {
+                        t10 = Some((Instant::now(), n));
+                    }
+                    if t90.is_none() && n * 10 >= a.expect * 9 {
+                        t90 = Some((Instant::now(), n));
+                    }
+                    if n >= a.expect {
+                        break;
+                    }
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                eof.insert(p);
+                if partitions == 0 {
+                    if let Ok(md) = consumer.fetch_metadata(Some(&a.topic), Duration::from_secs(5)) {
+                        partitions = md.topics().first().map_or(0, |t| t.partitions().len());
+                    }
+                }
+                if a.expect == 0 && n > 0 && partitions > 0 && eof.len() >= partitions {
+                    break;
+                }
+            }
+            Some(Err(e)) => anyhow::bail!("consumer: {e}"),
+            None => {}
+        }
+    }
+    let total = started.elapsed().as_secs_f64();
+    let from_first = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    let steady = match (t10, t90) {
+        (Some((a0, n0)), Some((a1, n1))) if a1 > a0 => Some((n1 - n0) as f64 / (a1 - a0).as_secs_f64()),
+        _ => None,
+    };
+    let out = serde_json::json!({
+        "messages": n,
+        "bytes": bytes,
+        "seconds_total": total,
+        "seconds_from_first_message": from_first,
+        "messages_per_second": n as f64 / from_first.max(1e-9),
+        "steady_messages_per_second_10_to_90": steady,
+        "checksum": checksum,
     });
     if a.json {
         println!("{out}");
