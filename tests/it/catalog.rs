@@ -229,6 +229,19 @@ fn catalog_page_searches_opens_a_group_and_shows_freshness() {
     assert_eq!(f["status"], "late");
     assert_eq!(f["consumer_lag"], 12);
 
+    // `rill features describe` reads the same reports.
+    let out = crate::util::run_ok(
+        crate::util::rill()
+            .args(["features", "--dir"])
+            .arg(&pipelines)
+            .args(["--json", "describe", "click_sessions", "--redis", &url]),
+    );
+    let d: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(d["freshness"]["status"], "late", "{d}");
+    assert_eq!(d["freshness"]["consumer_lag"], 12);
+    let lag = d["freshness"]["watermark_lag_seconds"].as_f64().expect("lag");
+    assert!((3600.0..3700.0).contains(&lag), "{lag}");
+
     let profile = dir.path().join("chromium");
     std::fs::create_dir_all(&profile).expect("dir");
     let (_browser, mut cdp) = Cdp::start(&profile);
