@@ -169,13 +169,20 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start(dir: &Path) -> RedisServer {
-        let mut r = RedisServer {
-            port: free_port(),
-            dir: dir.to_path_buf(),
-            child: None,
-        };
-        r.restart();
-        r
+        // Tests run in parallel: another one may take the chosen port before
+        // this server binds it. Then this server exits (or a PING reaches
+        // the other one, whose `dir` differs): try another port.
+        for _ in 0..10 {
+            let mut r = RedisServer {
+                port: free_port(),
+                dir: dir.to_path_buf(),
+                child: None,
+            };
+            if r.try_start() {
+                return r;
+            }
+        }
+        panic!("could not start redis-server on a free port");
     }
 
     pub fn url(&self) -> String {
@@ -185,6 +192,11 @@ impl RedisServer {
     /// Starts (again) on the same port, with an append-only file so that a
     /// restart keeps the data.
     pub fn restart(&mut self) {
+        assert!(self.try_start(), "redis-server restarts on port {}", self.port);
+    }
+
+    /// Starts the server; false when it could not take its port.
+    fn try_start(&mut self) -> bool {
         std::fs::create_dir_all(&self.dir).expect("redis dir");
         let child = Command::new("redis-server")
             .args([
@@ -202,12 +214,32 @@ impl RedisServer {
             .expect("redis-server is installed (scripts/test.sh installs it)");
         self.child = Some(child);
         let url = self.url();
-        wait_for(20, "redis-server to answer PING", || {
-            redis::Client::open(url.as_str())
+        let want_dir = std::fs::canonicalize(&self.dir).expect("redis dir");
+        let t = Instant::now();
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if c.try_wait().expect("wait").is_some() {
+                    self.child = None;
+                    return false;
+                }
+            }
+            let answer = redis::Client::open(url.as_str())
                 .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok()
-        });
+                .and_then(|mut c| redis::cmd("CONFIG").arg("GET").arg("dir").query::<Vec<String>>(&mut c));
+            if let Ok(v) = answer {
+                if v.get(1).map(PathBuf::from) == Some(want_dir.clone()) {
+                    return true;
+                }
+                // Someone else's server answers on this port.
+                if let Some(mut c) = self.child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                return false;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "timed out waiting for redis-server");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stops the server (SIGTERM: it syncs its append-only file first).
