@@ -246,3 +246,70 @@ mod value_tests {
         assert_eq!(parse_value("/home", ValueType::Inferred), json!("/home"));
     }
 }
+
+mod embedded_tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use crate::config::Pipeline;
+    use crate::serve::api::{parse_request, Limits, ReadApi, Store};
+    use crate::serve::registry::Registry;
+    use crate::sink::embedded::EmbeddedStore;
+    use crate::sink::redis::{online_key_text, OnlineRow};
+
+    /// `rill demo` serves from its in-process store with the same rules.
+    #[tokio::test]
+    async fn the_embedded_store_serves_like_redis() {
+        let p = Pipeline::from_yaml(
+            r#"
+version: 1
+name: g
+source: { format: json, key: [user_id, shop], event_time: { field: ts } }
+window: { tumbling: { size: 5m } }
+features:
+  - { name: n, agg: count, default: 0 }
+  - { name: s, agg: sum, field: x }
+sinks:
+  online: { redis: { url: "redis://127.0.0.1:1", ttl: 1h } }
+"#,
+            "g.yaml",
+        )
+        .expect("valid");
+        let store = Arc::new(EmbeddedStore::default());
+        let row = |pane: u32, n: &str, end: i64| OnlineRow {
+            key: online_key_text("rill", "g", &["u|1".into(), "7".into()]),
+            window_start: end - 300_000_000,
+            window_end: end,
+            emitted_at: end,
+            generation: 0,
+            pane,
+            fields: vec![("n".into(), n.into()), ("s".into(), "2.5".into())],
+        };
+        let now = 1_800_000_000_000_000;
+        assert!(store.apply(&row(0, "3", now - 60_000_000)));
+        // An older window never replaces a newer one.
+        assert!(!store.apply(&row(5, "99", now - 400_000_000)));
+        let api = ReadApi {
+            registry: Arc::new(Registry::new(vec![p]).expect("registry")),
+            store: Store::Embedded(store),
+            limits: Limits::default(),
+        };
+        let req = parse_request(
+            json!({"entities": [{"user_id": "u|1", "shop": 7}, {"user_id": "u|1", "shop": 8}], "features": ["g:*"]})
+                .to_string()
+                .as_bytes(),
+        )
+        .expect("request");
+        let r = api.features(req, now).await.expect("answer");
+        let v = r.get(0, "g:n").expect("value");
+        assert_eq!((v.value.clone(), v.status, v.age), (json!(3), "present", Some(60_000_000)));
+        assert_eq!(r.get(0, "g:s").expect("value").value, json!(2.5));
+        let v = r.get(1, "g:n").expect("value");
+        assert_eq!((v.value.clone(), v.status), (json!(0), "missing"));
+        // Past the ttl (1h), expired.
+        let req = parse_request(br#"{"entities": [{"user_id": "u|1", "shop": 7}], "features": ["g:n"]}"#).expect("request");
+        let r = api.features(req, now + 3_600_000_000).await.expect("answer");
+        assert_eq!(r.get(0, "g:n").expect("value").status, "expired");
+    }
+}
