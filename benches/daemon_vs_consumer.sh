@@ -23,11 +23,19 @@ TOPIC=bench_tx_$$
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"; [ -n "${DPID:-}" ] && kill "$DPID" 2>/dev/null || true' EXIT
 
+# tansu creates topics with its CLI; other brokers may create them on first use.
+if command -v tansu >/dev/null 2>&1; then
+  tansu topic create --broker "tcp://$BROKER" --partitions "${PARTITIONS:-4}" "$TOPIC" >&2
+fi
 $RILL gen --kafka "$BROKER" --topic "$TOPIC" --events "$EVENTS" --rate 0 >&2
 
 for run in $(seq 1 "$RUNS"); do
-  $RILL bench consume --brokers "$BROKER" --topic "$TOPIC" --expect "$EVENTS" --json \
-    | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"consumer run '"$run"': {d[\"steady_messages_per_second_10_to_90\"]:.0f} msgs/s ({d[\"messages\"]} messages)")'
+  $RILL bench consume --brokers "$BROKER" --topic "$TOPIC" --expect "$EVENTS" --json > "$WORK/consume.json"
+  python3 - "$WORK/consume.json" "$run" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print("consumer run %s: %.0f msgs/s (%d messages)" % (sys.argv[2], d["steady_messages_per_second_10_to_90"], d["messages"]))
+PY
 
   sed -e "s/^source:/source:\n  kafka: { brokers: \"$BROKER\", topic: $TOPIC, group_id: rill-bench-$$-$run }/" \
     benches/pipelines/bench_tumbling_5m.yaml > "$WORK/pipe.yaml"

@@ -140,19 +140,32 @@ fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Logs librdkafka's errors except the end of a partition, which is expected.
+struct QuietEof;
+
+impl rdkafka::ClientContext for QuietEof {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEof {}
+
 /// Reads `topic` with a fresh consumer group, the way the daemon's consumer
 /// is configured (no commits, partition EOF on), touching every payload.
 fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     let group = format!("rill-bench-consume-{}", std::process::id());
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+    let consumer: BaseConsumer<QuietEof> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &a.brokers)
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .create()?;
+        .create_with_context(QuietEof)?;
     consumer.subscribe(&[a.topic.as_str()])?;
     let started = Instant::now();
     let (mut n, mut bytes, mut checksum) = (0u64, 0u64, 0u64);

@@ -14,7 +14,7 @@
 //! recomputes the rest, with a higher generation so that its Redis writes
 //! win over the dropped ones.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,9 +68,25 @@ struct Ctx {
     start_ts: Option<i64>,
     events: Mutex<Vec<Reb>>,
     errors: Mutex<Vec<String>>,
+    /// High watermark per partition, from librdkafka's statistics (the
+    /// fetch responses carry it): consumer lag without a broker round trip.
+    high_watermarks: Mutex<HashMap<i32, i64>>,
 }
 
 impl ClientContext for Ctx {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let Some(t) = stats.topics.get(&self.topic) else {
+            return;
+        };
+        if let Ok(mut m) = self.high_watermarks.lock() {
+            for (&p, ps) in &t.partitions {
+                if p >= 0 && ps.hi_offset >= 0 {
+                    m.insert(p, ps.hi_offset);
+                }
+            }
+        }
+    }
+
     /// Reaching the end of a partition is how idleness is detected, not an
     /// error: librdkafka reports it as a global error, logged here at debug.
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
@@ -266,6 +282,7 @@ impl Worker {
             start_ts,
             events: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
+            high_watermarks: Mutex::new(HashMap::new()),
         };
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &brokers)
@@ -279,7 +296,9 @@ impl Worker {
             // Backpressure blocks the loop while Redis is down; the group
             // must not evict the consumer for that.
             .set("max.poll.interval.ms", "86400000")
-            .set("partition.assignment.strategy", "range");
+            .set("partition.assignment.strategy", "range")
+            // Statistics carry each partition's high watermark (for the lag).
+            .set("statistics.interval.ms", "1000");
         for (k, v) in &kafka.properties {
             cfg.set(k, v);
         }
@@ -809,13 +828,21 @@ impl Worker {
         self.rotate_dead_letters()
     }
 
+    /// Consumer lag per partition from the high watermarks of librdkafka's
+    /// statistics: asking the broker here (`fetch_watermarks`) would stop
+    /// consumption for a round trip per partition, which halved the
+    /// consumption rate against a real broker.
     fn update_lag(&mut self) {
+        let highs = self
+            .consumer
+            .context()
+            .high_watermarks
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
         let mut total = 0;
         for (&p, part) in self.parts.iter_mut() {
-            if let Ok((_, high)) =
-                self.consumer
-                    .fetch_watermarks(&self.topic, p, Duration::from_millis(500))
-            {
+            if let Some(&high) = highs.get(&p) {
                 part.high_watermark = Some(high);
                 let lag = (high - part.next_offset.unwrap_or(0)).max(0);
                 total += lag;

@@ -400,6 +400,11 @@ fn kafka_to_redis_and_parquet_with_exact_values_and_metrics() {
         d.metric("rill_freshness_sla_breached") == 1.0
     });
     assert_eq!(d.metric("rill_freshness_sla_seconds"), 600.0);
+    // Consumer lag per partition, from librdkafka's statistics: caught up.
+    wait_for(30, "consumer lag per partition in /metrics", || {
+        d.metrics().lines().filter(|l| l.starts_with("rill_consumer_lag{")).count() >= 1
+    });
+    assert_eq!(d.metric("rill_consumer_lag{"), 0.0, "{}", d.metrics());
     assert!(d.metrics().contains("rill_seconds_since_last_write{sink=\"online\",pipeline=\"spend\"}")
         || d.metrics().contains("rill_seconds_since_last_write{pipeline=\"spend\",sink=\"online\"}"), "{}", d.metrics());
     let (s, body) = http(d.http, "GET", "/v1/freshness/spend", b"");
