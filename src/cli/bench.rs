@@ -140,14 +140,12 @@ fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs librdkafka's errors except the end of a partition, which is expected.
+/// Logs librdkafka's errors as the daemon does (the end of a partition is expected).
 struct QuietEof;
 
 impl rdkafka::ClientContext for QuietEof {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
-            tracing::error!("librdkafka: {error}: {reason}");
-        }
+        rill::daemon::worker::log_client_error(error, reason);
     }
 }
 

@@ -85,12 +85,7 @@ pub async fn run(
             freshness: crate::serve::routes::FreshnessSource::Metrics(metrics.clone()),
             clock: Arc::new(crate::time::SystemClock),
         };
-        let app = http::router(
-            metrics.clone(),
-            Arc::new(opts.pipelines.clone()),
-            opts.embedded.clone(),
-        )
-        .merge(crate::serve::routes::router(service, opts.read_api));
+        let app = http::router(metrics.clone()).merge(crate::serve::routes::router(service, opts.read_api));
         let stop = shutdown.clone();
         http_task = Some(tokio::spawn(async move {
             let _ = axum::serve(listener, app)

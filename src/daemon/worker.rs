@@ -87,17 +87,19 @@ impl ClientContext for Ctx {
         }
     }
 
-    /// Reaching the end of a partition is how idleness is detected, not an
-    /// error: librdkafka reports it as a global error, logged here at debug.
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
-        ) {
-            tracing::debug!("librdkafka: {error}: {reason}");
-        } else {
-            tracing::error!("librdkafka: {error}: {reason}");
-        }
+        log_client_error(error, reason);
+    }
+}
+
+/// Logs a librdkafka global error. Reaching the end of a partition is how
+/// idleness is detected, not an error: librdkafka reports it as one, and it
+/// is logged at debug.
+pub fn log_client_error(error: rdkafka::error::KafkaError, reason: &str) {
+    if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+        tracing::debug!("librdkafka: {error}: {reason}");
+    } else {
+        tracing::error!("librdkafka: {error}: {reason}");
     }
 }
 

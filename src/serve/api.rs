@@ -6,15 +6,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use serde::ser::{SerializeMap, SerializeStruct};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::registry::Registry;
 use crate::config::{Pipeline, ValueType};
 use crate::sink::embedded::EmbeddedStore;
 use crate::sink::redis::online_key_text;
-use crate::time::{format_rfc3339, parse_duration, Micros};
+use crate::time::{parse_duration, Micros};
 
 /// Fields read besides the features (see the Redis layout in the README).
 const META: [&str; 3] = ["_window_start", "_window_end", "_emitted_at"];
@@ -137,16 +136,17 @@ struct Col {
 }
 
 /// A resolved request.
-struct Plan {
+/// Names are borrowed from the registry: nothing is copied per request.
+struct Plan<'a> {
     cols: Vec<Col>,
     /// Distinct pipelines in order of first request.
     groups: Vec<usize>,
     /// Per entry of `groups`: the Redis fields read (features, then META).
-    fields: Vec<Vec<String>>,
+    fields: Vec<Vec<&'a str>>,
     /// Per column: (entry of `groups`, position in its fields).
     col_at: Vec<(usize, usize)>,
     /// Key fields per entry of `groups`.
-    keys: Vec<Vec<String>>,
+    keys: Vec<&'a [String]>,
     /// Per entry of `groups`: the age after which values expire.
     max_age: Vec<Option<Micros>>,
 }
@@ -171,57 +171,6 @@ pub struct FeatureValue {
     pub window_end: Option<Micros>,
     pub emitted_at: Option<Micros>,
     pub age: Option<Micros>,
-}
-
-impl Serialize for FeatureValue {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_struct("FeatureValue", 6)?;
-        m.serialize_field("value", &self.value)?;
-        m.serialize_field("status", self.status)?;
-        m.serialize_field("window_start", &self.window_start.map(format_rfc3339))?;
-        m.serialize_field("window_end", &self.window_end.map(format_rfc3339))?;
-        m.serialize_field("emitted_at", &self.emitted_at.map(format_rfc3339))?;
-        m.serialize_field("age_seconds", &self.age.map(|a| a as f64 / 1e6))?;
-        m.end()
-    }
-}
-
-impl Serialize for FeaturesResponse {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        struct Values<'a>(&'a [String], &'a [FeatureValue]);
-        impl Serialize for Values<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut m = s.serialize_map(Some(self.0.len()))?;
-                for (n, v) in self.0.iter().zip(self.1) {
-                    m.serialize_entry(n, v)?;
-                }
-                m.end()
-            }
-        }
-        struct Results<'a>(&'a FeaturesResponse);
-        impl Serialize for Results<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                use serde::ser::SerializeSeq;
-                let mut q = s.serialize_seq(Some(self.0.results.len()))?;
-                for r in &self.0.results {
-                    #[derive(Serialize)]
-                    struct One<'a> {
-                        entity: &'a Map<String, Value>,
-                        features: Values<'a>,
-                    }
-                    q.serialize_element(&One {
-                        entity: &r.entity,
-                        features: Values(&self.0.names, &r.values),
-                    })?;
-                }
-                q.end()
-            }
-        }
-        let mut m = s.serialize_struct("FeaturesResponse", 2)?;
-        m.serialize_field("features", &self.names)?;
-        m.serialize_field("results", &Results(self))?;
-        m.end()
-    }
 }
 
 impl FeaturesResponse {
@@ -351,7 +300,7 @@ pub struct ReadApi {
 }
 
 impl ReadApi {
-    fn plan(&self, features: &[String], max_age: Option<&Value>) -> Result<Plan, ApiError> {
+    fn plan(&self, features: &[String], max_age: Option<&Value>) -> Result<Plan<'_>, ApiError> {
         if features.is_empty() {
             return Err(ApiError::bad(
                 "features: expected at least one name such as \"group:feature\" or \"group:*\"",
@@ -404,7 +353,7 @@ impl ReadApi {
         let mut seen = std::collections::HashSet::new();
         cols.retain(|c| seen.insert((c.group, c.feature)));
         let mut groups: Vec<usize> = Vec::new();
-        let mut fields: Vec<Vec<String>> = Vec::new();
+        let mut fields: Vec<Vec<&str>> = Vec::new();
         let mut col_at = Vec::with_capacity(cols.len());
         for c in &cols {
             let gi = match groups.iter().position(|&g| g == c.group) {
@@ -415,15 +364,15 @@ impl ReadApi {
                     groups.len() - 1
                 }
             };
-            fields[gi].push(pipelines[c.group].features[c.feature].name.clone());
+            fields[gi].push(pipelines[c.group].features[c.feature].name.as_str());
             col_at.push((gi, fields[gi].len() - 1));
         }
         for f in &mut fields {
-            f.extend(META.iter().map(|m| m.to_string()));
+            f.extend(META);
         }
         let keys = groups
             .iter()
-            .map(|&g| pipelines[g].key_fields.clone())
+            .map(|&g| pipelines[g].key_fields.as_slice())
             .collect();
         let max_age = groups
             .iter()
@@ -449,14 +398,14 @@ impl ReadApi {
     /// Key texts of one entity per group of the plan.
     fn entity_keys(
         &self,
-        plan: &Plan,
+        plan: &Plan<'_>,
         i: usize,
         e: &Map<String, Value>,
     ) -> Result<Vec<String>, ApiError> {
         let pipelines = self.registry.pipelines();
         for k in e.keys() {
             if !plan.keys.iter().any(|ks| ks.contains(k)) {
-                let mut all: Vec<&str> = plan.keys.iter().flatten().map(String::as_str).collect();
+                let mut all: Vec<&str> = plan.keys.iter().copied().flatten().map(String::as_str).collect();
                 all.sort_unstable();
                 all.dedup();
                 return Err(ApiError::bad(format!(
@@ -469,7 +418,7 @@ impl ReadApi {
         for (gi, &g) in plan.groups.iter().enumerate() {
             let p = &pipelines[g];
             let mut parts = Vec::with_capacity(plan.keys[gi].len());
-            for k in &plan.keys[gi] {
+            for k in plan.keys[gi] {
                 let v = e.get(k).ok_or_else(|| {
                     ApiError::bad(format!(
                         "entities[{i}]: missing key field {k:?} of feature group {}",
@@ -545,7 +494,7 @@ impl ReadApi {
     }
 
     /// Reads every (entity, group) hash; `rows[e * groups + g]`.
-    async fn fetch(&self, plan: &Plan, keys: &[Vec<String>]) -> Result<Vec<Vec<Option<String>>>, ApiError> {
+    async fn fetch(&self, plan: &Plan<'_>, keys: &[Vec<String>]) -> Result<Vec<Vec<Option<String>>>, ApiError> {
         let ng = plan.groups.len();
         let mut rows: Vec<Vec<Option<String>>> = vec![Vec::new(); keys.len() * ng];
         match &self.store {
@@ -555,7 +504,7 @@ impl ReadApi {
                         let h = store.get(k);
                         rows[e * ng + g] = plan.fields[g]
                             .iter()
-                            .map(|f| h.as_ref().and_then(|h| h.get(f).cloned()))
+                            .map(|f| h.as_ref().and_then(|h| h.get(*f).cloned()))
                             .collect();
                     }
                 }

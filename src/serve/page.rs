@@ -47,15 +47,8 @@ fn badge(group: &str, f: Option<&Freshness>) -> String {
         Some(l) => format!("watermark lag {l:.1} s"),
         None => "no watermark reported yet".to_string(),
     };
-    let label = if status == "fresh" {
-        "fresh"
-    } else if status == "late" {
-        "late"
-    } else {
-        "unknown"
-    };
     format!(
-        r#"<span class="badge" data-group="{}" data-status="{status}" title="{}">{label}</span>"#,
+        r#"<span class="badge" data-group="{}" data-status="{status}" title="{}">{status}</span>"#,
         esc(group),
         esc(&title)
     )

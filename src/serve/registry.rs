@@ -147,10 +147,6 @@ fn type_name(t: ValueType) -> &'static str {
     }
 }
 
-fn window_text(p: &Pipeline) -> String {
-    p.window_text()
-}
-
 fn trigger_text(p: &Pipeline) -> String {
     let mut parts = Vec::new();
     if let Some(e) = p.early_every {
@@ -351,7 +347,7 @@ impl Registry {
                 "{} (key {}, {})",
                 p.name,
                 p.key_fields.join(", "),
-                window_text(p)
+                p.window_text()
             ),
         });
         // Which features are in scope: all, or the target's ancestors and descendants.
@@ -582,7 +578,7 @@ pub fn describe(p: &Pipeline) -> GroupInfo {
         topic: p.kafka.as_ref().map(|k| k.topic.clone()),
         brokers: p.kafka.as_ref().map(|k| k.brokers.clone()),
         event_time,
-        window: window_text(p),
+        window: p.window_text(),
         allowed_lateness: format_duration(p.allowed_lateness),
         triggers: trigger_text(p),
         accumulation: p.accumulation.as_str(),

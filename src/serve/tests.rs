@@ -2,7 +2,7 @@ use super::api::*;
 use serde_json::Value;
 
 #[test]
-fn hand_written_json_equals_serde() {
+fn the_answer_is_json_with_a_window_and_age_per_value() {
     // Two groups' worth of metadata, a missing hash, strings needing escapes.
     let mk = |v: Value, st: &'static str, ws: Option<i64>, age: Option<i64>| FeatureValue {
         value: v,
@@ -33,11 +33,39 @@ fn hand_written_json_equals_serde() {
             ),
         ],
     );
-    let hand: Value = serde_json::from_slice(&r.to_json()).expect("valid JSON");
-    let serde: Value = serde_json::to_value(&r).expect("serialisable");
-    assert_eq!(hand, serde);
-    assert_eq!(hand["results"][0]["features"]["g:b\"q"]["value"], "x\ny");
-    assert_eq!(hand["results"][1]["features"]["h:c"]["window_start"], "2020-09-13T12:26:40.000001Z");
+    let got: Value = serde_json::from_slice(&r.to_json()).expect("valid JSON");
+    let window = |start: &str, end: &str, emitted: &str, age: f64| {
+        serde_json::json!({"window_start": start, "window_end": end, "emitted_at": emitted, "age_seconds": age})
+    };
+    let with = |v: Value, status: &str, w: &Value| {
+        let mut o = w.clone();
+        o["value"] = v;
+        o["status"] = Value::from(status);
+        o
+    };
+    let w1 = window("2023-11-14T22:13:20Z", "2023-11-14T22:18:20Z", "2023-11-14T22:18:21.500Z", 1.234567);
+    let w2 = window("2023-11-14T22:13:20.123Z", "2023-11-14T22:18:20.123Z", "2023-11-14T22:18:21.623Z", 0.000099);
+    let w3 = window("2020-09-13T12:26:40.000001Z", "2020-09-13T12:31:40.000001Z", "2020-09-13T12:31:41.500001Z", 0.000005);
+    let none = serde_json::json!({"window_start": null, "window_end": null, "emitted_at": null, "age_seconds": null});
+    let want = serde_json::json!({
+        "features": ["g:a", "g:b\"q", "h:c"],
+        "results": [
+            {"entity": {"user_id": "u\"1"}, "features": {
+                "g:a": with(Value::from(3), "present", &w1),
+                "g:b\"q": with(Value::from("x\ny"), "present", &w1),
+                "h:c": with(Value::Null, "missing", &none),
+            }},
+            {"entity": {"user_id": 7}, "features": {
+                "g:a": with(Value::from(1.5), "expired", &w2),
+                "g:b\"q": with(Value::Null, "missing", &w2),
+                "h:c": with(Value::from(false), "present", &w3),
+            }},
+        ]
+    });
+    assert_eq!(got, want);
+    // Features keep the requested order.
+    let text = String::from_utf8(r.to_json()).expect("utf-8");
+    assert!(text.find("\"g:a\":").expect("a") < text.find("\"h:c\":").expect("c"));
 }
 
 mod freshness_tests {
