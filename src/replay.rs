@@ -64,7 +64,10 @@ struct OnlineFeed {
 }
 
 impl OnlineFeed {
-    fn new(tx: tokio::sync::mpsc::Sender<crate::sink::redis::OnlineMsg>, width: usize) -> OnlineFeed {
+    fn new(
+        tx: tokio::sync::mpsc::Sender<crate::sink::redis::OnlineMsg>,
+        width: usize,
+    ) -> OnlineFeed {
         OnlineFeed {
             tx,
             batch: Self::empty(width),

@@ -195,7 +195,8 @@ fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
                 eof.insert(p);
                 if partitions == 0 {
-                    if let Ok(md) = consumer.fetch_metadata(Some(&a.topic), Duration::from_secs(5)) {
+                    if let Ok(md) = consumer.fetch_metadata(Some(&a.topic), Duration::from_secs(5))
+                    {
                         partitions = md.topics().first().map_or(0, |t| t.partitions().len());
                     }
                 }
@@ -210,7 +211,9 @@ fn consume(a: ConsumeArgs) -> anyhow::Result<()> {
     let total = started.elapsed().as_secs_f64();
     let from_first = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
     let steady = match (t10, t90) {
-        (Some((a0, n0)), Some((a1, n1))) if a1 > a0 => Some((n1 - n0) as f64 / (a1 - a0).as_secs_f64()),
+        (Some((a0, n0)), Some((a1, n1))) if a1 > a0 => {
+            Some((n1 - n0) as f64 / (a1 - a0).as_secs_f64())
+        }
         _ => None,
     };
     let out = serde_json::json!({

@@ -103,10 +103,18 @@ fn populate(p: &Pipeline, url: &str, population: usize) -> anyhow::Result<()> {
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let p = Pipeline::from_file(&a.pipeline).map_err(|e| anyhow::anyhow!("{e}"))?;
-    anyhow::ensure!(a.features >= 1 && a.features <= p.features.len(), "--features: 1 to {}", p.features.len());
-    anyhow::ensure!(a.entities >= 1 && a.connections >= 1 && a.rate >= 1, "--entities, --connections and --rate must be positive");
+    anyhow::ensure!(
+        a.features >= 1 && a.features <= p.features.len(),
+        "--features: 1 to {}",
+        p.features.len()
+    );
+    anyhow::ensure!(
+        a.entities >= 1 && a.connections >= 1 && a.rate >= 1,
+        "--entities, --connections and --rate must be positive"
+    );
     let duration = Duration::from_micros(
-        rill::time::parse_duration(&a.duration).map_err(|e| anyhow::anyhow!("--duration: {e}"))? as u64,
+        rill::time::parse_duration(&a.duration).map_err(|e| anyhow::anyhow!("--duration: {e}"))?
+            as u64,
     );
     let warmup = Duration::from_micros(
         rill::time::parse_duration(&a.warmup).map_err(|e| anyhow::anyhow!("--warmup: {e}"))? as u64,
@@ -157,10 +165,14 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         .collect();
     let bodies = Arc::new(bodies);
 
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let not_present = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let total = warmup + duration;
     let period = Duration::from_secs_f64(1.0 / a.rate as f64);
     let n_requests = (total.as_secs_f64() * a.rate as f64) as u64;
@@ -182,7 +194,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             if due > now {
                 std::thread::sleep(due - now);
             }
-            if queues[(seq % queues.len() as u64) as usize].send((seq, due)).is_err() {
+            if queues[(seq % queues.len() as u64) as usize]
+                .send((seq, due))
+                .is_err()
+            {
                 break;
             }
         }
@@ -209,7 +224,11 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
                     // counts from the scheduled time, so queueing behind a
                     // slow response is included. On schedule: from the send,
                     // so the dispatcher thread's own wake-up lag is not.
-                    let from = if free_since > due { due } else { Instant::now() };
+                    let from = if free_since > due {
+                        due
+                    } else {
+                        Instant::now()
+                    };
                     let body = bodies[(seq % bodies.len() as u64) as usize].clone();
                     let req = hyper::Request::post("/v1/features")
                         .header("host", "bench")
@@ -252,7 +271,9 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(t0)
     })?;
-    dispatcher.join().map_err(|_| anyhow::anyhow!("dispatcher thread panicked"))?;
+    dispatcher
+        .join()
+        .map_err(|_| anyhow::anyhow!("dispatcher thread panicked"))?;
     let elapsed = started.elapsed().as_secs_f64();
     let h = hist.lock().expect("hist");
     let measured = h.len();

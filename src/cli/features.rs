@@ -52,7 +52,10 @@ pub fn run(a: Args) -> anyhow::Result<u8> {
         What::List => {
             let groups = reg.list();
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "groups": groups }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "groups": groups }))?
+                );
             } else {
                 print_list(&groups);
             }
@@ -61,7 +64,10 @@ pub fn run(a: Args) -> anyhow::Result<u8> {
             let q = text.join(" ");
             let hits = reg.search(&q);
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "query": q, "hits": hits }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "query": q, "hits": hits }))?
+                );
             } else if hits.is_empty() {
                 println!("nothing matches {q:?}");
             } else {
@@ -187,10 +193,16 @@ fn print_describe(g: &GroupInfo, f: Option<&FeatureInfo>, fresh: Option<&Freshne
     println!("tags         {}", g.tags.join(", "));
     println!("entity key   {}", g.entity_keys.join(", "));
     match (&g.topic, &g.brokers) {
-        (Some(t), Some(b)) => println!("source       kafka topic {t} ({b}), event time {}", g.event_time),
+        (Some(t), Some(b)) => println!(
+            "source       kafka topic {t} ({b}), event time {}",
+            g.event_time
+        ),
         _ => println!("source       files only, event time {}", g.event_time),
     }
-    println!("window       {}, allowed lateness {}", g.window, g.allowed_lateness);
+    println!(
+        "window       {}, allowed lateness {}",
+        g.window, g.allowed_lateness
+    );
     println!("triggers     {}", g.triggers);
     println!("accumulation {}", g.accumulation);
     if let Some(k) = &g.sinks.online_key {
@@ -256,7 +268,15 @@ fn print_lineage(l: &Lineage) {
         .map(|n| n.id.as_str())
         .collect();
     fn walk(l: &Lineage, id: &str, depth: usize, label: &dyn Fn(&str) -> String) {
-        println!("{}{}", "  ".repeat(depth), if depth == 0 { label(id) } else { format!("→ {}", label(id)) });
+        println!(
+            "{}{}",
+            "  ".repeat(depth),
+            if depth == 0 {
+                label(id)
+            } else {
+                format!("→ {}", label(id))
+            }
+        );
         for (_, b) in l.edges.iter().filter(|(a, _)| a == id) {
             if b.starts_with("sink:") {
                 continue;
@@ -277,6 +297,9 @@ fn print_lineage(l: &Lineage) {
         println!("sinks: {}", sinks.join("; "));
     }
     if !l.topic_shared_with.is_empty() {
-        println!("the same topic also feeds: {}", l.topic_shared_with.join(", "));
+        println!(
+            "the same topic also feeds: {}",
+            l.topic_shared_with.join(", ")
+        );
     }
 }

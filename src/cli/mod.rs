@@ -4,12 +4,12 @@
 pub mod bench;
 pub mod bench_serve;
 pub mod demo;
+pub mod features;
 pub mod gen;
 pub mod join;
 pub mod replay;
 pub mod run;
 pub mod serve;
-pub mod features;
 pub mod validate;
 
 use clap::{Parser, Subcommand};

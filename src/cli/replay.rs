@@ -147,7 +147,8 @@ pub fn run(args: Args) -> anyhow::Result<ReplaySummary> {
 
 /// Fails fast when Redis does not answer, rather than retrying forever.
 fn check_redis(url: &str) -> anyhow::Result<()> {
-    let client = redis::Client::open(url).with_context(|| format!("--online: bad Redis URL {url:?}"))?;
+    let client =
+        redis::Client::open(url).with_context(|| format!("--online: bad Redis URL {url:?}"))?;
     let mut c = client
         .get_connection_with_timeout(std::time::Duration::from_secs(2))
         .with_context(|| format!("--online: cannot connect to {url}"))?;

@@ -78,9 +78,8 @@ fn report_changes(old: &[Pipeline], new: &[Pipeline]) -> usize {
     let mut refused = 0;
     for c in rill::serve::registry::diff(old, new) {
         let at = c.at.clone().unwrap_or_else(|| c.group.clone());
-        let version = |name: &str, list: &[Pipeline]| {
-            list.iter().find(|p| p.name == name).map(|p| p.version)
-        };
+        let version =
+            |name: &str, list: &[Pipeline]| list.iter().find(|p| p.name == name).map(|p| p.version);
         if c.breaking && !c.versioned {
             refused += 1;
             let hint = match (version(&c.group, old), version(&c.group, new)) {

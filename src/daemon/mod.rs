@@ -85,7 +85,8 @@ pub async fn run(
             freshness: crate::serve::routes::FreshnessSource::Metrics(metrics.clone()),
             clock: Arc::new(crate::time::SystemClock),
         };
-        let app = http::router(metrics.clone()).merge(crate::serve::routes::router(service, opts.read_api));
+        let app = http::router(metrics.clone())
+            .merge(crate::serve::routes::router(service, opts.read_api));
         let stop = shutdown.clone();
         http_task = Some(tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -204,7 +205,9 @@ async fn freshness_monitor(
         let now = crate::time::SystemClock.now();
         let handles = metrics.handles();
         for s in metrics.snapshot() {
-            let Some(p) = registry.get(&s.name) else { continue };
+            let Some(p) = registry.get(&s.name) else {
+                continue;
+            };
             let report = crate::serve::routes::report_of(&s, now);
             let f = evaluate(p, Some(&report), now);
             tracker.observe_and_log(&f, now);
@@ -212,7 +215,8 @@ async fn freshness_monitor(
                 if let Some(sla) = f.sla_seconds {
                     m.freshness_sla.set(sla);
                 }
-                m.freshness_breached.set(i64::from(f.sla_holds == Some(false)));
+                m.freshness_breached
+                    .set(i64::from(f.sla_holds == Some(false)));
                 if let Some(l) = f.watermark_lag_seconds {
                     m.watermark_lag.set(l);
                 }
@@ -227,18 +231,31 @@ async fn freshness_monitor(
                     }
                 }
             }
-            if let Some(crate::serve::api::Store::Redis { targets, group_target }) = &publish {
+            if let Some(crate::serve::api::Store::Redis {
+                targets,
+                group_target,
+            }) = &publish
+            {
                 let Some(i) = registry.pipelines().iter().position(|q| q.name == s.name) else {
                     continue;
                 };
-                let Some(t) = targets.get(group_target[i]) else { continue };
+                let Some(t) = targets.get(group_target[i]) else {
+                    continue;
+                };
                 let prefix = p.redis.as_ref().map_or("rill", |r| r.key_prefix.as_str());
                 let key = status_key(prefix, &p.name);
                 let value = serde_json::to_string(&report).expect("json");
                 let mut conn = t.conn.clone();
                 let r: redis::RedisResult<()> = redis::pipe()
-                    .cmd("HSET").arg(&key).arg(&instance).arg(value).ignore()
-                    .cmd("PEXPIRE").arg(&key).arg(86_400_000).ignore()
+                    .cmd("HSET")
+                    .arg(&key)
+                    .arg(&instance)
+                    .arg(value)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(86_400_000)
+                    .ignore()
                     .query_async(&mut conn)
                     .await;
                 if let Err(e) = r {

@@ -178,8 +178,10 @@ impl FeaturesResponse {
     /// the window and age of consecutive features of one group are the same
     /// and are formatted once (a 100 × 10 request has 1,000 values).
     pub fn to_json(&self) -> Vec<u8> {
-        let per_value = 150 + self.names.iter().map(String::len).sum::<usize>() / self.names.len().max(1);
-        let mut out: Vec<u8> = Vec::with_capacity(64 + self.results.len() * self.names.len() * per_value);
+        let per_value =
+            150 + self.names.iter().map(String::len).sum::<usize>() / self.names.len().max(1);
+        let mut out: Vec<u8> =
+            Vec::with_capacity(64 + self.results.len() * self.names.len() * per_value);
         let keys: Vec<Vec<u8>> = self
             .names
             .iter()
@@ -193,7 +195,12 @@ impl FeaturesResponse {
             out.extend_from_slice(k);
         }
         out.extend_from_slice(b"],\"results\":[");
-        let mut last: Option<(Option<Micros>, Option<Micros>, Option<Micros>, Option<Micros>)> = None;
+        let mut last: Option<(
+            Option<Micros>,
+            Option<Micros>,
+            Option<Micros>,
+            Option<Micros>,
+        )> = None;
         let mut tail = String::new();
         for (ei, r) in self.results.iter().enumerate() {
             if ei > 0 {
@@ -251,7 +258,10 @@ impl FeaturesResponse {
     }
 
     #[cfg(test)]
-    pub(crate) fn for_tests(names: Vec<String>, rows: Vec<(Value, Vec<FeatureValue>)>) -> FeaturesResponse {
+    pub(crate) fn for_tests(
+        names: Vec<String>,
+        rows: Vec<(Value, Vec<FeatureValue>)>,
+    ) -> FeaturesResponse {
         FeaturesResponse {
             names,
             results: rows
@@ -274,8 +284,9 @@ impl FeaturesResponse {
 /// Parses `max_age` given as a duration text or a number of seconds.
 fn parse_max_age(v: &Value) -> Result<Micros, ApiError> {
     let d = match v {
-        Value::String(s) => parse_duration(s)
-            .map_err(|e| ApiError::bad(format!("max_age: {e}")))?,
+        Value::String(s) => {
+            parse_duration(s).map_err(|e| ApiError::bad(format!("max_age: {e}")))?
+        }
         Value::Number(n) => match n.as_f64() {
             Some(x) if x.is_finite() => (x * 1e6).round() as Micros,
             _ => return Err(ApiError::bad("max_age: expected a duration")),
@@ -345,7 +356,10 @@ impl ReadApi {
                 ));
             }
             if !unknown_features.is_empty() {
-                parts.push(format!("unknown feature(s) {}", unknown_features.join(", ")));
+                parts.push(format!(
+                    "unknown feature(s) {}",
+                    unknown_features.join(", ")
+                ));
             }
             return Err(ApiError::new(StatusCode::NOT_FOUND, parts.join("; ")));
         }
@@ -405,7 +419,13 @@ impl ReadApi {
         let pipelines = self.registry.pipelines();
         for k in e.keys() {
             if !plan.keys.iter().any(|ks| ks.contains(k)) {
-                let mut all: Vec<&str> = plan.keys.iter().copied().flatten().map(String::as_str).collect();
+                let mut all: Vec<&str> = plan
+                    .keys
+                    .iter()
+                    .copied()
+                    .flatten()
+                    .map(String::as_str)
+                    .collect();
                 all.sort_unstable();
                 all.dedup();
                 return Err(ApiError::bad(format!(
@@ -463,7 +483,12 @@ impl ReadApi {
         let names: Vec<String> = plan
             .cols
             .iter()
-            .map(|c| format!("{}:{}", pipelines[c.group].name, pipelines[c.group].features[c.feature].name))
+            .map(|c| {
+                format!(
+                    "{}:{}",
+                    pipelines[c.group].name, pipelines[c.group].features[c.feature].name
+                )
+            })
             .collect();
         // The window metadata of every (entity, group) hash, read once.
         let metas: Vec<Meta> = rows
@@ -494,7 +519,11 @@ impl ReadApi {
     }
 
     /// Reads every (entity, group) hash; `rows[e * groups + g]`.
-    async fn fetch(&self, plan: &Plan<'_>, keys: &[Vec<String>]) -> Result<Vec<Vec<Option<String>>>, ApiError> {
+    async fn fetch(
+        &self,
+        plan: &Plan<'_>,
+        keys: &[Vec<String>],
+    ) -> Result<Vec<Vec<Option<String>>>, ApiError> {
         let ng = plan.groups.len();
         let mut rows: Vec<Vec<Option<String>>> = vec![Vec::new(); keys.len() * ng];
         match &self.store {
@@ -563,7 +592,10 @@ impl ReadApi {
                     let got = r.map_err(|e| {
                         ApiError::new(
                             StatusCode::SERVICE_UNAVAILABLE,
-                            format!("online store {} unavailable: {e}", super::registry::redact_url(&url)),
+                            format!(
+                                "online store {} unavailable: {e}",
+                                super::registry::redact_url(&url)
+                            ),
                         )
                     })?;
                     for (slot, row) in slots.into_iter().zip(got) {
@@ -590,7 +622,9 @@ fn key_text(v: &Value) -> Option<String> {
 pub fn parse_value(text: &str, t: ValueType) -> Value {
     let float = |s: &str| -> Value {
         match s.parse::<f64>() {
-            Ok(x) if x.is_finite() => serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number),
+            Ok(x) if x.is_finite() => {
+                serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+            }
             // JSON has no NaN or infinities: the text is passed on as it is.
             _ => Value::String(s.to_string()),
         }

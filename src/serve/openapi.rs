@@ -10,8 +10,11 @@ pub fn document(reg: &Registry) -> Value {
         .pipelines()
         .iter()
         .flat_map(|p| {
-            std::iter::once(format!("{}:*", p.name))
-                .chain(p.features.iter().map(move |f| format!("{}:{}", p.name, f.name)))
+            std::iter::once(format!("{}:*", p.name)).chain(
+                p.features
+                    .iter()
+                    .map(move |f| format!("{}:{}", p.name, f.name)),
+            )
         })
         .collect();
     let error = json!({ "description": "error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } });

@@ -158,7 +158,10 @@ pub fn index(reg: &Registry, fresh: &[Freshness], query: &str) -> String {
     let mut all_names = order.clone();
     all_names.append(&mut rest);
     for (i, name) in all_names.iter().enumerate() {
-        let g = groups.iter().find(|g| g.name == *name).expect("listed group");
+        let g = groups
+            .iter()
+            .find(|g| g.name == *name)
+            .expect("listed group");
         let f = fresh.iter().find(|f| f.pipeline == g.name);
         let _ = write!(
             s,

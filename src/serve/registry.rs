@@ -7,9 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use crate::config::{
-    Accumulation, EventTimeSource, FeatureKind, LateTrigger, Pipeline, ValueType,
-};
+use crate::config::{Accumulation, EventTimeSource, FeatureKind, LateTrigger, Pipeline, ValueType};
 use crate::time::format_duration;
 
 /// The pipelines of a deployment, by group name.
@@ -201,7 +199,10 @@ impl Registry {
     }
 
     /// Resolves `GROUP` or `GROUP:FEATURE`.
-    pub fn resolve<'a>(&'a self, target: &str) -> Result<(&'a Pipeline, Option<usize>), LookupError> {
+    pub fn resolve<'a>(
+        &'a self,
+        target: &str,
+    ) -> Result<(&'a Pipeline, Option<usize>), LookupError> {
         let (g, f) = match target.split_once(':') {
             Some((g, f)) => (g, Some(f)),
             None => (target, None),
@@ -240,10 +241,7 @@ impl Registry {
     /// prefix, then a `_`-separated part, then a substring), then tags,
     /// owner and team, then descriptions and definitions.
     pub fn search(&self, query: &str) -> Vec<Hit> {
-        let words: Vec<String> = query
-            .split_whitespace()
-            .map(|w| w.to_lowercase())
-            .collect();
+        let words: Vec<String> = query.split_whitespace().map(|w| w.to_lowercase()).collect();
         let mut hits = Vec::new();
         if words.is_empty() {
             return hits;
@@ -252,8 +250,16 @@ impl Registry {
             let mut attrs: Vec<(&'static str, Vec<String>, u32)> = vec![
                 ("name", vec![p.name.to_lowercase()], 100),
                 ("tag", p.tags.iter().map(|t| t.to_lowercase()).collect(), 40),
-                ("team", p.team.iter().map(|t| t.to_lowercase()).collect(), 30),
-                ("owner", p.owner.iter().map(|t| t.to_lowercase()).collect(), 30),
+                (
+                    "team",
+                    p.team.iter().map(|t| t.to_lowercase()).collect(),
+                    30,
+                ),
+                (
+                    "owner",
+                    p.owner.iter().map(|t| t.to_lowercase()).collect(),
+                    30,
+                ),
                 (
                     "description",
                     p.description.iter().map(|t| t.to_lowercase()).collect(),
@@ -377,7 +383,11 @@ impl Registry {
             let fi = &g.features[i];
             let id = fi.id.clone();
             nodes.insert(Node {
-                kind: if fi.kind == "derived" { "derived" } else { "feature" },
+                kind: if fi.kind == "derived" {
+                    "derived"
+                } else {
+                    "feature"
+                },
                 id: id.clone(),
                 label: format!("{} = {}", fi.name, definition_text(&p.features[i].kind)),
             });
@@ -431,7 +441,11 @@ impl Registry {
             _ => 4,
         };
         let mut nodes: Vec<Node> = nodes.into_iter().collect();
-        nodes.sort_by(|a, b| rank(a.kind).cmp(&rank(b.kind)).then_with(|| a.id.cmp(&b.id)));
+        nodes.sort_by(|a, b| {
+            rank(a.kind)
+                .cmp(&rank(b.kind))
+                .then_with(|| a.id.cmp(&b.id))
+        });
         Ok(Lineage {
             target: target.to_string(),
             nodes,
@@ -563,7 +577,9 @@ pub fn describe(p: &Pipeline) -> GroupInfo {
         })
         .collect();
     let event_time = match &p.event_time {
-        EventTimeSource::Field { name, format } => format!("field {name} ({format:?})").to_lowercase(),
+        EventTimeSource::Field { name, format } => {
+            format!("field {name} ({format:?})").to_lowercase()
+        }
         EventTimeSource::KafkaTimestamp => "kafka message timestamp".into(),
     };
     GroupInfo {
@@ -594,7 +610,10 @@ pub fn describe(p: &Pipeline) -> GroupInfo {
             }),
             online_url: p.redis.as_ref().map(|r| redact_url(&r.url)),
             online_ttl: p.redis.as_ref().and_then(|r| r.ttl.map(format_duration)),
-            online_max_age: p.redis.as_ref().and_then(|r| r.max_age.map(format_duration)),
+            online_max_age: p
+                .redis
+                .as_ref()
+                .and_then(|r| r.max_age.map(format_duration)),
             offline_path: p
                 .parquet_path
                 .as_ref()
@@ -650,18 +669,26 @@ pub fn diff(old: &[Pipeline], new: &[Pipeline]) -> Vec<Change> {
                 detail: format!("feature group {:?} was removed", o.name),
                 breaking: true,
                 versioned: false,
-                at: o
-                    .source_file
-                    .as_ref()
-                    .map(|f| format!("{}:{}:{}", f.display(), o.name_position.0, o.name_position.1)),
+                at: o.source_file.as_ref().map(|f| {
+                    format!(
+                        "{}:{}:{}",
+                        f.display(),
+                        o.name_position.0,
+                        o.name_position.1
+                    )
+                }),
             });
             continue;
         };
         let versioned = n.version > o.version;
-        let at = n
-            .source_file
-            .as_ref()
-            .map(|f| format!("{}:{}:{}", f.display(), n.name_position.0, n.name_position.1));
+        let at = n.source_file.as_ref().map(|f| {
+            format!(
+                "{}:{}:{}",
+                f.display(),
+                n.name_position.0,
+                n.name_position.1
+            )
+        });
         let mut push = |kind: &'static str, detail: String, breaking: bool| {
             out.push(Change {
                 group: n.name.clone(),
@@ -686,7 +713,11 @@ pub fn diff(old: &[Pipeline], new: &[Pipeline]) -> Vec<Change> {
         if o.window != n.window {
             push(
                 "changed_window",
-                format!("window changed from {} to {}", o.window_text(), n.window_text()),
+                format!(
+                    "window changed from {} to {}",
+                    o.window_text(),
+                    n.window_text()
+                ),
                 true,
             );
         }

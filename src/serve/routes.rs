@@ -78,12 +78,14 @@ impl Service {
                     for (i, p) in pipelines.iter().enumerate() {
                         if group_target[i] == t {
                             let prefix = p.redis.as_ref().map_or("rill", |r| r.key_prefix.as_str());
-                            pipe.cmd("HVALS").arg(freshness::status_key(prefix, &p.name));
+                            pipe.cmd("HVALS")
+                                .arg(freshness::status_key(prefix, &p.name));
                             names.push(p.name.clone());
                         }
                     }
                     let mut conn = target.conn.clone();
-                    let got: redis::RedisResult<Vec<Vec<String>>> = pipe.query_async(&mut conn).await;
+                    let got: redis::RedisResult<Vec<Vec<String>>> =
+                        pipe.query_async(&mut conn).await;
                     match got {
                         Ok(v) => {
                             for (name, values) in names.into_iter().zip(v) {
@@ -196,7 +198,12 @@ async fn freshness_all(State(s): State<Service>) -> Response {
 }
 
 async fn freshness_one(State(s): State<Service>, Path(group): Path<String>) -> Response {
-    match s.freshness().await.into_iter().find(|f| f.pipeline == group) {
+    match s
+        .freshness()
+        .await
+        .into_iter()
+        .find(|f| f.pipeline == group)
+    {
         Some(f) => Json(f).into_response(),
         None => ApiError::new(
             StatusCode::NOT_FOUND,
@@ -250,10 +257,6 @@ async fn group_page(State(s): State<Service>, Path(group): Path<String>) -> Resp
     let fresh = s.freshness().await;
     match page::group(s.registry(), &fresh, &group) {
         Some(html) => Html(html).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Html(page::not_found(&group)),
-        )
-            .into_response(),
+        None => (StatusCode::NOT_FOUND, Html(page::not_found(&group))).into_response(),
     }
 }

@@ -18,34 +18,72 @@ fn the_answer_is_json_with_a_window_and_age_per_value() {
             (
                 serde_json::json!({"user_id": "u\"1"}),
                 vec![
-                    mk(Value::from(3), "present", Some(1_700_000_000_000_000), Some(1_234_567)),
-                    mk(Value::from("x\ny"), "present", Some(1_700_000_000_000_000), Some(1_234_567)),
+                    mk(
+                        Value::from(3),
+                        "present",
+                        Some(1_700_000_000_000_000),
+                        Some(1_234_567),
+                    ),
+                    mk(
+                        Value::from("x\ny"),
+                        "present",
+                        Some(1_700_000_000_000_000),
+                        Some(1_234_567),
+                    ),
                     mk(Value::Null, "missing", None, None),
                 ],
             ),
             (
                 serde_json::json!({"user_id": 7}),
                 vec![
-                    mk(Value::from(1.5), "expired", Some(1_700_000_000_123_000), Some(99)),
-                    mk(Value::Null, "missing", Some(1_700_000_000_123_000), Some(99)),
-                    mk(Value::from(false), "present", Some(1_600_000_000_000_001), Some(5)),
+                    mk(
+                        Value::from(1.5),
+                        "expired",
+                        Some(1_700_000_000_123_000),
+                        Some(99),
+                    ),
+                    mk(
+                        Value::Null,
+                        "missing",
+                        Some(1_700_000_000_123_000),
+                        Some(99),
+                    ),
+                    mk(
+                        Value::from(false),
+                        "present",
+                        Some(1_600_000_000_000_001),
+                        Some(5),
+                    ),
                 ],
             ),
         ],
     );
     let got: Value = serde_json::from_slice(&r.to_json()).expect("valid JSON");
-    let window = |start: &str, end: &str, emitted: &str, age: f64| {
-        serde_json::json!({"window_start": start, "window_end": end, "emitted_at": emitted, "age_seconds": age})
-    };
+    let window = |start: &str, end: &str, emitted: &str, age: f64| serde_json::json!({"window_start": start, "window_end": end, "emitted_at": emitted, "age_seconds": age});
     let with = |v: Value, status: &str, w: &Value| {
         let mut o = w.clone();
         o["value"] = v;
         o["status"] = Value::from(status);
         o
     };
-    let w1 = window("2023-11-14T22:13:20Z", "2023-11-14T22:18:20Z", "2023-11-14T22:18:21.500Z", 1.234567);
-    let w2 = window("2023-11-14T22:13:20.123Z", "2023-11-14T22:18:20.123Z", "2023-11-14T22:18:21.623Z", 0.000099);
-    let w3 = window("2020-09-13T12:26:40.000001Z", "2020-09-13T12:31:40.000001Z", "2020-09-13T12:31:41.500001Z", 0.000005);
+    let w1 = window(
+        "2023-11-14T22:13:20Z",
+        "2023-11-14T22:18:20Z",
+        "2023-11-14T22:18:21.500Z",
+        1.234567,
+    );
+    let w2 = window(
+        "2023-11-14T22:13:20.123Z",
+        "2023-11-14T22:18:20.123Z",
+        "2023-11-14T22:18:21.623Z",
+        0.000099,
+    );
+    let w3 = window(
+        "2020-09-13T12:26:40.000001Z",
+        "2020-09-13T12:31:40.000001Z",
+        "2020-09-13T12:31:41.500001Z",
+        0.000005,
+    );
     let none = serde_json::json!({"window_start": null, "window_end": null, "emitted_at": null, "age_seconds": null});
     let want = serde_json::json!({
         "features": ["g:a", "g:b\"q", "h:c"],
@@ -107,7 +145,11 @@ features: [{{ name: n, agg: count }}]
             at: t0,
         };
         let f = evaluate(&p, Some(&r), t0 + 10 * MIN);
-        assert_eq!((f.status, f.sla_holds), ("fresh", Some(true)), "exactly at the SLA it holds");
+        assert_eq!(
+            (f.status, f.sla_holds),
+            ("fresh", Some(true)),
+            "exactly at the SLA it holds"
+        );
         assert_eq!(f.watermark_lag_seconds, Some(600.0));
         assert_eq!(f.seconds_since_online_write, Some(300.0));
         assert_eq!(f.seconds_since_offline_write, None);
@@ -149,7 +191,14 @@ features: [{{ name: n, agg: count }}]
         // The watermark last moved at step 9 (to 170 s after t0); at step 14
         // the clock reads 300 s, a lag of 130 s, past the 120 s SLA.
         match &transitions[0] {
-            (14, Transition::BreachStarted { pipeline, lag_seconds, sla_seconds }) => {
+            (
+                14,
+                Transition::BreachStarted {
+                    pipeline,
+                    lag_seconds,
+                    sla_seconds,
+                },
+            ) => {
                 assert_eq!(pipeline, "spend");
                 assert_eq!(*lag_seconds, 130.0);
                 assert_eq!(*sla_seconds, 120.0);
@@ -176,15 +225,36 @@ features: [{{ name: n, agg: count }}]
             .expect("json")
         };
         // Two live instances: the slower watermark, the summed lag.
-        let r = merge_published(&[rep(now - 5 * MIN, 10, now - 1), rep(now - 2 * MIN, 5, now - 2)], now).expect("report");
+        let r = merge_published(
+            &[
+                rep(now - 5 * MIN, 10, now - 1),
+                rep(now - 2 * MIN, 5, now - 2),
+            ],
+            now,
+        )
+        .expect("report");
         assert_eq!(r.watermark, Some(now - 5 * MIN));
         assert_eq!(r.consumer_lag, Some(15));
         assert_eq!(r.last_online_write, Some(now - 2));
         // A stopped instance's report is left out while others are live.
-        let r = merge_published(&[rep(now - 50 * MIN, 10, now - 2 * REPORT_STALE_AFTER), rep(now - MIN, 1, now)], now).expect("report");
+        let r = merge_published(
+            &[
+                rep(now - 50 * MIN, 10, now - 2 * REPORT_STALE_AFTER),
+                rep(now - MIN, 1, now),
+            ],
+            now,
+        )
+        .expect("report");
         assert_eq!(r.watermark, Some(now - MIN));
         // Every instance gone: the newest report still shows how stale things are.
-        let r = merge_published(&[rep(now - 50 * MIN, 10, now - 3 * REPORT_STALE_AFTER), rep(now - 40 * MIN, 1, now - 2 * REPORT_STALE_AFTER)], now).expect("report");
+        let r = merge_published(
+            &[
+                rep(now - 50 * MIN, 10, now - 3 * REPORT_STALE_AFTER),
+                rep(now - 40 * MIN, 1, now - 2 * REPORT_STALE_AFTER),
+            ],
+            now,
+        )
+        .expect("report");
         assert_eq!(r.watermark, Some(now - 40 * MIN));
         assert!(merge_published(&["not json".to_string()], now).is_none());
     }
@@ -210,7 +280,10 @@ features: [{{ name: n, agg: count }}]
         pm.watermark_us.store(t0 - MIN, Ordering::Relaxed);
         pm.total_lag.store(7, Ordering::Relaxed);
         let f = &svc.freshness().await[0];
-        assert_eq!((f.status, f.watermark_lag_seconds, f.consumer_lag), ("fresh", Some(60.0), Some(7)));
+        assert_eq!(
+            (f.status, f.watermark_lag_seconds, f.consumer_lag),
+            ("fresh", Some(60.0), Some(7))
+        );
         clock.advance(10 * MIN);
         assert_eq!(svc.freshness().await[0].status, "late");
     }
@@ -230,30 +303,94 @@ mod value_tests {
     fn statuses_from_stored_hashes() {
         let now = 10_000_000_000;
         // [feature a, feature b, _window_start, _window_end, _emitted_at]
-        let full = row(&[Some("4"), None, Some("9000000000"), Some("9300000000"), Some("9310000000")]);
+        let full = row(&[
+            Some("4"),
+            None,
+            Some("9000000000"),
+            Some("9300000000"),
+            Some("9310000000"),
+        ]);
         let m = row_meta(&full, 5);
-        assert_eq!(m, (Some(9_000_000_000), Some(9_300_000_000), Some(9_310_000_000)));
+        assert_eq!(
+            m,
+            (
+                Some(9_000_000_000),
+                Some(9_300_000_000),
+                Some(9_310_000_000)
+            )
+        );
         let d = json!(0);
         let v = make_value(&full, 0, m, ValueType::Int, Some(&d), None, now);
-        assert_eq!((v.value.clone(), v.status, v.age), (json!(4), "present", Some(700_000_000)));
+        assert_eq!(
+            (v.value.clone(), v.status, v.age),
+            (json!(4), "present", Some(700_000_000))
+        );
         let v = make_value(&full, 1, m, ValueType::Float, Some(&d), None, now);
-        assert_eq!((v.value, v.status), (json!(0), "missing"), "a null feature gets the default");
+        assert_eq!(
+            (v.value, v.status),
+            (json!(0), "missing"),
+            "a null feature gets the default"
+        );
         // Older than the limit: expired, with the default, the window still known.
-        let v = make_value(&full, 0, m, ValueType::Int, Some(&d), Some(600_000_000), now);
-        assert_eq!((v.value, v.status, v.window_end), (json!(0), "expired", Some(9_300_000_000)));
+        let v = make_value(
+            &full,
+            0,
+            m,
+            ValueType::Int,
+            Some(&d),
+            Some(600_000_000),
+            now,
+        );
+        assert_eq!(
+            (v.value, v.status, v.window_end),
+            (json!(0), "expired", Some(9_300_000_000))
+        );
         let v = make_value(&full, 0, m, ValueType::Int, None, Some(600_000_000), now);
         assert_eq!(v.value, Value::Null);
         // An early pane of an open window: its age runs from its emission.
-        let early = row(&[Some("1"), None, Some("9900000000"), Some("10200000000"), Some("9950000000")]);
-        let v = make_value(&early, 0, row_meta(&early, 5), ValueType::Int, None, Some(60_000_000), now);
+        let early = row(&[
+            Some("1"),
+            None,
+            Some("9900000000"),
+            Some("10200000000"),
+            Some("9950000000"),
+        ]);
+        let v = make_value(
+            &early,
+            0,
+            row_meta(&early, 5),
+            ValueType::Int,
+            None,
+            Some(60_000_000),
+            now,
+        );
         assert_eq!((v.status, v.age), ("present", Some(50_000_000)));
         // No hash at all.
         let none = row(&[None, None, None, None, None]);
-        let v = make_value(&none, 0, row_meta(&none, 5), ValueType::Int, Some(&d), Some(1), now);
-        assert_eq!((v.value, v.status, v.window_end), (json!(0), "missing", None));
+        let v = make_value(
+            &none,
+            0,
+            row_meta(&none, 5),
+            ValueType::Int,
+            Some(&d),
+            Some(1),
+            now,
+        );
+        assert_eq!(
+            (v.value, v.status, v.window_end),
+            (json!(0), "missing", None)
+        );
         // A hash written without the window fields: served, without an age.
         let bare = row(&[Some("2.5"), None, None, None, None]);
-        let v = make_value(&bare, 0, row_meta(&bare, 5), ValueType::Float, None, Some(1), now);
+        let v = make_value(
+            &bare,
+            0,
+            row_meta(&bare, 5),
+            ValueType::Float,
+            None,
+            Some(1),
+            now,
+        );
         assert_eq!((v.value, v.status, v.age), (json!(2.5), "present", None));
     }
 
@@ -331,13 +468,21 @@ sinks:
         .expect("request");
         let r = api.features(req, now).await.expect("answer");
         let v = r.get(0, "g:n").expect("value");
-        assert_eq!((v.value.clone(), v.status, v.age), (json!(3), "present", Some(60_000_000)));
+        assert_eq!(
+            (v.value.clone(), v.status, v.age),
+            (json!(3), "present", Some(60_000_000))
+        );
         assert_eq!(r.get(0, "g:s").expect("value").value, json!(2.5));
         let v = r.get(1, "g:n").expect("value");
         assert_eq!((v.value.clone(), v.status), (json!(0), "missing"));
         // Past the ttl (1h), expired.
-        let req = parse_request(br#"{"entities": [{"user_id": "u|1", "shop": 7}], "features": ["g:n"]}"#).expect("request");
-        let r = api.features(req, now + 3_600_000_000).await.expect("answer");
+        let req =
+            parse_request(br#"{"entities": [{"user_id": "u|1", "shop": 7}], "features": ["g:n"]}"#)
+                .expect("request");
+        let r = api
+            .features(req, now + 3_600_000_000)
+            .await
+            .expect("answer");
         assert_eq!(r.get(0, "g:n").expect("value").status, "expired");
     }
 }

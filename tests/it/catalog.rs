@@ -104,7 +104,11 @@ impl Cdp {
                 if let Some((head, body)) = text.split_once("\r\n\r\n") {
                     let len = head
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_string())
+                        })
                         .and_then(|v| v.parse::<usize>().ok());
                     if len.is_some_and(|n| body.len() >= n) {
                         break Some(body.to_string());
@@ -136,7 +140,9 @@ impl Cdp {
         let id = self.next;
         self.next += 1;
         self.ws
-            .send(Message::text(json!({"id": id, "method": method, "params": params}).to_string()))
+            .send(Message::text(
+                json!({"id": id, "method": method, "params": params}).to_string(),
+            ))
             .expect("send");
         loop {
             let msg = self.ws.read().expect("devtools message");
@@ -155,7 +161,11 @@ impl Cdp {
             "Runtime.evaluate",
             json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
         );
-        assert!(r["exceptionDetails"].is_null(), "{expr}: {}", r["exceptionDetails"]);
+        assert!(
+            r["exceptionDetails"].is_null(),
+            "{expr}: {}",
+            r["exceptionDetails"]
+        );
         r["result"]["value"].clone()
     }
 
@@ -167,7 +177,10 @@ impl Cdp {
             if got == want {
                 return;
             }
-            assert!(t.elapsed() < Duration::from_secs(20), "{expr}: {got} (want {want})");
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{expr}: {got} (want {want})"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -209,7 +222,10 @@ fn catalog_page_searches_opens_a_group_and_shows_freshness() {
         .expect("clock")
         .as_micros() as i64;
     let mut c = redis.conn();
-    for (group, lag) in [("user_spend_5m", 60_000_000i64), ("click_sessions", 3_600_000_000)] {
+    for (group, lag) in [
+        ("user_spend_5m", 60_000_000i64),
+        ("click_sessions", 3_600_000_000),
+    ] {
         let report = json!({"watermark": now - lag, "last_online_write": now - 1_000_000,
             "last_offline_write": now - 2_000_000, "consumer_lag": 12, "at": now});
         redis::cmd("HSET")
@@ -239,7 +255,9 @@ fn catalog_page_searches_opens_a_group_and_shows_freshness() {
     let d: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(d["freshness"]["status"], "late", "{d}");
     assert_eq!(d["freshness"]["consumer_lag"], 12);
-    let lag = d["freshness"]["watermark_lag_seconds"].as_f64().expect("lag");
+    let lag = d["freshness"]["watermark_lag_seconds"]
+        .as_f64()
+        .expect("lag");
     assert!((3600.0..3700.0).contains(&lag), "{lag}");
 
     let profile = dir.path().join("chromium");
@@ -248,8 +266,12 @@ fn catalog_page_searches_opens_a_group_and_shows_freshness() {
     let base = format!("http://127.0.0.1:{port}/");
     cdp.navigate(&base);
     assert_eq!(cdp.eval("document.title"), json!("rill feature catalog"));
-    cdp.wait_eq(VISIBLE, json!(["click_sessions", "user_category_1h", "user_spend_5m"]));
-    let badge = |g: &str| format!("document.querySelector('.badge[data-group={g}]').dataset.status");
+    cdp.wait_eq(
+        VISIBLE,
+        json!(["click_sessions", "user_category_1h", "user_spend_5m"]),
+    );
+    let badge =
+        |g: &str| format!("document.querySelector('.badge[data-group={g}]').dataset.status");
     assert_eq!(cdp.eval(&badge("user_spend_5m")), json!("fresh"));
     assert_eq!(cdp.eval(&badge("click_sessions")), json!("late"));
     assert_eq!(cdp.eval(&badge("user_category_1h")), json!("unknown"));
@@ -264,7 +286,10 @@ fn catalog_page_searches_opens_a_group_and_shows_freshness() {
     cdp.call("Input.insertText", json!({"text": "conversion"}));
     cdp.wait_eq(VISIBLE, json!(["click_sessions"]));
     let matched = cdp.eval("document.querySelector('li.group:not([hidden]) .matched').textContent");
-    assert!(matched.as_str().expect("text").contains("conversion_rate"), "{matched}");
+    assert!(
+        matched.as_str().expect("text").contains("conversion_rate"),
+        "{matched}"
+    );
     assert_eq!(cdp.eval("location.search"), json!("?q=conversion"));
     // Another search re-ranks: the group named after the word first.
     cdp.eval("document.getElementById('search').select()");
@@ -275,27 +300,67 @@ fn catalog_page_searches_opens_a_group_and_shows_freshness() {
 
     // Open the first result with a click.
     cdp.click("li.group:not([hidden]) a.name");
-    cdp.wait_eq("location.pathname + ' ' + document.readyState", json!("/groups/user_spend_5m complete"));
-    assert_eq!(cdp.eval("document.getElementById('group-name').textContent"), json!("user_spend_5m"));
-    assert_eq!(cdp.eval("document.getElementById('owner').textContent"), json!("payments-ml@example.com"));
-    assert_eq!(cdp.eval("document.getElementById('team').textContent"), json!("payments"));
+    cdp.wait_eq(
+        "location.pathname + ' ' + document.readyState",
+        json!("/groups/user_spend_5m complete"),
+    );
+    assert_eq!(
+        cdp.eval("document.getElementById('group-name').textContent"),
+        json!("user_spend_5m")
+    );
+    assert_eq!(
+        cdp.eval("document.getElementById('owner').textContent"),
+        json!("payments-ml@example.com")
+    );
+    assert_eq!(
+        cdp.eval("document.getElementById('team').textContent"),
+        json!("payments")
+    );
     let features = cdp.eval("Array.from(document.querySelectorAll('#features tr.feature td:first-child')).map(td => td.textContent)");
     assert_eq!(
         features,
-        json!(["tx_count", "amount_sum", "amount_mean", "amount_std", "amount_min", "amount_max", "click_count", "amount_range"])
+        json!([
+            "tx_count",
+            "amount_sum",
+            "amount_mean",
+            "amount_std",
+            "amount_min",
+            "amount_max",
+            "click_count",
+            "amount_range"
+        ])
     );
-    let range = cdp.eval("document.querySelector('#feature-amount_range td:nth-child(2)').textContent");
-    assert!(range.as_str().expect("text").contains("amount_max - amount_min"), "{range}");
+    let range =
+        cdp.eval("document.querySelector('#feature-amount_range td:nth-child(2)').textContent");
+    assert!(
+        range
+            .as_str()
+            .expect("text")
+            .contains("amount_max - amount_min"),
+        "{range}"
+    );
     let lineage = cdp.eval("document.getElementById('lineage').textContent");
     let lineage = lineage.as_str().expect("text");
     assert!(lineage.contains("topic transactions"), "{lineage}");
-    assert!(lineage.contains("the same topic also feeds user_category_1h"), "{lineage}");
+    assert!(
+        lineage.contains("the same topic also feeds user_category_1h"),
+        "{lineage}"
+    );
     assert_eq!(cdp.eval(&badge("user_spend_5m")), json!("fresh"));
     let lag = cdp.eval("document.getElementById('lag').textContent");
-    let lag: f64 = lag.as_str().expect("text").trim_end_matches(" s").parse().expect("seconds");
+    let lag: f64 = lag
+        .as_str()
+        .expect("text")
+        .trim_end_matches(" s")
+        .parse()
+        .expect("seconds");
     assert!((60.0..120.0).contains(&lag), "watermark lag shown: {lag}");
 
     // A group that does not exist.
     cdp.navigate(&format!("{base}groups/nope"));
-    assert!(cdp.eval("document.body.textContent").as_str().expect("text").contains("No feature group named nope"));
+    assert!(cdp
+        .eval("document.body.textContent")
+        .as_str()
+        .expect("text")
+        .contains("No feature group named nope"));
 }

@@ -16,7 +16,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
-use crate::util::{free_port, http, read_rows, rill, start_serve, unsafe_kill, wait_for, RedisServer};
+use crate::util::{
+    free_port, http, read_rows, rill, start_serve, unsafe_kill, wait_for, RedisServer,
+};
 
 const WINDOW_US: i64 = 300_000_000;
 
@@ -402,24 +404,42 @@ fn kafka_to_redis_and_parquet_with_exact_values_and_metrics() {
     assert_eq!(d.metric("rill_freshness_sla_seconds"), 600.0);
     // Consumer lag per partition, from librdkafka's statistics: caught up.
     wait_for(30, "consumer lag per partition in /metrics", || {
-        d.metrics().lines().filter(|l| l.starts_with("rill_consumer_lag{")).count() >= 1
+        d.metrics()
+            .lines()
+            .filter(|l| l.starts_with("rill_consumer_lag{"))
+            .count()
+            >= 1
     });
     assert_eq!(d.metric("rill_consumer_lag{"), 0.0, "{}", d.metrics());
-    assert!(d.metrics().contains("rill_seconds_since_last_write{sink=\"online\",pipeline=\"spend\"}")
-        || d.metrics().contains("rill_seconds_since_last_write{pipeline=\"spend\",sink=\"online\"}"), "{}", d.metrics());
+    assert!(
+        d.metrics()
+            .contains("rill_seconds_since_last_write{sink=\"online\",pipeline=\"spend\"}")
+            || d.metrics()
+                .contains("rill_seconds_since_last_write{pipeline=\"spend\",sink=\"online\"}"),
+        "{}",
+        d.metrics()
+    );
     let (s, body) = http(d.http, "GET", "/v1/freshness/spend", b"");
     assert_eq!(s, 200, "{body}");
     let f: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(f["status"], "late", "{f}");
     assert_eq!(f["sla_holds"], false);
-    let wm = rill::time::parse_rfc3339(f["watermark"].as_str().expect("a watermark")).expect("rfc3339");
-    assert!(wm >= end_of(&evs) - 86_400_000_000 - 15 * 60_000_000, "watermark {wm} follows the events");
+    let wm =
+        rill::time::parse_rfc3339(f["watermark"].as_str().expect("a watermark")).expect("rfc3339");
+    assert!(
+        wm >= end_of(&evs) - 86_400_000_000 - 15 * 60_000_000,
+        "watermark {wm} follows the events"
+    );
     assert!(f["seconds_since_online_write"].as_f64().is_some(), "{f}");
     assert!(f["seconds_since_offline_write"].as_f64().is_some(), "{f}");
     // The same report, published in Redis, is what `rill serve` shows.
     wait_for(10, "the published freshness report", || {
         let mut c = redis.conn();
-        redis::cmd("HLEN").arg("rill:_freshness:spend").query::<i64>(&mut c).unwrap_or(0) == 1
+        redis::cmd("HLEN")
+            .arg("rill:_freshness:spend")
+            .query::<i64>(&mut c)
+            .unwrap_or(0)
+            == 1
     });
     let pipe = tmp.path().join("spend.yaml");
     let url = redis.url();
@@ -457,7 +477,8 @@ fn kafka_to_redis_and_parquet_with_exact_values_and_metrics() {
     assert_same(&final_rows(tmp.path()).expect("no doubles"), &want);
     check_redis(&redis, &want);
     // The breach was logged once, when it started.
-    let log = std::fs::read_to_string(tmp.path().join(format!("daemon-{}.log", d_http))).expect("log");
+    let log =
+        std::fs::read_to_string(tmp.path().join(format!("daemon-{}.log", d_http))).expect("log");
     assert_eq!(log.matches("freshness SLA breached").count(), 1, "{log}");
 }
 

@@ -1,13 +1,13 @@
 //! Integration tests: the `rill` binary against files on disk, read back
 //! with the parquet crate. One test binary, one module per area.
 
+mod catalog;
 mod daemon;
 mod docker;
 mod golden;
 mod join;
+mod registry;
 mod replay;
 mod serve;
-mod registry;
-mod catalog;
 mod util;
 mod validate;

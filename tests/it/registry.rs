@@ -32,8 +32,14 @@ fn ids(hits: &Value) -> Vec<String> {
 fn list_and_describe_show_what_the_files_declare() {
     let v = features_json(&["list"]);
     let groups = v["groups"].as_array().expect("groups");
-    let names: Vec<&str> = groups.iter().map(|g| g["name"].as_str().expect("name")).collect();
-    assert_eq!(names, ["click_sessions", "user_category_1h", "user_spend_5m"]);
+    let names: Vec<&str> = groups
+        .iter()
+        .map(|g| g["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        names,
+        ["click_sessions", "user_category_1h", "user_spend_5m"]
+    );
     let spend = &groups[2];
     assert_eq!(spend["owner"], "payments-ml@example.com");
     assert_eq!(spend["team"], "payments");
@@ -48,14 +54,25 @@ fn list_and_describe_show_what_the_files_declare() {
     let d = features_json(&["describe", "user_spend_5m:amount_range", "--no-live"]);
     assert_eq!(d["group"]["name"], "user_spend_5m");
     assert_eq!(d["feature"]["kind"], "derived");
-    assert_eq!(d["feature"]["depends_on"], serde_json::json!(["amount_max", "amount_min"]));
+    assert_eq!(
+        d["feature"]["depends_on"],
+        serde_json::json!(["amount_max", "amount_min"])
+    );
     let d = features_json(&["describe", "user_spend_5m:amount_max", "--no-live"]);
     assert_eq!(d["feature"]["agg"], "max");
     assert_eq!(d["feature"]["field"], "amount");
     assert_eq!(d["feature"]["used_by"], serde_json::json!(["amount_range"]));
     // Freshness is part of describe; without a daemon it is unknown.
-    let d = features_json(&["describe", "click_sessions", "--redis", "redis://127.0.0.1:1"]);
-    assert!(d["freshness"].is_null(), "unreachable Redis: no live figures");
+    let d = features_json(&[
+        "describe",
+        "click_sessions",
+        "--redis",
+        "redis://127.0.0.1:1",
+    ]);
+    assert!(
+        d["freshness"].is_null(),
+        "unreachable Redis: no live figures"
+    );
 
     // Unknown names are errors that name them and what exists.
     let out = rill()
@@ -78,17 +95,35 @@ fn search_ranks_names_above_tags_above_descriptions() {
     );
     // Feature names: both rates, nothing else.
     let rate = ids(&features_json(&["search", "rate"]));
-    assert_eq!(rate, ["click_sessions:click_through_rate", "click_sessions:conversion_rate"]);
+    assert_eq!(
+        rate,
+        [
+            "click_sessions:click_through_rate",
+            "click_sessions:conversion_rate"
+        ]
+    );
     // Every word must match: "session" and "page" only meet in click_sessions' pages.
     let pages = ids(&features_json(&["search", "page", "session"]));
-    assert!(pages.contains(&"click_sessions:landing_page".to_string()), "{pages:?}");
-    assert!(pages.contains(&"click_sessions:exit_page".to_string()), "{pages:?}");
-    assert!(pages.iter().all(|h| h.starts_with("click_sessions")), "{pages:?}");
+    assert!(
+        pages.contains(&"click_sessions:landing_page".to_string()),
+        "{pages:?}"
+    );
+    assert!(
+        pages.contains(&"click_sessions:exit_page".to_string()),
+        "{pages:?}"
+    );
+    assert!(
+        pages.iter().all(|h| h.starts_with("click_sessions")),
+        "{pages:?}"
+    );
     // Owners and teams are searchable.
     let growth = ids(&features_json(&["search", "growth"]));
     assert_eq!(growth, ["click_sessions"]);
     let payments = ids(&features_json(&["search", "payments"]));
-    assert!(payments.contains(&"user_spend_5m".to_string()) && payments.contains(&"user_category_1h".to_string()));
+    assert!(
+        payments.contains(&"user_spend_5m".to_string())
+            && payments.contains(&"user_category_1h".to_string())
+    );
     assert!(!payments.contains(&"click_sessions".to_string()));
     // An exact name beats a prefix.
     let exact = ids(&features_json(&["search", "amount_max"]));
@@ -99,7 +134,12 @@ fn search_ranks_names_above_tags_above_descriptions() {
 #[test]
 fn lineage_runs_from_topic_to_derived_features() {
     let l = features_json(&["lineage", "click_sessions:conversion_rate"]);
-    let nodes: Vec<&str> = l["nodes"].as_array().expect("nodes").iter().map(|n| n["id"].as_str().expect("id")).collect();
+    let nodes: Vec<&str> = l["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["id"].as_str().expect("id"))
+        .collect();
     for want in [
         "topic:clicks",
         "pipeline:click_sessions",
@@ -109,25 +149,50 @@ fn lineage_runs_from_topic_to_derived_features() {
     ] {
         assert!(nodes.contains(&want), "{want} in {nodes:?}");
     }
-    assert!(!nodes.contains(&"click_sessions:landing_page"), "unrelated features stay out: {nodes:?}");
+    assert!(
+        !nodes.contains(&"click_sessions:landing_page"),
+        "unrelated features stay out: {nodes:?}"
+    );
     let edges: Vec<(String, String)> = serde_json::from_value(l["edges"].clone()).expect("edges");
     let has = |a: &str, b: &str| edges.iter().any(|(x, y)| x == a && y == b);
     assert!(has("topic:clicks", "pipeline:click_sessions"));
     assert!(has("pipeline:click_sessions", "click_sessions:click_count"));
-    assert!(has("click_sessions:click_count", "click_sessions:conversion_rate"));
-    assert!(has("click_sessions:purchase_count", "click_sessions:conversion_rate"));
-    assert!(!has("pipeline:click_sessions", "click_sessions:conversion_rate"), "derived features hang off their inputs");
+    assert!(has(
+        "click_sessions:click_count",
+        "click_sessions:conversion_rate"
+    ));
+    assert!(has(
+        "click_sessions:purchase_count",
+        "click_sessions:conversion_rate"
+    ));
+    assert!(
+        !has("pipeline:click_sessions", "click_sessions:conversion_rate"),
+        "derived features hang off their inputs"
+    );
 
     // Downstream of an aggregate: the derived feature that uses it.
     let l = features_json(&["lineage", "user_spend_5m:amount_max"]);
-    let nodes: Vec<&str> = l["nodes"].as_array().expect("nodes").iter().map(|n| n["id"].as_str().expect("id")).collect();
+    let nodes: Vec<&str> = l["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["id"].as_str().expect("id"))
+        .collect();
     assert!(nodes.contains(&"user_spend_5m:amount_range"), "{nodes:?}");
     assert!(!nodes.contains(&"user_spend_5m:amount_mean"), "{nodes:?}");
     // Two groups read the transactions topic.
-    assert_eq!(l["topic_shared_with"], serde_json::json!(["user_category_1h"]));
+    assert_eq!(
+        l["topic_shared_with"],
+        serde_json::json!(["user_category_1h"])
+    );
 
     // The text form draws the same path.
-    let out = run_ok(rill().args(["features", "--dir"]).arg(repo("pipelines")).args(["lineage", "click_sessions:conversion_rate"]));
+    let out = run_ok(
+        rill()
+            .args(["features", "--dir"])
+            .arg(repo("pipelines"))
+            .args(["lineage", "click_sessions:conversion_rate"]),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("topic clicks"), "{text}");
     assert!(text.contains("→ derived conversion_rate"), "{text}");
@@ -180,7 +245,12 @@ fn validate_against_refuses_breaking_changes_unless_the_version_goes_up() {
         ),
         (
             "aggregate",
-            &|t: &str| t.replace("{ name: amount_mean, agg: mean,", "{ name: amount_mean, agg: sum,"),
+            &|t: &str| {
+                t.replace(
+                    "{ name: amount_mean, agg: mean,",
+                    "{ name: amount_mean, agg: sum,",
+                )
+            },
             "feature \"amount_mean\" changed from mean(amount) to sum(amount)",
         ),
         (
@@ -195,7 +265,12 @@ fn validate_against_refuses_breaking_changes_unless_the_version_goes_up() {
         ),
         (
             "derived",
-            &|t: &str| t.replace("expr: amount_max - amount_min", "expr: amount_max + amount_min"),
+            &|t: &str| {
+                t.replace(
+                    "expr: amount_max - amount_min",
+                    "expr: amount_max + amount_min",
+                )
+            },
             "feature \"amount_range\" changed",
         ),
     ];
@@ -209,10 +284,15 @@ fn validate_against_refuses_breaking_changes_unless_the_version_goes_up() {
         let at = format!("{}:2:7:", new.join("user_spend_5m.yaml").display());
         assert!(text.contains(&at), "{what}: {at} in\n{text}");
         // The same change with the version raised is accepted, and noted.
-        let (old, new) = versions(dir.path(), |t| edit(t).replacen("version: 1", "version: 2", 1));
+        let (old, new) = versions(dir.path(), |t| {
+            edit(t).replacen("version: 1", "version: 2", 1)
+        });
         let (ok, text) = validate_against(&old, &new);
         assert!(ok, "{what} with version 2 is allowed\n{text}");
-        assert!(text.contains("allowed by the new version 2"), "{what}: {text}");
+        assert!(
+            text.contains("allowed by the new version 2"),
+            "{what}: {text}"
+        );
     }
     // Adding a feature or changing a description breaks nobody.
     let (old, new) = versions(dir.path(), |t| {
@@ -224,13 +304,23 @@ fn validate_against_refuses_breaking_changes_unless_the_version_goes_up() {
     });
     let (ok, text) = validate_against(&old, &new);
     assert!(ok, "{text}");
-    assert!(text.contains("feature \"amount_p_count\" was added"), "{text}");
+    assert!(
+        text.contains("feature \"amount_p_count\" was added"),
+        "{text}"
+    );
     // A group removed altogether is breaking.
     let (old, new) = versions(dir.path(), |t| t.replace("Spend per user", "x"));
     std::fs::remove_file(new.join("user_spend_5m.yaml")).expect("rm");
-    std::fs::copy(repo("pipelines/click_sessions.yaml"), new.join("click_sessions.yaml")).expect("copy");
+    std::fs::copy(
+        repo("pipelines/click_sessions.yaml"),
+        new.join("click_sessions.yaml"),
+    )
+    .expect("copy");
     let (ok, text) = validate_against(&old, &new);
-    assert!(!ok && text.contains("feature group \"user_spend_5m\" was removed"), "{text}");
+    assert!(
+        !ok && text.contains("feature group \"user_spend_5m\" was removed"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -240,15 +330,28 @@ fn validate_refuses_two_groups_with_one_name() {
     let b = dir.path().join("b.yaml");
     std::fs::copy(repo("pipelines/user_spend_5m.yaml"), &a).expect("copy");
     std::fs::copy(repo("pipelines/user_spend_5m.yaml"), &b).expect("copy");
-    let out = rill().arg("validate").arg(dir.path()).output().expect("runs");
+    let out = rill()
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .expect("runs");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("{}:2:7: feature group name \"user_spend_5m\" is already used by {}", b.display(), a.display())),
+        err.contains(&format!(
+            "{}:2:7: feature group name \"user_spend_5m\" is already used by {}",
+            b.display(),
+            a.display()
+        )),
         "{err}"
     );
     // The registry refuses it too.
-    let out = rill().args(["features", "--dir"]).arg(dir.path()).arg("list").output().expect("runs");
+    let out = rill()
+        .args(["features", "--dir"])
+        .arg(dir.path())
+        .arg("list")
+        .output()
+        .expect("runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("user_spend_5m"));
 }

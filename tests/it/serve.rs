@@ -108,7 +108,12 @@ fn expected(evs: &[Ev]) -> Expect {
             (mine.iter().map(|e| (e.amount - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
         });
         let max = mine.iter().map(|e| e.amount).fold(f64::MIN, f64::max);
-        let last = mine.iter().max_by_key(|e| e.ts_ms).expect("events").kind.to_string();
+        let last = mine
+            .iter()
+            .max_by_key(|e| e.ts_ms)
+            .expect("events")
+            .kind
+            .to_string();
         out.insert(user, (mine.len() as i64, sum, mean, sd, max, last, w));
     }
     out
@@ -125,7 +130,11 @@ fn rfc3339_us(s: &str) -> i64 {
 }
 
 /// Writes the pipelines and events, replays them into Redis, starts `rill serve`.
-fn setup(dir: &Path, redis: &RedisServer, extra: &[&str]) -> (crate::util::ChildGuard, u16, Expect, i64) {
+fn setup(
+    dir: &Path,
+    redis: &RedisServer,
+    extra: &[&str],
+) -> (crate::util::ChildGuard, u16, Expect, i64) {
     let now = now_us();
     let (evs, base) = events(now);
     let pipes = dir.join("pipelines");
@@ -135,7 +144,8 @@ fn setup(dir: &Path, redis: &RedisServer, extra: &[&str]) -> (crate::util::Child
     let mut jsonl = String::new();
     for e in &evs {
         jsonl.push_str(
-            &json!({"user_id": e.user, "ts": e.ts_ms, "amount": e.amount, "kind": e.kind}).to_string(),
+            &json!({"user_id": e.user, "ts": e.ts_ms, "amount": e.amount, "kind": e.kind})
+                .to_string(),
         );
         jsonl.push('\n');
     }
@@ -180,47 +190,96 @@ fn values_statuses_defaults_and_expiry_match_a_group_by() {
         &json!({ "entities": entities, "features": ["spend:*", "clicks:c"] }),
     );
     assert_eq!(status, 200, "{r}");
-    let names: Vec<&str> = r["features"].as_array().expect("features").iter().map(|v| v.as_str().expect("name")).collect();
+    let names: Vec<&str> = r["features"]
+        .as_array()
+        .expect("features")
+        .iter()
+        .map(|v| v.as_str().expect("name"))
+        .collect();
     assert_eq!(
         names,
-        ["spend:n", "spend:total", "spend:avg", "spend:sd", "spend:top", "spend:last_kind", "clicks:c"]
+        [
+            "spend:n",
+            "spend:total",
+            "spend:avg",
+            "spend:sd",
+            "spend:top",
+            "spend:last_kind",
+            "clicks:c"
+        ]
     );
     let results = r["results"].as_array().expect("results");
-    assert_eq!(results.len(), users.len() + 1, "one result per entity, in order");
+    assert_eq!(
+        results.len(),
+        users.len() + 1,
+        "one result per entity, in order"
+    );
     let now = now_us();
     for (i, u) in users.iter().enumerate() {
         let (n, sum, mean, sd, max, last, w) = &want[u];
         let res = &results[i];
         assert_eq!(res["entity"]["user_id"], *u);
         let f = &res["features"];
-        for name in ["spend:n", "spend:total", "spend:avg", "spend:top", "spend:last_kind"] {
+        for name in [
+            "spend:n",
+            "spend:total",
+            "spend:avg",
+            "spend:top",
+            "spend:last_kind",
+        ] {
             assert_eq!(f[name]["status"], "present", "{u} {name}: {}", f[name]);
-            assert_eq!(rfc3339_us(f[name]["window_start"].as_str().expect("start")), *w, "{u} {name}");
-            assert_eq!(rfc3339_us(f[name]["window_end"].as_str().expect("end")), w + WINDOW_US);
+            assert_eq!(
+                rfc3339_us(f[name]["window_start"].as_str().expect("start")),
+                *w,
+                "{u} {name}"
+            );
+            assert_eq!(
+                rfc3339_us(f[name]["window_end"].as_str().expect("end")),
+                w + WINDOW_US
+            );
             // Age: since the end of what the value covers, the window's end
             // or an earlier emission (the last window of a replay is emitted
             // at the end of the input, before the window ends).
             let age = f[name]["age_seconds"].as_f64().expect("age");
             let emitted = rfc3339_us(f[name]["emitted_at"].as_str().expect("emitted_at"));
             let want_age = (now - emitted.min(w + WINDOW_US)) as f64 / 1e6;
-            assert!((age - want_age).abs() < 60.0, "{u} {name}: age {age}, about {want_age}");
+            assert!(
+                (age - want_age).abs() < 60.0,
+                "{u} {name}: age {age}, about {want_age}"
+            );
         }
         assert_eq!(f["spend:n"]["value"], json!(n), "{u}");
-        assert!(close(f["spend:total"]["value"].as_f64().expect("total"), *sum), "{u}: {}", f["spend:total"]);
-        assert!(close(f["spend:avg"]["value"].as_f64().expect("avg"), *mean), "{u}");
-        assert!(close(f["spend:top"]["value"].as_f64().expect("top"), *max), "{u}");
+        assert!(
+            close(f["spend:total"]["value"].as_f64().expect("total"), *sum),
+            "{u}: {}",
+            f["spend:total"]
+        );
+        assert!(
+            close(f["spend:avg"]["value"].as_f64().expect("avg"), *mean),
+            "{u}"
+        );
+        assert!(
+            close(f["spend:top"]["value"].as_f64().expect("top"), *max),
+            "{u}"
+        );
         assert_eq!(f["spend:last_kind"]["value"], json!(last), "{u}");
         match sd {
             Some(sd) => {
                 assert_eq!(f["spend:sd"]["status"], "present", "{u}");
-                assert!(close(f["spend:sd"]["value"].as_f64().expect("sd"), *sd), "{u}");
+                assert!(
+                    close(f["spend:sd"]["value"].as_f64().expect("sd"), *sd),
+                    "{u}"
+                );
             }
             None => {
                 // A single event has no sample std: the field is absent
                 // from the hash and there is no default.
                 assert_eq!(f["spend:sd"]["status"], "missing", "{u}");
                 assert_eq!(f["spend:sd"]["value"], Value::Null, "{u}");
-                assert!(f["spend:sd"]["window_end"].is_string(), "the window is still known");
+                assert!(
+                    f["spend:sd"]["window_end"].is_string(),
+                    "the window is still known"
+                );
             }
         }
         // The clicks group's max_age (1m) is long past: expired, no default.
@@ -230,27 +289,52 @@ fn values_statuses_defaults_and_expiry_match_a_group_by() {
     }
     // An entity nothing was computed for: missing, with the declared defaults.
     let f = &results[users.len()]["features"];
-    assert_eq!(f["spend:n"], json!({"value": 0, "status": "missing", "window_start": null, "window_end": null, "emitted_at": null, "age_seconds": null}));
+    assert_eq!(
+        f["spend:n"],
+        json!({"value": 0, "status": "missing", "window_start": null, "window_end": null, "emitted_at": null, "age_seconds": null})
+    );
     assert_eq!(f["spend:avg"]["value"], json!(-1.5));
     assert_eq!(f["spend:last_kind"]["value"], json!("none"));
     assert_eq!(f["spend:total"]["value"], Value::Null);
     assert_eq!(f["clicks:c"]["status"], "missing");
 
     // max_age in the request overrides the groups': stricter and looser.
-    let (_, r) = post(port, &json!({ "entities": [{"user_id": "u4"}], "features": ["spend:n", "clicks:c"], "max_age": "1s" }));
+    let (_, r) = post(
+        port,
+        &json!({ "entities": [{"user_id": "u4"}], "features": ["spend:n", "clicks:c"], "max_age": "1s" }),
+    );
     assert_eq!(r["results"][0]["features"]["spend:n"]["status"], "expired");
-    assert_eq!(r["results"][0]["features"]["spend:n"]["value"], json!(0), "an expired value gives the default");
-    let (_, r) = post(port, &json!({ "entities": [{"user_id": "u4"}], "features": ["clicks:c"], "max_age": 86400 }));
+    assert_eq!(
+        r["results"][0]["features"]["spend:n"]["value"],
+        json!(0),
+        "an expired value gives the default"
+    );
+    let (_, r) = post(
+        port,
+        &json!({ "entities": [{"user_id": "u4"}], "features": ["clicks:c"], "max_age": 86400 }),
+    );
     assert_eq!(r["results"][0]["features"]["clicks:c"]["status"], "present");
 
     // The GET form answers exactly like the POST form.
-    let (s, get) = http(port, "GET", "/v1/features?user_id=u7&features=spend:*,clicks:c", b"");
+    let (s, get) = http(
+        port,
+        "GET",
+        "/v1/features?user_id=u7&features=spend:*,clicks:c",
+        b"",
+    );
     assert_eq!(s, 200, "{get}");
     let mut get: Value = serde_json::from_str(&get).expect("json");
-    let (_, mut post_r) = post(port, &json!({ "entities": [{"user_id": "u7"}], "features": ["spend:*", "clicks:c"] }));
+    let (_, mut post_r) = post(
+        port,
+        &json!({ "entities": [{"user_id": "u7"}], "features": ["spend:*", "clicks:c"] }),
+    );
     for v in [&mut get, &mut post_r] {
         // Ages differ by the time between the two calls.
-        for (_, f) in v["results"][0]["features"].as_object_mut().expect("map").iter_mut() {
+        for (_, f) in v["results"][0]["features"]
+            .as_object_mut()
+            .expect("map")
+            .iter_mut()
+        {
             f.as_object_mut().expect("obj").remove("age_seconds");
         }
     }
@@ -261,43 +345,86 @@ fn values_statuses_defaults_and_expiry_match_a_group_by() {
 fn bad_requests_get_4xx_naming_the_problem() {
     let dir = tempfile::tempdir().expect("tmp");
     let redis = RedisServer::start(&dir.path().join("redis"));
-    let (_serve, port, _, _) = setup(dir.path(), &redis, &["--max-entities", "50", "--max-body-bytes", "20000"]);
+    let (_serve, port, _, _) = setup(
+        dir.path(),
+        &redis,
+        &["--max-entities", "50", "--max-body-bytes", "20000"],
+    );
     let err = |status: u16, body: &[u8]| -> String {
         let (s, text) = http(port, "POST", "/v1/features", body);
         assert_eq!(s, status, "{}: {text}", String::from_utf8_lossy(body));
         let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
         v["error"].as_str().expect("an error message").to_string()
     };
-    let m = err(404, br#"{"entities":[{"user_id":"u1"}],"features":["nosuch:x","spend:nope","spend:n"]}"#);
+    let m = err(
+        404,
+        br#"{"entities":[{"user_id":"u1"}],"features":["nosuch:x","spend:nope","spend:n"]}"#,
+    );
     assert!(m.contains("nosuch") && m.contains("spend:nope"), "{m}");
-    assert!(m.contains("spend") && m.contains("clicks"), "lists the known groups: {m}");
-    let m = err(400, br#"{"entities":[{"user_id":"u1","account":"a"}],"features":["spend:n"]}"#);
+    assert!(
+        m.contains("spend") && m.contains("clicks"),
+        "lists the known groups: {m}"
+    );
+    let m = err(
+        400,
+        br#"{"entities":[{"user_id":"u1","account":"a"}],"features":["spend:n"]}"#,
+    );
     assert!(m.contains("account") && m.contains("user_id"), "{m}");
     let m = err(400, br#"{"entities":[{}],"features":["spend:n"]}"#);
-    assert!(m.contains("missing key field") && m.contains("user_id"), "{m}");
-    let m = err(400, br#"{"entities":[{"user_id":1.5}],"features":["spend:n"]}"#);
+    assert!(
+        m.contains("missing key field") && m.contains("user_id"),
+        "{m}"
+    );
+    let m = err(
+        400,
+        br#"{"entities":[{"user_id":1.5}],"features":["spend:n"]}"#,
+    );
     assert!(m.contains("user_id") && m.contains("1.5"), "{m}");
-    let m = err(400, br#"{"entities":[{"user_id":"u1"}],"features":["spend:n"]"#);
+    let m = err(
+        400,
+        br#"{"entities":[{"user_id":"u1"}],"features":["spend:n"]"#,
+    );
     assert!(m.contains("malformed JSON"), "{m}");
     let m = err(400, br#"{"entities":[{"user_id":"u1"}],"features":[]}"#);
     assert!(m.contains("features"), "{m}");
-    let m = err(400, br#"{"entities":[{"user_id":"u1"}],"features":["spend"]}"#);
+    let m = err(
+        400,
+        br#"{"entities":[{"user_id":"u1"}],"features":["spend"]}"#,
+    );
     assert!(m.contains("group:feature"), "{m}");
-    let m = err(400, br#"{"entities":[{"user_id":"u1"}],"features":["spend:n"],"colour":1}"#);
+    let m = err(
+        400,
+        br#"{"entities":[{"user_id":"u1"}],"features":["spend:n"],"colour":1}"#,
+    );
     assert!(m.contains("colour"), "{m}");
     // Too many entities, and too many bytes.
-    let many: Vec<Value> = (0..51).map(|i| json!({"user_id": format!("u{i}")})).collect();
-    let m = err(413, json!({"entities": many, "features": ["spend:n"]}).to_string().as_bytes());
+    let many: Vec<Value> = (0..51)
+        .map(|i| json!({"user_id": format!("u{i}")}))
+        .collect();
+    let m = err(
+        413,
+        json!({"entities": many, "features": ["spend:n"]})
+            .to_string()
+            .as_bytes(),
+    );
     assert!(m.contains("51") && m.contains("50"), "{m}");
     let long = "x".repeat(30_000);
-    let m = err(413, json!({"entities": [{"user_id": long}], "features": ["spend:n"]}).to_string().as_bytes());
+    let m = err(
+        413,
+        json!({"entities": [{"user_id": long}], "features": ["spend:n"]})
+            .to_string()
+            .as_bytes(),
+    );
     assert!(m.contains("20000"), "{m}");
     // The GET form names what is wrong too.
     let (s, text) = http(port, "GET", "/v1/features?features=spend:n", b"");
     assert_eq!(s, 400, "{text}");
     assert!(text.contains("key field"), "{text}");
     // The server still serves after all that.
-    let (s, _) = post(port, &json!({"entities": [{"user_id": "u1"}], "features": ["spend:n"]}));
+    let (s, _) = post(
+        port,
+        &json!({"entities": [{"user_id": "u1"}], "features": ["spend:n"]}),
+    );
     assert_eq!(s, 200);
 }
 
@@ -338,7 +465,8 @@ fn one_redis_round_trip_per_request_and_an_openapi_document() {
     assert!(doc["paths"]["/v1/features"]["post"].is_object());
     assert!(doc["paths"]["/v1/features"]["get"].is_object());
     assert!(doc["paths"]["/v1/freshness"]["get"].is_object());
-    let examples = doc["components"]["schemas"]["FeaturesRequest"]["properties"]["features"]["items"]["examples"]
+    let examples = doc["components"]["schemas"]["FeaturesRequest"]["properties"]["features"]
+        ["items"]["examples"]
         .as_array()
         .expect("examples");
     assert!(examples.contains(&json!("spend:avg")) && examples.contains(&json!("clicks:*")));

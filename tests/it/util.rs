@@ -192,7 +192,11 @@ impl RedisServer {
     /// Starts (again) on the same port, with an append-only file so that a
     /// restart keeps the data.
     pub fn restart(&mut self) {
-        assert!(self.try_start(), "redis-server restarts on port {}", self.port);
+        assert!(
+            self.try_start(),
+            "redis-server restarts on port {}",
+            self.port
+        );
     }
 
     /// Starts the server; false when it could not take its port.
@@ -225,7 +229,12 @@ impl RedisServer {
             }
             let answer = redis::Client::open(url.as_str())
                 .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("CONFIG").arg("GET").arg("dir").query::<Vec<String>>(&mut c));
+                .and_then(|mut c| {
+                    redis::cmd("CONFIG")
+                        .arg("GET")
+                        .arg("dir")
+                        .query::<Vec<String>>(&mut c)
+                });
             if let Ok(v) = answer {
                 if v.get(1).map(PathBuf::from) == Some(want_dir.clone()) {
                     return true;
@@ -237,7 +246,10 @@ impl RedisServer {
                 }
                 return false;
             }
-            assert!(t.elapsed() < Duration::from_secs(20), "timed out waiting for redis-server");
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "timed out waiting for redis-server"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -274,7 +286,6 @@ pub fn unsafe_kill(pid: u32, sig: &str) {
         .status();
 }
 
-
 /// One HTTP/1.1 request over a fresh connection: (status, body).
 pub fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     try_http(port, method, path, body)
@@ -298,9 +309,15 @@ pub fn try_http(port: u16, method: &str, path: &str, body: &[u8]) -> Option<(u16
     if !text.starts_with("HTTP/1.1 ") {
         return None;
     }
-    let status: u16 = text.split_whitespace().nth(1).and_then(|c| c.parse().ok())?;
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())?;
     let (headers, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if headers.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if headers
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(rest)
     } else {
         rest.to_string()
@@ -352,10 +369,14 @@ pub fn start_serve(args: &[&str]) -> (ChildGuard, u16) {
                 eprintln!("rill serve exited ({status}); trying another port");
                 break;
             }
-            if try_http(port, "GET", "/healthz", b"").is_some_and(|(s, b)| s == 200 && b == "ok\n") {
+            if try_http(port, "GET", "/healthz", b"").is_some_and(|(s, b)| s == 200 && b == "ok\n")
+            {
                 return (guard, port);
             }
-            assert!(t.elapsed() < Duration::from_secs(30), "rill serve did not answer");
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "rill serve did not answer"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
