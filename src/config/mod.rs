@@ -213,6 +213,8 @@ pub struct Pipeline {
     pub features: Vec<Feature>,
     pub redis: Option<RedisSink>,
     pub parquet_path: Option<PathBuf>,
+    /// Page compression of the offline files.
+    pub parquet_compression: ParquetCompression,
     pub dead_letter_path: Option<PathBuf>,
     pub dead_letter_topic: Option<String>,
     pub freshness_sla: Option<Micros>,
@@ -220,6 +222,19 @@ pub struct Pipeline {
     pub source_file: Option<PathBuf>,
     /// Line and column of the `name:` value in its file.
     pub name_position: (u64, u64),
+}
+
+/// Page compression of the offline Parquet files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ParquetCompression {
+    /// LZ4_RAW: on rill's columns about the ratio of Snappy at about half
+    /// its compression time.
+    #[default]
+    Lz4,
+    Snappy,
+    /// Zstandard level 1.
+    Zstd,
+    None,
 }
 
 impl Pipeline {
@@ -658,6 +673,7 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
     // Sinks.
     let (mut redis, mut parquet_path, mut dead_letter_path, mut dead_letter_topic) =
         (None, None, None, None);
+    let mut parquet_compression = ParquetCompression::default();
     if let Some(s) = spec.sinks {
         if let Some(o) = s.online {
             let ttl = match &o.redis.ttl {
@@ -677,6 +693,22 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
         }
         if let Some(o) = s.offline {
             parquet_path = Some(PathBuf::from(o.parquet.path));
+            if let Some(c) = &o.parquet.compression {
+                parquet_compression = match c.value.as_str() {
+                    "lz4" => ParquetCompression::Lz4,
+                    "snappy" => ParquetCompression::Snappy,
+                    "zstd" => ParquetCompression::Zstd,
+                    "none" => ParquetCompression::None,
+                    other => {
+                        return Err(cx.err(
+                            &c.referenced,
+                            format!(
+                                "unknown parquet compression {other:?}: expected lz4, snappy, zstd or none"
+                            ),
+                        ))
+                    }
+                };
+            }
         }
         if let Some(d) = s.dead_letter {
             dead_letter_path = d.path.map(PathBuf::from);
@@ -710,6 +742,7 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
         features,
         redis,
         parquet_path,
+        parquet_compression,
         dead_letter_path,
         dead_letter_topic,
         freshness_sla,

@@ -286,6 +286,9 @@ pub struct OfflineSpec {
 pub struct ParquetSpec {
     /// Root directory; files go to `<path>/<name>/date=YYYY-MM-DD/`.
     pub path: String,
+    /// Page compression: `lz4` (LZ4_RAW, the default), `snappy`, `zstd` or `none`.
+    #[serde(default)]
+    pub compression: Option<Spanned<String>>,
 }
 
 /// Dead-letter settings.

@@ -138,3 +138,30 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn parquet_compression_choices() {
+    assert_eq!(
+        Pipeline::from_yaml(BASE, "p.yaml")
+            .expect("valid")
+            .parquet_compression,
+        ParquetCompression::Lz4
+    );
+    for (name, want) in [
+        ("lz4", ParquetCompression::Lz4),
+        ("snappy", ParquetCompression::Snappy),
+        ("zstd", ParquetCompression::Zstd),
+        ("none", ParquetCompression::None),
+    ] {
+        let y = format!(
+            "{BASE}sinks:\n  offline: {{ parquet: {{ path: /tmp/x, compression: {name} }} }}\n"
+        );
+        let p = Pipeline::from_yaml(&y, "p.yaml").expect("valid");
+        assert_eq!(p.parquet_compression, want, "{name}");
+    }
+    let e = err(&format!(
+        "{BASE}sinks:\n  offline: {{ parquet: {{ path: /tmp/x, compression: brotli }} }}\n"
+    ));
+    assert_eq!((e.line, e.column), (11, 52), "{e}");
+    assert!(e.message.contains("lz4, snappy, zstd or none"), "{e}");
+}

@@ -633,8 +633,7 @@ impl Engine {
                     self.stats.late_dropped += 1;
                     return Err(self.too_late(t, start, end));
                 }
-                let probe = EncodedKey::new(ev.key);
-                let found = match self.keys.find(hash, |e| e.key == probe) {
+                let found = match self.keys.find(hash, |e| e.key.bytes() == ev.key) {
                     Some(e) => e.windows.iter().find(|r| r.start == start).map(|r| r.slot),
                     None => {
                         self.new_key(hash, ev.key);

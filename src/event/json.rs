@@ -306,6 +306,56 @@ impl<'a> Scan<'a> {
     }
 }
 
+/// The `"name":` bytes of a member, with its first 16 bytes as two words
+/// so that most names are recognised with two loads and compares.
+#[derive(Debug, Clone)]
+pub struct MemberName {
+    bytes: Box<[u8]>,
+    words: [u64; 2],
+    masks: [u64; 2],
+}
+
+impl MemberName {
+    pub fn new(bytes: &[u8]) -> MemberName {
+        let mut padded = [0u8; 16];
+        let n = bytes.len().min(16);
+        padded[..n].copy_from_slice(&bytes[..n]);
+        let mask = |k: usize| -> u64 {
+            match k {
+                0 => 0,
+                k if k >= 8 => u64::MAX,
+                k => (1u64 << (8 * k)) - 1,
+            }
+        };
+        let word = |i: usize| u64::from_le_bytes(padded[i..i + 8].try_into().expect("8 bytes"));
+        MemberName {
+            bytes: bytes.into(),
+            words: [word(0), word(8)],
+            masks: [mask(n), mask(n.saturating_sub(8))],
+        }
+    }
+
+    /// Length in bytes.
+    #[inline(always)]
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether `line[at..]` starts with this name.
+    #[inline(always)]
+    pub fn is_at(&self, line: &[u8], at: usize) -> bool {
+        if self.bytes.len() <= 16 && at + 16 <= line.len() {
+            let w = |i: usize| {
+                u64::from_le_bytes(line[at + i..at + i + 8].try_into().expect("8 bytes"))
+            };
+            (w(0) & self.masks[0]) == self.words[0] && (w(8) & self.masks[1]) == self.words[1]
+        } else {
+            line.get(at..)
+                .is_some_and(|rest| rest.starts_with(&self.bytes))
+        }
+    }
+}
+
 /// A mask with the high bit set in each byte of `w` that is `"`, `\\` or
 /// below 0x20 (exact: no false positives).
 #[inline(always)]
@@ -452,7 +502,7 @@ impl Decoder {
                 // Records of one stream mostly share their member order: try
                 // the `"name":` bytes the previous record had at this position.
                 let predicted = match self.shape.get(member) {
-                    Some((pat, t)) if line[s.i..].starts_with(pat) => Some((pat.len(), *t)),
+                    Some((name, t)) if name.is_at(line, s.i) => Some((name.byte_len(), *t)),
                     _ => None,
                 };
                 let target = if let Some((len, t)) = predicted {
@@ -486,7 +536,7 @@ impl Decoder {
                     s.i += 1;
                     // Remember `"name":` when it has no escapes and no spaces.
                     if !kesc && s.i - quote == ke - ks + 3 && member <= self.shape.len() {
-                        let entry = (line[quote..s.i].into(), target);
+                        let entry = (MemberName::new(&line[quote..s.i]), target);
                         if member == self.shape.len() {
                             self.shape.push(entry);
                         } else {

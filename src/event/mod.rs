@@ -413,7 +413,7 @@ pub struct Decoder {
     dates: crate::time::DateCache,
     /// Per member position, the `"name":` bytes and target of the last
     /// record (see `decode_json`).
-    shape: Vec<(Box<[u8]>, Option<usize>)>,
+    shape: Vec<(json::MemberName, Option<usize>)>,
     /// The record's time from outside the payload (`kafka_timestamp`).
     external_time: Option<Micros>,
 }

@@ -200,3 +200,28 @@ proptest! {
         prop_assert!(super::short_eq(&a, &a));
     }
 }
+
+proptest! {
+    /// The word-wise member-name match agrees with a plain prefix test,
+    /// whatever the name's length and where the line ends.
+    #[test]
+    fn member_name_match_is_a_prefix_test(
+        name in proptest::collection::vec(any::<u8>(), 1..24),
+        line in proptest::collection::vec(any::<u8>(), 0..40),
+        at in 0usize..40,
+        copy in any::<bool>(),
+    ) {
+        let mut line = line;
+        if copy && at <= line.len() {
+            // Put the name (or as much as fits) at `at`.
+            for (i, b) in name.iter().enumerate() {
+                if at + i < line.len() {
+                    line[at + i] = *b;
+                }
+            }
+        }
+        let m = json::MemberName::new(&name);
+        let expected = line.get(at..).is_some_and(|r| r.starts_with(&name));
+        prop_assert_eq!(m.is_at(&line, at), expected);
+    }
+}

@@ -24,7 +24,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::aggregate::Value;
-use crate::config::{AggKind, FeatureKind, Pipeline, ValueType};
+use crate::config::{AggKind, FeatureKind, ParquetCompression, Pipeline, ValueType};
 use crate::engine::{PaneBuf, PaneMeta};
 use crate::event::KeyPart;
 use crate::time::{utc_date, Micros, MICROS_PER_DAY};
@@ -88,11 +88,13 @@ struct DayCols {
     emitted: TimestampMicrosecondBuilder,
     watermark: TimestampMicrosecondBuilder,
     rows: usize,
+    cap: usize,
 }
 
 impl DayCols {
-    fn new(n_keys: usize, kinds: &[ColKind]) -> DayCols {
-        let ts = || TimestampMicrosecondBuilder::with_capacity(1024).with_timezone("UTC");
+    /// Columns with room for `cap` rows (a row group): no regrowth while filling.
+    fn new(n_keys: usize, kinds: &[ColKind], cap: usize) -> DayCols {
+        let ts = || TimestampMicrosecondBuilder::with_capacity(cap).with_timezone("UTC");
         DayCols {
             keys: (0..n_keys).map(|_| None).collect(),
             start: ts(),
@@ -100,20 +102,21 @@ impl DayCols {
             feats: kinds
                 .iter()
                 .map(|k| match k {
-                    ColKind::Int => FeatCol::Int(Int64Builder::new()),
-                    ColKind::Float => FeatCol::Float(Float64Builder::new()),
-                    ColKind::Bool => FeatCol::Bool(BooleanBuilder::new()),
+                    ColKind::Int => FeatCol::Int(Int64Builder::with_capacity(cap)),
+                    ColKind::Float => FeatCol::Float(Float64Builder::with_capacity(cap)),
+                    ColKind::Bool => FeatCol::Bool(BooleanBuilder::with_capacity(cap)),
                     ColKind::Str => FeatCol::Str(StringBuilder::new()),
                     ColKind::Infer => FeatCol::Infer(Vec::new()),
                 })
                 .collect(),
-            pane_index: Int64Builder::new(),
-            timing: StringBuilder::new(),
-            is_final: BooleanBuilder::new(),
-            retraction: BooleanBuilder::new(),
+            pane_index: Int64Builder::with_capacity(cap),
+            timing: StringBuilder::with_capacity(cap, cap * 7),
+            is_final: BooleanBuilder::with_capacity(cap),
+            retraction: BooleanBuilder::with_capacity(cap),
             emitted: ts(),
             watermark: ts(),
             rows: 0,
+            cap,
         }
     }
 
@@ -121,9 +124,13 @@ impl DayCols {
         for (i, col) in self.keys.iter_mut().enumerate() {
             let part = m.key.part(i);
             match (col.as_mut(), part) {
-                (None, Some(KeyPart::Int(v))) => *col = Some(KeyCol::Int(vec![v])),
+                (None, Some(KeyPart::Int(v))) => {
+                    let mut c = Vec::with_capacity(self.cap);
+                    c.push(v);
+                    *col = Some(KeyCol::Int(c))
+                }
                 (None, p) => {
-                    let mut b = StringBuilder::new();
+                    let mut b = StringBuilder::with_capacity(self.cap, self.cap * 8);
                     append_key_text(&mut b, p);
                     *col = Some(KeyCol::Str(b));
                 }
@@ -300,6 +307,7 @@ pub struct ParquetSink {
     pending: Vec<(PathBuf, PathBuf)>,
     /// Rows per file before it is closed (rolled).
     max_file_rows: usize,
+    compression: Compression,
     file_rows: BTreeMap<i64, usize>,
 }
 
@@ -344,6 +352,14 @@ impl ParquetSink {
             pending: Vec::new(),
             max_file_rows: usize::MAX,
             file_rows: BTreeMap::new(),
+            compression: match p.parquet_compression {
+                ParquetCompression::Lz4 => Compression::LZ4_RAW,
+                ParquetCompression::Snappy => Compression::SNAPPY,
+                ParquetCompression::Zstd => {
+                    Compression::ZSTD(parquet::basic::ZstdLevel::try_new(1).expect("valid level"))
+                }
+                ParquetCompression::None => Compression::UNCOMPRESSED,
+            },
         }
     }
 
@@ -450,10 +466,11 @@ impl ParquetSink {
         let day = m.window_end.div_euclid(MICROS_PER_DAY);
         self.rows += 1;
         let (n_keys, kinds) = (self.key_names.len(), &self.feature_kinds);
+        let cap = ROW_GROUP_ROWS.min(self.max_file_rows);
         let cols = self
             .buffers
             .entry(day)
-            .or_insert_with(|| DayCols::new(n_keys, kinds));
+            .or_insert_with(|| DayCols::new(n_keys, kinds, cap));
         cols.append(m, values);
         if cols.rows >= ROW_GROUP_ROWS.min(self.max_file_rows) {
             let full = self.buffers.remove(&day).expect("just filled");
@@ -576,7 +593,7 @@ impl ParquetSink {
                 source,
             })?;
             let mut props = WriterProperties::builder()
-                .set_compression(Compression::SNAPPY)
+                .set_compression(self.compression)
                 // Row-group statistics (what readers use to skip data);
                 // per-page statistics cost string compares on every row.
                 .set_statistics_enabled(EnabledStatistics::Chunk)

@@ -337,6 +337,8 @@ pub fn open(path: &Path, batch_rows: usize, columns: &[String]) -> Result<Opened
 /// One needed column of the current batch, cast to a canonical type.
 enum Col {
     Str(arrow_array::StringArray),
+    /// Dictionary-encoded text: per row an index into the values.
+    Dict(arrow_array::Int32Array, arrow_array::StringArray),
     Int(arrow_array::Int64Array),
     Float(arrow_array::Float64Array),
     Bool(arrow_array::BooleanArray),
@@ -373,21 +375,56 @@ impl ParquetRows {
             path: path.to_path_buf(),
             source,
         };
-        // Only the columns the pipeline reads are decoded.
+        // Only the columns the pipeline reads are decoded. String columns
+        // stored with a dictionary are read as dictionary arrays: a row then
+        // refers to its value in the dictionary instead of the reader copying
+        // the text of every row.
         fn build<T: parquet::file::reader::ChunkReader + 'static>(
-            builder: ParquetRecordBatchReaderBuilder<T>,
+            input: T,
             columns: &[String],
             batch_rows: usize,
         ) -> Result<(ParquetRecordBatchReader, u64), parquet::errors::ParquetError> {
-            let rows = builder.metadata().file_metadata().num_rows() as u64;
-            let roots: Vec<usize> = builder
-                .schema()
-                .fields()
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| columns.iter().any(|c| c == f.name()))
-                .map(|(i, _)| i)
-                .collect();
+            use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+            let meta = ArrowReaderMetadata::load(&input, ArrowReaderOptions::new())?;
+            let rows = meta.metadata().file_metadata().num_rows() as u64;
+            let schema = meta.schema().clone();
+            let parquet_schema = meta.metadata().file_metadata().schema_descr();
+            let first_group = meta.metadata().row_groups().first();
+            let mut fields: Vec<arrow_schema::FieldRef> = Vec::new();
+            let mut roots = Vec::new();
+            let mut changed = false;
+            for (i, f) in schema.fields().iter().enumerate() {
+                let used = columns.iter().any(|c| c == f.name());
+                if used {
+                    roots.push(i);
+                }
+                let leaf = (0..parquet_schema.num_columns())
+                    .find(|&l| parquet_schema.get_column_root_idx(l) == i);
+                let dict_stored = leaf
+                    .zip(first_group)
+                    .is_some_and(|(l, g)| g.column(l).dictionary_page_offset().is_some());
+                if used && dict_stored && f.data_type() == &DataType::Utf8 {
+                    changed = true;
+                    fields.push(Arc::new(f.as_ref().clone().with_data_type(
+                        DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                    )));
+                } else {
+                    fields.push(f.clone());
+                }
+            }
+            let meta = if changed {
+                let hinted = Arc::new(arrow_schema::Schema::new_with_metadata(
+                    fields,
+                    schema.metadata().clone(),
+                ));
+                ArrowReaderMetadata::try_new(
+                    meta.metadata().clone(),
+                    ArrowReaderOptions::new().with_schema(hinted),
+                )?
+            } else {
+                meta
+            };
+            let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(input, meta);
             let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
             Ok((
                 builder
@@ -400,12 +437,7 @@ impl ParquetRows {
         let (reader, file_size, total_rows) = match bytes {
             Some(b) => {
                 let size = b.len() as u64;
-                let (r, rows) = build(
-                    ParquetRecordBatchReaderBuilder::try_new(b).map_err(perr)?,
-                    columns,
-                    batch_rows,
-                )
-                .map_err(perr)?;
+                let (r, rows) = build(b, columns, batch_rows).map_err(perr)?;
                 (r, size, rows)
             }
             None => {
@@ -414,12 +446,7 @@ impl ParquetRows {
                     source,
                 })?;
                 let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-                let (r, rows) = build(
-                    ParquetRecordBatchReaderBuilder::try_new(f).map_err(perr)?,
-                    columns,
-                    batch_rows,
-                )
-                .map_err(perr)?;
+                let (r, rows) = build(f, columns, batch_rows).map_err(perr)?;
                 (r, size, rows)
             }
         };
@@ -479,6 +506,7 @@ impl ParquetRows {
                 Col::Absent => true,
                 Col::Unsupported(_) => false,
                 Col::Str(a) => a.is_null(i),
+                Col::Dict(k, _) => k.is_null(i),
                 Col::Int(a) => a.is_null(i),
                 Col::Float(a) => a.is_null(i),
                 Col::Bool(a) => a.is_null(i),
@@ -488,7 +516,12 @@ impl ParquetRows {
                 if let Some(k) = usage.key_pos {
                     if matches!(
                         col,
-                        Col::Str(_) | Col::Int(_) | Col::Float(_) | Col::Bool(_) | Col::Time(_)
+                        Col::Str(_)
+                            | Col::Dict(..)
+                            | Col::Int(_)
+                            | Col::Float(_)
+                            | Col::Bool(_)
+                            | Col::Time(_)
                     ) {
                         dec.key_null(k);
                     }
@@ -503,6 +536,7 @@ impl ParquetRows {
             if let Some(k) = usage.key_pos {
                 match col {
                     Col::Str(a) => dec.key_str(k, a.value(i)),
+                    Col::Dict(ks, vs) => dec.key_str(k, vs.value(ks.value(i) as usize)),
                     Col::Int(a) => dec.key_int(k, a.value(i)),
                     Col::Bool(a) => dec.key_str(k, if a.value(i) { "true" } else { "false" }),
                     Col::Float(a) => dec.key_str(k, &crate::sink::format_f64(a.value(i))),
@@ -513,6 +547,7 @@ impl ParquetRows {
                 match col {
                     Col::Time(a) => dec.time(Ok(a.value(i))),
                     Col::Str(a) => dec.time_text(a.value(i)),
+                    Col::Dict(ks, vs) => dec.time_text(vs.value(ks.value(i) as usize)),
                     Col::Int(a) => {
                         let fmt = dec.plan.time_format();
                         dec.time(
@@ -539,6 +574,7 @@ impl ParquetRows {
             if let Some(s) = usage.slot {
                 match col {
                     Col::Str(a) => dec.slot_str(s, a.value(i)),
+                    Col::Dict(ks, vs) => dec.slot_str(s, vs.value(ks.value(i) as usize)),
                     Col::Int(a) => dec.slot(s, Slot::Num(a.value(i) as f64)),
                     Col::Float(a) => {
                         let v = a.value(i);
@@ -568,6 +604,15 @@ impl ParquetRows {
                 self.cols.push(Col::Absent);
                 continue;
             };
+            if let DataType::Dictionary(k, v) = arr.data_type() {
+                if **k == DataType::Int32 && **v == DataType::Utf8 {
+                    let d = arr.as_dictionary::<arrow_array::types::Int32Type>();
+                    let values = d.values().as_string::<i32>().clone();
+                    // Keys were checked against the dictionary by the reader.
+                    self.cols.push(Col::Dict(d.keys().clone(), values));
+                    continue;
+                }
+            }
             let canon = match arr.data_type() {
                 DataType::Utf8
                 | DataType::LargeUtf8
@@ -608,6 +653,148 @@ impl ParquetRows {
                 },
             };
             self.cols.push(col);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Pipeline;
+    use crate::event::{decode_key, DecodePlan, FieldVal, KeyValue};
+    use arrow_array::{Int64Array, RecordBatch, StringArray};
+    use arrow_schema::{Field, Schema};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+
+    /// (key, kind, time) of every row, as the replay reads them.
+    fn read_all(path: &Path) -> Vec<(Option<String>, Option<String>, i64)> {
+        let p = Pipeline::from_yaml(
+            r#"version: 1
+name: t
+source:
+  key: [user_id]
+  event_time: { field: ts, format: epoch_millis }
+window: { tumbling: { size: 1m } }
+features:
+  - { name: c, agg: count, where: 'kind == "click"' }
+"#,
+            "t.yaml",
+        )
+        .expect("valid");
+        let mut dec = Decoder::new(DecodePlan::new(&p));
+        let columns: Vec<String> = dec.plan.fields.iter().map(|(n, _)| n.clone()).collect();
+        let kind_slot = dec
+            .plan
+            .fields
+            .iter()
+            .find(|(n, _)| n == "kind")
+            .and_then(|(_, u)| u.slot)
+            .expect("kind is read");
+        let Input::Parquet(mut rows) = open(path, 7, &columns).expect("open").input else {
+            panic!("not read as Parquet");
+        };
+        let mut out = Vec::new();
+        while let Some((_, r)) = rows.next_row(&mut dec).expect("row") {
+            match r {
+                Ok(ev) => {
+                    let key = match decode_key(ev.key).as_slice() {
+                        [KeyValue::Str(s)] => Some(s.clone()),
+                        other => panic!("unexpected key {other:?}"),
+                    };
+                    let kind = match ev.field(kind_slot) {
+                        FieldVal::Str(s) => Some(s.to_string()),
+                        _ => None,
+                    };
+                    out.push((key, kind, ev.time));
+                }
+                Err(_) => out.push((None, None, 0)),
+            }
+        }
+        out
+    }
+
+    fn write(path: &Path, props: WriterProperties, users: &[Option<&str>], kinds: &[Option<&str>]) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Utf8, true),
+            Field::new("kind", DataType::Utf8, true),
+            Field::new("ts", DataType::Int64, false),
+        ]));
+        let ts: Vec<i64> = (0..users.len() as i64).map(|i| 1_000 * i).collect();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(users.to_vec())),
+                Arc::new(StringArray::from(kinds.to_vec())),
+                Arc::new(Int64Array::from(ts)),
+            ],
+        )
+        .expect("batch");
+        let mut w = ArrowWriter::try_new(File::create(path).expect("create"), schema, Some(props))
+            .expect("writer");
+        w.write(&batch).expect("write");
+        w.close().expect("close");
+    }
+
+    /// String columns read the same whether the file stores them with a
+    /// dictionary (read as dictionary arrays), without one, or with a
+    /// dictionary that overflows into plain pages part-way; nulls stay nulls.
+    #[test]
+    fn string_columns_in_every_storage_form() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let n = 200;
+        let names: Vec<String> = (0..n)
+            .map(|i| format!("user-{:03}", (i * 37) % 91))
+            .collect();
+        let users: Vec<Option<&str>> = names
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i % 17 != 5).then_some(s.as_str()))
+            .collect();
+        let kinds: Vec<Option<&str>> = (0..n)
+            .map(|i| match i % 3 {
+                0 => Some("click"),
+                1 => Some("view"),
+                _ => None,
+            })
+            .collect();
+        let expected: Vec<(Option<String>, Option<String>, i64)> = users
+            .iter()
+            .zip(&kinds)
+            .enumerate()
+            .map(|(i, (u, k))| match u {
+                Some(u) => (
+                    Some(u.to_string()),
+                    k.map(str::to_string),
+                    1_000_000 * i as i64,
+                ),
+                // A null key is refused (dead letter).
+                None => (None, None, 0),
+            })
+            .collect();
+        let forms = [
+            ("dictionary", WriterProperties::builder().build()),
+            (
+                "plain",
+                WriterProperties::builder()
+                    .set_dictionary_enabled(false)
+                    .build(),
+            ),
+            (
+                "dictionary overflowing to plain pages",
+                WriterProperties::builder()
+                    .set_dictionary_page_size_limit(64)
+                    .set_data_page_row_count_limit(8)
+                    .set_write_batch_size(8)
+                    .build(),
+            ),
+        ];
+        for (form, props) in forms {
+            let path = tmp
+                .path()
+                .join(format!("{}.parquet", form.replace(' ', "_")));
+            write(&path, props, &users, &kinds);
+            assert_eq!(read_all(&path), expected, "{form}");
         }
     }
 }
