@@ -142,6 +142,9 @@ pub struct ReplaySummary {
     pub online_rows: Option<u64>,
 }
 
+/// Rows per step of the key look-ahead on Parquet input.
+const KEY_PREFETCH_CHUNK: usize = 16;
+
 /// Hands a decoded record to the engine when it lies in `[from, to)`.
 fn feed(
     decoded: Result<crate::event::EventRef<'_>, Refusal>,
@@ -298,7 +301,29 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
             }
         }
         Input::Parquet(rows) => {
-            while let Some((row, result)) = rows.next_row(&mut dec)? {
+            // The keys of rows a little ahead are known without decoding
+            // them: their key-index entries are fetched into cache in steps
+            // that never wait on memory (text, then index slot, then entry),
+            // so that the cache misses of many rows overlap.
+            const C: usize = KEY_PREFETCH_CHUNK;
+            let mut buf = Vec::new();
+            let mut hashes = [0u64; 4 * C];
+            loop {
+                let r = rows.row_in_batch();
+                if r % C == 0 {
+                    rows.prefetch_key_text(3 * C, C);
+                    rows.upcoming_keys(2 * C, C, &mut buf, |i, k| {
+                        let h = crate::engine::key_hash(k);
+                        hashes[i % (4 * C)] = h;
+                        engine.prefetch_key_slot(h);
+                    });
+                    for i in r + C..r + 2 * C {
+                        engine.prefetch_key_entry(hashes[i % (4 * C)]);
+                    }
+                }
+                let Some((row, result)) = rows.next_row(&mut dec)? else {
+                    break;
+                };
                 s.records += 1;
                 let result = feed(result, (from, to), &mut engine, &mut out, &mut s);
                 if let Err(r) = result {

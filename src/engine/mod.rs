@@ -12,6 +12,7 @@
 //! panes are emitted in increasing `end`; a window swallowed by a session
 //! merge emits no further pane.
 
+mod keys;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -20,7 +21,8 @@ pub use snapshot::{PartitionState, WindowState};
 
 use std::collections::BTreeMap;
 
-use hashbrown::HashTable;
+pub use keys::prefetch as prefetch_read;
+use keys::KeyIndex;
 use smallvec::SmallVec;
 
 use crate::aggregate::{finish, Acc, AccKind, ScalarRef, Value};
@@ -223,6 +225,12 @@ struct Window {
     accs: Accs,
 }
 
+/// The hash of an encoded key in the key index.
+#[inline]
+pub fn key_hash(b: &[u8]) -> u64 {
+    hash_key(b)
+}
+
 #[inline]
 fn hash_key(b: &[u8]) -> u64 {
     use std::hash::Hasher;
@@ -415,7 +423,7 @@ pub struct Engine {
     accumulation: Accumulation,
     max_future: Micros,
     layout: Layout,
-    keys: HashTable<KeyEntry>,
+    keys: KeyIndex<KeyEntry>,
     slab: Vec<Window>,
     free: Vec<u32>,
     live_windows: usize,
@@ -445,7 +453,7 @@ impl Engine {
             accumulation: p.accumulation,
             max_future: p.max_future,
             layout,
-            keys: HashTable::new(),
+            keys: KeyIndex::new(),
             slab: Vec::new(),
             free: Vec::new(),
             live_windows: 0,
@@ -573,6 +581,20 @@ impl Engine {
             self.emit(slot, timing, true, self.now, out);
             self.remove_window(slot);
         }
+    }
+
+    /// Look-ahead, step one: fetch into cache where the index starts
+    /// looking for a key of this hash ([`key_hash`]). A hint: nothing changes.
+    #[inline]
+    pub fn prefetch_key_slot(&self, hash: u64) {
+        self.keys.prefetch_slot(hash);
+    }
+
+    /// Look-ahead, step two (some events after step one): fetch the key's
+    /// entry.
+    #[inline]
+    pub fn prefetch_key_entry(&self, hash: u64) {
+        self.keys.prefetch_entry(hash);
     }
 
     /// Processes one event from partition `partition`.

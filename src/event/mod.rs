@@ -256,6 +256,16 @@ pub fn encode_key(vals: &[KeyValue], out: &mut Vec<u8>) {
     }
 }
 
+/// Encodes a key of one text value into `out` (cleared first), as
+/// [`Decoder`] encodes it.
+#[inline]
+pub fn encode_str_key(s: &str, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(b's');
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
 /// A decoded event, borrowing the decoder's buffers.
 #[derive(Debug, Clone, Copy)]
 pub struct EventRef<'a> {

@@ -356,6 +356,8 @@ pub struct ParquetRows {
     path: PathBuf,
     batch: Option<RecordBatch>,
     cols: Vec<Col>,
+    /// The column of a one-column key.
+    key_col: Option<usize>,
     row_in_batch: usize,
     row: u64,
     file_size: u64,
@@ -455,12 +457,75 @@ impl ParquetRows {
             path: path.to_path_buf(),
             batch: None,
             cols: Vec::new(),
+            key_col: None,
             row_in_batch: 0,
             row: 0,
             file_size,
             total_rows,
             progress,
         })
+    }
+
+    /// The next row's index in the current batch.
+    #[inline]
+    pub fn row_in_batch(&self) -> usize {
+        self.row_in_batch
+    }
+
+    /// With a key of one text column: asks the CPU to fetch the key text of
+    /// the rows `at..at + n` after the next one (look-ahead for the key
+    /// index). Does nothing for other keys or past the current batch.
+    pub fn prefetch_key_text(&self, at: usize, n: usize) {
+        let (Some(b), Some(c)) = (&self.batch, self.key_col) else {
+            return;
+        };
+        if let Col::Dict(ks, vs) = &self.cols[c] {
+            let rows = b.num_rows();
+            let offsets = vs.value_offsets();
+            let bytes = vs.values().as_ptr();
+            let from = self.row_in_batch + at;
+            for i in from..(from + n).min(rows) {
+                if let Some(&o) = offsets.get(ks.values()[i] as usize) {
+                    crate::engine::prefetch_read(bytes.wrapping_add(o as usize));
+                }
+            }
+        }
+    }
+
+    /// With a key of one text column: calls `f` with the index in the batch
+    /// and the encoded key of each of the rows `at..at + n` after the next
+    /// one. Does nothing for other keys or past the current batch.
+    pub fn upcoming_keys(
+        &self,
+        at: usize,
+        n: usize,
+        buf: &mut Vec<u8>,
+        mut f: impl FnMut(usize, &[u8]),
+    ) {
+        let (Some(b), Some(c)) = (&self.batch, self.key_col) else {
+            return;
+        };
+        let from = self.row_in_batch + at;
+        let to = (from + n).min(b.num_rows());
+        match &self.cols[c] {
+            Col::Dict(ks, vs) => {
+                for i in from..to {
+                    if ks.is_valid(i) {
+                        crate::event::encode_str_key(vs.value(ks.values()[i] as usize), buf);
+                        f(i, buf);
+                    }
+                }
+            }
+            Col::Str(a) => {
+                for i in from..to {
+                    if a.is_valid(i) {
+                        crate::event::encode_str_key(a.value(i), buf);
+                        f(i, buf);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Decodes the next row; `None` at the end. The row number is 1-based.
@@ -598,6 +663,14 @@ impl ParquetRows {
 
     fn prepare(&mut self, batch: &RecordBatch, dec: &Decoder) {
         self.cols.clear();
+        self.key_col = None;
+        if dec.plan.key_fields.len() == 1 {
+            self.key_col = dec
+                .plan
+                .fields
+                .iter()
+                .position(|(_, u)| u.key_pos == Some(0));
+        }
         for (name, usage) in &dec.plan.fields {
             let _ = usage;
             let Some(arr) = batch.column_by_name(name) else {
