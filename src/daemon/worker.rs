@@ -387,6 +387,10 @@ impl Worker {
                     let due = Duration::from_secs_f64(n as f64 / rate as f64);
                     let el = started.elapsed();
                     if due > el {
+                        // Idle until the next events are due: hand what is
+                        // buffered to the writer now, as the consume loop
+                        // does when a poll returns nothing.
+                        self.send_online(true)?;
                         std::thread::sleep(due - el);
                     }
                 }

@@ -23,7 +23,9 @@
 //! The writer is a task fed by a bounded channel of pane batches (the
 //! engine thread does no formatting). It gathers what is queued (up to
 //! [`MAX_COALESCE`] rows), keeps only the newest pane of each key, and
-//! pipelines the script calls in one round trip. When Redis fails it
+//! writes them in round trips of 256 rows, several in flight on one
+//! multiplexed connection, reporting each round trip's rows as soon as
+//! Redis acknowledges them. When Redis fails it
 //! reconnects and retries with exponential backoff (writes are idempotent
 //! under the compare-and-set). While it retries the channel fills up and
 //! the engine thread blocks on it: consumption pauses and memory stays
@@ -36,9 +38,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::aggregate::Value;
 use crate::engine::{PaneBuf, PaneMeta};
 use crate::event::{EncodedKey, KeyPart};
-
-/// Script calls per pipelined round trip.
-pub const MAX_PIPELINE: usize = 512;
 
 /// Rows per script call.
 pub const ROWS_PER_CALL: usize = 128;
@@ -273,41 +272,19 @@ pub async fn run_writer(
         }
         if !pending.is_empty() {
             let chosen = newest_per_key(&pending);
-            let oldest = pending.iter().map(|b| b.emitted).min().expect("pending");
-            let mut backoff = Duration::from_millis(50);
-            let mut at = 0;
-            while at < chosen.len() {
-                let end = (at + ROWS_PER_CALL * MAX_PIPELINE).min(chosen.len());
-                let started = Instant::now();
-                match write(
-                    &url,
-                    &mut conn,
-                    &script,
-                    &layout,
-                    &pending,
-                    &chosen[at..end],
-                )
-                .await
-                {
-                    Ok(()) => {
-                        obs.written_latency(Instant::now() - started);
-                        at = end;
-                        backoff = Duration::from_millis(50);
-                    }
-                    Err(e) => {
-                        obs.failed(&e.to_string());
-                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis write failed, retrying");
-                        conn = None;
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
+            write_all(&url, &mut conn, &script, &layout, &pending, &chosen, &*obs).await;
+            let done = Instant::now();
+            // Rows a newer pane of their key replaced were not written
+            // themselves: they count as written when their batch is done.
+            let mut counted = vec![0usize; pending.len()];
+            for &(b, _) in &chosen {
+                counted[b as usize] += 1;
+            }
+            for (b, n) in pending.iter().zip(counted) {
+                if b.panes.len() > n {
+                    obs.written(b.panes.len() - n, done - b.emitted);
                 }
             }
-            let done = Instant::now();
-            for b in &pending {
-                obs.written(b.panes.len(), done - b.emitted);
-            }
-            let _ = oldest;
             pending.clear();
             rows = 0;
         }
@@ -368,6 +345,142 @@ fn newest_per_key(pending: &[OnlineBatch]) -> Vec<(u32, u32)> {
     out
 }
 
+/// Rows per pipelined round trip.
+const ROWS_PER_PIPELINE: usize = 2 * ROWS_PER_CALL;
+
+/// Round trips in flight at once on the multiplexed connection.
+const MAX_IN_FLIGHT: usize = 4;
+
+/// Writes `rows` (sorted by batch and row) in round trips of
+/// [`ROWS_PER_PIPELINE`], several in flight: Redis works on one while the
+/// next is formatted, and each round trip's rows are reported as soon as it
+/// is acknowledged (a window's panes become readable in order, not all at
+/// the end of the write). On a failure it reconnects and goes on, with
+/// exponential backoff, from the first round trip not acknowledged (writes
+/// are idempotent under the compare-and-set). Returns once every row is in.
+async fn write_all(
+    url: &str,
+    conn: &mut Option<redis::aio::MultiplexedConnection>,
+    script: &redis::Script,
+    layout: &OnlineLayout,
+    pending: &[OnlineBatch],
+    rows: &[(u32, u32)],
+    obs: &dyn OnlineObserver,
+) {
+    let mut backoff = Duration::from_millis(50);
+    let mut at = 0;
+    let mut in_flight: std::collections::VecDeque<(
+        usize,
+        usize,
+        Instant,
+        tokio::task::JoinHandle<redis::RedisResult<()>>,
+    )> = std::collections::VecDeque::new();
+    let mut next = 0;
+    let fail = |e: &redis::RedisError, backoff: Duration| {
+        obs.failed(&e.to_string());
+        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis write failed, retrying");
+    };
+    while at < rows.len() {
+        // Keep the pipe full.
+        while next < rows.len() && in_flight.len() < MAX_IN_FLIGHT {
+            let c = match connect(url, conn, script).await {
+                Ok(c) => c.clone(),
+                Err(e) => {
+                    fail(&e, backoff);
+                    break;
+                }
+            };
+            let end = (next + ROWS_PER_PIPELINE).min(rows.len());
+            let pipe = pipeline(script, layout, pending, &rows[next..end]);
+            let started = Instant::now();
+            let task = tokio::spawn(async move {
+                let mut c = c;
+                let fut = pipe.query_async::<Vec<i64>>(&mut c);
+                tokio::time::timeout(Duration::from_secs(30), fut)
+                    .await
+                    .map_err(|_| {
+                        redis::RedisError::from((redis::ErrorKind::Io, "write timed out"))
+                    })?
+                    .map(|_| ())
+            });
+            in_flight.push_back((next, end, started, task));
+            next = end;
+        }
+        let Some((start, end, started, task)) = in_flight.pop_front() else {
+            // Not connected: wait and try again.
+            *conn = None;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        };
+        let result = task.await.unwrap_or_else(|e| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "write task failed",
+                e.to_string(),
+            )))
+        });
+        match result {
+            Ok(()) => {
+                debug_assert_eq!(start, at);
+                let done = Instant::now();
+                obs.written_latency(done - started);
+                // Report per batch: rows are sorted by batch.
+                let mut i = start;
+                while i < end {
+                    let b = rows[i].0;
+                    let mut j = i;
+                    while j < end && rows[j].0 == b {
+                        j += 1;
+                    }
+                    obs.written(j - i, done - pending[b as usize].emitted);
+                    i = j;
+                }
+                at = end;
+                backoff = Duration::from_millis(50);
+            }
+            Err(e) => {
+                fail(&e, backoff);
+                // Later round trips may have landed too; they are written
+                // again (the compare-and-set makes that harmless).
+                for (_, _, _, t) in in_flight.drain(..) {
+                    t.abort();
+                }
+                *conn = None;
+                next = at;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The connection, opened (and the script loaded) when there is none.
+async fn connect<'c>(
+    url: &str,
+    conn: &'c mut Option<redis::aio::MultiplexedConnection>,
+    script: &redis::Script,
+) -> redis::RedisResult<&'c mut redis::aio::MultiplexedConnection> {
+    if conn.is_none() {
+        let client = client(url)?;
+        let mut c = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
+        // Loaded once per connection (a restarted Redis has lost it).
+        let loaded: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(CAS_SCRIPT)
+            .query_async(&mut c)
+            .await?;
+        debug_assert_eq!(loaded, script.get_hash());
+        *conn = Some(c);
+    }
+    Ok(conn.as_mut().expect("connected above"))
+}
+
 /// Appends a value's Redis text to `buf`; false for null.
 fn write_value(v: &Value, buf: &mut String) -> bool {
     use std::fmt::Write as _;
@@ -393,31 +506,13 @@ fn write_value(v: &Value, buf: &mut String) -> bool {
     true
 }
 
-async fn write(
-    url: &str,
-    conn: &mut Option<redis::aio::MultiplexedConnection>,
+/// The script calls that write `rows`.
+fn pipeline(
     script: &redis::Script,
     layout: &OnlineLayout,
     pending: &[OnlineBatch],
     rows: &[(u32, u32)],
-) -> redis::RedisResult<()> {
-    if conn.is_none() {
-        let client = client(url)?;
-        let mut c = tokio::time::timeout(
-            Duration::from_secs(5),
-            client.get_multiplexed_async_connection(),
-        )
-        .await
-        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
-        // Loaded once per connection (a restarted Redis has lost it).
-        let _: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(CAS_SCRIPT)
-            .query_async(&mut c)
-            .await?;
-        *conn = Some(c);
-    }
-    let c = conn.as_mut().expect("connected above");
+) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     let mut buf = String::with_capacity(64);
     let mut nulls: Vec<usize> = Vec::new();
@@ -457,11 +552,7 @@ async fn write(
             }
         }
     }
-    let fut = pipe.query_async::<Vec<i64>>(c);
-    tokio::time::timeout(Duration::from_secs(30), fut)
-        .await
-        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "write timed out")))??;
-    Ok(())
+    pipe
 }
 
 /// Appends the Redis key of `key` in `group` to `s`.
