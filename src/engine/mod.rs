@@ -242,8 +242,9 @@ fn hash_key(b: &[u8]) -> u64 {
 /// Entry of the key index: the encoded key and its windows, so that an event
 /// finds its window without touching any other memory.
 ///
-/// Aligned to a cache line: the key, the list's length and the first window
-/// reference share one line, so the usual lookup touches one line.
+/// Aligned to cache lines (an entry is two of them): an entry never spans
+/// more lines than its size needs, and the look-ahead fetches exactly its
+/// two lines.
 #[derive(Debug)]
 #[repr(C, align(64))]
 struct KeyEntry {
