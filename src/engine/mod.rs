@@ -228,11 +228,6 @@ struct Window {
 /// The hash of an encoded key in the key index.
 #[inline]
 pub fn key_hash(b: &[u8]) -> u64 {
-    hash_key(b)
-}
-
-#[inline]
-fn hash_key(b: &[u8]) -> u64 {
     use std::hash::Hasher;
     let mut h = rustc_hash::FxHasher::default();
     h.write(b);
@@ -649,7 +644,7 @@ impl Engine {
             self.set_processing_time(t, out);
         }
         let w = self.wm.current();
-        let hash = hash_key(ev.key);
+        let hash = key_hash(ev.key);
         let slot = match self.window {
             WindowKind::Tumbling { size, offset } => {
                 let start = tumbling_start(t, size, offset);
@@ -781,7 +776,7 @@ impl Engine {
             windows: SmallVec::new(),
         };
         self.keys
-            .insert_unique(hash, entry, |e| hash_key(e.key.bytes()));
+            .insert_unique(hash, entry, |e| key_hash(e.key.bytes()));
     }
 
     /// Opens a window of `key` and lists it under the key.

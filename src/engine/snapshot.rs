@@ -162,7 +162,7 @@ impl Engine {
             now,
         );
         for (w, key) in state.windows.iter().zip(keys) {
-            let hash = super::hash_key(&key);
+            let hash = super::key_hash(&key);
             if self
                 .keys
                 .find(hash, |e| e.key.bytes() == key.as_slice())

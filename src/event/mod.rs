@@ -247,11 +247,7 @@ pub fn encode_key(vals: &[KeyValue], out: &mut Vec<u8>) {
                 out.push(b'i');
                 out.extend_from_slice(&i.to_le_bytes());
             }
-            KeyValue::Str(s) => {
-                out.push(b's');
-                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                out.extend_from_slice(s.as_bytes());
-            }
+            KeyValue::Str(s) => push_str_part(s.as_bytes(), out),
         }
     }
 }
@@ -261,9 +257,15 @@ pub fn encode_key(vals: &[KeyValue], out: &mut Vec<u8>) {
 #[inline]
 pub fn encode_str_key(s: &str, out: &mut Vec<u8>) {
     out.clear();
+    push_str_part(s.as_bytes(), out);
+}
+
+/// Appends one text part of an encoded key: `s`, its length, its bytes.
+#[inline]
+fn push_str_part(s: &[u8], out: &mut Vec<u8>) {
     out.push(b's');
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(s);
 }
 
 /// A decoded event, borrowing the decoder's buffers.
@@ -538,12 +540,10 @@ impl Decoder {
                     self.key_buf.push(b'i');
                     self.key_buf.extend_from_slice(&v.to_le_bytes());
                 }
-                KeyTmp::Str(a, b) => {
-                    self.key_buf.push(b's');
-                    self.key_buf.extend_from_slice(&(b - a).to_le_bytes());
-                    self.key_buf
-                        .extend_from_slice(&self.scratch.as_bytes()[a as usize..b as usize]);
-                }
+                KeyTmp::Str(a, b) => push_str_part(
+                    &self.scratch.as_bytes()[a as usize..b as usize],
+                    &mut self.key_buf,
+                ),
             }
         }
         let time = match self.time.take() {
