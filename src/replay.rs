@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Pipeline;
 use crate::engine::{Engine, ProcessingTime};
-use crate::event::{DecodePlan, Decoder, Reason, Refusal};
+use crate::event::{DecodePlan, Decoder, EventBatch, Reason, Refusal};
 use crate::sink::dead_letter::{DeadLetterWriter, Position};
 use crate::sink::parquet::{ParquetSink, ParquetSinkError};
 use crate::source::file::{self, Input, InputError};
@@ -145,6 +145,24 @@ pub struct ReplaySummary {
 /// Rows per step of the key look-ahead on Parquet input.
 const KEY_PREFETCH_CHUNK: usize = 16;
 
+/// Lines decoded per block on JSON input.
+const LINE_BATCH: usize = 64;
+
+/// How many events ahead of the engine a key's entry is fetched.
+const ENTRY_AHEAD: usize = 8;
+
+/// Records between progress reports and wall-clock updates.
+const TICK_RECORDS: u64 = 65_536;
+
+/// What became of a line of a block.
+enum Item {
+    /// Blank or outside `[from, to)`.
+    Skip,
+    /// The next event of the block's [`EventBatch`].
+    Event,
+    Refused(Refusal),
+}
+
 /// Hands a decoded record to the engine when it lies in `[from, to)`.
 fn feed(
     decoded: Result<crate::event::EventRef<'_>, Refusal>,
@@ -255,47 +273,83 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     };
     match &mut opened.input {
         Input::Lines(reader) => {
-            while let Some(line) = reader.next_line()? {
-                if line.bytes.iter().all(|b| b.is_ascii_whitespace()) && !line.oversized {
-                    s.blank_lines += 1;
-                    continue;
+            // Lines are decoded a block at a time; each event's key hash
+            // then fetches its index slot at once and its entry a few events
+            // before the engine needs it, so that cache misses overlap.
+            let mut events = EventBatch::new();
+            let mut items: Vec<Item> = Vec::with_capacity(LINE_BATCH);
+            loop {
+                let lines = reader.next_batch(LINE_BATCH)?;
+                if lines.is_empty() {
+                    break;
                 }
-                s.records += 1;
-                let pos = || Position::File {
-                    file: name.clone(),
-                    line: line.number,
-                };
-                if line.oversized {
-                    let r = Refusal::new(
-                        Reason::Oversized,
-                        format!(
-                            "record of {} bytes exceeds {} bytes",
-                            line.len,
-                            file::MAX_LINE_BYTES
-                        ),
-                    );
-                    dl.write(&r, &pos(), line.bytes)
-                        .map_err(dl_err(dl.path()))?;
-                    continue;
-                }
-                let result = feed(
-                    dec.decode_json(line.bytes),
-                    (from, to),
-                    &mut engine,
-                    &mut out,
-                    &mut s,
-                );
-                if let Err(r) = result {
-                    dl.write(&r, &pos(), line.bytes)
-                        .map_err(dl_err(dl.path()))?;
-                }
-                if !out.is_empty() {
-                    if let Some(o) = online.as_mut() {
-                        o.push(&out)?;
+                let before = s.records;
+                events.clear();
+                items.clear();
+                for i in 0..lines.len() {
+                    let line = lines.line(i);
+                    if line.bytes.iter().all(|b| b.is_ascii_whitespace()) && !line.oversized {
+                        s.blank_lines += 1;
+                        items.push(Item::Skip);
+                        continue;
                     }
-                    sink.write(&mut out)?;
+                    s.records += 1;
+                    if line.oversized {
+                        items.push(Item::Refused(Refusal::new(
+                            Reason::Oversized,
+                            format!(
+                                "record of {} bytes exceeds {} bytes",
+                                line.len,
+                                file::MAX_LINE_BYTES
+                            ),
+                        )));
+                        continue;
+                    }
+                    match dec.decode_json(line.bytes) {
+                        Ok(ev) if ev.time < from || ev.time >= to => {
+                            s.out_of_range += 1;
+                            items.push(Item::Skip);
+                        }
+                        Ok(ev) => {
+                            let h = crate::engine::key_hash(ev.key);
+                            engine.prefetch_key_slot(h);
+                            events.push(&ev, h);
+                            items.push(Item::Event);
+                        }
+                        Err(r) => items.push(Item::Refused(r)),
+                    }
                 }
-                if s.records % 65_536 == 0 {
+                let mut e = 0;
+                for (i, item) in items.drain(..).enumerate() {
+                    let result = match item {
+                        Item::Skip => continue,
+                        Item::Refused(r) => Err(r),
+                        Item::Event => {
+                            if e + ENTRY_AHEAD < events.len() {
+                                engine.prefetch_key_entry(events.hash(e + ENTRY_AHEAD));
+                            }
+                            let r =
+                                engine.process_hashed(&events.get(e), events.hash(e), 0, &mut out);
+                            e += 1;
+                            r
+                        }
+                    };
+                    if let Err(r) = result {
+                        let line = lines.line(i);
+                        let pos = Position::File {
+                            file: name.clone(),
+                            line: line.number,
+                        };
+                        dl.write(&r, &pos, line.bytes).map_err(dl_err(dl.path()))?;
+                    }
+                    if !out.is_empty() {
+                        if let Some(o) = online.as_mut() {
+                            o.push(&out)?;
+                        }
+                        sink.write(&mut out)?;
+                    }
+                }
+                if s.records / TICK_RECORDS != before / TICK_RECORDS {
                     tick(s.records, &mut engine, &mut sink, &mut opts.progress)?;
                 }
             }
@@ -343,7 +397,7 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                     }
                     sink.write(&mut out)?;
                 }
-                if s.records % 65_536 == 0 {
+                if s.records % TICK_RECORDS == 0 {
                     tick(s.records, &mut engine, &mut sink, &mut opts.progress)?;
                 }
             }

@@ -596,12 +596,26 @@ impl Engine {
     /// Processes one event from partition `partition`.
     ///
     /// On `Err` nothing changed except counters: the caller dead-letters the record.
+    #[inline]
     pub fn process(
         &mut self,
         ev: &EventRef<'_>,
         partition: usize,
         out: &mut PaneBuf,
     ) -> Result<(), Refusal> {
+        self.process_hashed(ev, key_hash(ev.key), partition, out)
+    }
+
+    /// [`Engine::process`] for a caller that already hashed the event's key
+    /// ([`key_hash`]), e.g. to fetch its entry ahead of time.
+    pub fn process_hashed(
+        &mut self,
+        ev: &EventRef<'_>,
+        hash: u64,
+        partition: usize,
+        out: &mut PaneBuf,
+    ) -> Result<(), Refusal> {
+        debug_assert_eq!(hash, key_hash(ev.key));
         let t = ev.time;
         if t > self.wall.saturating_add(self.max_future) {
             return Err(Refusal::new(
@@ -644,7 +658,6 @@ impl Engine {
             self.set_processing_time(t, out);
         }
         let w = self.wm.current();
-        let hash = key_hash(ev.key);
         let slot = match self.window {
             WindowKind::Tumbling { size, offset } => {
                 let start = tumbling_start(t, size, offset);

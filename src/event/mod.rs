@@ -572,6 +572,88 @@ impl Decoder {
     }
 }
 
+/// Decoded events kept side by side (copies of [`EventRef`]s with their
+/// key hashes), so that a reader can decode a block of records and then
+/// hand them to the engine with their keys' memory already on its way.
+#[derive(Debug, Default)]
+pub struct EventBatch {
+    keys: Vec<u8>,
+    key_ends: Vec<u32>,
+    times: Vec<Micros>,
+    hashes: Vec<u64>,
+    slots: Vec<Slot>,
+    scratch: String,
+    width: usize,
+}
+
+impl EventBatch {
+    pub fn new() -> EventBatch {
+        EventBatch::default()
+    }
+
+    pub fn clear(&mut self) {
+        self.keys.clear();
+        self.key_ends.clear();
+        self.times.clear();
+        self.hashes.clear();
+        self.slots.clear();
+        self.scratch.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.times.is_empty()
+    }
+
+    /// Copies `ev` in, with the hash of its key.
+    pub fn push(&mut self, ev: &EventRef<'_>, hash: u64) {
+        if self.times.is_empty() {
+            self.width = ev.slots.len();
+        }
+        debug_assert_eq!(self.width, ev.slots.len());
+        self.keys.extend_from_slice(ev.key);
+        self.key_ends.push(self.keys.len() as u32);
+        self.times.push(ev.time);
+        self.hashes.push(hash);
+        if ev.scratch.is_empty() {
+            self.slots.extend_from_slice(ev.slots);
+        } else {
+            // Text values move into the batch's scratch: their offsets shift.
+            let base = self.scratch.len() as u32;
+            self.scratch.push_str(ev.scratch);
+            self.slots.extend(ev.slots.iter().map(|s| match *s {
+                Slot::Str(a, b) => Slot::Str(a + base, b + base),
+                other => other,
+            }));
+        }
+    }
+
+    /// The hash of event `i`'s key.
+    #[inline]
+    pub fn hash(&self, i: usize) -> u64 {
+        self.hashes[i]
+    }
+
+    /// Event `i`.
+    #[inline]
+    pub fn get(&self, i: usize) -> EventRef<'_> {
+        let start = if i == 0 {
+            0
+        } else {
+            self.key_ends[i - 1] as usize
+        };
+        EventRef {
+            key: &self.keys[start..self.key_ends[i] as usize],
+            time: self.times[i],
+            slots: &self.slots[i * self.width..(i + 1) * self.width],
+            scratch: &self.scratch,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
 

@@ -79,6 +79,7 @@ pub struct Line<'a> {
 pub struct LineReader {
     inner: Box<dyn BufRead>,
     buf: Vec<u8>,
+    spans: Vec<LineSpan>,
     number: u64,
     path: PathBuf,
     mapped: Option<Mapped>,
@@ -101,6 +102,7 @@ impl LineReader {
         LineReader {
             inner,
             buf: Vec::with_capacity(4096),
+            spans: Vec::new(),
             number: 0,
             path: path.to_path_buf(),
             mapped: None,
@@ -109,21 +111,23 @@ impl LineReader {
 
     /// The next line, without its `\n` (and `\r\n`); `None` at the end.
     pub fn next_line(&mut self) -> Result<Option<Line<'_>>, InputError> {
+        let batch = self.next_batch(1)?;
+        Ok((!batch.is_empty()).then(|| batch.line(0)))
+    }
+
+    /// The next lines, up to `max` of them (none at the end). A mapped file
+    /// hands out one slice of the map; a stream copies the lines into the
+    /// reader's buffer.
+    pub fn next_batch(&mut self, max: usize) -> Result<LineBatch<'_>, InputError> {
+        self.spans.clear();
         if let Some(m) = &mut self.mapped {
-            let rest = &m.map[m.pos..];
-            if rest.is_empty() {
-                return Ok(None);
-            }
-            let (len, advance) = match memchr::memchr(b'\n', rest) {
-                Some(i) => (i, i + 1),
-                None => (rest.len(), rest.len()),
-            };
-            let start = m.pos;
-            if start - m.released >= RELEASE_STEP {
-                let upto = start & !(4096 - 1);
-                // SAFETY: the range lies before the current line; no slice of
-                // it is alive (lines borrow the reader), and the pages of a
-                // read-only file mapping are read back from the file if touched.
+            let base = m.pos;
+            if base - m.released >= RELEASE_STEP {
+                let upto = base & !(4096 - 1);
+                // SAFETY: the range lies before every line of this batch; no
+                // slice of it is alive (batches borrow the reader), and the
+                // pages of a read-only file mapping are read back from the
+                // file if touched.
                 let _ = unsafe {
                     m.map.unchecked_advise_range(
                         memmap2::UncheckedAdvice::DontNeed,
@@ -133,72 +137,117 @@ impl LineReader {
                 };
                 m.released = upto;
             }
-            m.pos += advance;
-            if self.number % 4096 == 0 {
-                m.progress.store(m.pos as u64, Ordering::Relaxed);
+            while self.spans.len() < max && m.pos < m.map.len() {
+                let rest = &m.map[m.pos..];
+                let (len, advance) = match memchr::memchr(b'\n', rest) {
+                    Some(i) => (i, i + 1),
+                    None => (rest.len(), rest.len()),
+                };
+                let start = m.pos - base;
+                m.pos += advance;
+                self.number += 1;
+                let full = if rest[..len].last() == Some(&b'\r') {
+                    len - 1
+                } else {
+                    len
+                };
+                self.spans.push(LineSpan {
+                    start,
+                    end: start + full.min(MAX_LINE_BYTES),
+                    number: self.number,
+                    len: full,
+                });
             }
-            self.number += 1;
-            let mut line = &m.map[start..start + len];
-            let mut full = len;
-            if line.last() == Some(&b'\r') {
-                line = &line[..len - 1];
-                full -= 1;
-            }
-            let oversized = line.len() > MAX_LINE_BYTES;
-            let bytes = if oversized {
-                &line[..MAX_LINE_BYTES]
-            } else {
-                line
-            };
-            return Ok(Some(Line {
-                bytes,
-                number: self.number,
-                oversized,
-                len: full,
-            }));
+            m.progress.store(m.pos as u64, Ordering::Relaxed);
+            return Ok(LineBatch {
+                data: &m.map[base..m.pos],
+                spans: &self.spans,
+            });
         }
         self.buf.clear();
-        let mut len = 0usize;
-        let mut oversized = false;
-        let mut any = false;
-        loop {
-            let chunk = self.inner.fill_buf().map_err(|source| InputError::Read {
-                path: self.path.clone(),
-                source,
-            })?;
-            if chunk.is_empty() {
+        while self.spans.len() < max {
+            let start = self.buf.len();
+            let mut len = 0usize;
+            let mut any = false;
+            loop {
+                let chunk = self.inner.fill_buf().map_err(|source| InputError::Read {
+                    path: self.path.clone(),
+                    source,
+                })?;
+                if chunk.is_empty() {
+                    break;
+                }
+                any = true;
+                let (take, done) = match memchr::memchr(b'\n', chunk) {
+                    Some(i) => (i, true),
+                    None => (chunk.len(), false),
+                };
+                let room = MAX_LINE_BYTES.saturating_sub(len);
+                self.buf.extend_from_slice(&chunk[..take.min(room)]);
+                len += take;
+                self.inner.consume(if done { take + 1 } else { take });
+                if done {
+                    break;
+                }
+            }
+            if !any {
                 break;
             }
-            any = true;
-            let (take, done) = match memchr::memchr(b'\n', chunk) {
-                Some(i) => (i, true),
-                None => (chunk.len(), false),
-            };
-            let room = MAX_LINE_BYTES.saturating_sub(self.buf.len());
-            if take > room {
-                oversized = true;
+            self.number += 1;
+            if len <= MAX_LINE_BYTES && self.buf.last() == Some(&b'\r') && len > 0 {
+                self.buf.pop();
+                len -= 1;
             }
-            self.buf.extend_from_slice(&chunk[..take.min(room)]);
-            len += take;
-            self.inner.consume(if done { take + 1 } else { take });
-            if done {
-                break;
-            }
+            self.spans.push(LineSpan {
+                start,
+                end: self.buf.len(),
+                number: self.number,
+                len,
+            });
         }
-        if !any {
-            return Ok(None);
+        Ok(LineBatch {
+            data: &self.buf,
+            spans: &self.spans,
+        })
+    }
+}
+
+/// Where a line lies in its batch's bytes.
+#[derive(Debug, Clone, Copy)]
+struct LineSpan {
+    start: usize,
+    /// End of the bytes handed out (at most [`MAX_LINE_BYTES`] after `start`).
+    end: usize,
+    number: u64,
+    /// Full length of the line.
+    len: usize,
+}
+
+/// Consecutive lines of input ([`LineReader::next_batch`]).
+pub struct LineBatch<'a> {
+    data: &'a [u8],
+    spans: &'a [LineSpan],
+}
+
+impl<'a> LineBatch<'a> {
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Line `i` of the batch.
+    #[inline]
+    pub fn line(&self, i: usize) -> Line<'a> {
+        let s = self.spans[i];
+        Line {
+            bytes: &self.data[s.start..s.end],
+            number: s.number,
+            oversized: s.len > MAX_LINE_BYTES,
+            len: s.len,
         }
-        self.number += 1;
-        if self.buf.last() == Some(&b'\r') {
-            self.buf.pop();
-            len -= 1;
-        }
-        Ok(Some(Line {
-            bytes: &self.buf,
-            number: self.number,
-            oversized,
-            len,
-        }))
     }
 }
 
@@ -868,6 +917,62 @@ features:
                 .join(format!("{}.parquet", form.replace(' ', "_")));
             write(&path, props, &users, &kinds);
             assert_eq!(read_all(&path), expected, "{form}");
+        }
+    }
+
+    /// Lines as a plain split gives them: without `\n` and a trailing `\r`,
+    /// numbered from 1, no line after a final newline.
+    fn split_lines(data: &[u8]) -> Vec<(u64, Vec<u8>)> {
+        let mut v: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
+        if data.is_empty() || data.ends_with(b"\n") {
+            v.pop();
+        }
+        v.iter()
+            .enumerate()
+            .map(|(i, l)| (i as u64 + 1, l.strip_suffix(b"\r").unwrap_or(l).to_vec()))
+            .collect()
+    }
+
+    fn read_batches(r: &mut LineReader, sizes: &[usize]) -> Vec<(u64, Vec<u8>)> {
+        let mut got = Vec::new();
+        for i in 0.. {
+            let b = r.next_batch(sizes[i % sizes.len()]).expect("read");
+            if b.is_empty() {
+                break;
+            }
+            assert!(b.len() <= sizes[i % sizes.len()]);
+            for j in 0..b.len() {
+                let l = b.line(j);
+                assert!(!l.oversized);
+                assert_eq!(l.len, l.bytes.len());
+                got.push((l.number, l.bytes.to_vec()));
+            }
+        }
+        got
+    }
+
+    proptest::proptest! {
+        /// A mapped file and a stream give the same lines, in batches of
+        /// any size, as a plain split of the bytes.
+        #[test]
+        fn batches_of_lines_match_a_plain_split(
+            data in proptest::collection::vec(
+                proptest::sample::select(vec![b'a', b'{', b'"', b'\n', b'\r', b' ']), 0..400),
+            sizes in proptest::collection::vec(1usize..70, 1..5),
+        ) {
+            let want = split_lines(&data);
+            let tmp = tempfile::tempdir().expect("tempdir");
+            // A first byte that is not gzip's or zstd's: plain JSON lines.
+            let path = tmp.path().join("in.jsonl");
+            std::fs::write(&path, &data).expect("write");
+            let Input::Lines(mut mapped) = open(&path, 16, &[]).expect("open").input else {
+                panic!("not read as lines");
+            };
+            proptest::prop_assert_eq!(&read_batches(&mut mapped, &sizes), &want);
+            // A stream, read in small chunks so that lines straddle them.
+            let stream = std::io::BufReader::with_capacity(7, std::io::Cursor::new(data.clone()));
+            let mut streamed = LineReader::buffered(Box::new(stream), &path);
+            proptest::prop_assert_eq!(&read_batches(&mut streamed, &sizes), &want);
         }
     }
 }

@@ -262,6 +262,85 @@ fn bad_input_goes_to_dead_letters_and_never_stops_the_run() {
     );
 }
 
+/// Refusals of the decoder and of the engine, spread over many blocks of
+/// lines, come out in line order with their line numbers, from a file and
+/// from standard input alike.
+#[test]
+fn dead_letters_keep_line_order_across_blocks() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("mixed.jsonl");
+    let mut text = String::new();
+    let mut want = Vec::new();
+    let mut good = 0u64;
+    for i in 1..=500u64 {
+        let t = format!("2026-01-05T00:{:02}:{:02}Z", i / 60 % 60, i % 60);
+        if i % 11 == 0 {
+            text.push_str("  \n");
+        } else if i % 7 == 0 {
+            text.push_str("{\"user_id\":\"u1\",\n");
+            want.push((i, "invalid_json"));
+        } else if i % 13 == 0 {
+            text.push_str(&format!(
+                "{{\"user_id\":\"u{}\",\"amount\":1,\"event_time\":\"2999-01-01T00:00:00Z\"}}\n",
+                i % 5
+            ));
+            want.push((i, "future_timestamp"));
+        } else {
+            text.push_str(&format!(
+                "{{\"user_id\":\"u{}\",\"event_type\":\"click\",\"amount\":{i},\"event_time\":\"{t}\"}}\r\n",
+                i % 5
+            ));
+            good += 1;
+        }
+    }
+    std::fs::write(&input, &text).expect("write");
+    let pipeline = repo("pipelines/user_spend_5m.yaml");
+    let check = |s: &Value, what: &str| {
+        assert_eq!(s["events"], good, "{what}");
+        assert_eq!(s["blank_lines"], 45, "{what}");
+        assert_eq!(s["records"], 455, "{what}");
+        let letters: Vec<(u64, String)> =
+            std::fs::read_to_string(s["dead_letter_file"].as_str().expect("path"))
+                .expect("letters")
+                .lines()
+                .map(|l| {
+                    let v: Value = serde_json::from_str(l).expect("json");
+                    (
+                        v["source"]["line"].as_u64().expect("line"),
+                        v["reason"].as_str().expect("reason").to_string(),
+                    )
+                })
+                .collect();
+        let want: Vec<(u64, String)> = want.iter().map(|(l, r)| (*l, r.to_string())).collect();
+        assert_eq!(letters, want, "{what}");
+    };
+    check(
+        &replay_json(&pipeline, &input, &tmp.path().join("o-file")),
+        "file",
+    );
+    let mut child = rill()
+        .args(["replay", "--json"])
+        .arg(&pipeline)
+        .args(["--input", "-", "--output"])
+        .arg(tmp.path().join("o-stdin"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let o = child.wait_with_output().expect("wait");
+    assert!(o.status.success());
+    check(
+        &serde_json::from_slice(&o.stdout).expect("summary"),
+        "stdin",
+    );
+}
+
 #[test]
 fn empty_and_binary_files() {
     let tmp = tempfile::tempdir().expect("tempdir");
