@@ -85,9 +85,25 @@ impl<'a> Scan<'a> {
         self.i += 1;
         let start = self.i;
         let mut esc = false;
-        // Eight bytes at a time: find the first quote, backslash or control
-        // byte with word arithmetic (most strings are short).
         let b = self.b;
+        // Sixteen bytes at a time: find the first quote, backslash or
+        // control byte (most strings end in the first step).
+        #[cfg(target_arch = "x86_64")]
+        while self.i + 16 <= b.len() {
+            let m = special_bytes16(&b[self.i..self.i + 16]);
+            if m == 0 {
+                self.i += 16;
+                continue;
+            }
+            self.i += m.trailing_zeros() as usize;
+            if b[self.i] == b'"' {
+                let end = self.i;
+                self.i += 1;
+                return Ok((start, end, false));
+            }
+            break;
+        }
+        // Eight bytes at a time near the end of the record (and off x86_64).
         while self.i + 8 <= b.len() {
             let w = u64::from_le_bytes(b[self.i..self.i + 8].try_into().expect("8 bytes"));
             let m = special_bytes(w);
@@ -369,6 +385,23 @@ fn special_bytes(w: u64) -> u64 {
     // Bytes below 0x20: high bit clear and (byte & 0x7f) + 0x60 has no carry into bit 7.
     let ctrl = !(((w & !HI).wrapping_add(LO * 0x60)) | w) & HI;
     quote | slash | ctrl
+}
+
+/// Bit `i` set where `b[i]` is `"`, `\\` or a control byte (below 0x20).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn special_bytes16(b: &[u8]) -> u32 {
+    use std::arch::x86_64::*;
+    assert!(b.len() >= 16);
+    // SAFETY: SSE2 is part of x86_64; the load reads 16 bytes of `b`.
+    unsafe {
+        let x = _mm_loadu_si128(b.as_ptr() as *const __m128i);
+        let quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\\' as i8));
+        // Unsigned x < 0x20: min(x, 0x1f) == x.
+        let ctrl = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1f)), x);
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), ctrl)) as u32
+    }
 }
 
 const POW10: [f64; 23] = [
@@ -735,6 +768,14 @@ mod tests {
                 if want {
                     assert_eq!(m.trailing_zeros() / 8, pos as u32);
                 }
+            }
+            #[cfg(target_arch = "x86_64")]
+            for pos in 0..16 {
+                let mut bytes = [b'a'; 16];
+                bytes[pos] = b;
+                let m = super::special_bytes16(&bytes);
+                let want = b == b'"' || b == b'\\' || b < 0x20;
+                assert_eq!(m, if want { 1 << pos } else { 0 }, "byte {b:#x} at {pos}");
             }
         }
     }
