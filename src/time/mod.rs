@@ -189,24 +189,26 @@ pub fn parse_rfc3339(s: &str) -> Result<Micros, TimeError> {
     parse_rfc3339_cached(s, &mut cache)
 }
 
-/// The last date seen, so that a stream of timestamps of one day parses its
-/// date once.
+/// The last minute seen (`YYYY-MM-DDTHH:MM`), so that a stream of
+/// timestamps parses its date, hour and minute once per minute.
 #[derive(Debug, Clone, Default)]
 pub struct DateCache {
-    text: [u8; 10],
-    days: i64,
+    text: [u8; 16],
+    /// Seconds from the epoch to that minute, before any UTC offset.
+    minute: i64,
     valid: bool,
 }
 
-/// [`parse_rfc3339`] with a date cache.
+/// [`parse_rfc3339`] with a minute cache.
 pub fn parse_rfc3339_cached(s: &str, cache: &mut DateCache) -> Result<Micros, TimeError> {
     let err = || TimeError::Rfc3339(s.chars().take(64).collect());
     let b = s.as_bytes();
     if b.len() < 20 {
         return Err(err());
     }
-    let days = if cache.valid && b[..10] == cache.text {
-        cache.days
+    let prefix: [u8; 16] = b[..16].try_into().expect("16 bytes");
+    let minute_secs = if cache.valid && prefix == cache.text {
+        cache.minute
     } else {
         let year = {
             let (Some(hi), Some(lo)) = (digits2(b, 0), digits2(b, 2)) else {
@@ -222,19 +224,26 @@ pub fn parse_rfc3339_cached(s: &str, cache: &mut DateCache) -> Result<Micros, Ti
         if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
             return Err(err());
         }
-        let days = days_from_civil(year, month, day);
-        cache.text.copy_from_slice(&b[..10]);
-        cache.days = days;
+        if !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' {
+            return Err(err());
+        }
+        let hour = digits2(b, 11).ok_or_else(err)?;
+        let minute = digits2(b, 14).ok_or_else(err)?;
+        if hour > 23 || minute > 59 {
+            return Err(err());
+        }
+        let m =
+            days_from_civil(year, month, day) * 86_400 + hour as i64 * 3600 + minute as i64 * 60;
+        cache.text = prefix;
+        cache.minute = m;
         cache.valid = true;
-        days
+        m
     };
-    if !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b[16] != b':' {
         return Err(err());
     }
-    let hour = digits2(b, 11).ok_or_else(err)?;
-    let minute = digits2(b, 14).ok_or_else(err)?;
     let second = digits2(b, 17).ok_or_else(err)?;
-    if hour > 23 || minute > 59 || second > 60 {
+    if second > 60 {
         return Err(err());
     }
     let mut i = 19;
@@ -242,15 +251,19 @@ pub fn parse_rfc3339_cached(s: &str, cache: &mut DateCache) -> Result<Micros, Ti
     if b[i] == b'.' {
         i += 1;
         let start = i;
-        let mut scale = 100_000;
+        // Digits past the sixth (below a microsecond) are checked, not kept.
+        let mut kept = 0;
         while i < b.len() && b[i].is_ascii_digit() {
-            frac += (b[i] - b'0') as i64 * scale;
-            scale /= 10;
+            if kept < 6 {
+                frac = frac * 10 + (b[i] - b'0') as i64;
+                kept += 1;
+            }
             i += 1;
         }
         if i == start {
             return Err(err());
         }
+        frac *= [1_000_000, 100_000, 10_000, 1_000, 100, 10, 1][kept];
     }
     let offset_secs: i64 = match b.get(i) {
         Some(b'Z' | b'z') if i + 1 == b.len() => 0,
@@ -270,8 +283,7 @@ pub fn parse_rfc3339_cached(s: &str, cache: &mut DateCache) -> Result<Micros, Ti
         _ => return Err(err()),
     };
     // A leap second (:60) lands on the first second of the next minute.
-    let secs =
-        days * 86_400 + hour as i64 * 3600 + minute as i64 * 60 + second as i64 - offset_secs;
+    let secs = minute_secs + second as i64 - offset_secs;
     Ok(secs * MICROS_PER_SEC + frac)
 }
 
@@ -443,6 +455,8 @@ mod tests {
             "2024-06-30T12:00:00.123456+02:00",
             "2024-06-30T12:00:00-05:30",
             "1900-03-01T00:00:00Z",
+            "2024-06-30T12:00:00.1234567Z",
+            "1969-12-31T23:59:59.999999999Z",
         ] {
             let want = chrono::DateTime::parse_from_rfc3339(s)
                 .expect("valid")
@@ -463,6 +477,46 @@ mod tests {
             "2024-01-01T00:00:00Zjunk",
         ] {
             assert!(parse_rfc3339(s).is_err(), "{s}");
+        }
+    }
+
+    proptest::proptest! {
+        /// A cache shared by a stream of timestamps (most in one minute,
+        /// some edited into invalid text) never changes a result, and
+        /// valid ones agree with chrono.
+        #[test]
+        fn minute_cache_never_changes_a_result(
+            stream in proptest::collection::vec(
+                (0i64..600_000_000, 0usize..4, 0usize..3, proptest::option::of((0usize..26, 0u8..128))),
+                1..40),
+            base in -3_000_000_000i64..4_000_000_000,
+        ) {
+            let mut cache = DateCache::default();
+            for (offset_us, frac, zone, edit) in stream {
+                let t = base * MICROS_PER_SEC + offset_us;
+                let utc = chrono::DateTime::from_timestamp_micros(t).expect("in range");
+                let mut text = match frac {
+                    0 => utc.format("%Y-%m-%dT%H:%M:%S").to_string(),
+                    1 => utc.format("%Y-%m-%dT%H:%M:%S%.3f").to_string(),
+                    2 => utc.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+                    _ => utc.format("%Y-%m-%dt%H:%M:%S%.f").to_string(),
+                };
+                text.push_str(["Z", "+02:30", "-11:00"][zone]);
+                if let Some((at, c)) = edit {
+                    if at < text.len() && c.is_ascii() {
+                        text.replace_range(at..at + 1, &(c as char).to_string());
+                    }
+                }
+                let cached = parse_rfc3339_cached(&text, &mut cache);
+                let fresh = parse_rfc3339(&text);
+                proptest::prop_assert_eq!(&cached, &fresh, "{}", text);
+                if let Ok(got) = fresh {
+                    let want = chrono::DateTime::parse_from_rfc3339(&text.replace(' ', "T"))
+                        .map(|d| d.timestamp_micros());
+                    // chrono keeps nanoseconds; this reader truncates to micros.
+                    proptest::prop_assert_eq!(Ok(got), want, "{}", text);
+                }
+            }
         }
     }
 
