@@ -38,6 +38,28 @@ fn replay_json(pipeline: &Path, input: &Path, out: &Path) -> Value {
     serde_json::from_slice(&o.stdout).expect("summary")
 }
 
+/// `rill replay --input -` over `input`; its JSON summary.
+fn replay_stdin(pipeline: &Path, input: &[u8], out: &Path) -> Value {
+    let mut child = rill()
+        .args(["replay", "--json"])
+        .arg(pipeline)
+        .args(["--input", "-", "--output"])
+        .arg(out)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write");
+    let o = child.wait_with_output().expect("wait");
+    assert!(o.status.success());
+    serde_json::from_slice(&o.stdout).expect("summary")
+}
+
 /// Final rows as (user, window_start) -> (count, sum), from any set of files.
 fn finals(dir: &Path) -> std::collections::BTreeMap<(String, String), (i64, f64)> {
     read_rows(dir)
@@ -145,23 +167,7 @@ fn gzip_zstd_parquet_and_stdin_give_the_same_finals() {
     }
     // Standard input.
     let out = tmp.path().join("o-stdin");
-    let mut child = rill()
-        .args(["replay", "--json"])
-        .arg(&p)
-        .args(["--input", "-", "--output"])
-        .arg(&out)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&std::fs::read(&plain).expect("input"))
-        .expect("write");
-    let o = child.wait_with_output().expect("wait");
-    assert!(o.status.success());
+    replay_stdin(&p, &std::fs::read(&plain).expect("input"), &out);
     assert_eq!(finals_bench(&out), want);
 }
 
@@ -318,25 +324,8 @@ fn dead_letters_keep_line_order_across_blocks() {
         &replay_json(&pipeline, &input, &tmp.path().join("o-file")),
         "file",
     );
-    let mut child = rill()
-        .args(["replay", "--json"])
-        .arg(&pipeline)
-        .args(["--input", "-", "--output"])
-        .arg(tmp.path().join("o-stdin"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let o = child.wait_with_output().expect("wait");
-    assert!(o.status.success());
     check(
-        &serde_json::from_slice(&o.stdout).expect("summary"),
+        &replay_stdin(&pipeline, text.as_bytes(), &tmp.path().join("o-stdin")),
         "stdin",
     );
 }
