@@ -163,6 +163,12 @@ enum Item {
     Refused(Refusal),
 }
 
+/// Whether event time `t` lies in `[from, to)`.
+#[inline]
+fn in_range(t: Micros, (from, to): (Micros, Micros)) -> bool {
+    from <= t && t < to
+}
+
 /// Hands a decoded record to the engine when it lies in `[from, to)`.
 fn feed(
     decoded: Result<crate::event::EventRef<'_>, Refusal>,
@@ -172,7 +178,7 @@ fn feed(
     s: &mut ReplaySummary,
 ) -> Result<(), Refusal> {
     let ev = decoded?;
-    if ev.time < from || ev.time >= to {
+    if !in_range(ev.time, (from, to)) {
         s.out_of_range += 1;
         return Ok(());
     }
@@ -306,7 +312,7 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                         continue;
                     }
                     match dec.decode_json(line.bytes) {
-                        Ok(ev) if ev.time < from || ev.time >= to => {
+                        Ok(ev) if !in_range(ev.time, (from, to)) => {
                             s.out_of_range += 1;
                             items.push(Item::Skip);
                         }

@@ -618,17 +618,13 @@ impl EventBatch {
         self.key_ends.push(self.keys.len() as u32);
         self.times.push(ev.time);
         self.hashes.push(hash);
-        if ev.scratch.is_empty() {
-            self.slots.extend_from_slice(ev.slots);
-        } else {
-            // Text values move into the batch's scratch: their offsets shift.
-            let base = self.scratch.len() as u32;
-            self.scratch.push_str(ev.scratch);
-            self.slots.extend(ev.slots.iter().map(|s| match *s {
-                Slot::Str(a, b) => Slot::Str(a + base, b + base),
-                other => other,
-            }));
-        }
+        // Text values move into the batch's scratch: their offsets shift.
+        let base = self.scratch.len() as u32;
+        self.scratch.push_str(ev.scratch);
+        self.slots.extend(ev.slots.iter().map(|s| match *s {
+            Slot::Str(a, b) => Slot::Str(a + base, b + base),
+            other => other,
+        }));
     }
 
     /// The hash of event `i`'s key.
