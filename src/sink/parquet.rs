@@ -601,15 +601,22 @@ impl ParquetSink {
                 // Room for a whole row group's keys: no fall back to plain pages,
                 // so readers keep the dictionary (the join resolves each key once).
                 .set_dictionary_page_size_limit(8 << 20);
-            // Dictionaries pay off for keys and low-cardinality columns, not
-            // for measured values and emission times.
-            for f in schema.fields() {
-                if matches!(f.data_type(), DataType::Float64)
-                    || f.name() == "emitted_at"
-                    || f.name() == "watermark"
-                {
-                    props = props
-                        .set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), false);
+            // Dictionaries pay off for keys and text columns. Measured values
+            // do not repeat; integers and times (window bounds, pane indexes,
+            // counts, emission times) come in runs and small steps, which
+            // delta encoding stores in a few bits per row without hashing
+            // every value.
+            for (i, f) in schema.fields().iter().enumerate() {
+                let path = || ColumnPath::from(f.name().as_str());
+                let is_key = i < self.key_names.len();
+                match f.data_type() {
+                    DataType::Float64 => {
+                        props = props.set_column_dictionary_enabled(path(), false);
+                    }
+                    DataType::Int64 | DataType::Timestamp(..) if !is_key => {
+                        props = props.set_column_dictionary_enabled(path(), false);
+                    }
+                    _ => {}
                 }
             }
             let writer = ArrowWriter::try_new(file, schema.clone(), Some(props.build())).map_err(
