@@ -169,6 +169,31 @@ fn in_range(t: Micros, (from, to): (Micros, Micros)) -> bool {
     from <= t && t < to
 }
 
+/// Adds a decoded record of a block to its events (fetching its key's
+/// index slot) when it lies in `[from, to)`.
+#[inline(always)]
+fn stage(
+    decoded: Result<crate::event::EventRef<'_>, Refusal>,
+    range: (Micros, Micros),
+    engine: &Engine,
+    events: &mut EventBatch,
+    s: &mut ReplaySummary,
+) -> Item {
+    match decoded {
+        Ok(ev) if !in_range(ev.time, range) => {
+            s.out_of_range += 1;
+            Item::Skip
+        }
+        Ok(ev) => {
+            let h = crate::engine::key_hash(ev.key);
+            engine.prefetch_key_slot(h);
+            events.push(&ev, h);
+            Item::Event
+        }
+        Err(r) => Item::Refused(r),
+    }
+}
+
 /// Hands a decoded record to the engine when it lies in `[from, to)`.
 fn feed(
     decoded: Result<crate::event::EventRef<'_>, Refusal>,
@@ -285,15 +310,34 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
             let mut events = EventBatch::new();
             let mut items: Vec<Item> = Vec::with_capacity(LINE_BATCH);
             loop {
-                let lines = reader.next_batch(LINE_BATCH)?;
-                if lines.is_empty() {
-                    break;
-                }
+                reader.begin_batch();
                 let before = s.records;
                 events.clear();
                 items.clear();
-                for i in 0..lines.len() {
-                    let line = lines.line(i);
+                while items.len() < LINE_BATCH {
+                    // A mapped file's records are decoded in place; a valid
+                    // one tells where its line ends.
+                    if let Some(rest) = reader.mapped_rest() {
+                        if rest.is_empty() {
+                            break;
+                        }
+                        if let Some((len, advance, decoded)) =
+                            dec.decode_json_line(rest, file::MAX_LINE_BYTES)
+                        {
+                            s.records += 1;
+                            let item = stage(decoded, (from, to), &engine, &mut events, &mut s);
+                            items.push(item);
+                            reader.take_mapped_line(len, advance);
+                            continue;
+                        }
+                    }
+                    // Anything else (streams, blank or broken lines) is cut
+                    // into lines first.
+                    if !reader.read_line()? {
+                        break;
+                    }
+                    let lines = reader.batch();
+                    let line = lines.line(lines.len() - 1);
                     if line.bytes.iter().all(|b| b.is_ascii_whitespace()) && !line.oversized {
                         s.blank_lines += 1;
                         items.push(Item::Skip);
@@ -311,20 +355,19 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                         )));
                         continue;
                     }
-                    match dec.decode_json(line.bytes) {
-                        Ok(ev) if !in_range(ev.time, (from, to)) => {
-                            s.out_of_range += 1;
-                            items.push(Item::Skip);
-                        }
-                        Ok(ev) => {
-                            let h = crate::engine::key_hash(ev.key);
-                            engine.prefetch_key_slot(h);
-                            events.push(&ev, h);
-                            items.push(Item::Event);
-                        }
-                        Err(r) => items.push(Item::Refused(r)),
-                    }
+                    let item = stage(
+                        dec.decode_json(line.bytes),
+                        (from, to),
+                        &engine,
+                        &mut events,
+                        &mut s,
+                    );
+                    items.push(item);
                 }
+                if items.is_empty() {
+                    break;
+                }
+                let lines = reader.batch();
                 let mut e = 0;
                 for (i, item) in items.drain(..).enumerate() {
                     let result = match item {

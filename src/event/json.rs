@@ -34,6 +34,9 @@ pub struct RawValue {
 struct Scan<'a> {
     b: &'a [u8],
     i: usize,
+    /// Whether a line break counts as white space. Not when reading a
+    /// record in place in a JSON Lines file: there it ends the record.
+    newlines: bool,
 }
 
 /// A scan failure: cheap to return; formatted only when reported.
@@ -61,12 +64,13 @@ type R<T> = Result<T, ScanErr>;
 impl<'a> Scan<'a> {
     #[inline(always)]
     fn ws(&mut self) {
+        // Space, tab, CR, and LF when it counts: one bit each.
+        let blank: u64 = 1 << b' ' | 1 << b'\t' | 1 << b'\r' | (self.newlines as u64) << b'\n';
         while let Some(&c) = self.b.get(self.i) {
-            if c == b' ' || c == b'\n' || c == b'\t' || c == b'\r' {
-                self.i += 1;
-            } else {
+            if c > b' ' || blank >> c & 1 == 0 {
                 break;
             }
+            self.i += 1;
         }
     }
 
@@ -505,11 +509,87 @@ impl Decoder {
                 )
             })?
         };
+        let mut s = Scan {
+            b: line,
+            i: self.scan_record(line, true)?,
+            newlines: true,
+        };
+        s.ws();
+        if s.i != s.b.len() {
+            return Err(Refusal::new(
+                Reason::InvalidJson,
+                ScanErr {
+                    at: s.i,
+                    what: "unexpected data after the object",
+                    found: s.b.get(s.i).copied(),
+                }
+                .message(),
+            ));
+        }
+        self.materialise(text)
+    }
+
+    /// Decodes the record at the start of `rest`, the unread rest of a JSON
+    /// Lines file, and finds the end of its line on the way: a valid record
+    /// needs no separate search for its line break.
+    ///
+    /// Returns the line's length (without its `\n` and one `\r` before it,
+    /// as [`crate::source::file::LineReader`] cuts lines), the bytes to
+    /// advance past it, and the decoded record. `None` when the line does not
+    /// start with a well-formed record, is not UTF-8 or is longer than `max`:
+    /// the caller then cuts the line itself and hands it to
+    /// [`Decoder::decode_json`], which gives the same result a line it cut
+    /// always gets, and says what is wrong.
+    pub fn decode_json_line(
+        &mut self,
+        rest: &[u8],
+        max: usize,
+    ) -> Option<(usize, usize, Result<EventRef<'_>, Refusal>)> {
+        // A line longer than `max` is refused unread: scan no further.
+        let b = &rest[..rest.len().min(max.saturating_add(2))];
+        let close = self.scan_record(b, false).ok()?;
+        let mut s = Scan {
+            b,
+            i: close,
+            newlines: false,
+        };
+        s.ws();
+        let advance = match b.get(s.i) {
+            None if b.len() < rest.len() => return None,
+            None => s.i,
+            Some(b'\n') => s.i + 1,
+            Some(_) => return None,
+        };
+        let mut len = s.i;
+        if len > close && rest[len - 1] == b'\r' {
+            len -= 1;
+        }
+        if len > max {
+            return None;
+        }
+        let line = &rest[..len];
+        let text = if line.is_ascii() {
+            // SAFETY: ASCII is valid UTF-8.
+            unsafe { std::str::from_utf8_unchecked(line) }
+        } else {
+            std::str::from_utf8(line).ok()?
+        };
+        Some((len, advance, self.materialise(text)))
+    }
+
+    /// Checks one JSON object from `s.i` against the grammar and notes where
+    /// the used members' values are; leaves `s.i` after its closing brace.
+    #[inline(always)]
+    fn scan_record(&mut self, line: &[u8], newlines: bool) -> Result<usize, Refusal> {
+        let mut s = Scan {
+            b: line,
+            i: 0,
+            newlines,
+        };
         self.begin();
         for r in self.raw.iter_mut() {
             *r = None;
         }
-        let mut s = Scan { b: line, i: 0 };
         s.ws();
         if s.b.get(s.i) != Some(&b'{') {
             let msg = if s.i >= s.b.len() {
@@ -552,8 +632,15 @@ impl Decoder {
                     let quote = s.i;
                     let (ks, ke, kesc) = s.string().map_err(inv)?;
                     let target = if kesc {
+                        let raw = std::str::from_utf8(&line[ks..ke]).map_err(|_| {
+                            inv(ScanErr {
+                                at: ks,
+                                what: "member name is not UTF-8",
+                                found: None,
+                            })
+                        })?;
                         let mut name = String::new();
-                        unescape(&text[ks..ke], &mut name);
+                        unescape(raw, &mut name);
                         self.plan.lookup(name.as_bytes())
                     } else {
                         self.plan.lookup(&line[ks..ke])
@@ -604,14 +691,12 @@ impl Decoder {
                 }
             }
         }
-        s.ws();
-        if s.i != s.b.len() {
-            return Err(inv(ScanErr {
-                at: s.i,
-                what: "unexpected data after the object",
-                found: s.b.get(s.i).copied(),
-            }));
-        }
+        Ok(s.i)
+    }
+
+    /// Turns the used members noted by [`Decoder::scan_record`] into the
+    /// event; `text` is the record.
+    fn materialise(&mut self, text: &str) -> Result<EventRef<'_>, Refusal> {
         // Materialise the used members.
         for fi in 0..self.raw.len() {
             let Some(v) = self.raw[fi] else { continue };

@@ -250,3 +250,108 @@ proptest! {
         prop_assert_eq!(m.is_at(&line, at), expected);
     }
 }
+
+/// What a read gave, in a form two reads can be compared by.
+type Outcome = Result<(Vec<u8>, i64, Vec<String>), Refusal>;
+
+fn outcome(r: Result<EventRef<'_>, Refusal>) -> Outcome {
+    r.map(|e| {
+        let fields = (0..e.slot_count())
+            .map(|i| format!("{:?}", e.field(i)))
+            .collect();
+        (e.key.to_vec(), e.time, fields)
+    })
+}
+
+/// A line as the line reader cuts it: up to `\n`, without one `\r` before it.
+fn cut_line(rest: &[u8]) -> (usize, usize) {
+    let (len, advance) = match rest.iter().position(|&b| b == b'\n') {
+        Some(i) => (i, i + 1),
+        None => (rest.len(), rest.len()),
+    };
+    let full = if rest[..len].last() == Some(&b'\r') {
+        len - 1
+    } else {
+        len
+    };
+    (full, advance)
+}
+
+#[test]
+fn records_read_in_place_find_their_line_end() {
+    let data = b"{\"user_id\":\"u\",\"region\":3,\"ts\":99,\"amount\":1.5} \r\n{\"user_id\":\"v\",\"region\":4,\"ts\":5}";
+    let mut d = decoder();
+    let (len, advance, r) = d
+        .decode_json_line(data, 1 << 20)
+        .expect("a valid first line");
+    assert_eq!((len, advance), (48, 50));
+    let ev = r.expect("decoded");
+    assert_eq!(ev.time, 99_000);
+    assert_eq!(ev.field(0), FieldVal::Num(1.5));
+    let (len, advance, r) = d
+        .decode_json_line(&data[50..], 1 << 20)
+        .expect("a valid last line");
+    assert_eq!((len, advance), (data.len() - 50, data.len() - 50));
+    assert_eq!(r.expect("decoded").time, 5_000);
+    // A record broken over two lines is two bad lines, not one good record.
+    assert!(d
+        .decode_json_line(b"{\"user_id\":\"u\",\n\"region\":3,\"ts\":99}\n", 1 << 20)
+        .is_none());
+    // Longer than the limit: left to the line reader, which refuses it.
+    assert!(d.decode_json_line(&data[50..], 10).is_none());
+}
+
+proptest! {
+    /// Reading a JSON Lines file in place gives, line for line, what cutting
+    /// it into lines and decoding each gives: the same line ends, the same
+    /// records and the same refusals; where it declines, the cut line is
+    /// refused or too long. Lines: records with and without spaces, broken
+    /// by one edit (line breaks, CRs and quotes included), records spread
+    /// over lines, blank lines, bytes that are not UTF-8.
+    #[test]
+    fn reading_in_place_matches_cut_lines(
+        lines in prop::collection::vec((0usize..6, any::<bool>(), 0usize..80, prop::sample::select(vec![
+            b'\n', b'\r', b'"', b',', b'}', b' ', b'\t', 0xC3, 0xFF, b'0', b'\\'])), 1..12),
+        final_newline in any::<bool>(),
+        max in prop::sample::select(vec![30usize, 1 << 20]),
+    ) {
+        let records = [
+            "{\"user_id\":\"u1\",\"region\":3,\"ts\":99,\"amount\":1.5,\"kind\":\"click\"}",
+            "{ \"user_id\" : \"u\\u00e9\" , \"region\":\"eu\", \"ts\":1e3 } \t",
+            "{\"region\":3,\"ts\":7,\"user_id\":\"x\",\"other\":[1,{\"a\":[true,null]}]}\r",
+            "{\"user_id\":\"u1\",\n\"region\":3,\"ts\":99}",
+            "  \t ",
+            "{\"user_id\":\"\u{e9}t\u{e9}\",\"region\":1,\"ts\":2,\"amount\":\"x\"}",
+        ];
+        let mut data = Vec::new();
+        for (i, (which, edit, at, byte)) in lines.iter().enumerate() {
+            let mut line = records[*which].as_bytes().to_vec();
+            if *edit && !line.is_empty() {
+                let at = at % line.len();
+                line[at] = *byte;
+            }
+            data.extend_from_slice(&line);
+            if i + 1 < lines.len() || final_newline {
+                data.push(b'\n');
+            }
+        }
+        let (mut fast, mut slow) = (decoder(), decoder());
+        let mut pos = 0;
+        while pos < data.len() {
+            let rest = &data[pos..];
+            let (len, advance) = cut_line(rest);
+            let want = if len > max { None } else { Some(outcome(slow.decode_json(&rest[..len]))) };
+            match fast.decode_json_line(rest, max) {
+                Some((l, a, got)) => {
+                    prop_assert_eq!((l, a), (len, advance), "line end at {}", pos);
+                    prop_assert_eq!(Some(outcome(got)), want, "line at {}", pos);
+                }
+                None => prop_assert!(
+                    !matches!(want, Some(Ok(_))),
+                    "declined a good line at {}: {:?}", pos, String::from_utf8_lossy(&rest[..len])
+                ),
+            }
+            pos += advance;
+        }
+    }
+}

@@ -88,6 +88,8 @@ pub struct LineReader {
 struct Mapped {
     map: memmap2::Mmap,
     pos: usize,
+    /// Where the current block of lines starts.
+    base: usize,
     /// Bytes below this were handed back to the kernel.
     released: usize,
     progress: Arc<AtomicU64>,
@@ -119,15 +121,27 @@ impl LineReader {
     /// hands out one slice of the map; a stream copies the lines into the
     /// reader's buffer.
     pub fn next_batch(&mut self, max: usize) -> Result<LineBatch<'_>, InputError> {
+        self.begin_batch();
+        for _ in 0..max {
+            if !self.read_line()? {
+                break;
+            }
+        }
+        Ok(self.batch())
+    }
+
+    /// Starts a new block of lines ([`LineReader::batch`]); the lines of the
+    /// previous block are gone.
+    pub fn begin_batch(&mut self) {
         self.spans.clear();
+        self.buf.clear();
         if let Some(m) = &mut self.mapped {
-            let base = m.pos;
-            if base - m.released >= RELEASE_STEP {
-                let upto = base & !(4096 - 1);
-                // SAFETY: the range lies before every line of this batch; no
-                // slice of it is alive (batches borrow the reader), and the
-                // pages of a read-only file mapping are read back from the
-                // file if touched.
+            if m.pos - m.released >= RELEASE_STEP {
+                let upto = m.pos & !(4096 - 1);
+                // SAFETY: the range lies before every line of the new
+                // block; no slice of it is alive (blocks borrow the reader),
+                // and the pages of a read-only file mapping are read back
+                // from the file if touched.
                 let _ = unsafe {
                     m.map.unchecked_advise_range(
                         memmap2::UncheckedAdvice::DontNeed,
@@ -137,78 +151,117 @@ impl LineReader {
                 };
                 m.released = upto;
             }
-            while self.spans.len() < max && m.pos < m.map.len() {
-                let rest = &m.map[m.pos..];
-                let (len, advance) = match memchr::memchr(b'\n', rest) {
-                    Some(i) => (i, i + 1),
-                    None => (rest.len(), rest.len()),
-                };
-                let start = m.pos - base;
-                m.pos += advance;
-                self.number += 1;
-                let full = if rest[..len].last() == Some(&b'\r') {
-                    len - 1
-                } else {
-                    len
-                };
-                self.spans.push(LineSpan {
-                    start,
-                    end: start + full.min(MAX_LINE_BYTES),
-                    number: self.number,
-                    len: full,
-                });
-            }
+            m.base = m.pos;
             m.progress.store(m.pos as u64, Ordering::Relaxed);
-            return Ok(LineBatch {
-                data: &m.map[base..m.pos],
-                spans: &self.spans,
-            });
         }
-        self.buf.clear();
-        while self.spans.len() < max {
-            let start = self.buf.len();
-            let mut len = 0usize;
-            let mut any = false;
-            loop {
-                let chunk = self.inner.fill_buf().map_err(|source| InputError::Read {
-                    path: self.path.clone(),
-                    source,
-                })?;
-                if chunk.is_empty() {
-                    break;
-                }
-                any = true;
-                let (take, done) = match memchr::memchr(b'\n', chunk) {
-                    Some(i) => (i, true),
-                    None => (chunk.len(), false),
-                };
-                let room = MAX_LINE_BYTES.saturating_sub(len);
-                self.buf.extend_from_slice(&chunk[..take.min(room)]);
-                len += take;
-                self.inner.consume(if done { take + 1 } else { take });
-                if done {
-                    break;
-                }
+    }
+
+    /// The unread rest of a memory-mapped file; `None` for a stream.
+    #[inline]
+    pub fn mapped_rest(&self) -> Option<&[u8]> {
+        self.mapped.as_ref().map(|m| &m.map[m.pos..])
+    }
+
+    /// Adds the first `advance` bytes of [`LineReader::mapped_rest`] to the
+    /// block as one line, whose content is their first `len` bytes: for a
+    /// caller that found where the line ends. `len` is at most
+    /// [`MAX_LINE_BYTES`] and `advance` at least `len` and at most what is
+    /// left.
+    #[inline]
+    pub fn take_mapped_line(&mut self, len: usize, advance: usize) {
+        let m = self.mapped.as_mut().expect("a mapped file");
+        debug_assert!(len <= MAX_LINE_BYTES && len <= advance && m.pos + advance <= m.map.len());
+        let start = m.pos - m.base;
+        m.pos += advance;
+        self.number += 1;
+        self.spans.push(LineSpan {
+            start,
+            end: start + len,
+            number: self.number,
+            len,
+        });
+    }
+
+    /// Reads the next line into the block; `false` at the end.
+    pub fn read_line(&mut self) -> Result<bool, InputError> {
+        if let Some(m) = &mut self.mapped {
+            if m.pos >= m.map.len() {
+                return Ok(false);
             }
-            if !any {
-                break;
-            }
+            let rest = &m.map[m.pos..];
+            let (len, advance) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (i, i + 1),
+                None => (rest.len(), rest.len()),
+            };
+            let start = m.pos - m.base;
+            m.pos += advance;
             self.number += 1;
-            if len <= MAX_LINE_BYTES && self.buf.last() == Some(&b'\r') && len > 0 {
-                self.buf.pop();
-                len -= 1;
-            }
+            let full = if rest[..len].last() == Some(&b'\r') {
+                len - 1
+            } else {
+                len
+            };
             self.spans.push(LineSpan {
                 start,
-                end: self.buf.len(),
+                end: start + full.min(MAX_LINE_BYTES),
                 number: self.number,
-                len,
+                len: full,
             });
+            return Ok(true);
         }
-        Ok(LineBatch {
-            data: &self.buf,
-            spans: &self.spans,
-        })
+        let start = self.buf.len();
+        let mut len = 0usize;
+        let mut any = false;
+        loop {
+            let chunk = self.inner.fill_buf().map_err(|source| InputError::Read {
+                path: self.path.clone(),
+                source,
+            })?;
+            if chunk.is_empty() {
+                break;
+            }
+            any = true;
+            let (take, done) = match memchr::memchr(b'\n', chunk) {
+                Some(i) => (i, true),
+                None => (chunk.len(), false),
+            };
+            let room = MAX_LINE_BYTES.saturating_sub(len);
+            self.buf.extend_from_slice(&chunk[..take.min(room)]);
+            len += take;
+            self.inner.consume(if done { take + 1 } else { take });
+            if done {
+                break;
+            }
+        }
+        if !any {
+            return Ok(false);
+        }
+        self.number += 1;
+        if len <= MAX_LINE_BYTES && self.buf.last() == Some(&b'\r') && len > 0 {
+            self.buf.pop();
+            len -= 1;
+        }
+        self.spans.push(LineSpan {
+            start,
+            end: self.buf.len(),
+            number: self.number,
+            len,
+        });
+        Ok(true)
+    }
+
+    /// The lines of the current block.
+    pub fn batch(&self) -> LineBatch<'_> {
+        match &self.mapped {
+            Some(m) => LineBatch {
+                data: &m.map[m.base..m.pos],
+                spans: &self.spans,
+            },
+            None => LineBatch {
+                data: &self.buf,
+                spans: &self.spans,
+            },
+        }
     }
 }
 
@@ -366,6 +419,7 @@ pub fn open(path: &Path, batch_rows: usize, columns: &[String]) -> Result<Opened
                     reader.mapped = Some(Mapped {
                         map,
                         pos: 0,
+                        base: 0,
                         released: 0,
                         progress: progress.clone(),
                     });
