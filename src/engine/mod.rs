@@ -28,7 +28,7 @@ use smallvec::SmallVec;
 use crate::aggregate::{finish, Acc, AccKind, ScalarRef, Value};
 use crate::config::expr::{Compiled, Val};
 use crate::config::{Accumulation, AggKind, FeatureKind, LateTrigger, Pipeline, WindowKind};
-use crate::event::{DecodePlan, EncodedKey, EventRef, FieldVal, Reason, Refusal};
+use crate::event::{short_eq, DecodePlan, EncodedKey, EventRef, FieldVal, Reason, Refusal};
 use crate::time::watermark::{WatermarkTracker, WATERMARK_MAX, WATERMARK_MIN};
 use crate::time::Micros;
 use crate::window::{sessions_meet, tumbling_start};
@@ -668,7 +668,7 @@ impl Engine {
                     self.stats.late_dropped += 1;
                     return Err(self.too_late(t, start, end));
                 }
-                let found = match self.keys.find(hash, |e| e.key.bytes() == ev.key) {
+                let found = match self.keys.find(hash, |e| short_eq(e.key.bytes(), ev.key)) {
                     Some(e) => e.windows.iter().find(|r| r.start == start).map(|r| r.slot),
                     None => {
                         self.new_key(hash, ev.key);
@@ -687,7 +687,7 @@ impl Engine {
             }
             WindowKind::Session { gap } => {
                 let (ps, pe) = (t, t.saturating_add(gap));
-                let meets = match self.keys.find(hash, |e| e.key.bytes() == ev.key) {
+                let meets = match self.keys.find(hash, |e| short_eq(e.key.bytes(), ev.key)) {
                     Some(e) => e.windows.iter().any(|r| {
                         let x = &self.slab[r.slot as usize];
                         self.valid(r.slot, r.id) && sessions_meet((x.start, x.end), (ps, pe))
@@ -855,7 +855,7 @@ impl Engine {
             }
             WindowKind::Session { .. } => None,
         };
-        if let Some(e) = self.keys.find_mut(hash, |e| e.key.bytes() == key) {
+        if let Some(e) = self.keys.find_mut(hash, |e| short_eq(e.key.bytes(), key)) {
             e.windows.retain(|r| match tumbling_gone {
                 // Dropped once W passed its end plus lateness: no slab access needed.
                 Some((span, w)) => r.start.saturating_add(span) > w,
@@ -909,7 +909,7 @@ impl Engine {
         // Sessions of one key never meet each other; sorted by start, the
         // ones the new interval bridges form one run.
         let mut sessions: SmallVec<[u32; 4]> =
-            match self.keys.find_mut(hash, |e| e.key.bytes() == key) {
+            match self.keys.find_mut(hash, |e| short_eq(e.key.bytes(), key)) {
                 Some(e) => std::mem::take(&mut e.windows)
                     .into_iter()
                     .filter(|r| self.valid(r.slot, r.id))
@@ -959,7 +959,7 @@ impl Engine {
                 }
             })
             .collect();
-        if let Some(e) = self.keys.find_mut(hash, |e| e.key.bytes() == key) {
+        if let Some(e) = self.keys.find_mut(hash, |e| short_eq(e.key.bytes(), key)) {
             e.windows = listed;
         }
         let w = self.wm.current();

@@ -165,7 +165,9 @@ impl Engine {
             let hash = super::key_hash(&key);
             if self
                 .keys
-                .find(hash, |e| e.key.bytes() == key.as_slice())
+                .find(hash, |e| {
+                    crate::event::short_eq(e.key.bytes(), key.as_slice())
+                })
                 .is_none()
             {
                 self.new_key(hash, &key);
