@@ -39,6 +39,20 @@ struct Scan<'a> {
     newlines: bool,
 }
 
+/// Where the white space from `i` ends (line breaks included when
+/// `newlines`). Out of line: most records have none.
+#[inline(never)]
+fn ws_end(b: &[u8], mut i: usize, newlines: bool) -> usize {
+    while let Some(&c) = b.get(i) {
+        if c == b' ' || c == b'\t' || c == b'\r' || (c == b'\n' && newlines) {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    i
+}
+
 /// A scan failure: cheap to return; formatted only when reported.
 #[derive(Debug, Clone, Copy)]
 struct ScanErr {
@@ -64,13 +78,9 @@ type R<T> = Result<T, ScanErr>;
 impl<'a> Scan<'a> {
     #[inline(always)]
     fn ws(&mut self) {
-        // Space, tab, CR, and LF when it counts: one bit each.
-        let blank: u64 = 1 << b' ' | 1 << b'\t' | 1 << b'\r' | (self.newlines as u64) << b'\n';
-        while let Some(&c) = self.b.get(self.i) {
-            if c > b' ' || blank >> c & 1 == 0 {
-                break;
-            }
-            self.i += 1;
+        // Most records have no white space between tokens: one compare.
+        if self.b.get(self.i).is_some_and(|&c| c <= b' ') {
+            self.i = ws_end(self.b, self.i, self.newlines);
         }
     }
 
@@ -707,7 +717,7 @@ impl Decoder {
             };
             if let Some(pos) = key_pos {
                 match v.kind {
-                    RawKind::Str => self.key_str(pos, raw),
+                    RawKind::Str => self.key_text(pos, v.start, v.end),
                     RawKind::StrEsc => {
                         let mut tmp = String::new();
                         unescape(raw, &mut tmp);
@@ -774,7 +784,7 @@ impl Decoder {
                 }
             }
         }
-        self.finish()
+        self.finish_text(text)
     }
 
     fn scratch_len(&self) -> u32 {

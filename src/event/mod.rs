@@ -407,7 +407,10 @@ enum KeyTmp {
     Missing,
     Null,
     Int(i64),
+    /// In the decoder's scratch text.
     Str(u32, u32),
+    /// In the record's own text ([`Decoder::finish_text`]): not copied.
+    Text(u32, u32),
     Bad,
 }
 
@@ -513,6 +516,18 @@ impl Decoder {
 
     /// Finishes a record: checks key and time, encodes the key.
     pub fn finish(&mut self) -> Result<EventRef<'_>, Refusal> {
+        self.finish_text("")
+    }
+
+    /// Sets a key part to bytes `start..end` of the record's text, which
+    /// [`Decoder::finish_text`] then receives.
+    pub(crate) fn key_text(&mut self, pos: usize, start: u32, end: u32) {
+        self.keys[pos] = KeyTmp::Text(start, end);
+    }
+
+    /// [`Decoder::finish`] for a record whose key parts may lie in its
+    /// text ([`Decoder::key_text`]).
+    pub(crate) fn finish_text(&mut self, text: &str) -> Result<EventRef<'_>, Refusal> {
         self.key_buf.clear();
         for (pos, k) in self.keys.iter().enumerate() {
             match *k {
@@ -544,6 +559,9 @@ impl Decoder {
                     &self.scratch.as_bytes()[a as usize..b as usize],
                     &mut self.key_buf,
                 ),
+                KeyTmp::Text(a, b) => {
+                    push_str_part(&text.as_bytes()[a as usize..b as usize], &mut self.key_buf)
+                }
             }
         }
         let time = match self.time.take() {
