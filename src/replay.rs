@@ -194,9 +194,11 @@ fn stage(
     }
 }
 
-/// Hands a decoded record to the engine when it lies in `[from, to)`.
+/// Hands a decoded record to the engine when it lies in `[from, to)`;
+/// `hash` is its key's hash when the caller knows it.
 fn feed(
     decoded: Result<crate::event::EventRef<'_>, Refusal>,
+    hash: Option<u64>,
     (from, to): (Micros, Micros),
     engine: &mut Engine,
     out: &mut crate::engine::PaneBuf,
@@ -207,7 +209,10 @@ fn feed(
         s.out_of_range += 1;
         return Ok(());
     }
-    engine.process(&ev, 0, out)
+    match hash {
+        Some(h) => engine.process_hashed(&ev, h, 0, out),
+        None => engine.process(&ev, 0, out),
+    }
 }
 
 /// A stable 64-bit FNV-1a hash (file names must not change across builds).
@@ -415,8 +420,7 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                 let r = rows.row_in_batch();
                 if r % C == 0 {
                     rows.prefetch_key_text(3 * C, C);
-                    rows.upcoming_keys(2 * C, C, &mut buf, |i, k| {
-                        let h = crate::engine::key_hash(k);
+                    rows.upcoming_key_hashes(2 * C, C, &mut buf, |i, h| {
                         hashes[i % (4 * C)] = h;
                         engine.prefetch_key_slot(h);
                     });
@@ -424,11 +428,13 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                         engine.prefetch_key_entry(hashes[i % (4 * C)]);
                     }
                 }
+                // Known without hashing the decoded key again.
+                let hash = rows.dict_key_hash(0);
                 let Some((row, result)) = rows.next_row(&mut dec)? else {
                     break;
                 };
                 s.records += 1;
-                let result = feed(result, (from, to), &mut engine, &mut out, &mut s);
+                let result = feed(result, hash, (from, to), &mut engine, &mut out, &mut s);
                 if let Err(r) = result {
                     dl.write(
                         &r,

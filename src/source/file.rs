@@ -461,6 +461,14 @@ pub struct ParquetRows {
     cols: Vec<Col>,
     /// The column of a one-column key.
     key_col: Option<usize>,
+    /// The key hash ([`crate::engine::key_hash`]) of every value of the
+    /// dictionary `hashed_dict` of a dictionary-encoded key column: the
+    /// reader hands the same dictionary to every batch of a row group, so
+    /// each distinct key is encoded and hashed once, not once per row.
+    /// Holding the dictionary keeps its buffers from being reused for
+    /// another one while their addresses identify it.
+    dict_hashes: Vec<u64>,
+    hashed_dict: Option<arrow_array::StringArray>,
     row_in_batch: usize,
     row: u64,
     file_size: u64,
@@ -561,6 +569,8 @@ impl ParquetRows {
             batch: None,
             cols: Vec::new(),
             key_col: None,
+            dict_hashes: Vec::new(),
+            hashed_dict: None,
             row_in_batch: 0,
             row: 0,
             file_size,
@@ -596,14 +606,15 @@ impl ParquetRows {
     }
 
     /// With a key of one text column: calls `f` with the index in the batch
-    /// and the encoded key of each of the rows `at..at + n` after the next
-    /// one. Does nothing for other keys or past the current batch.
-    pub fn upcoming_keys(
+    /// and the key hash ([`crate::engine::key_hash`] of the encoded key) of
+    /// each of the rows `at..at + n` after the next one. Does nothing for
+    /// other keys or past the current batch.
+    pub fn upcoming_key_hashes(
         &self,
         at: usize,
         n: usize,
         buf: &mut Vec<u8>,
-        mut f: impl FnMut(usize, &[u8]),
+        mut f: impl FnMut(usize, u64),
     ) {
         let (Some(b), Some(c)) = (&self.batch, self.key_col) else {
             return;
@@ -611,11 +622,12 @@ impl ParquetRows {
         let from = self.row_in_batch + at;
         let to = (from + n).min(b.num_rows());
         match &self.cols[c] {
-            Col::Dict(ks, vs) => {
+            Col::Dict(ks, _) => {
                 for i in from..to {
                     if ks.is_valid(i) {
-                        crate::event::encode_str_key(vs.value(ks.values()[i] as usize), buf);
-                        f(i, buf);
+                        if let Some(&h) = self.dict_hashes.get(ks.values()[i] as usize) {
+                            f(i, h);
+                        }
                     }
                 }
             }
@@ -623,7 +635,7 @@ impl ParquetRows {
                 for i in from..to {
                     if a.is_valid(i) {
                         crate::event::encode_str_key(a.value(i), buf);
-                        f(i, buf);
+                        f(i, crate::engine::key_hash(buf));
                     }
                 }
             }
@@ -830,6 +842,45 @@ impl ParquetRows {
             };
             self.cols.push(col);
         }
+        self.hash_dictionary();
+    }
+
+    /// Hashes the values of the key column's dictionary, unless they are
+    /// those of the previous batch.
+    fn hash_dictionary(&mut self) {
+        let Some(Col::Dict(_, vs)) = self.key_col.map(|c| &self.cols[c]) else {
+            self.hashed_dict = None;
+            return;
+        };
+        let same = self.hashed_dict.as_ref().is_some_and(|h| {
+            h.len() == vs.len()
+                && h.values().as_ptr() == vs.values().as_ptr()
+                && h.value_offsets().as_ptr() == vs.value_offsets().as_ptr()
+        });
+        if same {
+            return;
+        }
+        let mut buf = Vec::new();
+        self.dict_hashes.clear();
+        self.dict_hashes.extend((0..vs.len()).map(|j| {
+            crate::event::encode_str_key(vs.value(j), &mut buf);
+            crate::engine::key_hash(&buf)
+        }));
+        self.hashed_dict = Some(vs.clone());
+    }
+
+    /// The key hash of the row `at` rows after the next one, when its key is
+    /// a non-null value of a dictionary-encoded key column (then equal to
+    /// the hash of the key the row decodes to).
+    #[inline]
+    pub fn dict_key_hash(&self, at: usize) -> Option<u64> {
+        let i = self.row_in_batch + at;
+        match self.key_col.map(|c| &self.cols[c]) {
+            Some(Col::Dict(ks, _)) if i < ks.len() && ks.is_valid(i) => {
+                self.dict_hashes.get(ks.values()[i] as usize).copied()
+            }
+            _ => None,
+        }
     }
 }
 
@@ -844,7 +895,9 @@ mod tests {
     use parquet::file::properties::WriterProperties;
 
     /// (key, kind, time) of every row, as the replay reads them.
-    fn read_all(path: &Path) -> Vec<(Option<String>, Option<String>, i64)> {
+    /// The rows of a file, and how many of them had a key hash known from
+    /// the dictionary (each checked against the decoded key's hash).
+    fn read_all(path: &Path) -> (Vec<(Option<String>, Option<String>, i64)>, usize) {
         let p = Pipeline::from_yaml(
             r#"version: 1
 name: t
@@ -871,9 +924,18 @@ features:
             panic!("not read as Parquet");
         };
         let mut out = Vec::new();
-        while let Some((_, r)) = rows.next_row(&mut dec).expect("row") {
+        let mut hashed = 0;
+        loop {
+            let known = rows.dict_key_hash(0);
+            let Some((_, r)) = rows.next_row(&mut dec).expect("row") else {
+                break;
+            };
             match r {
                 Ok(ev) => {
+                    if let Some(h) = known {
+                        assert_eq!(h, crate::engine::key_hash(ev.key), "row {}", out.len());
+                        hashed += 1;
+                    }
                     let key = match decode_key(ev.key).as_slice() {
                         [KeyValue::Str(s)] => Some(s.clone()),
                         other => panic!("unexpected key {other:?}"),
@@ -887,7 +949,7 @@ features:
                 Err(_) => out.push((None, None, 0)),
             }
         }
-        out
+        (out, hashed)
     }
 
     fn write(path: &Path, props: WriterProperties, users: &[Option<&str>], kinds: &[Option<&str>]) {
@@ -957,6 +1019,12 @@ features:
                     .build(),
             ),
             (
+                "a dictionary per row group of 50 rows",
+                WriterProperties::builder()
+                    .set_max_row_group_row_count(Some(50))
+                    .build(),
+            ),
+            (
                 "dictionary overflowing to plain pages",
                 WriterProperties::builder()
                     .set_dictionary_page_size_limit(64)
@@ -970,7 +1038,14 @@ features:
                 .path()
                 .join(format!("{}.parquet", form.replace(' ', "_")));
             write(&path, props, &users, &kinds);
-            assert_eq!(read_all(&path), expected, "{form}");
+            let (got, hashed) = read_all(&path);
+            assert_eq!(got, expected, "{form}");
+            // Keys read from a dictionary come with their hash.
+            if form.starts_with("dictionary") || form.starts_with("a dictionary") {
+                assert!(hashed > 0, "{form}: no key hash known from the dictionary");
+            } else {
+                assert_eq!(hashed, 0, "{form}");
+            }
         }
     }
 
