@@ -679,6 +679,7 @@ impl ParquetRows {
             );
         }
         dec.begin();
+        let mut key_text = "";
         for fi in 0..self.cols.len() {
             let usage = dec.plan.fields[fi].1;
             let col = &self.cols[fi];
@@ -715,6 +716,15 @@ impl ParquetRows {
             }
             if let Some(k) = usage.key_pos {
                 match col {
+                    // A one-column key is read where it lies, without a copy.
+                    Col::Str(a) if self.key_col == Some(fi) => {
+                        key_text = a.value(i);
+                        dec.key_text(k, 0, key_text.len() as u32);
+                    }
+                    Col::Dict(ks, vs) if self.key_col == Some(fi) => {
+                        key_text = vs.value(ks.value(i) as usize);
+                        dec.key_text(k, 0, key_text.len() as u32);
+                    }
                     Col::Str(a) => dec.key_str(k, a.value(i)),
                     Col::Dict(ks, vs) => dec.key_str(k, vs.value(ks.value(i) as usize)),
                     Col::Int(a) => dec.key_int(k, a.value(i)),
@@ -773,7 +783,7 @@ impl ParquetRows {
                 }
             }
         }
-        Ok(Some((self.row, dec.finish())))
+        Ok(Some((self.row, dec.finish_text(key_text))))
     }
 
     fn prepare(&mut self, batch: &RecordBatch, dec: &Decoder) {
