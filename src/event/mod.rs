@@ -218,7 +218,14 @@ impl EncodedKey {
                     let (x, r) = rest.split_at(4);
                     let len = u32::from_le_bytes(x.try_into().ok()?) as usize;
                     let (s, r) = r.split_at(len.min(r.len()));
-                    (KeyPart::Str(std::str::from_utf8(s).ok()?), r)
+                    let text = if s.is_ascii() {
+                        // SAFETY: ASCII is valid UTF-8 (most keys are ASCII;
+                        // a short check beats the general validation).
+                        unsafe { std::str::from_utf8_unchecked(s) }
+                    } else {
+                        std::str::from_utf8(s).ok()?
+                    };
+                    (KeyPart::Str(text), r)
                 }
                 _ => return None,
             };
@@ -638,7 +645,9 @@ impl EventBatch {
         self.hashes.push(hash);
         // Text values move into the batch's scratch: their offsets shift.
         let base = self.scratch.len() as u32;
-        self.scratch.push_str(ev.scratch);
+        if !ev.scratch.is_empty() {
+            self.scratch.push_str(ev.scratch);
+        }
         self.slots.extend(ev.slots.iter().map(|s| match *s {
             Slot::Str(a, b) => Slot::Str(a + base, b + base),
             other => other,
