@@ -31,7 +31,7 @@ use crate::config::{Accumulation, AggKind, FeatureKind, LateTrigger, Pipeline, W
 use crate::event::{short_eq, DecodePlan, EncodedKey, EventRef, FieldVal, Reason, Refusal};
 use crate::time::watermark::{WatermarkTracker, WATERMARK_MAX, WATERMARK_MIN};
 use crate::time::Micros;
-use crate::window::{sessions_meet, tumbling_start};
+use crate::window::{sessions_meet, LastTumbling};
 
 /// Why a pane fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -413,6 +413,7 @@ fn to_val(f: FieldVal<'_>) -> Val<'_> {
 /// The operator. See the module documentation.
 pub struct Engine {
     window: WindowKind,
+    last_tumbling: LastTumbling,
     allowed_lateness: Micros,
     early_every: Option<Micros>,
     late: LateTrigger,
@@ -443,6 +444,7 @@ impl Engine {
         let n_filters = layout.filters.len();
         Engine {
             window: p.window,
+            last_tumbling: LastTumbling::default(),
             allowed_lateness: p.allowed_lateness,
             early_every: p.early_every,
             late: p.late,
@@ -660,7 +662,7 @@ impl Engine {
         let w = self.wm.current();
         let slot = match self.window {
             WindowKind::Tumbling { size, offset } => {
-                let start = tumbling_start(t, size, offset);
+                let start = self.last_tumbling.start(t, size, offset);
                 let end = start.saturating_add(size);
                 // Windows are dropped as soon as W passes end + lateness, so a
                 // window still listed for a start that is not too late is live.

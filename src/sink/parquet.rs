@@ -309,6 +309,9 @@ pub struct ParquetSink {
     max_file_rows: usize,
     compression: Compression,
     file_rows: BTreeMap<i64, usize>,
+    /// The date of the last row, as `[first, end)` micros and day number:
+    /// consecutive rows mostly share it (a division less per row).
+    last_day: (Micros, Micros, i64),
 }
 
 impl ParquetSink {
@@ -337,6 +340,7 @@ impl ParquetSink {
             })
             .collect();
         ParquetSink {
+            last_day: (0, 0, 0),
             dir: root.join(&p.name),
             run_id: run_id.to_string(),
             key_names: p.key_fields.clone(),
@@ -463,7 +467,18 @@ impl ParquetSink {
 
     /// Takes one pane.
     pub fn write_row(&mut self, m: &PaneMeta, values: &[Value]) -> Result<(), ParquetSinkError> {
-        let day = m.window_end.div_euclid(MICROS_PER_DAY);
+        let e = m.window_end;
+        let day = if self.last_day.0 <= e && e < self.last_day.1 {
+            self.last_day.2
+        } else {
+            let d = e.div_euclid(MICROS_PER_DAY);
+            self.last_day = (
+                d.saturating_mul(MICROS_PER_DAY),
+                d.saturating_add(1).saturating_mul(MICROS_PER_DAY),
+                d,
+            );
+            d
+        };
         self.rows += 1;
         let (n_keys, kinds) = (self.key_names.len(), &self.feature_kinds);
         let cap = ROW_GROUP_ROWS.min(self.max_file_rows);
