@@ -57,8 +57,13 @@ enum ColKind {
     Infer,
 }
 
-/// Rows kept before they are encoded as a row group.
+/// Rows of a row group.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Rows collected before they are handed to the file's writer, which
+/// encodes them into the open row group: small column buffers stay in cache
+/// and are reused by the allocator instead of being fresh memory each time.
+const BATCH_ROWS: usize = 8 * 1024;
 
 /// A key column: integers until a string shows up.
 enum KeyCol {
@@ -92,7 +97,7 @@ struct DayCols {
 }
 
 impl DayCols {
-    /// Columns with room for `cap` rows (a row group): no regrowth while filling.
+    /// Columns with room for `cap` rows (a batch): no regrowth while filling.
     fn new(n_keys: usize, kinds: &[ColKind], cap: usize) -> DayCols {
         let ts = || TimestampMicrosecondBuilder::with_capacity(cap).with_timezone("UTC");
         DayCols {
@@ -481,13 +486,24 @@ impl ParquetSink {
         };
         self.rows += 1;
         let (n_keys, kinds) = (self.key_names.len(), &self.feature_kinds);
-        let cap = ROW_GROUP_ROWS.min(self.max_file_rows);
-        let cols = self
-            .buffers
-            .entry(day)
-            .or_insert_with(|| DayCols::new(n_keys, kinds, cap));
+        let cols = match self.buffers.entry(day) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                // Up to a batch, and no further than the file's last row.
+                // Columns whose type the values decide take a whole row
+                // group's values first.
+                let batch = if kinds.contains(&ColKind::Infer) {
+                    ROW_GROUP_ROWS
+                } else {
+                    BATCH_ROWS
+                };
+                let in_file = self.file_rows.get(&day).copied().unwrap_or(0);
+                let cap = batch.min(self.max_file_rows.saturating_sub(in_file).max(1));
+                e.insert(DayCols::new(n_keys, kinds, cap))
+            }
+        };
         cols.append(m, values);
-        if cols.rows >= ROW_GROUP_ROWS.min(self.max_file_rows) {
+        if cols.rows >= cols.cap {
             let full = self.buffers.remove(&day).expect("just filled");
             let n = full.rows;
             self.flush_day(day, full)?;
@@ -688,5 +704,109 @@ fn value_text(v: &Value) -> Option<String> {
         Value::Float(f) => Some(crate::sink::format_f64(*f)),
         Value::Bool(b) => Some(b.to_string()),
         Value::Str(s) => Some(s.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Timing;
+    use crate::event::EncodedKey;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    fn pipeline() -> Pipeline {
+        Pipeline::from_yaml(
+            r#"version: 1
+name: t
+source:
+  key: [user_id]
+  event_time: { field: ts, format: epoch_millis }
+window: { tumbling: { size: 1m } }
+features:
+  - { name: n, agg: count }
+  - { name: s, agg: sum, field: x }
+"#,
+            "t.yaml",
+        )
+        .expect("valid")
+    }
+
+    fn rows_of(path: &Path) -> (i64, Vec<i64>) {
+        let r = SerializedFileReader::new(File::open(path).expect("open")).expect("parquet");
+        let groups: Vec<i64> = r
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows())
+            .collect();
+        (groups.iter().sum(), groups)
+    }
+
+    /// Rows reach the writer in batches smaller than a row group, yet a
+    /// rolled file holds exactly its row limit (one that is no multiple of
+    /// a batch), and row groups keep their size.
+    #[test]
+    fn files_roll_at_their_row_limit_and_row_groups_keep_their_size() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let limit = BATCH_ROWS * 2 + 1234;
+        let mut sink = ParquetSink::new(tmp.path(), &pipeline(), "r1").deferred(limit);
+        let total = limit * 2 + 77;
+        let day_start = 20_000 * MICROS_PER_DAY;
+        for i in 0..total {
+            let meta = PaneMeta {
+                key: EncodedKey::from_values(&[crate::event::KeyValue::Str(format!(
+                    "u{}",
+                    i % 97
+                ))]),
+                window_start: day_start + (i as i64) * 60_000_000,
+                window_end: day_start + (i as i64 + 1) * 60_000_000 % MICROS_PER_DAY,
+                pane_index: 0,
+                timing: Timing::OnTime,
+                is_final: true,
+                retraction: false,
+                partition: 0,
+                emitted_at: day_start,
+                watermark: None,
+            };
+            sink.write_row(&meta, &[Value::Int(1), Value::Float(i as f64)])
+                .expect("write");
+        }
+        let mut counts: Vec<i64> = sink
+            .take_pending()
+            .expect("finish")
+            .iter()
+            .map(|(tmp, _)| rows_of(tmp).0)
+            .collect();
+        counts.sort_unstable();
+        assert_eq!(counts, vec![77, limit as i64, limit as i64]);
+
+        // Without a limit: one file, row groups of ROW_GROUP_ROWS rows.
+        let mut sink = ParquetSink::new(&tmp.path().join("b"), &pipeline(), "r2");
+        let n = ROW_GROUP_ROWS + 5000;
+        for i in 0..n {
+            let meta = PaneMeta {
+                key: EncodedKey::from_values(&[crate::event::KeyValue::Str(format!(
+                    "u{}",
+                    i % 97
+                ))]),
+                window_start: day_start,
+                window_end: day_start + 60_000_000,
+                pane_index: 0,
+                timing: Timing::OnTime,
+                is_final: true,
+                retraction: false,
+                partition: 0,
+                emitted_at: day_start,
+                watermark: None,
+            };
+            sink.write_row(&meta, &[Value::Int(1), Value::Float(i as f64)])
+                .expect("write");
+        }
+        sink.finish().expect("finish");
+        assert_eq!(sink.written.len(), 1);
+        assert_eq!(
+            rows_of(&sink.written[0]),
+            (n as i64, vec![ROW_GROUP_ROWS as i64, 5000])
+        );
     }
 }
