@@ -57,13 +57,8 @@ enum ColKind {
     Infer,
 }
 
-/// Rows of a row group.
+/// Rows kept before they are encoded as a row group.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
-
-/// Rows collected before they are handed to the file's writer, which
-/// encodes them into the open row group: small column buffers stay in cache
-/// and are reused by the allocator instead of being fresh memory each time.
-const BATCH_ROWS: usize = 8 * 1024;
 
 /// A key column: integers until a string shows up.
 enum KeyCol {
@@ -97,7 +92,7 @@ struct DayCols {
 }
 
 impl DayCols {
-    /// Columns with room for `cap` rows (a batch): no regrowth while filling.
+    /// Columns with room for `cap` rows (a row group): no regrowth while filling.
     fn new(n_keys: usize, kinds: &[ColKind], cap: usize) -> DayCols {
         let ts = || TimestampMicrosecondBuilder::with_capacity(cap).with_timezone("UTC");
         DayCols {
@@ -486,24 +481,13 @@ impl ParquetSink {
         };
         self.rows += 1;
         let (n_keys, kinds) = (self.key_names.len(), &self.feature_kinds);
-        let cols = match self.buffers.entry(day) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                // Up to a batch, and no further than the file's last row.
-                // Columns whose type the values decide take a whole row
-                // group's values first.
-                let batch = if kinds.contains(&ColKind::Infer) {
-                    ROW_GROUP_ROWS
-                } else {
-                    BATCH_ROWS
-                };
-                let in_file = self.file_rows.get(&day).copied().unwrap_or(0);
-                let cap = batch.min(self.max_file_rows.saturating_sub(in_file).max(1));
-                e.insert(DayCols::new(n_keys, kinds, cap))
-            }
-        };
+        let cap = ROW_GROUP_ROWS.min(self.max_file_rows);
+        let cols = self
+            .buffers
+            .entry(day)
+            .or_insert_with(|| DayCols::new(n_keys, kinds, cap));
         cols.append(m, values);
-        if cols.rows >= cols.cap {
+        if cols.rows >= ROW_GROUP_ROWS.min(self.max_file_rows) {
             let full = self.buffers.remove(&day).expect("just filled");
             let n = full.rows;
             self.flush_day(day, full)?;
@@ -742,13 +726,12 @@ features:
         (groups.iter().sum(), groups)
     }
 
-    /// Rows reach the writer in batches smaller than a row group, yet a
-    /// rolled file holds exactly its row limit (one that is no multiple of
-    /// a batch), and row groups keep their size.
+    /// A rolled file holds exactly its row limit (one smaller than a row
+    /// group and no round number), and row groups keep their size.
     #[test]
     fn files_roll_at_their_row_limit_and_row_groups_keep_their_size() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let limit = BATCH_ROWS * 2 + 1234;
+        let limit = 8 * 1024 * 2 + 1234;
         let mut sink = ParquetSink::new(tmp.path(), &pipeline(), "r1").deferred(limit);
         let total = limit * 2 + 77;
         let day_start = 20_000 * MICROS_PER_DAY;
