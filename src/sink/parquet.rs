@@ -726,6 +726,22 @@ features:
         (groups.iter().sum(), groups)
     }
 
+    /// A final on-time pane of key `u{i % 97}`.
+    fn pane(i: usize, window_start: Micros, window_end: Micros) -> PaneMeta {
+        PaneMeta {
+            key: EncodedKey::from_values(&[crate::event::KeyValue::Str(format!("u{}", i % 97))]),
+            window_start,
+            window_end,
+            pane_index: 0,
+            timing: Timing::OnTime,
+            is_final: true,
+            retraction: false,
+            partition: 0,
+            emitted_at: window_start,
+            watermark: None,
+        }
+    }
+
     /// A rolled file holds exactly its row limit (one smaller than a row
     /// group and no round number), and row groups keep their size.
     #[test]
@@ -736,21 +752,11 @@ features:
         let total = limit * 2 + 77;
         let day_start = 20_000 * MICROS_PER_DAY;
         for i in 0..total {
-            let meta = PaneMeta {
-                key: EncodedKey::from_values(&[crate::event::KeyValue::Str(format!(
-                    "u{}",
-                    i % 97
-                ))]),
-                window_start: day_start + (i as i64) * 60_000_000,
-                window_end: day_start + (i as i64 + 1) * 60_000_000 % MICROS_PER_DAY,
-                pane_index: 0,
-                timing: Timing::OnTime,
-                is_final: true,
-                retraction: false,
-                partition: 0,
-                emitted_at: day_start,
-                watermark: None,
-            };
+            let meta = pane(
+                i,
+                day_start + (i as i64) * 60_000_000,
+                day_start + (i as i64 + 1) * 60_000_000 % MICROS_PER_DAY,
+            );
             sink.write_row(&meta, &[Value::Int(1), Value::Float(i as f64)])
                 .expect("write");
         }
@@ -767,21 +773,7 @@ features:
         let mut sink = ParquetSink::new(&tmp.path().join("b"), &pipeline(), "r2");
         let n = ROW_GROUP_ROWS + 5000;
         for i in 0..n {
-            let meta = PaneMeta {
-                key: EncodedKey::from_values(&[crate::event::KeyValue::Str(format!(
-                    "u{}",
-                    i % 97
-                ))]),
-                window_start: day_start,
-                window_end: day_start + 60_000_000,
-                pane_index: 0,
-                timing: Timing::OnTime,
-                is_final: true,
-                retraction: false,
-                partition: 0,
-                emitted_at: day_start,
-                watermark: None,
-            };
+            let meta = pane(i, day_start, day_start + 60_000_000);
             sink.write_row(&meta, &[Value::Int(1), Value::Float(i as f64)])
                 .expect("write");
         }

@@ -904,9 +904,9 @@ mod tests {
     use parquet::arrow::ArrowWriter;
     use parquet::file::properties::WriterProperties;
 
-    /// (key, kind, time) of every row, as the replay reads them.
-    /// The rows of a file, and how many of them had a key hash known from
-    /// the dictionary (each checked against the decoded key's hash).
+    /// (key, kind, time) of every row, as the replay reads them, and how
+    /// many rows had a key hash known from the dictionary (each checked
+    /// against the decoded key's hash).
     fn read_all(path: &Path) -> (Vec<(Option<String>, Option<String>, i64)>, usize) {
         let p = Pipeline::from_yaml(
             r#"version: 1
