@@ -587,8 +587,9 @@ impl Decoder {
         Some((len, advance, self.materialise(text)))
     }
 
-    /// Checks one JSON object from `s.i` against the grammar and notes where
-    /// the used members' values are; leaves `s.i` after its closing brace.
+    /// Checks the JSON object at the start of `line` (after white space)
+    /// against the grammar and notes where the used members' values are;
+    /// returns the index after its closing brace.
     #[inline(always)]
     fn scan_record(&mut self, line: &[u8], newlines: bool) -> Result<usize, Refusal> {
         let mut s = Scan {
