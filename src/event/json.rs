@@ -53,6 +53,17 @@ fn ws_end(b: &[u8], mut i: usize, newlines: bool) -> usize {
     i
 }
 
+/// A record as text: most are ASCII, which needs no further validation.
+#[inline]
+fn record_text(line: &[u8]) -> Result<&str, std::str::Utf8Error> {
+    if line.is_ascii() {
+        // SAFETY: ASCII is valid UTF-8.
+        Ok(unsafe { std::str::from_utf8_unchecked(line) })
+    } else {
+        std::str::from_utf8(line)
+    }
+}
+
 /// A scan failure: cheap to return; formatted only when reported.
 #[derive(Debug, Clone, Copy)]
 struct ScanErr {
@@ -508,17 +519,12 @@ pub fn unescape(raw: &str, out: &mut String) {
 impl Decoder {
     /// Decodes one JSON record.
     pub fn decode_json(&mut self, line: &[u8]) -> Result<EventRef<'_>, Refusal> {
-        let text = if line.is_ascii() {
-            // SAFETY: ASCII is valid UTF-8.
-            unsafe { std::str::from_utf8_unchecked(line) }
-        } else {
-            std::str::from_utf8(line).map_err(|e| {
-                Refusal::new(
-                    Reason::InvalidJson,
-                    format!("not UTF-8 at byte {}", e.valid_up_to()),
-                )
-            })?
-        };
+        let text = record_text(line).map_err(|e| {
+            Refusal::new(
+                Reason::InvalidJson,
+                format!("not UTF-8 at byte {}", e.valid_up_to()),
+            )
+        })?;
         let mut s = Scan {
             b: line,
             i: self.scan_record(line, true)?,
@@ -578,12 +584,7 @@ impl Decoder {
             return None;
         }
         let line = &rest[..len];
-        let text = if line.is_ascii() {
-            // SAFETY: ASCII is valid UTF-8.
-            unsafe { std::str::from_utf8_unchecked(line) }
-        } else {
-            std::str::from_utf8(line).ok()?
-        };
+        let text = record_text(line).ok()?;
         Some((len, advance, self.materialise(text)))
     }
 

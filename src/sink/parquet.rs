@@ -309,9 +309,6 @@ pub struct ParquetSink {
     max_file_rows: usize,
     compression: Compression,
     file_rows: BTreeMap<i64, usize>,
-    /// The date of the last row, as `[first, end)` micros and day number:
-    /// consecutive rows mostly share it (a division less per row).
-    last_day: (Micros, Micros, i64),
 }
 
 impl ParquetSink {
@@ -340,7 +337,6 @@ impl ParquetSink {
             })
             .collect();
         ParquetSink {
-            last_day: (0, 0, 0),
             dir: root.join(&p.name),
             run_id: run_id.to_string(),
             key_names: p.key_fields.clone(),
@@ -467,18 +463,7 @@ impl ParquetSink {
 
     /// Takes one pane.
     pub fn write_row(&mut self, m: &PaneMeta, values: &[Value]) -> Result<(), ParquetSinkError> {
-        let e = m.window_end;
-        let day = if self.last_day.0 <= e && e < self.last_day.1 {
-            self.last_day.2
-        } else {
-            let d = e.div_euclid(MICROS_PER_DAY);
-            self.last_day = (
-                d.saturating_mul(MICROS_PER_DAY),
-                d.saturating_add(1).saturating_mul(MICROS_PER_DAY),
-                d,
-            );
-            d
-        };
+        let day = m.window_end.div_euclid(MICROS_PER_DAY);
         self.rows += 1;
         let (n_keys, kinds) = (self.key_names.len(), &self.feature_kinds);
         let cap = ROW_GROUP_ROWS.min(self.max_file_rows);
@@ -618,20 +603,18 @@ impl ParquetSink {
                 .set_dictionary_page_size_limit(8 << 20);
             // Dictionaries pay off for keys and text columns. Measured values
             // do not repeat; integers and times (window bounds, pane indexes,
-            // counts, emission times) come in runs and small steps, which
-            // delta encoding stores in a few bits per row without hashing
-            // every value.
+            // counts, emission times) come in runs, which LZ4 compresses in
+            // plain pages without a hash of every value.
             for (i, f) in schema.fields().iter().enumerate() {
-                let path = || ColumnPath::from(f.name().as_str());
                 let is_key = i < self.key_names.len();
-                match f.data_type() {
-                    DataType::Float64 => {
-                        props = props.set_column_dictionary_enabled(path(), false);
-                    }
-                    DataType::Int64 | DataType::Timestamp(..) if !is_key => {
-                        props = props.set_column_dictionary_enabled(path(), false);
-                    }
-                    _ => {}
+                let plain = match f.data_type() {
+                    DataType::Float64 => true,
+                    DataType::Int64 | DataType::Timestamp(..) => !is_key,
+                    _ => false,
+                };
+                if plain {
+                    props = props
+                        .set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), false);
                 }
             }
             let writer = ArrowWriter::try_new(file, schema.clone(), Some(props.build())).map_err(

@@ -622,12 +622,10 @@ impl ParquetRows {
         let from = self.row_in_batch + at;
         let to = (from + n).min(b.num_rows());
         match &self.cols[c] {
-            Col::Dict(ks, _) => {
+            Col::Dict(..) => {
                 for i in from..to {
-                    if ks.is_valid(i) {
-                        if let Some(&h) = self.dict_hashes.get(ks.values()[i] as usize) {
-                            f(i, h);
-                        }
+                    if let Some(h) = self.dict_hash_at(i) {
+                        f(i, h);
                     }
                 }
             }
@@ -884,7 +882,12 @@ impl ParquetRows {
     /// the hash of the key the row decodes to).
     #[inline]
     pub fn dict_key_hash(&self, at: usize) -> Option<u64> {
-        let i = self.row_in_batch + at;
+        self.dict_hash_at(self.row_in_batch + at)
+    }
+
+    /// [`ParquetRows::dict_key_hash`] of row `i` of the batch.
+    #[inline]
+    fn dict_hash_at(&self, i: usize) -> Option<u64> {
         match self.key_col.map(|c| &self.cols[c]) {
             Some(Col::Dict(ks, _)) if i < ks.len() && ks.is_valid(i) => {
                 self.dict_hashes.get(ks.values()[i] as usize).copied()
