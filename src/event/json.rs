@@ -37,6 +37,10 @@ struct Scan<'a> {
     /// Whether a line break counts as white space. Not when reading a
     /// record in place in a JSON Lines file: there it ends the record.
     newlines: bool,
+    /// Whether a string scanned so far has a byte above 0x7F. Every other
+    /// byte a valid record has is checked against ASCII by the grammar, so
+    /// a record without such a string is ASCII: valid UTF-8 unchecked.
+    non_ascii: bool,
 }
 
 /// Where the white space from `i` ends (line breaks included when
@@ -111,8 +115,8 @@ impl<'a> Scan<'a> {
         let start = self.i;
         let mut esc = false;
         let b = self.b;
-        // Sixteen bytes at a time: find the first quote, backslash or
-        // control byte (most strings end in the first step).
+        // Sixteen bytes at a time: find the first quote, backslash, control
+        // or non-ASCII byte (most strings end in the first step).
         #[cfg(target_arch = "x86_64")]
         while self.i + 16 <= b.len() {
             let m = special_bytes16(&b[self.i..self.i + 16]);
@@ -150,6 +154,9 @@ impl<'a> Scan<'a> {
                 self.i = self.b.len();
                 return self.fail("unterminated string");
             };
+            if rest[..off].iter().any(|&c| c >= 0x80) {
+                self.non_ascii = true;
+            }
             if rest[..off].iter().any(|&c| c < 0x20) {
                 let bad = rest[..off].iter().position(|&c| c < 0x20).unwrap_or(0);
                 self.i += bad;
@@ -397,8 +404,9 @@ impl MemberName {
     }
 }
 
-/// A mask with the high bit set in each byte of `w` that is `"`, `\\` or
-/// below 0x20 (exact: no false positives).
+/// A mask with the high bit set in each byte of `w` that ends a string's
+/// fast scan: `"`, `\\`, below 0x20 or above 0x7F (exact: no false
+/// positives).
 #[inline(always)]
 fn special_bytes(w: u64) -> u64 {
     const LO: u64 = 0x0101_0101_0101_0101;
@@ -409,10 +417,11 @@ fn special_bytes(w: u64) -> u64 {
     let slash = zero(w ^ (LO * b'\\' as u64));
     // Bytes below 0x20: high bit clear and (byte & 0x7f) + 0x60 has no carry into bit 7.
     let ctrl = !(((w & !HI).wrapping_add(LO * 0x60)) | w) & HI;
-    quote | slash | ctrl
+    quote | slash | ctrl | (w & HI)
 }
 
-/// Bit `i` set where `b[i]` is `"`, `\\` or a control byte (below 0x20).
+/// Bit `i` set where `b[i]` is `"`, `\\`, a control byte (below 0x20) or
+/// not ASCII (above 0x7F).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn special_bytes16(b: &[u8]) -> u32 {
@@ -425,7 +434,9 @@ fn special_bytes16(b: &[u8]) -> u32 {
         let backslash = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\\' as i8));
         // Unsigned x < 0x20: min(x, 0x1f) == x.
         let ctrl = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1f)), x);
-        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), ctrl)) as u32
+        // The sign bits of `x` itself mark the bytes above 0x7F.
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), _mm_or_si128(ctrl, x)))
+            as u32
     }
 }
 
@@ -527,8 +538,9 @@ impl Decoder {
         })?;
         let mut s = Scan {
             b: line,
-            i: self.scan_record(line, true)?,
+            i: self.scan_record(line, true)?.0,
             newlines: true,
+            non_ascii: false,
         };
         s.ws();
         if s.i != s.b.len() {
@@ -563,11 +575,12 @@ impl Decoder {
     ) -> Option<(usize, usize, Result<EventRef<'_>, Refusal>)> {
         // A line longer than `max` is refused unread: scan no further.
         let b = &rest[..rest.len().min(max.saturating_add(2))];
-        let close = self.scan_record(b, false).ok()?;
+        let (close, non_ascii) = self.scan_record(b, false).ok()?;
         let mut s = Scan {
             b,
             i: close,
             newlines: false,
+            non_ascii: false,
         };
         s.ws();
         let advance = match b.get(s.i) {
@@ -584,19 +597,29 @@ impl Decoder {
             return None;
         }
         let line = &rest[..len];
-        let text = record_text(line).ok()?;
+        let text = if non_ascii {
+            std::str::from_utf8(line).ok()?
+        } else {
+            debug_assert!(line.is_ascii());
+            // SAFETY: no string of the record has a byte above 0x7F, and the
+            // grammar admits only ASCII outside strings (the line's tail is
+            // white space): the line is ASCII, which is valid UTF-8.
+            unsafe { std::str::from_utf8_unchecked(line) }
+        };
         Some((len, advance, self.materialise(text)))
     }
 
     /// Checks the JSON object at the start of `line` (after white space)
     /// against the grammar and notes where the used members' values are;
-    /// returns the index after its closing brace.
+    /// returns the index after its closing brace, and whether a string of
+    /// the object has a byte above 0x7F (if not, the object is ASCII).
     #[inline(always)]
-    fn scan_record(&mut self, line: &[u8], newlines: bool) -> Result<usize, Refusal> {
+    fn scan_record(&mut self, line: &[u8], newlines: bool) -> Result<(usize, bool), Refusal> {
         let mut s = Scan {
             b: line,
             i: 0,
             newlines,
+            non_ascii: false,
         };
         self.begin();
         for r in self.raw.iter_mut() {
@@ -666,8 +689,14 @@ impl Decoder {
                         }));
                     }
                     s.i += 1;
-                    // Remember `"name":` when it has no escapes and no spaces.
-                    if !kesc && s.i - quote == ke - ks + 3 && member <= self.shape.len() {
+                    // Remember `"name":` when it has no escapes and no spaces,
+                    // and is ASCII: a name recognised by its bytes is not
+                    // scanned, so it must not hide a byte above 0x7F.
+                    if !kesc
+                        && s.i - quote == ke - ks + 3
+                        && member <= self.shape.len()
+                        && line[ks..ke].is_ascii()
+                    {
                         let entry = (MemberName::new(&line[quote..s.i]), target);
                         if member == self.shape.len() {
                             self.shape.push(entry);
@@ -703,7 +732,7 @@ impl Decoder {
                 }
             }
         }
-        Ok(s.i)
+        Ok((s.i, s.non_ascii))
     }
 
     /// Turns the used members noted by [`Decoder::scan_record`] into the
@@ -860,7 +889,7 @@ mod tests {
                 let mut bytes = [b'a'; 8];
                 bytes[pos] = b;
                 let m = special_bytes(u64::from_le_bytes(bytes));
-                let want = b == b'"' || b == b'\\' || b < 0x20;
+                let want = b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b);
                 assert_eq!(m != 0, want, "byte {b:#x} at {pos}");
                 if want {
                     assert_eq!(m.trailing_zeros() / 8, pos as u32);
@@ -871,7 +900,7 @@ mod tests {
                 let mut bytes = [b'a'; 16];
                 bytes[pos] = b;
                 let m = super::special_bytes16(&bytes);
-                let want = b == b'"' || b == b'\\' || b < 0x20;
+                let want = b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b);
                 assert_eq!(m, if want { 1 << pos } else { 0 }, "byte {b:#x} at {pos}");
             }
         }

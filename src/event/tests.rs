@@ -307,10 +307,11 @@ proptest! {
     /// records and the same refusals; where it declines, the cut line is
     /// refused or too long. Lines: records with and without spaces, broken
     /// by one edit (line breaks, CRs and quotes included), records spread
-    /// over lines, blank lines, bytes that are not UTF-8.
+    /// over lines, blank lines, names and values that are not ASCII, bytes
+    /// that are not UTF-8.
     #[test]
     fn reading_in_place_matches_cut_lines(
-        lines in prop::collection::vec((0usize..6, any::<bool>(), 0usize..80, prop::sample::select(vec![
+        lines in prop::collection::vec((0usize..7, any::<bool>(), 0usize..80, prop::sample::select(vec![
             b'\n', b'\r', b'"', b',', b'}', b' ', b'\t', 0xC3, 0xFF, b'0', b'\\'])), 1..12),
         final_newline in any::<bool>(),
         max in prop::sample::select(vec![30usize, 1 << 20]),
@@ -322,6 +323,7 @@ proptest! {
             "{\"user_id\":\"u1\",\n\"region\":3,\"ts\":99}",
             "  \t ",
             "{\"user_id\":\"\u{e9}t\u{e9}\",\"region\":1,\"ts\":2,\"amount\":\"x\"}",
+            "{\"r\u{e9}gion\":3,\"user_id\":\"u2\",\"ts\":5,\"\u{e9}\":[\"\u{e9}\"]}",
         ];
         let mut data = Vec::new();
         for (i, (which, edit, at, byte)) in lines.iter().enumerate() {
