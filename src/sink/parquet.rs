@@ -60,6 +60,9 @@ enum ColKind {
 /// Rows kept before they are encoded as a row group.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
+/// Rows per data page (32 KiB of an 8-byte column).
+const PAGE_ROWS: usize = 4096;
+
 /// A key column: integers until a string shows up.
 enum KeyCol {
     Int(Vec<i64>),
@@ -600,7 +603,8 @@ impl ParquetSink {
                 .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
                 // Room for a whole row group's keys: no fall back to plain pages,
                 // so readers keep the dictionary (the join resolves each key once).
-                .set_dictionary_page_size_limit(8 << 20);
+                .set_dictionary_page_size_limit(8 << 20)
+                .set_data_page_row_count_limit(PAGE_ROWS);
             // Dictionaries pay off for keys and text columns. Measured values
             // do not repeat; integers and times (window bounds, pane indexes,
             // counts, emission times) come in runs, which LZ4 compresses in
