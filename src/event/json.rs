@@ -392,16 +392,26 @@ impl MemberName {
     /// Whether `line[at..]` starts with this name.
     #[inline(always)]
     pub fn is_at(&self, line: &[u8], at: usize) -> bool {
-        if self.bytes.len() <= 16 && at + 16 <= line.len() {
-            let w = |i: usize| {
-                u64::from_le_bytes(line[at + i..at + i + 8].try_into().expect("8 bytes"))
-            };
-            (w(0) & self.masks[0]) == self.words[0] && (w(8) & self.masks[1]) == self.words[1]
+        if let (true, Some(w)) = (self.bytes.len() <= 16, line.get(at..at.wrapping_add(16))) {
+            let (a, b) = w.split_at(8);
+            let a = u64::from_le_bytes(a.try_into().expect("8 bytes"));
+            let b = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+            (a & self.masks[0]) == self.words[0] && (b & self.masks[1]) == self.words[1]
         } else {
             line.get(at..)
                 .is_some_and(|rest| rest.starts_with(&self.bytes))
         }
     }
+}
+
+/// A member position of the records of a stream: the `"name":` bytes the
+/// last record had there, the field they name, and whether its value was a
+/// string or a number.
+#[derive(Debug, Clone)]
+pub struct ShapeMember {
+    name: MemberName,
+    target: Option<usize>,
+    string: bool,
 }
 
 /// A mask with the high bit set in each byte of `w` that ends a string's
@@ -435,8 +445,10 @@ fn special_bytes16(b: &[u8]) -> u32 {
         // Unsigned x < 0x20: min(x, 0x1f) == x.
         let ctrl = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1f)), x);
         // The sign bits of `x` itself mark the bytes above 0x7F.
-        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), _mm_or_si128(ctrl, x)))
-            as u32
+        _mm_movemask_epi8(_mm_or_si128(
+            _mm_or_si128(quote, backslash),
+            _mm_or_si128(ctrl, x),
+        )) as u32
     }
 }
 
@@ -625,7 +637,18 @@ impl Decoder {
         for r in self.raw.iter_mut() {
             *r = None;
         }
+        if self.compact_members > 0 {
+            if let Some(found) = self.scan_compact(line) {
+                return Ok(found);
+            }
+            for r in self.raw.iter_mut() {
+                *r = None;
+            }
+        }
         s.ws();
+        // Whether the record is compact so far: no white space anywhere,
+        // every name remembered, every value a string or a number.
+        let mut compact = s.i == 0;
         if s.b.get(s.i) != Some(&b'{') {
             let msg = if s.i >= s.b.len() {
                 "empty record".to_string()
@@ -640,17 +663,19 @@ impl Decoder {
             return Err(Refusal::new(Reason::InvalidJson, msg));
         }
         s.i += 1;
+        let mut at = s.i;
         s.ws();
+        compact &= s.i == at;
         let inv = |e: ScanErr| Refusal::new(Reason::InvalidJson, e.message());
+        let mut member = 0usize;
         if s.b.get(s.i) == Some(&b'}') {
             s.i += 1;
         } else {
-            let mut member = 0usize;
             loop {
                 // Records of one stream mostly share their member order: try
                 // the `"name":` bytes the previous record had at this position.
                 let predicted = match self.shape.get(member) {
-                    Some((name, t)) if name.is_at(line, s.i) => Some((name.byte_len(), *t)),
+                    Some(m) if m.name.is_at(line, s.i) => Some((m.name.byte_len(), m.target)),
                     _ => None,
                 };
                 let target = if let Some((len, t)) = predicted {
@@ -697,26 +722,46 @@ impl Decoder {
                         && member <= self.shape.len()
                         && line[ks..ke].is_ascii()
                     {
-                        let entry = (MemberName::new(&line[quote..s.i]), target);
+                        let entry = ShapeMember {
+                            name: MemberName::new(&line[quote..s.i]),
+                            target,
+                            string: false,
+                        };
                         if member == self.shape.len() {
                             self.shape.push(entry);
                         } else {
                             self.shape[member] = entry;
                         }
+                    } else {
+                        compact = false;
                     }
                     target
                 };
-                member += 1;
+                at = s.i;
                 s.ws();
+                compact &= s.i == at;
                 let v = s.value(0).map_err(inv)?;
                 if let Some(t) = target {
                     self.raw[t] = Some(v);
                 }
+                if compact {
+                    let string = matches!(v.kind, RawKind::Str | RawKind::StrEsc);
+                    compact =
+                        (string || v.kind == RawKind::Num) && self.shape.get(member).is_some();
+                    if let Some(m) = self.shape.get_mut(member) {
+                        m.string = string;
+                    }
+                }
+                member += 1;
+                at = s.i;
                 s.ws();
+                compact &= s.i == at;
                 match s.b.get(s.i) {
                     Some(b',') => {
                         s.i += 1;
+                        at = s.i;
                         s.ws();
+                        compact &= s.i == at;
                     }
                     Some(b'}') => {
                         s.i += 1;
@@ -732,7 +777,60 @@ impl Decoder {
                 }
             }
         }
+        self.compact_members = if compact { member } else { 0 };
         Ok((s.i, s.non_ascii))
+    }
+
+    /// [`Decoder::scan_record`] for a record with the members of the last
+    /// compact one, in its order, with values of the same types and no white
+    /// space: the usual record of a stream. `None` for anything else (the
+    /// caller then scans the record in full); a record it accepts is valid
+    /// JSON and gives the values the full scan gives.
+    #[inline(always)]
+    fn scan_compact(&mut self, line: &[u8]) -> Option<(usize, bool)> {
+        if line.first() != Some(&b'{') {
+            return None;
+        }
+        let mut s = Scan {
+            b: line,
+            i: 1,
+            newlines: false,
+            non_ascii: false,
+        };
+        let members = &self.shape[..self.compact_members];
+        for (k, m) in members.iter().enumerate() {
+            if !m.name.is_at(line, s.i) {
+                return None;
+            }
+            s.i += m.name.byte_len();
+            let v = if m.string {
+                if line.get(s.i) != Some(&b'"') {
+                    return None;
+                }
+                let (start, end, esc) = s.string().ok()?;
+                RawValue {
+                    kind: if esc { RawKind::StrEsc } else { RawKind::Str },
+                    start: start as u32,
+                    end: end as u32,
+                }
+            } else {
+                let (start, end) = s.number().ok()?;
+                RawValue {
+                    kind: RawKind::Num,
+                    start: start as u32,
+                    end: end as u32,
+                }
+            };
+            if let Some(t) = m.target {
+                self.raw[t] = Some(v);
+            }
+            let close = if k + 1 == members.len() { b'}' } else { b',' };
+            if line.get(s.i) != Some(&close) {
+                return None;
+            }
+            s.i += 1;
+        }
+        Some((s.i, s.non_ascii))
     }
 
     /// Turns the used members noted by [`Decoder::scan_record`] into the

@@ -433,9 +433,12 @@ pub struct Decoder {
     /// Per top-level field: (kind, start, end) of the raw JSON value.
     raw: Vec<Option<json::RawValue>>,
     dates: crate::time::DateCache,
-    /// Per member position, the `"name":` bytes and target of the last
-    /// record (see `decode_json`).
-    shape: Vec<(json::MemberName, Option<usize>)>,
+    /// Per member position, the `"name":` bytes, target and value type of
+    /// the last record (see `decode_json`).
+    shape: Vec<json::ShapeMember>,
+    /// How many members the last record had when it was compact (no white
+    /// space, names remembered, values strings or numbers); 0 otherwise.
+    compact_members: usize,
     /// The record's time from outside the payload (`kafka_timestamp`).
     external_time: Option<Micros>,
 }
@@ -455,6 +458,7 @@ impl Decoder {
             raw: vec![None; n_fields],
             dates: crate::time::DateCache::default(),
             shape: Vec::new(),
+            compact_members: 0,
             external_time: None,
         }
     }
