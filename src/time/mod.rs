@@ -142,6 +142,29 @@ fn digits2(b: &[u8], i: usize) -> Option<u32> {
     }
 }
 
+/// Seconds (up to 60) and milliseconds of the 8 bytes `:SS.mmmZ` read as a
+/// little-endian word, with one test for the punctuation and one for the
+/// digits; `None` for anything else.
+#[inline]
+fn seconds_millis_utc(w: u64) -> Option<(i64, i64)> {
+    const PUNCT: u64 = 0xFF00_0000_FF00_00FF;
+    const WANT: u64 = u64::from_le_bytes(*b":00.000Z") & PUNCT;
+    const ZEROS: u64 = u64::from_le_bytes(*b"00000000") & PUNCT;
+    if w & PUNCT != WANT {
+        return None;
+    }
+    // The punctuation replaced by '0': eight ASCII digits or not.
+    let v = (w & !PUNCT) | ZEROS;
+    const HI: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    if (v & HI) | (((v.wrapping_add(0x0606_0606_0606_0606)) & HI) >> 4) != 0x3333_3333_3333_3333 {
+        return None;
+    }
+    let d = v - 0x3030_3030_3030_3030;
+    let digit = |i: u32| ((d >> (8 * i)) & 0xFF) as i64;
+    let second = digit(1) * 10 + digit(2);
+    (second <= 60).then(|| (second, digit(4) * 100 + digit(5) * 10 + digit(6)))
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date.
 pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -239,6 +262,13 @@ pub fn parse_rfc3339_cached(s: &str, cache: &mut DateCache) -> Result<Micros, Ti
         cache.valid = true;
         m
     };
+    // The usual tail, `SS.mmmZ` (milliseconds in UTC, as JavaScript and
+    // most loggers write them), read at fixed places.
+    if let Ok(tail) = <[u8; 8]>::try_from(&b[16..]) {
+        if let Some((second, millis)) = seconds_millis_utc(u64::from_le_bytes(tail)) {
+            return Ok((minute_secs + second) * MICROS_PER_SEC + millis * 1000);
+        }
+    }
     if b[16] != b':' {
         return Err(err());
     }
@@ -462,6 +492,36 @@ mod tests {
                 .expect("valid")
                 .timestamp_micros();
             assert_eq!(parse_rfc3339(s).expect(s), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn fixed_millisecond_tails_match_the_general_reader() {
+        // Every byte value at every place of `:SS.mmmZ`, around valid tails.
+        for base in [*b":59.123Z", *b":60.000Z", *b":00.999Z", *b":07.450Z"] {
+            for at in 0..8 {
+                for c in 0u8..=255 {
+                    let mut tail = base;
+                    tail[at] = c;
+                    let digits = [1, 2, 4, 5, 6].iter().all(|&i| tail[i].is_ascii_digit());
+                    let n = |r: std::ops::Range<usize>| {
+                        tail[r]
+                            .iter()
+                            .fold(0i64, |a, &c| a * 10 + (c - b'0') as i64)
+                    };
+                    let want = (tail[0] == b':'
+                        && tail[3] == b'.'
+                        && tail[7] == b'Z'
+                        && digits
+                        && n(1..3) <= 60)
+                        .then(|| (n(1..3), n(4..7)));
+                    assert_eq!(
+                        seconds_millis_utc(u64::from_le_bytes(tail)),
+                        want,
+                        "{tail:?}"
+                    );
+                }
+            }
         }
     }
 
