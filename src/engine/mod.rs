@@ -246,9 +246,14 @@ struct KeyEntry {
     key: EncodedKey,
     /// This key's windows. A reference whose slot no longer holds that window
     /// is stale and is pruned when the key next opens a window, so that
-    /// dropping a window needs no lookup.
-    windows: SmallVec<[WinRef; 2]>,
+    /// dropping a window needs no lookup. Three fit in the entry's two lines
+    /// (a busy key's open window and the ones before it that the watermark
+    /// has not yet closed); a key with more keeps them on the heap, a miss
+    /// the look-ahead does not cover.
+    windows: SmallVec<[WinRef; 3]>,
 }
+
+const _: () = assert!(std::mem::size_of::<KeyEntry>() == 128);
 
 #[derive(Debug, Clone, Copy)]
 struct WinRef {
