@@ -496,7 +496,7 @@ mod tests {
     }
 
     #[test]
-    fn fixed_millisecond_tails_match_the_general_reader() {
+    fn fixed_millisecond_tails_match_a_plain_reading() {
         // Every byte value at every place of `:SS.mmmZ`, around valid tails.
         for base in [*b":59.123Z", *b":60.000Z", *b":00.999Z", *b":07.450Z"] {
             for at in 0..8 {
