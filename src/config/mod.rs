@@ -820,5 +820,18 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Pipeline>, ConfigError> {
     paths.iter().map(|p| Pipeline::from_file(p)).collect()
 }
 
+/// A pipeline for unit tests: records keyed by `key` (a YAML list), event
+/// time in field `ts` as epoch milliseconds, 1-minute tumbling windows, and
+/// `features` (YAML list items, one per line).
+#[cfg(test)]
+pub(crate) fn test_pipeline(key: &str, features: &str) -> Pipeline {
+    let yaml = format!(
+        "version: 1\nname: t\nsource:\n  key: {key}\n  \
+         event_time: {{ field: ts, format: epoch_millis }}\n\
+         window: {{ tumbling: {{ size: 1m }} }}\nfeatures:\n{features}"
+    );
+    Pipeline::from_yaml(&yaml, "t.yaml").expect("valid test pipeline")
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,22 +1,13 @@
 use super::*;
-use crate::config::Pipeline;
 use proptest::prelude::*;
 
 fn decoder() -> Decoder {
-    let p = Pipeline::from_yaml(
-        r#"version: 1
-name: t
-source:
-  key: [user_id, region]
-  event_time: { field: ts, format: epoch_millis }
-window: { tumbling: { size: 1m } }
-features:
-  - { name: s, agg: sum, field: amount }
+    let p = crate::config::test_pipeline(
+        "[user_id, region]",
+        r#"  - { name: s, agg: sum, field: amount }
   - { name: c, agg: count, where: 'kind == "click"' }
 "#,
-        "t.yaml",
-    )
-    .expect("valid");
+    );
     Decoder::new(DecodePlan::new(&p))
 }
 

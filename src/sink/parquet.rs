@@ -686,20 +686,10 @@ mod tests {
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
     fn pipeline() -> Pipeline {
-        Pipeline::from_yaml(
-            r#"version: 1
-name: t
-source:
-  key: [user_id]
-  event_time: { field: ts, format: epoch_millis }
-window: { tumbling: { size: 1m } }
-features:
-  - { name: n, agg: count }
-  - { name: s, agg: sum, field: x }
-"#,
-            "t.yaml",
+        crate::config::test_pipeline(
+            "[user_id]",
+            "  - { name: n, agg: count }\n  - { name: s, agg: sum, field: x }\n",
         )
-        .expect("valid")
     }
 
     fn rows_of(path: &Path) -> (i64, Vec<i64>) {

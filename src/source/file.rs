@@ -900,7 +900,6 @@ impl ParquetRows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Pipeline;
     use crate::event::{decode_key, DecodePlan, FieldVal, KeyValue};
     use arrow_array::{Int64Array, RecordBatch, StringArray};
     use arrow_schema::{Field, Schema};
@@ -911,19 +910,10 @@ mod tests {
     /// many rows had a key hash known from the dictionary (each checked
     /// against the decoded key's hash).
     fn read_all(path: &Path) -> (Vec<(Option<String>, Option<String>, i64)>, usize) {
-        let p = Pipeline::from_yaml(
-            r#"version: 1
-name: t
-source:
-  key: [user_id]
-  event_time: { field: ts, format: epoch_millis }
-window: { tumbling: { size: 1m } }
-features:
-  - { name: c, agg: count, where: 'kind == "click"' }
-"#,
-            "t.yaml",
-        )
-        .expect("valid");
+        let p = crate::config::test_pipeline(
+            "[user_id]",
+            "  - { name: c, agg: count, where: 'kind == \"click\"' }\n",
+        );
         let mut dec = Decoder::new(DecodePlan::new(&p));
         let columns: Vec<String> = dec.plan.fields.iter().map(|(n, _)| n.clone()).collect();
         let kind_slot = dec
