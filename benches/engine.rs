@@ -69,7 +69,7 @@ fn bench(c: &mut Criterion) {
                     let mut panes = 0usize;
                     for l in &lines {
                         if let Ok(ev) = dec.decode_json(l.as_bytes()) {
-                            let _ = engine.process(&ev, 0, &mut out);
+                            let _ = engine.process(&ev, &mut out);
                         }
                         panes += out.len();
                         out.clear();

@@ -210,8 +210,8 @@ fn feed(
         return Ok(());
     }
     match hash {
-        Some(h) => engine.process_hashed(&ev, h, 0, out),
-        None => engine.process(&ev, 0, out),
+        Some(h) => engine.process_hashed(&ev, h, out),
+        None => engine.process(&ev, out),
     }
 }
 
@@ -268,7 +268,6 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     let plan = DecodePlan::new(p);
     let mut dec = Decoder::new(plan);
     let mut engine = Engine::new(p, &dec.plan, ProcessingTime::StreamTime);
-    engine.assign_partition(0);
     engine.set_wall_clock(opts.wall_clock.now());
     let mut sink = ParquetSink::new(&opts.output, p, &rid);
     let dl_dir = opts.output.join("_dead_letter");
@@ -383,7 +382,7 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                                 engine.prefetch_key_entry(events.hash(e + ENTRY_AHEAD));
                             }
                             let r =
-                                engine.process_hashed(&events.get(e), events.hash(e), 0, &mut out);
+                                engine.process_hashed(&events.get(e), events.hash(e), &mut out);
                             e += 1;
                             r
                         }

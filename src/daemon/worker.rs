@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::{Checkpoint, Store, CHECKPOINT_VERSION};
 use crate::config::Pipeline;
-use crate::engine::{Engine, PaneBuf, ProcessingTime};
+use crate::engine::{PaneBuf, PartitionedEngine, ProcessingTime};
 use crate::event::{DecodePlan, Decoder, Reason, Refusal};
 use crate::metrics::PipelineMetrics;
 use crate::sink::dead_letter::{dead_letter_json, DeadLetterWriter, Position};
@@ -211,16 +211,18 @@ struct Part {
     epoch: u64,
     next_offset: Option<i64>,
     sink: Option<ParquetSink>,
+    /// Dead letters of the current epoch (file dead letters only).
+    dead: Option<DeadLetterWriter>,
     at_eof: bool,
     high_watermark: Option<i64>,
 }
 
-/// Where dead letters go.
+/// Where dead letters go: files per partition and checkpoint epoch,
+/// published with the checkpoint (exactly once, as the Parquet rows), or a
+/// Kafka topic (at least once).
 enum DeadLetters {
     Files {
         dir: PathBuf,
-        writer: DeadLetterWriter,
-        n: u64,
     },
     Topic {
         producer: BaseProducer,
@@ -234,7 +236,7 @@ pub struct Worker {
     consumer: BaseConsumer<Ctx>,
     topic: String,
     store: Store,
-    engine: Engine,
+    engine: PartitionedEngine,
     dec: Decoder,
     out: PaneBuf,
     parts: BTreeMap<i32, Part>,
@@ -306,7 +308,7 @@ impl Worker {
         }
         let consumer: BaseConsumer<Ctx> = cfg.create_with_context(ctx)?;
         let plan = DecodePlan::new(&p);
-        let engine = Engine::new(&p, &plan, ProcessingTime::External);
+        let engine = PartitionedEngine::new(&p, &plan, ProcessingTime::External);
         let dec = Decoder::new(plan);
         let out = PaneBuf::new(p.features.len());
         let parquet_root = opts.data_dir.clone().or(p.parquet_path.clone());
@@ -323,8 +325,7 @@ impl Worker {
                     .clone()
                     .or_else(|| parquet_root.as_ref().map(|r| r.join("_dead_letter")))
                     .unwrap_or_else(|| opts.state_dir.join("_dead_letter"));
-                let writer = DeadLetterWriter::new(&dir, &p.name, &format!("{}-0", opts.instance));
-                DeadLetters::Files { dir, writer, n: 0 }
+                DeadLetters::Files { dir }
             }
         };
         Ok(Worker {
@@ -410,7 +411,6 @@ impl Worker {
         self.engine.finish(&mut self.out);
         self.route()?;
         self.checkpoint()?;
-        self.finish_dead_letters()?;
         Ok(n as u64)
     }
 
@@ -462,7 +462,7 @@ impl Worker {
                     if let Some(part) = self.parts.get_mut(&p) {
                         part.at_eof = true;
                     }
-                    self.engine.set_end_of_log(p as usize, true, &mut self.out);
+                    self.engine.set_end_of_log(p as u32, true, &mut self.out);
                 }
                 Polled::Error(e) => {
                     tracing::warn!(pipeline = %self.p.name, error = %e, "kafka error");
@@ -496,7 +496,6 @@ impl Worker {
         // get everything emitted so far.
         self.route()?;
         self.checkpoint()?;
-        self.finish_dead_letters()?;
         tracing::info!(pipeline = %self.p.name, "stopped after a final checkpoint");
         Ok(())
     }
@@ -531,13 +530,16 @@ impl Worker {
         let Some(mut part) = self.parts.remove(&p) else {
             return;
         };
-        let _ = self.engine.export_partition(p as u32, true);
+        self.engine.revoke(p as u32, &mut self.out);
         if let Some(mut s) = part.sink.take() {
             if let Ok(files) = s.take_pending() {
                 for (tmp, _) in files {
                     let _ = std::fs::remove_file(tmp);
                 }
             }
+        }
+        if let Some(d) = &mut part.dead {
+            d.discard();
         }
         tracing::info!(pipeline = %self.p.name, partition = p, "partition revoked");
     }
@@ -559,19 +561,33 @@ impl Worker {
             // Roll forward what the checkpoint published (a crash may have
             // come between writing it and renaming the files).
             ParquetSink::publish(&c.pending_files)?;
-            if let Some(state) = &c.state {
-                self.engine
-                    .import_partition(state, &mut self.out)
-                    .map_err(|e| anyhow::anyhow!("checkpoint of partition {p}: {e}"))?;
-            }
         }
+        let mut removed = 0;
         if let Some(s) = &mut sink {
-            let removed = s.remove_unpublished(&prefix, &[]);
-            if removed > 0 {
-                tracing::info!(pipeline = %self.p.name, partition = p, removed, "removed unpublished parquet files of a crashed run");
-            }
+            removed += s.remove_unpublished(&prefix, &[]);
         }
-        self.engine.assign_partition(p as usize);
+        let dead = match &self.dead {
+            DeadLetters::Files { dir } => {
+                removed +=
+                    crate::sink::dead_letter::remove_unpublished(dir, &self.p.name, &prefix, &[]);
+                Some(DeadLetterWriter::new(
+                    dir,
+                    &self.p.name,
+                    &run_id(p, epoch, next_offset),
+                ))
+            }
+            DeadLetters::Topic { .. } => None,
+        };
+        if removed > 0 {
+            tracing::info!(pipeline = %self.p.name, partition = p, removed, "removed unpublished files of a crashed or revoked run");
+        }
+        self.engine
+            .assign(
+                p as u32,
+                c.as_ref().and_then(|c| c.state.as_ref()),
+                &mut self.out,
+            )
+            .map_err(|e| anyhow::anyhow!("checkpoint of partition {p}: {e}"))?;
         // Record the new generation before any pane of it reaches Redis.
         let ck = Checkpoint {
             version: CHECKPOINT_VERSION,
@@ -592,6 +608,7 @@ impl Worker {
                 epoch,
                 next_offset,
                 sink,
+                dead,
                 at_eof: false,
                 high_watermark: None,
             },
@@ -618,7 +635,7 @@ impl Worker {
         self.metrics.records.inc();
         if part.at_eof {
             part.at_eof = false;
-            self.engine.set_end_of_log(p as usize, false, &mut self.out);
+            self.engine.set_end_of_log(p as u32, false, &mut self.out);
         }
         let refusal = match payload {
             None => Some(Refusal::new(
@@ -635,7 +652,7 @@ impl Worker {
             Some(b) => {
                 self.dec.set_external_time(ts);
                 match self.dec.decode_json(b) {
-                    Ok(ev) => match self.engine.process(&ev, p as usize, &mut self.out) {
+                    Ok(ev) => match self.engine.process(p as u32, &ev, &mut self.out) {
                         Ok(()) => {
                             self.metrics.events.inc();
                             None
@@ -652,12 +669,18 @@ impl Worker {
                 partition: p,
                 offset,
             };
-            self.dead_letter(&r, &pos, payload.unwrap_or_default())?;
+            self.dead_letter(p, &r, &pos, payload.unwrap_or_default())?;
         }
         Ok(())
     }
 
-    fn dead_letter(&mut self, r: &Refusal, pos: &Position, raw: &[u8]) -> anyhow::Result<()> {
+    fn dead_letter(
+        &mut self,
+        p: i32,
+        r: &Refusal,
+        pos: &Position,
+        raw: &[u8],
+    ) -> anyhow::Result<()> {
         self.metrics
             .dead_letters
             .get_or_create(&vec![("reason".to_string(), r.reason.as_str().to_string())])
@@ -666,7 +689,11 @@ impl Worker {
             self.metrics.late_dropped.inc();
         }
         match &mut self.dead {
-            DeadLetters::Files { writer, .. } => writer.write(r, pos, raw)?,
+            DeadLetters::Files { .. } => {
+                if let Some(w) = self.parts.get_mut(&p).and_then(|x| x.dead.as_mut()) {
+                    w.write(r, pos, raw)?;
+                }
+            }
             DeadLetters::Topic { producer, topic } => {
                 let line = dead_letter_json(&self.p.name, r, pos, raw);
                 let mut rec = BaseRecord::<(), str>::to(topic).payload(&line);
@@ -699,11 +726,10 @@ impl Worker {
         let emitted = Instant::now();
         let n = self.out.len() as u64;
         self.metrics.panes.inc_by(n);
-        let st = &self.engine.stats;
-        self.metrics
-            .late_kept
-            .inner()
-            .store(st.late_kept, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.late_kept.inner().store(
+            self.engine.stats().late_kept,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let started = Instant::now();
         let online = self.online.is_some();
         for (m, values) in self.out.iter() {
@@ -770,16 +796,22 @@ impl Worker {
                 .blocking_recv()
                 .map_err(|_| anyhow::anyhow!("the redis writer stopped"))?;
         }
-        self.rotate_dead_letters()?;
+        self.flush_dead_letters()?;
         let mut commit = TopicPartitionList::new();
         let ps: Vec<i32> = self.parts.keys().copied().collect();
         for p in ps {
-            let state = self.engine.export_partition(p as u32, false);
+            let state = self
+                .engine
+                .export(p as u32)
+                .expect("every partition of the worker has an engine");
             let part = self.parts.get_mut(&p).expect("listed");
-            let pending = match &mut part.sink {
+            let mut pending = match &mut part.sink {
                 Some(s) => s.take_pending()?,
                 None => Vec::new(),
             };
+            if let Some(d) = &mut part.dead {
+                pending.extend(d.close_deferred()?);
+            }
             part.epoch += 1;
             let ck = Checkpoint {
                 version: CHECKPOINT_VERSION,
@@ -794,8 +826,12 @@ impl Worker {
             };
             self.store.store(&ck)?;
             ParquetSink::publish(&pending)?;
+            let next_run = run_id(p, part.epoch, part.next_offset);
             if let Some(s) = &mut part.sink {
-                s.set_run_id(&run_id(p, part.epoch, part.next_offset));
+                s.set_run_id(&next_run);
+            }
+            if let DeadLetters::Files { dir } = &self.dead {
+                part.dead = Some(DeadLetterWriter::new(dir, &self.p.name, &next_run));
             }
             if let Some(o) = part.next_offset {
                 commit.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
@@ -810,28 +846,13 @@ impl Worker {
         Ok(())
     }
 
-    fn rotate_dead_letters(&mut self) -> anyhow::Result<()> {
-        match &mut self.dead {
-            DeadLetters::Files { dir, writer, n } => {
-                if writer.total() > 0 {
-                    writer.finish()?;
-                    *n += 1;
-                    *writer = DeadLetterWriter::new(
-                        dir,
-                        &self.p.name,
-                        &format!("{}-{n}", self.opts.instance),
-                    );
-                }
-            }
-            DeadLetters::Topic { producer, .. } => {
-                producer.flush(Duration::from_secs(30))?;
-            }
+    /// Flushes the dead-letter topic's producer (file dead letters are
+    /// published with the checkpoint).
+    fn flush_dead_letters(&mut self) -> anyhow::Result<()> {
+        if let DeadLetters::Topic { producer, .. } = &mut self.dead {
+            producer.flush(Duration::from_secs(30))?;
         }
         Ok(())
-    }
-
-    fn finish_dead_letters(&mut self) -> anyhow::Result<()> {
-        self.rotate_dead_letters()
     }
 
     /// Consumer lag per partition from the high watermarks of librdkafka's

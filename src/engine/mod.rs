@@ -13,11 +13,13 @@
 //! merge emits no further pane.
 
 mod keys;
+mod partitioned;
 mod snapshot;
 #[cfg(test)]
 mod tests;
 
-pub use snapshot::{PartitionState, WindowState};
+pub use partitioned::PartitionedEngine;
+pub use snapshot::{PartitionState, RestoreError, WindowState};
 
 use std::collections::BTreeMap;
 
@@ -29,7 +31,7 @@ use crate::aggregate::{finish, Acc, AccKind, ScalarRef, Value};
 use crate::config::expr::{Compiled, Val};
 use crate::config::{Accumulation, AggKind, FeatureKind, LateTrigger, Pipeline, WindowKind};
 use crate::event::{short_eq, DecodePlan, EncodedKey, EventRef, FieldVal, Reason, Refusal};
-use crate::time::watermark::{WatermarkTracker, WATERMARK_MAX, WATERMARK_MIN};
+use crate::time::watermark::{PartitionWatermark, WATERMARK_MAX, WATERMARK_MIN};
 use crate::time::Micros;
 use crate::window::{sessions_meet, LastTumbling};
 
@@ -177,6 +179,19 @@ pub struct EngineStats {
     pub session_merges: u64,
 }
 
+impl EngineStats {
+    /// Adds another engine's counters to these.
+    pub fn add(&mut self, o: &EngineStats) {
+        self.events += o.events;
+        self.late_kept += o.late_kept;
+        self.late_dropped += o.late_dropped;
+        self.windows_opened += o.windows_opened;
+        self.panes += o.panes;
+        self.retractions += o.retractions;
+        self.session_merges += o.session_merges;
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TimerKind {
     OnTime,
@@ -209,9 +224,7 @@ struct Window {
     id: u64,
     key: EncodedKey,
     key_hash: u64,
-    /// Partition of the latest event of the window's key.
-    partition: u32,
-    start: Micros,
+        start: Micros,
     end: Micros,
     next_pane: u32,
     live: bool,
@@ -429,7 +442,9 @@ pub struct Engine {
     slab: Vec<Window>,
     free: Vec<u32>,
     live_windows: usize,
-    wm: WatermarkTracker,
+    /// The source partition whose keys this engine holds.
+    partition: u32,
+    wm: PartitionWatermark,
     timers: BTreeMap<Micros, Vec<Timer>>,
     early_list: Vec<(u32, u64)>,
     late_list: Vec<(u32, u64)>,
@@ -444,7 +459,19 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine for the keys of partition 0 (replay, tests).
     pub fn new(p: &Pipeline, plan: &DecodePlan, mode: ProcessingTime) -> Engine {
+        Engine::for_partition(p, plan, mode, 0)
+    }
+
+    /// An engine for the keys of source partition `partition`, assigned
+    /// now: its watermark starts at -infinity.
+    pub fn for_partition(
+        p: &Pipeline,
+        plan: &DecodePlan,
+        mode: ProcessingTime,
+        partition: u32,
+    ) -> Engine {
         let layout = Layout::new(p, plan);
         let n_filters = layout.filters.len();
         Engine {
@@ -460,7 +487,8 @@ impl Engine {
             slab: Vec::new(),
             free: Vec::new(),
             live_windows: 0,
-            wm: WatermarkTracker::new(p.max_out_of_orderness, p.idle_timeout, p.idle_advance),
+            partition,
+            wm: PartitionWatermark::new(p.max_out_of_orderness, p.idle_timeout, WATERMARK_MIN),
             timers: BTreeMap::new(),
             early_list: Vec::new(),
             late_list: Vec::new(),
@@ -475,9 +503,21 @@ impl Engine {
         }
     }
 
-    /// The pipeline watermark `W`.
+    /// The watermark of this engine's partition, which judges lateness
+    /// and fires windows of its keys.
     pub fn watermark(&self) -> Micros {
         self.wm.current()
+    }
+
+    /// The source partition whose keys this engine holds.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// Whether the partition is idle (SPEC 2): its watermark then follows
+    /// the floor its owner computes ([`crate::time::watermark::idle_floor`]).
+    pub fn is_idle(&self) -> bool {
+        self.wm.is_idle()
     }
 
     /// Current processing time.
@@ -500,31 +540,16 @@ impl Engine {
         self.keys.len()
     }
 
-    /// Makes a partition take part in the watermark.
-    pub fn assign_partition(&mut self, p: usize) {
+    /// Tells whether the partition's consumer is at the end of its log.
+    /// Returns true when that changed whether the partition is idle.
+    pub fn set_end_of_log(&mut self, at_end: bool) -> bool {
         let now = self.now;
-        self.wm.assign(p, now);
-    }
-
-    /// Takes a partition out of the watermark.
-    pub fn revoke_partition(&mut self, p: usize, out: &mut PaneBuf) {
-        self.wm.revoke(p);
-        let now = self.now;
-        if self.wm.on_processing_time(now) {
-            self.fire_timers(out);
-        }
-    }
-
-    /// Tells whether a partition's consumer is at the end of its log.
-    pub fn set_end_of_log(&mut self, p: usize, at_end: bool, out: &mut PaneBuf) {
-        let now = self.now;
-        if self.wm.set_end_of_log(p, at_end, now) {
-            self.fire_timers(out);
-        }
+        self.wm.set_end_of_log(at_end, now)
     }
 
     /// Moves processing time forward (external mode, or tests): fires due
-    /// processing-time triggers and re-evaluates idleness.
+    /// processing-time triggers and re-evaluates idleness (which moves no
+    /// watermark by itself: see [`Engine::is_idle`]).
     pub fn set_processing_time(&mut self, now: Micros, out: &mut PaneBuf) {
         if now <= self.now {
             return;
@@ -548,12 +573,11 @@ impl Engine {
                 }
             }
         }
-        if self.wm.on_processing_time(now) {
-            self.fire_timers(out);
-        }
+        self.wm.on_processing_time(now);
     }
 
-    /// Raises the watermark to at least `w` (tests, punctuation) and fires what completes.
+    /// Raises the watermark to at least `w` (the idle floor, tests) and
+    /// fires what completes.
     pub fn advance_watermark(&mut self, w: Micros, out: &mut PaneBuf) {
         if self.wm.advance_to(w) {
             self.fire_timers(out);
@@ -600,17 +624,12 @@ impl Engine {
         self.keys.prefetch_entry(hash);
     }
 
-    /// Processes one event from partition `partition`.
+    /// Processes one event of the engine's partition.
     ///
     /// On `Err` nothing changed except counters: the caller dead-letters the record.
     #[inline]
-    pub fn process(
-        &mut self,
-        ev: &EventRef<'_>,
-        partition: usize,
-        out: &mut PaneBuf,
-    ) -> Result<(), Refusal> {
-        self.process_hashed(ev, key_hash(ev.key), partition, out)
+    pub fn process(&mut self, ev: &EventRef<'_>, out: &mut PaneBuf) -> Result<(), Refusal> {
+        self.process_hashed(ev, key_hash(ev.key), out)
     }
 
     /// [`Engine::process`] for a caller that already hashed the event's key
@@ -619,7 +638,6 @@ impl Engine {
         &mut self,
         ev: &EventRef<'_>,
         hash: u64,
-        partition: usize,
         out: &mut PaneBuf,
     ) -> Result<(), Refusal> {
         debug_assert_eq!(hash, key_hash(ev.key));
@@ -689,7 +707,7 @@ impl Engine {
                         );
                         s
                     }
-                    None => self.open_window(ev.key, hash, start, end, partition as u32),
+                    None => self.open_window(ev.key, hash, start, end),
                 }
             }
             WindowKind::Session { gap } => {
@@ -711,7 +729,7 @@ impl Engine {
                 if meets {
                     self.merge_sessions(hash, ev.key, ps, pe, out)
                 } else {
-                    self.open_window(ev.key, hash, ps, pe, partition as u32)
+                    self.open_window(ev.key, hash, ps, pe)
                 }
             }
         };
@@ -722,7 +740,6 @@ impl Engine {
         self.seq += 1;
         let seq = self.seq;
         let win = &mut self.slab[slot as usize];
-        win.partition = partition as u32;
         for (acc, (kind, filter)) in win.accs.iter_mut().zip(self.layout.accs.iter()) {
             if filter.is_some_and(|f| !self.filter_bits[f]) {
                 continue;
@@ -767,7 +784,7 @@ impl Engine {
             self.early_list.push((slot, id));
         }
         let now = self.now;
-        if self.wm.observe(partition, t, now) {
+        if self.wm.observe(t, now) {
             self.fire_timers(out);
         }
         Ok(())
@@ -806,7 +823,6 @@ impl Engine {
         hash: u64,
         start: Micros,
         end: Micros,
-        partition: u32,
     ) -> u32 {
         let id = self.next_window_id;
         self.next_window_id += 1;
@@ -821,7 +837,6 @@ impl Engine {
                 win.id = id;
                 win.key = EncodedKey::new(key);
                 win.key_hash = hash;
-                win.partition = partition;
                 win.start = start;
                 win.end = end;
                 win.next_pane = 0;
@@ -839,7 +854,6 @@ impl Engine {
                     id,
                     key: EncodedKey::new(key),
                     key_hash: hash,
-                    partition,
                     start,
                     end,
                     next_pane: 0,
@@ -940,8 +954,7 @@ impl Engine {
             if self.accumulation == Accumulation::AccumulatingAndRetracting {
                 if let Some(last) = self.slab[gone as usize].last.take() {
                     let k = self.slab[gone as usize].key.clone();
-                    let part = self.slab[gone as usize].partition;
-                    self.push_retraction(k, part, &last, out);
+                    self.push_retraction(k, &last, out);
                 }
             }
             let gone_accs = std::mem::take(&mut self.slab[gone as usize].accs);
@@ -987,7 +1000,6 @@ impl Engine {
     fn push_retraction(
         &mut self,
         key: EncodedKey,
-        partition: u32,
         last: &LastPane,
         out: &mut PaneBuf,
     ) {
@@ -1000,7 +1012,7 @@ impl Engine {
             timing: last.timing,
             is_final: false,
             retraction: true,
-            partition,
+            partition: self.partition,
             emitted_at: self.now,
             watermark: self.visible_watermark(),
         };
@@ -1036,7 +1048,7 @@ impl Engine {
                     timing: last.timing,
                     is_final: false,
                     retraction: true,
-                    partition: win.partition,
+                    partition: self.partition,
                     emitted_at,
                     watermark,
                 };
@@ -1052,7 +1064,7 @@ impl Engine {
             timing,
             is_final,
             retraction: false,
-            partition: win.partition,
+            partition: self.partition,
             emitted_at,
             watermark,
         });
@@ -1134,7 +1146,13 @@ impl Engine {
             if at > w {
                 break;
             }
-            let timers = entry.remove();
+            let mut timers = entry.remove();
+            // Deadlines that fall together fire in window-opening order, which
+            // a checkpoint keeps (the order timers were added in does not
+            // survive a restore, and the output must not depend on it).
+            if !timers.is_sorted_by_key(|t| t.id) {
+                timers.sort_by_key(|t| t.id);
+            }
             for t in timers {
                 if !self.valid(t.slot, t.id) {
                     continue;

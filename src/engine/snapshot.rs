@@ -1,10 +1,11 @@
-//! Checkpoint state of one source partition: the windows of the keys whose
-//! events come from it, its partition watermark, and the engine counters a
-//! restore must not move back (processing time, arrival sequence).
+//! Checkpoint state of one source partition: an engine holds the keys of
+//! one partition, so this is the engine's whole state: the windows, the
+//! partition watermark, and the counters a restore must not move back
+//! (processing time, arrival sequence).
 //!
-//! A key belongs to the partition of its latest event; producers that key
-//! their records by entity keep every key in one partition, which is what a
-//! consumer group needs anyway (each instance sees only its partitions).
+//! Producers key their records by entity, so every event of a key is on one
+//! partition, which is what a consumer group needs anyway (each instance
+//! sees only its partitions).
 
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +19,9 @@ pub struct PartitionState {
     pub partition: u32,
     /// Greatest event time seen on the partition.
     pub max_time: Option<Micros>,
-    /// The pipeline watermark when the snapshot was taken.
+    /// The partition's watermark when the snapshot was taken (checkpoint
+    /// format 1 saved the pipeline watermark here, which the partition
+    /// then continues from: its windows up to it had already fired).
     pub watermark: Micros,
     pub processing_time: Micros,
     /// Arrival sequence (orders `first`/`last` ties).
@@ -67,16 +70,15 @@ pub enum RestoreError {
 }
 
 impl Engine {
-    /// The state of partition `p`, in window-opening order. With `remove`,
-    /// its windows leave the engine and `p` leaves the watermark (a revoke).
-    pub fn export_partition(&mut self, p: u32, remove: bool) -> PartitionState {
+    /// The engine's state, in window-opening order.
+    pub fn export(&self) -> PartitionState {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut slots: Vec<(u64, u32)> = self
             .slab
             .iter()
             .enumerate()
-            .filter(|(_, w)| w.live && w.partition == p)
+            .filter(|(_, w)| w.live)
             .map(|(i, w)| (w.id, i as u32))
             .collect();
         slots.sort_unstable();
@@ -102,37 +104,19 @@ impl Engine {
                 }
             })
             .collect();
-        let state = PartitionState {
-            partition: p,
-            max_time: self.wm.max_time(p as usize),
+        PartitionState {
+            partition: self.partition,
+            max_time: self.wm.max_time(),
             watermark: self.wm.current(),
             processing_time: self.now,
             seq: self.seq,
             windows,
-        };
-        if remove {
-            for &(id, s) in &slots {
-                let (hash, key) = {
-                    let w = &self.slab[s as usize];
-                    (w.key_hash, w.key.clone())
-                };
-                if let Some(e) = self.keys.find_mut(hash, |e| e.key == key) {
-                    e.windows.retain(|r| !(r.slot == s && r.id == id));
-                }
-                self.release(s);
-            }
-            self.wm.revoke(p as usize);
         }
-        state
     }
 
-    /// Loads a partition's state (an assignment after a restart or a
-    /// rebalance). Panes that become due fire into `out`.
-    pub fn import_partition(
-        &mut self,
-        state: &PartitionState,
-        out: &mut PaneBuf,
-    ) -> Result<(), RestoreError> {
+    /// Loads a partition's state into this engine (an assignment after a
+    /// restart or a rebalance). Panes that become due fire into `out`.
+    pub fn import(&mut self, state: &PartitionState, out: &mut PaneBuf) -> Result<(), RestoreError> {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD;
         let expected = self.layout.accs.len();
@@ -154,13 +138,7 @@ impl Engine {
         if self.now < state.processing_time {
             self.now = state.processing_time;
         }
-        let now = self.now;
-        self.wm.restore(
-            state.partition as usize,
-            state.max_time,
-            state.watermark,
-            now,
-        );
+        self.wm.restore(state.max_time, state.watermark);
         for (w, key) in state.windows.iter().zip(keys) {
             let hash = super::key_hash(&key);
             if self
@@ -172,7 +150,7 @@ impl Engine {
             {
                 self.new_key(hash, &key);
             }
-            let slot = self.open_window(&key, hash, w.start, w.end, state.partition);
+            let slot = self.open_window(&key, hash, w.start, w.end);
             let id = self.slab[slot as usize].id;
             let opened_past = self.slab[slot as usize].past_on_time;
             let win = &mut self.slab[slot as usize];

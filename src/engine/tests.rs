@@ -6,7 +6,7 @@ use crate::config::Pipeline;
 use crate::event::Decoder;
 
 pub(crate) struct Harness {
-    pub engine: Engine,
+    pub engine: PartitionedEngine,
     pub dec: Decoder,
     pub out: PaneBuf,
     pub dead: Vec<(Reason, String)>,
@@ -26,8 +26,9 @@ pub(crate) const BASIC: &str = "  - { name: n, agg: count }\n  - { name: s, agg:
 impl Harness {
     pub fn new(p: &Pipeline, mode: ProcessingTime) -> Harness {
         let dec = Decoder::new(DecodePlan::new(p));
-        let engine = Engine::new(p, &dec.plan, mode);
-        let out = PaneBuf::new(p.features.len());
+        let mut engine = PartitionedEngine::new(p, &dec.plan, mode);
+        let mut out = PaneBuf::new(p.features.len());
+        engine.assign(0, None, &mut out).expect("empty state");
         Harness {
             engine,
             dec,
@@ -42,7 +43,7 @@ impl Harness {
 
     pub fn push_on(&mut self, partition: usize, json: &str) -> Result<(), Reason> {
         let r = match self.dec.decode_json(json.as_bytes()) {
-            Ok(ev) => self.engine.process(&ev, partition, &mut self.out),
+            Ok(ev) => self.engine.process(partition as u32, &ev, &mut self.out),
             Err(e) => Err(e),
         };
         r.map_err(|e| {
@@ -187,7 +188,7 @@ fn out_of_orderness_delays_completion_and_panes_come_in_end_order() {
             p("b", 10, 20, 0, OnTime, true, 1, Some(1.0))
         ]
     );
-    assert_eq!(h.engine.stats.late_kept, 0);
+    assert_eq!(h.engine.stats().late_kept, 0);
 }
 
 #[test]
@@ -204,7 +205,7 @@ fn late_within_lateness_fires_late_panes_then_a_closing_pane() {
     );
     h.ev("a", 2, 5.0).unwrap(); // late, kept: LATE pane, accumulating
     assert_eq!(h.take(), vec![p("a", 0, 10, 1, Late, false, 2, Some(6.0))]);
-    assert_eq!(h.engine.stats.late_kept, 1);
+    assert_eq!(h.engine.stats().late_kept, 1);
     h.ev("a", 31, 1.0).unwrap(); // W=31 >= 30: [0,10) expires; [10,20) completes (and its expiry is 40)
     assert_eq!(
         h.take(),
@@ -215,7 +216,7 @@ fn late_within_lateness_fires_late_panes_then_a_closing_pane() {
     );
     // Now [0,10) is gone: a late event for it is dropped, counted, dead-lettered.
     assert_eq!(h.ev("a", 5, 1.0), Err(Reason::TooLate));
-    assert_eq!(h.engine.stats.late_dropped, 1);
+    assert_eq!(h.engine.stats().late_dropped, 1);
     assert_eq!(h.dead.len(), 1);
     h.finish();
     assert_eq!(
@@ -255,7 +256,7 @@ fn zero_lateness_drops_every_late_event() {
     assert_eq!(h.ev("a", 9, 1.0), Err(Reason::TooLate)); // [0,10) gone at W >= 10
                                                          // Late (t < W) but its window [10,20) is still open: kept, no late pane.
     h.ev("a", 11, 1.0).unwrap();
-    assert_eq!(h.engine.stats.late_kept, 1);
+    assert_eq!(h.engine.stats().late_kept, 1);
     h.finish();
     assert_eq!(
         h.take(),
@@ -451,7 +452,7 @@ fn a_bridging_event_merges_three_sessions_and_swallowed_ones_are_retracted() {
         h.take(),
         vec![r1, p("a", 0, 35, 2, OnTime, true, 5, Some(31.0))]
     );
-    assert_eq!(h.engine.stats.session_merges, 2);
+    assert_eq!(h.engine.stats().session_merges, 2);
 }
 
 #[test]
@@ -464,27 +465,56 @@ fn late_session_event_past_lateness_is_dropped() {
 }
 
 #[test]
-fn idle_partition_stops_holding_the_watermark() {
+fn each_partition_fires_by_its_own_watermark_and_an_idle_one_follows_the_others() {
     let pl = pipeline(TUMBLE_10, "watermark: { idle_timeout: 100ms }", BASIC);
     let mut h = Harness::new(&pl, ProcessingTime::External);
-    h.engine.assign_partition(0);
-    h.engine.assign_partition(1);
+    h.engine.assign(1, None, &mut h.out).unwrap();
     h.set_time(1);
+    h.push_on(1, r#"{"k":"b","t":3,"v":1}"#).unwrap();
     h.push_on(0, r#"{"k":"a","t":5,"v":1}"#).unwrap();
     h.push_on(0, r#"{"k":"a","t":50,"v":1}"#).unwrap();
-    assert_eq!(h.take(), vec![], "partition 1 holds W back");
-    h.set_time(500);
-    assert_eq!(
-        h.take(),
-        vec![],
-        "not idle before reaching the end of its log"
-    );
-    h.engine.set_end_of_log(1, true, &mut h.out);
+    // Partition 1 does not hold partition 0's keys back.
     assert_eq!(h.take(), vec![p("a", 0, 10, 0, OnTime, true, 1, Some(1.0))]);
-    // Partition 1 delivers again and rejoins; W does not move back.
-    h.push_on(1, r#"{"k":"b","t":55,"v":1}"#).unwrap();
-    assert!(!h.engine.wm.is_idle(1));
+    assert_eq!(h.engine.watermark(), 3_000, "the pipeline watermark is the minimum");
+    h.set_time(500);
+    assert_eq!(h.take(), vec![], "not idle before reaching the end of its log");
+    // Idle: partition 1 follows partition 0, and its window fires.
+    h.engine.set_end_of_log(1, true, &mut h.out);
+    assert_eq!(h.take(), vec![p("b", 0, 10, 0, OnTime, true, 1, Some(1.0))]);
     assert_eq!(h.engine.watermark(), 50_000);
+    // It delivers again and rejoins; its watermark does not move back.
+    h.push_on(1, r#"{"k":"b","t":55,"v":1}"#).unwrap();
+    assert!(!h.engine.engine(1).unwrap().is_idle());
+    assert_eq!(h.engine.engine(1).unwrap().watermark(), 55_000);
+}
+
+#[test]
+fn no_assignment_is_not_idleness() {
+    let pl = pipeline(
+        TUMBLE_10,
+        "watermark: { idle_timeout: 100ms, idle_advance: true }",
+        BASIC,
+    );
+    let mut h = Harness::new(&pl, ProcessingTime::External);
+    h.set_time(1);
+    h.push_on(0, r#"{"k":"a","t":5,"v":1}"#).unwrap();
+    // Every partition is revoked (an eager rebalance) while the wall clock runs.
+    h.engine.revoke(0, &mut h.out);
+    h.set_time(1_000_000);
+    assert_eq!(h.engine.watermark(), 5_000, "nothing assigned: W stays");
+    // Assigned back without a checkpoint, the partition reads its history
+    // from the start, against its own watermark: nothing is late.
+    h.engine.assign(0, None, &mut h.out).unwrap();
+    assert_eq!(h.engine.watermark(), WATERMARK_MIN);
+    h.push_on(0, r#"{"k":"a","t":5,"v":1}"#).unwrap();
+    h.push_on(0, r#"{"k":"a","t":12,"v":2}"#).unwrap();
+    assert_eq!(h.take(), vec![p("a", 0, 10, 0, OnTime, true, 1, Some(1.0))]);
+    assert!(h.dead.is_empty());
+    // Every assigned partition idle, with idle_advance: W follows the clock.
+    h.engine.set_end_of_log(0, true, &mut h.out);
+    h.set_time(2_000_000);
+    assert_eq!(h.engine.watermark(), 2_000_000_000);
+    assert_eq!(h.take(), vec![p("a", 10, 20, 0, OnTime, true, 1, Some(2.0))]);
 }
 
 #[test]
@@ -631,7 +661,7 @@ proptest! {
         prop_assert_eq!(final_rows(&all), want);
         let dead: Vec<String> = h.dead.iter().map(|(r, j)| { assert_eq!(*r, Reason::TooLate); j.clone() }).collect();
         prop_assert_eq!(dead, dropped);
-        prop_assert_eq!(h.engine.stats.late_dropped as usize, h.dead.len());
+        prop_assert_eq!(h.engine.stats().late_dropped as usize, h.dead.len());
     }
 
     /// Sessions: the final panes equal sessions computed from all events at once.
@@ -730,13 +760,14 @@ proptest! {
         parts.sort();
         parts.dedup();
         let saved: Vec<String> = parts.iter()
-            .map(|&p| serde_json::to_string(&a.engine.export_partition(p, false)).unwrap())
+            .map(|&p| serde_json::to_string(&a.engine.export(p).unwrap()).unwrap())
             .collect();
         a.out.clear();
         let mut b = Harness::new(&pl, ProcessingTime::StreamTime);
+        b.engine.revoke(0, &mut b.out);
         for s in &saved {
             let st: PartitionState = serde_json::from_str(s).unwrap();
-            b.engine.import_partition(&st, &mut b.out).unwrap();
+            b.engine.assign(st.partition, Some(&st), &mut b.out).unwrap();
         }
         prop_assert!(b.out.is_empty(), "a restore fires nothing that was not due");
         for e in &events[cut..] {
@@ -749,41 +780,256 @@ proptest! {
         prop_assert_eq!(sorted_rows(&a.out.take_panes()), sorted_rows(&b.out.take_panes()));
     }
 
-    /// Moving a partition to another engine (revoke with removal, then load)
-    /// leaves the finals of every key as a single engine computes them.
+    /// Rebalances (SPEC 2): random streams over three partitions, consumed
+    /// in a random interleaving; at random points checkpoints, revokes of
+    /// any subset of the partitions (all of them included) and assignments
+    /// back, each from the partition's last checkpoint, an older one or
+    /// offset 0, with idleness and `idle_advance` on and off. What the
+    /// owners committed (panes and dead letters of the epochs a checkpoint
+    /// closed) equals an uninterrupted run's output, partition by partition.
     #[test]
-    fn moved_partition_keeps_its_windows(events in stream(100), cut_at in 0usize..120) {
-        let cut = cut_at.min(events.len());
-        let pl = pipeline("  tumbling: { size: 50ms }\n  allowed_lateness: 1s", "watermark: { max_out_of_orderness: 20ms }", BASIC);
-        let json = |&(k, t, x): &(u8, i64, i32)| format!(r#"{{"k":"k{k}","t":{t},"v":{x}}}"#);
-        let mut one = Harness::new(&pl, ProcessingTime::StreamTime);
-        let mut a = Harness::new(&pl, ProcessingTime::StreamTime);
-        for e in &events[..cut] {
-            let _ = one.push_on((e.0 % 2) as usize, &json(e));
-            let _ = a.push_on((e.0 % 2) as usize, &json(e));
+    fn rebalances_recompute_every_partition_exactly(
+        events in stream(150),
+        ops in prop::collection::vec((0u8..10, 0u8..8, 0u8..3), 1..200),
+        idle in 0usize..3,
+        retract in any::<bool>(),
+        lateness in prop::sample::select(vec![0i64, 30, 300]),
+    ) {
+        let acc = if retract { "accumulation: accumulating_and_retracting" } else { "" };
+        let wm = ["max_out_of_orderness: 20ms", "max_out_of_orderness: 20ms, idle_timeout: 3ms",
+            "max_out_of_orderness: 20ms, idle_timeout: 3ms, idle_advance: true"][idle];
+        let pl = pipeline(&format!("  tumbling: {{ size: 50ms }}\n  allowed_lateness: {lateness}ms"),
+            &format!("watermark: {{ {wm} }}\ntrigger: {{ late: every_event }}\n{acc}"), BASIC);
+        let sim = RebalanceSim::new(&pl, &events);
+        let want = sim.uninterrupted(&ops);
+        let got = sim.interrupted(&ops);
+        for p in 0..3 {
+            // With idleness, what fires a quiet partition's windows depends on
+            // the others' progress: its finals may not, nor may anything else
+            // but the panes' timings.
+            if idle == 0 {
+                prop_assert_eq!(&got.panes[p], &want.panes[p], "panes of partition {}", p);
+            } else {
+                prop_assert_eq!(finals(&got.panes[p]), finals(&want.panes[p]), "finals of partition {}", p);
+            }
+            prop_assert_eq!(&got.dead[p], &want.dead[p], "dead letters of partition {}", p);
         }
-        let moved = a.engine.export_partition(1, true);
-        prop_assert!(a.engine.export_partition(1, false).windows.is_empty());
-        let mut b = Harness::new(&pl, ProcessingTime::StreamTime);
-        b.engine.import_partition(&moved, &mut b.out).unwrap();
-        for e in &events[cut..] {
-            let _ = one.push_on((e.0 % 2) as usize, &json(e));
-            let h = if e.0 % 2 == 1 { &mut b } else { &mut a };
-            let _ = h.push_on((e.0 % 2) as usize, &json(e));
+    }
+
+}
+
+/// Committed output per partition: panes (without `emitted_at`) and dead
+/// letters as (offset, reason).
+#[derive(Debug, Default)]
+struct Committed {
+    panes: Vec<Vec<String>>,
+    dead: Vec<Vec<(usize, Reason)>>,
+}
+
+fn pane_text(m: &PaneMeta, v: &[Value]) -> String {
+    format!(
+        "{} [{},{}) #{} {:?} final={} retr={} wm={:?} {:?}",
+        m.key, m.window_start, m.window_end, m.pane_index, m.timing, m.is_final, m.retraction,
+        m.watermark, v
+    )
+}
+
+/// The final panes of one partition's output, sorted.
+fn finals(panes: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = panes
+        .iter()
+        .filter(|p| p.contains("final=true"))
+        .map(|p| {
+            // Without pane index, timing and watermark: which pane is final
+            // depends on when the window expired.
+            let (head, rest) = p.split_once(" #").expect("pane text");
+            format!("{head} {}", rest.rsplit_once(' ').map_or(rest, |x| x.1))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// One partition's owner in the simulation.
+struct Owner {
+    next: usize,
+    panes: Vec<String>,
+    dead: Vec<(usize, Reason)>,
+}
+
+/// Partition logs and the two ways of consuming them.
+struct RebalanceSim<'a> {
+    pl: &'a Pipeline,
+    logs: Vec<Vec<String>>,
+}
+
+impl<'a> RebalanceSim<'a> {
+    fn new(pl: &'a Pipeline, events: &[(u8, i64, i32)]) -> Self {
+        let mut logs = vec![Vec::new(); 3];
+        for &(k, t, x) in events {
+            logs[(k % 3) as usize].push(format!(r#"{{"k":"k{k}","t":{t},"v":{x}}}"#));
         }
-        one.finish();
-        a.finish();
-        b.finish();
-        let mut split = a.out.take_panes();
-        split.extend(b.out.take_panes());
-        // Each engine's watermark now spans only its own partitions, so a
-        // pane's timing may differ; the final value of every window may not.
-        let fin = |v: &[Pane]| {
-            let mut r: Vec<String> = v.iter().filter(|p| p.is_final && !p.retraction)
-                .map(|p| format!("{} {} {} {:?}", p.key, p.window_start, p.window_end, p.values)).collect();
-            r.sort();
-            r
+        RebalanceSim { pl, logs }
+    }
+
+    /// Consumes the next record of `p` (or reports the end of its log):
+    /// panes and dead letters go to the partition's owner.
+    fn step(&self, h: &mut Harness, owners: &mut [Option<Owner>], p: usize) {
+        let Some(o) = owners[p].as_mut() else { return };
+        if o.next >= self.logs[p].len() {
+            h.engine.set_end_of_log(p as u32, true, &mut h.out);
+        } else {
+            h.engine.set_end_of_log(p as u32, false, &mut h.out);
+            let dead_before = h.dead.len();
+            let _ = h.push_on(p, &self.logs[p][o.next]);
+            if let Some((r, _)) = h.dead.get(dead_before) {
+                o.dead.push((o.next, *r));
+            }
+            o.next += 1;
+        }
+        Self::route(h, owners);
+    }
+
+    fn route(h: &mut Harness, owners: &mut [Option<Owner>]) {
+        for (m, v) in h.out.iter() {
+            let o = owners[m.partition as usize].as_mut().expect("panes come from owned partitions");
+            o.panes.push(pane_text(m, v));
+        }
+        h.out.clear();
+    }
+
+    fn tick(h: &mut Harness, owners: &mut [Option<Owner>], now: &mut i64) {
+        *now += 1;
+        h.set_time(*now);
+        Self::route(h, owners);
+    }
+
+    fn harness(&self) -> Harness {
+        let mut h = Harness::new(self.pl, ProcessingTime::External);
+        h.engine.revoke(0, &mut h.out);
+        h
+    }
+
+    /// Runs the interleaving of `ops` to the end of every log, then fires
+    /// what is left, with every partition owned all along.
+    fn uninterrupted(&self, ops: &[(u8, u8, u8)]) -> Committed {
+        let mut h = self.harness();
+        let mut owners: Vec<Option<Owner>> = (0..3).map(|_| Some(Owner { next: 0, panes: vec![], dead: vec![] })).collect();
+        for p in 0..3 {
+            h.engine.assign(p, None, &mut h.out).unwrap();
+        }
+        let mut now = 0;
+        for &(_, x, _) in ops {
+            Self::tick(&mut h, &mut owners, &mut now);
+            self.step(&mut h, &mut owners, (x % 3) as usize);
+        }
+        self.drain(&mut h, &mut owners, &mut now);
+        let mut c = Committed::default();
+        for o in owners.into_iter().map(|o| o.expect("owned")) {
+            c.panes.push(o.panes);
+            c.dead.push(o.dead);
+        }
+        c
+    }
+
+    /// Consumes everything left, then the end of input.
+    fn drain(&self, h: &mut Harness, owners: &mut [Option<Owner>], now: &mut i64) {
+        loop {
+            let mut more = false;
+            for p in 0..3 {
+                if owners[p].as_ref().is_some_and(|o| o.next < self.logs[p].len()) {
+                    more = true;
+                    Self::tick(h, owners, now);
+                    self.step(h, owners, p);
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        for p in 0..3 {
+            self.step(h, owners, p);
+        }
+        for _ in 0..10 {
+            Self::tick(h, owners, now);
+        }
+        h.finish();
+        Self::route(h, owners);
+    }
+
+    /// The same interleaving with checkpoints, revokes and assignments in
+    /// between. A checkpoint commits what its owner emitted since the last
+    /// one; a revoke drops it; an assignment from an older checkpoint (or
+    /// offset 0) takes back what was committed after it, which the new
+    /// owner recomputes.
+    fn interrupted(&self, ops: &[(u8, u8, u8)]) -> Committed {
+        let mut h = self.harness();
+        let mut owners: Vec<Option<Owner>> = (0..3).map(|_| None).collect();
+        // Per partition: checkpoints as (state, next offset, committed panes and dead letters).
+        type Ck = (Option<String>, usize, usize, usize);
+        let mut history: Vec<Vec<Ck>> = vec![vec![(None, 0, 0, 0)]; 3];
+        let mut committed = Committed { panes: vec![vec![]; 3], dead: vec![vec![]; 3] };
+        let mut now = 0;
+        let assign = |h: &mut Harness, owners: &mut Vec<Option<Owner>>, history: &mut Vec<Vec<Ck>>,
+                      committed: &mut Committed, p: usize, which: u8| {
+            let hist = &mut history[p];
+            let k = match which {
+                0 => hist.len() - 1,
+                1 => hist.len().saturating_sub(2),
+                _ => 0,
+            };
+            hist.truncate(k + 1);
+            let (state, next, np, nd) = hist[k].clone();
+            committed.panes[p].truncate(np);
+            committed.dead[p].truncate(nd);
+            let st: Option<PartitionState> = state.map(|s| serde_json::from_str(&s).unwrap());
+            h.engine.assign(p as u32, st.as_ref(), &mut h.out).unwrap();
+            owners[p] = Some(Owner { next, panes: vec![], dead: vec![] });
+            Self::route(h, owners);
         };
-        prop_assert_eq!(fin(&one.out.take_panes()), fin(&split));
+        let checkpoint = |h: &mut Harness, owners: &mut Vec<Option<Owner>>, history: &mut Vec<Vec<Ck>>,
+                          committed: &mut Committed| {
+            for p in 0..3 {
+                if let Some(o) = owners[p].as_mut() {
+                    committed.panes[p].append(&mut o.panes);
+                    committed.dead[p].append(&mut o.dead);
+                    let st = serde_json::to_string(&h.engine.export(p as u32).unwrap()).unwrap();
+                    history[p].push((Some(st), o.next, committed.panes[p].len(), committed.dead[p].len()));
+                }
+            }
+        };
+        for p in 0..3 {
+            assign(&mut h, &mut owners, &mut history, &mut committed, p, 0);
+        }
+        for &(op, x, which) in ops {
+            Self::tick(&mut h, &mut owners, &mut now);
+            match op {
+                0 => checkpoint(&mut h, &mut owners, &mut history, &mut committed),
+                1 => {
+                    // Revoke a subset (bits of x; 7 is all of them).
+                    for p in 0..3 {
+                        if x & (1 << p) != 0 && owners[p].take().is_some() {
+                            h.engine.revoke(p as u32, &mut h.out);
+                            Self::route(&mut h, &mut owners);
+                        }
+                    }
+                }
+                2 => {
+                    let p = (x % 3) as usize;
+                    if owners[p].is_none() {
+                        assign(&mut h, &mut owners, &mut history, &mut committed, p, which);
+                    }
+                }
+                _ => self.step(&mut h, &mut owners, (x % 3) as usize),
+            }
+        }
+        for p in 0..3 {
+            if owners[p].is_none() {
+                assign(&mut h, &mut owners, &mut history, &mut committed, p, 0);
+            }
+        }
+        self.drain(&mut h, &mut owners, &mut now);
+        checkpoint(&mut h, &mut owners, &mut history, &mut committed);
+        committed
     }
 }

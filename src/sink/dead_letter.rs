@@ -102,6 +102,57 @@ impl DeadLetterWriter {
     }
 }
 
+impl DeadLetterWriter {
+    /// Flushes and syncs the file but leaves it under its temporary name,
+    /// returning its (temporary, final) paths when anything was written:
+    /// the daemon publishes it with the checkpoint that covers its records.
+    pub fn close_deferred(&mut self) -> std::io::Result<Option<(PathBuf, PathBuf)>> {
+        match self.out.take() {
+            Some(mut out) => {
+                out.flush()?;
+                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                Ok(Some((self.tmp.clone(), self.dest.clone())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Removes the file being written, unpublished (a revoked partition).
+    pub fn discard(&mut self) {
+        if self.out.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Removes the unpublished files of `<dir>/<pipeline>/` whose run
+/// identifier starts with `prefix` and that are not in `keep` (left by a
+/// crashed or revoked run). Returns how many were removed.
+pub fn remove_unpublished(
+    dir: &Path,
+    pipeline: &str,
+    prefix: &str,
+    keep: &[(PathBuf, PathBuf)],
+) -> usize {
+    let start = format!(".part-{prefix}");
+    let mut removed = 0;
+    let Ok(files) = std::fs::read_dir(dir.join(pipeline)) else {
+        return 0;
+    };
+    for f in files.flatten() {
+        let name = f.file_name().to_string_lossy().into_owned();
+        let path = f.path();
+        if name.starts_with(&start)
+            && name.ends_with(".tmp")
+            && !keep.iter().any(|(t, _)| *t == path)
+            && std::fs::remove_file(&path).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// One dead letter as a JSON line (without the newline).
 pub fn dead_letter_json(pipeline: &str, refusal: &Refusal, pos: &Position, raw: &[u8]) -> String {
     let truncated = raw.len() > MAX_RAW_BYTES;

@@ -1,10 +1,20 @@
-//! Per-partition watermarks and the pipeline watermark (SPEC 2).
+//! Watermarks (SPEC 2, docs/semantics.md section 2).
 //!
-//! Each partition `p` keeps `W_p = max event time seen on p - max_out_of_orderness`.
-//! The pipeline watermark is the minimum over partitions that are not idle,
-//! and it never moves backwards. A partition is idle when it has delivered
-//! nothing for `idle_timeout` of processing time and its source says it has
-//! reached the end of its log; it rejoins the minimum when it delivers again.
+//! [`PartitionWatermark`] is the watermark of one source partition:
+//! `W_p = max event time seen on p - max_out_of_orderness`, raised further
+//! only by [`PartitionWatermark::advance_to`] (an idle partition following
+//! the others, the end of a bounded input). It never moves backwards. The
+//! lateness and the firing of a partition's keys are judged against it, so
+//! a partition's panes depend on its own log only, whatever the other
+//! partitions of the instance did or which instance held it before.
+//!
+//! A partition is idle when it has delivered nothing for `idle_timeout` of
+//! processing time and its source says it has reached the end of its log;
+//! it rejoins when it delivers again. [`idle_floor`] says where the idle
+//! partitions of an instance are raised to: the minimum over the partitions
+//! that are not idle (so they never hold the others back), or, with every
+//! assigned partition idle and `idle_advance`, `now - max_out_of_orderness`.
+//! With nothing assigned there is no floor: no assignment is not idleness.
 
 use super::Micros;
 
@@ -13,125 +23,94 @@ pub const WATERMARK_MIN: Micros = i64::MIN;
 /// Watermark at the end of a bounded input: everything is complete.
 pub const WATERMARK_MAX: Micros = i64::MAX;
 
+/// The watermark of one partition. See the module documentation.
 #[derive(Debug, Clone)]
-struct Partition {
+pub struct PartitionWatermark {
+    out_of_orderness: Micros,
+    idle_timeout: Option<Micros>,
     /// Greatest event time delivered on this partition.
     max_time: Option<Micros>,
+    current: Micros,
     /// Processing time of the last delivery (or of assignment).
     last_activity: Micros,
     /// The source reports the consumer is at or past the high watermark.
     at_end_of_log: bool,
     idle: bool,
-    assigned: bool,
 }
 
-/// Tracks `W_p` per partition and the pipeline watermark `W`.
-#[derive(Debug, Clone)]
-pub struct WatermarkTracker {
-    out_of_orderness: Micros,
-    idle_timeout: Option<Micros>,
-    idle_advance: bool,
-    parts: Vec<Partition>,
-    current: Micros,
-}
-
-impl WatermarkTracker {
-    pub fn new(out_of_orderness: Micros, idle_timeout: Option<Micros>, idle_advance: bool) -> Self {
+impl PartitionWatermark {
+    /// A partition assigned at processing time `now`, before any event.
+    pub fn new(out_of_orderness: Micros, idle_timeout: Option<Micros>, now: Micros) -> Self {
         Self {
             out_of_orderness,
             idle_timeout,
-            idle_advance,
-            parts: Vec::new(),
+            max_time: None,
             current: WATERMARK_MIN,
+            last_activity: now,
+            at_end_of_log: false,
+            idle: false,
         }
     }
 
-    /// The pipeline watermark `W`.
+    /// `W_p`.
+    #[inline]
     pub fn current(&self) -> Micros {
         self.current
     }
 
-    /// Makes partition `p` part of the minimum from processing time `now` on.
-    pub fn assign(&mut self, p: usize, now: Micros) {
-        if self.parts.len() <= p {
-            self.parts.resize(
-                p + 1,
-                Partition {
-                    max_time: None,
-                    last_activity: now,
-                    at_end_of_log: false,
-                    idle: false,
-                    assigned: false,
-                },
-            );
-        }
-        let part = &mut self.parts[p];
-        part.assigned = true;
-        part.idle = false;
-        part.last_activity = now;
+    /// Greatest event time seen (checkpoints).
+    pub fn max_time(&self) -> Option<Micros> {
+        self.max_time
     }
 
-    /// Takes partition `p` out of the minimum (revoked in a rebalance).
-    pub fn revoke(&mut self, p: usize) {
-        if let Some(part) = self.parts.get_mut(p) {
-            part.assigned = false;
-        }
+    /// Whether the partition is idle now.
+    pub fn is_idle(&self) -> bool {
+        self.idle
     }
 
-    /// Records an event of time `t` on partition `p` at processing time `now`.
-    /// Returns true when `W` moved.
+    /// Records an event of time `t` at processing time `now`. Returns true
+    /// when `W_p` moved.
     #[inline]
-    pub fn observe(&mut self, p: usize, t: Micros, now: Micros) -> bool {
-        if p >= self.parts.len() || !self.parts[p].assigned {
-            self.assign(p, now);
-        }
-        let part = &mut self.parts[p];
-        part.last_activity = now;
-        let rejoined = part.idle;
-        part.idle = false;
-        let raised = match part.max_time {
-            Some(m) if m >= t => false,
-            _ => {
-                part.max_time = Some(t);
-                true
-            }
-        };
-        if raised || rejoined {
-            self.recompute(now)
-        } else {
-            false
-        }
-    }
-
-    /// Records whether `p` has reached the end of its log.
-    pub fn set_end_of_log(&mut self, p: usize, at_end: bool, now: Micros) -> bool {
-        if p >= self.parts.len() {
-            self.assign(p, now);
-        }
-        self.parts[p].at_end_of_log = at_end;
-        self.on_processing_time(now)
-    }
-
-    /// Re-evaluates idleness at processing time `now`. Returns true when `W` moved.
-    pub fn on_processing_time(&mut self, now: Micros) -> bool {
-        if self.idle_timeout.is_none() && !self.idle_advance {
-            // Nothing depends on processing time.
+    pub fn observe(&mut self, t: Micros, now: Micros) -> bool {
+        self.last_activity = now;
+        self.idle = false;
+        if self.max_time.is_some_and(|m| m >= t) {
             return false;
         }
-        if let Some(timeout) = self.idle_timeout {
-            for part in self.parts.iter_mut().filter(|p| p.assigned) {
-                if !part.idle
-                    && part.at_end_of_log
-                    && now.saturating_sub(part.last_activity) >= timeout
-                {
-                    part.idle = true;
-                }
-            }
-        }
-        self.recompute(now)
+        self.max_time = Some(t);
+        self.advance_to(t.saturating_sub(self.out_of_orderness))
     }
 
-    /// Raises `W` to at least `w` (end of input, tests). Returns true when it moved.
+    /// Records whether the partition has reached the end of its log, and
+    /// re-evaluates idleness. Returns true when idleness changed.
+    pub fn set_end_of_log(&mut self, at_end: bool, now: Micros) -> bool {
+        self.at_end_of_log = at_end;
+        let was = self.idle;
+        if !at_end {
+            self.idle = false;
+        }
+        self.on_processing_time(now) || was != self.idle
+    }
+
+    /// Re-evaluates idleness at processing time `now`. Returns true when
+    /// the partition became idle.
+    pub fn on_processing_time(&mut self, now: Micros) -> bool {
+        let Some(timeout) = self.idle_timeout else {
+            return false;
+        };
+        if self.last_activity == WATERMARK_MIN {
+            // Assigned before any processing time was known: silence counts from now.
+            self.last_activity = now;
+        }
+        if !self.idle && self.at_end_of_log && now.saturating_sub(self.last_activity) >= timeout {
+            self.idle = true;
+            return true;
+        }
+        false
+    }
+
+    /// Raises `W_p` to at least `w`. Returns true when it moved.
+    #[inline]
     pub fn advance_to(&mut self, w: Micros) -> bool {
         if w > self.current {
             self.current = w;
@@ -141,67 +120,40 @@ impl WatermarkTracker {
         }
     }
 
-    /// Greatest event time seen on partition `p` (checkpoints).
-    pub fn max_time(&self, p: usize) -> Option<Micros> {
-        self.parts.get(p).and_then(|x| x.max_time)
-    }
-
-    /// Assigns partition `p` with the greatest event time a checkpoint
-    /// recorded for it, and raises `W` towards `saved`, the pipeline
-    /// watermark of that checkpoint, but never above the minimum of the
-    /// assigned partitions' `W_p` (a partition moved here from another
-    /// instance must not make this instance's own partitions late).
-    /// Returns true when `W` moved.
-    pub fn restore(
-        &mut self,
-        p: usize,
-        max_time: Option<Micros>,
-        saved: Micros,
-        now: Micros,
-    ) -> bool {
-        self.assign(p, now);
-        let part = &mut self.parts[p];
-        part.max_time = part.max_time.max(max_time);
-        let floor = self
-            .parts
-            .iter()
-            .filter(|x| x.assigned)
-            .map(|x| match x.max_time {
-                Some(m) => m.saturating_sub(self.out_of_orderness),
-                None => WATERMARK_MIN,
-            })
-            .min()
-            .unwrap_or(WATERMARK_MIN);
-        self.advance_to(saved.min(floor))
-    }
-
-    /// Whether partition `p` is idle now.
-    pub fn is_idle(&self, p: usize) -> bool {
-        self.parts.get(p).is_some_and(|x| x.idle)
-    }
-
-    fn recompute(&mut self, now: Micros) -> bool {
-        let mut min: Option<Micros> = None;
-        let mut any_active = false;
-        for part in self.parts.iter().filter(|p| p.assigned && !p.idle) {
-            any_active = true;
-            let wp = match part.max_time {
-                Some(m) => m.saturating_sub(self.out_of_orderness),
-                None => WATERMARK_MIN,
-            };
-            min = Some(min.map_or(wp, |m: Micros| m.min(wp)));
+    /// Continues from a checkpoint: its greatest event time and the
+    /// partition watermark it saved (never below what the events imply).
+    pub fn restore(&mut self, max_time: Option<Micros>, saved: Micros) {
+        self.max_time = self.max_time.max(max_time);
+        if let Some(m) = self.max_time {
+            self.advance_to(m.saturating_sub(self.out_of_orderness));
         }
-        let candidate = if any_active {
-            min.unwrap_or(WATERMARK_MIN)
-        } else if self.idle_advance && !self.parts.is_empty() {
-            now.saturating_sub(self.out_of_orderness)
-        } else {
-            WATERMARK_MIN
-        };
-        let before = self.current;
-        self.current = self.current.max(candidate);
-        debug_assert!(self.current >= before, "the watermark never moves back");
-        self.current > before
+        self.advance_to(saved);
+    }
+}
+
+/// Where the idle partitions of an instance are raised to, from each
+/// assigned partition's `(W_p, idle)`: the minimum `W_p` of the partitions
+/// that are not idle; with every one idle, `now - out_of_orderness` when
+/// `idle_advance` is set; `None` (nothing moves) when nothing is assigned
+/// or every partition is idle without `idle_advance`.
+pub fn idle_floor(
+    parts: impl IntoIterator<Item = (Micros, bool)>,
+    idle_advance: bool,
+    now: Micros,
+    out_of_orderness: Micros,
+) -> Option<Micros> {
+    let mut any = false;
+    let mut min_active: Option<Micros> = None;
+    for (w, idle) in parts {
+        any = true;
+        if !idle {
+            min_active = Some(min_active.map_or(w, |m| m.min(w)));
+        }
+    }
+    match (any, min_active) {
+        (false, _) => None,
+        (true, Some(m)) => Some(m),
+        (true, None) => idle_advance.then(|| now.saturating_sub(out_of_orderness)),
     }
 }
 
@@ -210,53 +162,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn minimum_over_partitions_and_never_back() {
-        let mut w = WatermarkTracker::new(10, None, false);
-        w.assign(0, 0);
-        w.assign(1, 0);
-        assert!(!w.observe(0, 100, 0));
+    fn follows_the_greatest_event_time_and_never_moves_back() {
+        let mut w = PartitionWatermark::new(10, None, 0);
         assert_eq!(w.current(), WATERMARK_MIN);
-        assert!(w.observe(1, 50, 0));
-        assert_eq!(w.current(), 40);
-        w.observe(1, 200, 0);
+        assert!(w.observe(100, 0));
         assert_eq!(w.current(), 90);
-        // An older event does not move anything back.
-        w.observe(0, 10, 0);
+        assert!(!w.observe(50, 0), "an older event moves nothing");
         assert_eq!(w.current(), 90);
+        assert!(w.advance_to(500));
+        assert!(!w.observe(200, 0), "W_p stays where it was raised to");
+        assert_eq!(w.current(), 500);
     }
 
     #[test]
     fn idle_needs_timeout_and_end_of_log() {
-        let mut w = WatermarkTracker::new(0, Some(1000), false);
-        w.assign(0, 0);
-        w.assign(1, 0);
-        w.observe(0, 500, 0);
-        // Partition 1 never delivers: W waits for it.
-        assert!(!w.on_processing_time(5000));
-        assert_eq!(w.current(), WATERMARK_MIN);
-        // At the end of its log, and silent long enough: it is idle.
-        assert!(w.set_end_of_log(1, true, 5000));
-        assert_eq!(w.current(), 500);
-        assert!(w.is_idle(1));
-        // It rejoins when it delivers again, and W does not move back.
-        w.observe(1, 100, 6000);
-        assert!(!w.is_idle(1));
-        assert_eq!(w.current(), 500);
+        let mut w = PartitionWatermark::new(0, Some(1000), 0);
+        w.observe(500, 0);
+        assert!(!w.on_processing_time(5000), "not at the end of its log");
+        assert!(w.set_end_of_log(true, 5000));
+        assert!(w.is_idle());
+        // It rejoins when it delivers again.
+        w.observe(100, 6000);
+        assert!(!w.is_idle());
+        assert!(!w.set_end_of_log(true, 6500), "silent for only 500");
+        assert!(w.on_processing_time(7000));
     }
 
     #[test]
-    fn all_idle_advances_only_when_asked() {
-        let mut w = WatermarkTracker::new(10, Some(100), true);
-        w.assign(0, 0);
-        w.observe(0, 50, 0);
-        w.set_end_of_log(0, true, 0);
-        assert!(w.on_processing_time(1000));
-        assert_eq!(w.current(), 990);
-        let mut w = WatermarkTracker::new(10, Some(100), false);
-        w.assign(0, 0);
-        w.observe(0, 50, 0);
-        w.set_end_of_log(0, true, 0);
-        w.on_processing_time(1000);
-        assert_eq!(w.current(), 40);
+    fn the_floor_of_idle_partitions() {
+        // The minimum over the partitions that are not idle.
+        assert_eq!(
+            idle_floor([(40, false), (90, false), (5, true)], true, 1000, 10),
+            Some(40)
+        );
+        // Every partition idle: processing time, only when asked.
+        assert_eq!(idle_floor([(40, true)], true, 1000, 10), Some(990));
+        assert_eq!(idle_floor([(40, true)], false, 1000, 10), None);
+        // Nothing assigned is not "every partition idle".
+        assert_eq!(idle_floor([], true, 1000, 10), None);
+    }
+
+    #[test]
+    fn a_restore_continues_from_the_saved_partition_watermark() {
+        let mut w = PartitionWatermark::new(10, None, 0);
+        w.restore(Some(100), 300);
+        assert_eq!(w.current(), 300, "raised by an idle floor before the checkpoint");
+        let mut w = PartitionWatermark::new(10, None, 0);
+        w.restore(Some(100), WATERMARK_MIN);
+        assert_eq!(w.current(), 90);
+        assert_eq!(w.max_time(), Some(100));
     }
 }
