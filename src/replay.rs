@@ -381,8 +381,7 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                             if e + ENTRY_AHEAD < events.len() {
                                 engine.prefetch_key_entry(events.hash(e + ENTRY_AHEAD));
                             }
-                            let r =
-                                engine.process_hashed(&events.get(e), events.hash(e), &mut out);
+                            let r = engine.process_hashed(&events.get(e), events.hash(e), &mut out);
                             e += 1;
                             r
                         }

@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::PartitionState;
 
-/// Format version of the file.
-pub const CHECKPOINT_VERSION: u32 = 1;
+/// Format version of the file. Version 2 saves the partition's own
+/// watermark in the state; version 1 saved the pipeline watermark there,
+/// which a restored partition continues from (its windows up to it fired).
+pub const CHECKPOINT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -50,6 +52,8 @@ pub enum CheckpointError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("checkpoint {path} has format version {version}, newer than this rill reads ({CHECKPOINT_VERSION})")]
+    Version { path: PathBuf, version: u32 },
     #[error("failed to write checkpoint {path}")]
     Write {
         path: PathBuf,
@@ -82,9 +86,18 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(CheckpointError::Read { path, source }),
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| CheckpointError::Parse { path, source })
+        let c: Checkpoint =
+            serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Parse {
+                path: path.clone(),
+                source,
+            })?;
+        if c.version > CHECKPOINT_VERSION {
+            return Err(CheckpointError::Version {
+                path,
+                version: c.version,
+            });
+        }
+        Ok(Some(c))
     }
 
     /// Writes a checkpoint atomically and durably.

@@ -68,6 +68,8 @@ struct Ctx {
     start_ts: Option<i64>,
     events: Mutex<Vec<Reb>>,
     errors: Mutex<Vec<String>>,
+    /// A checkpoint that cannot be read: the worker stops.
+    fatal: Mutex<Option<String>>,
     /// High watermark per partition, from librdkafka's statistics (the
     /// fetch responses carry it): consumer lag without a broker round trip.
     high_watermarks: Mutex<HashMap<i32, i64>>,
@@ -124,7 +126,10 @@ impl ConsumerContext for Ctx {
                             loaded.push((p, c));
                         }
                         Err(e) => {
-                            self.errors.lock().expect("lock").push(format!("{e:#}"));
+                            // Starting the partition over would redo and
+                            // republish what the checkpoint covers: stop.
+                            let mut f = self.fatal.lock().expect("lock");
+                            f.get_or_insert_with(|| format!("{:#}", anyhow::Error::new(e)));
                             loaded.push((p, None));
                         }
                     }
@@ -286,6 +291,7 @@ impl Worker {
             start_ts,
             events: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
             high_watermarks: Mutex::new(HashMap::new()),
         };
         let mut cfg = ClientConfig::new();
@@ -505,6 +511,9 @@ impl Worker {
             std::mem::take(&mut *self.consumer.context().errors.lock().expect("lock"));
         for e in errors {
             tracing::error!(pipeline = %self.p.name, error = %e, "rebalance");
+        }
+        if let Some(e) = self.consumer.context().fatal.lock().expect("lock").take() {
+            anyhow::bail!("{e}");
         }
         let events: Vec<Reb> =
             std::mem::take(&mut *self.consumer.context().events.lock().expect("lock"));

@@ -224,7 +224,7 @@ struct Window {
     id: u64,
     key: EncodedKey,
     key_hash: u64,
-        start: Micros,
+    start: Micros,
     end: Micros,
     next_pane: u32,
     live: bool,
@@ -817,13 +817,7 @@ impl Engine {
     }
 
     /// Opens a window of `key` and lists it under the key.
-    fn open_window(
-        &mut self,
-        key: &[u8],
-        hash: u64,
-        start: Micros,
-        end: Micros,
-    ) -> u32 {
+    fn open_window(&mut self, key: &[u8], hash: u64, start: Micros, end: Micros) -> u32 {
         let id = self.next_window_id;
         self.next_window_id += 1;
         self.stats.windows_opened += 1;
@@ -997,12 +991,7 @@ impl Engine {
         survivor
     }
 
-    fn push_retraction(
-        &mut self,
-        key: EncodedKey,
-        last: &LastPane,
-        out: &mut PaneBuf,
-    ) {
+    fn push_retraction(&mut self, key: EncodedKey, last: &LastPane, out: &mut PaneBuf) {
         self.stats.retractions += 1;
         let meta = PaneMeta {
             key,

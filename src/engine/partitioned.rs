@@ -103,12 +103,7 @@ impl PartitionedEngine {
 
     /// Processes one event of partition `p` (assigned now if it was not).
     #[inline]
-    pub fn process(
-        &mut self,
-        p: u32,
-        ev: &EventRef<'_>,
-        out: &mut PaneBuf,
-    ) -> Result<(), Refusal> {
+    pub fn process(&mut self, p: u32, ev: &EventRef<'_>, out: &mut PaneBuf) -> Result<(), Refusal> {
         let i = p as usize;
         if self.engines.get(i).is_none_or(Option::is_none) {
             self.assign(p, None, out)

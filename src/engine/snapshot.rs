@@ -116,7 +116,11 @@ impl Engine {
 
     /// Loads a partition's state into this engine (an assignment after a
     /// restart or a rebalance). Panes that become due fire into `out`.
-    pub fn import(&mut self, state: &PartitionState, out: &mut PaneBuf) -> Result<(), RestoreError> {
+    pub fn import(
+        &mut self,
+        state: &PartitionState,
+        out: &mut PaneBuf,
+    ) -> Result<(), RestoreError> {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD;
         let expected = self.layout.accs.len();

@@ -475,9 +475,17 @@ fn each_partition_fires_by_its_own_watermark_and_an_idle_one_follows_the_others(
     h.push_on(0, r#"{"k":"a","t":50,"v":1}"#).unwrap();
     // Partition 1 does not hold partition 0's keys back.
     assert_eq!(h.take(), vec![p("a", 0, 10, 0, OnTime, true, 1, Some(1.0))]);
-    assert_eq!(h.engine.watermark(), 3_000, "the pipeline watermark is the minimum");
+    assert_eq!(
+        h.engine.watermark(),
+        3_000,
+        "the pipeline watermark is the minimum"
+    );
     h.set_time(500);
-    assert_eq!(h.take(), vec![], "not idle before reaching the end of its log");
+    assert_eq!(
+        h.take(),
+        vec![],
+        "not idle before reaching the end of its log"
+    );
     // Idle: partition 1 follows partition 0, and its window fires.
     h.engine.set_end_of_log(1, true, &mut h.out);
     assert_eq!(h.take(), vec![p("b", 0, 10, 0, OnTime, true, 1, Some(1.0))]);
@@ -514,7 +522,10 @@ fn no_assignment_is_not_idleness() {
     h.engine.set_end_of_log(0, true, &mut h.out);
     h.set_time(2_000_000);
     assert_eq!(h.engine.watermark(), 2_000_000_000);
-    assert_eq!(h.take(), vec![p("a", 10, 20, 0, OnTime, true, 1, Some(2.0))]);
+    assert_eq!(
+        h.take(),
+        vec![p("a", 10, 20, 0, OnTime, true, 1, Some(2.0))]
+    );
 }
 
 #[test]
@@ -829,8 +840,15 @@ struct Committed {
 fn pane_text(m: &PaneMeta, v: &[Value]) -> String {
     format!(
         "{} [{},{}) #{} {:?} final={} retr={} wm={:?} {:?}",
-        m.key, m.window_start, m.window_end, m.pane_index, m.timing, m.is_final, m.retraction,
-        m.watermark, v
+        m.key,
+        m.window_start,
+        m.window_end,
+        m.pane_index,
+        m.timing,
+        m.is_final,
+        m.retraction,
+        m.watermark,
+        v
     )
 }
 
@@ -892,7 +910,9 @@ impl<'a> RebalanceSim<'a> {
 
     fn route(h: &mut Harness, owners: &mut [Option<Owner>]) {
         for (m, v) in h.out.iter() {
-            let o = owners[m.partition as usize].as_mut().expect("panes come from owned partitions");
+            let o = owners[m.partition as usize]
+                .as_mut()
+                .expect("panes come from owned partitions");
             o.panes.push(pane_text(m, v));
         }
         h.out.clear();
@@ -914,7 +934,15 @@ impl<'a> RebalanceSim<'a> {
     /// what is left, with every partition owned all along.
     fn uninterrupted(&self, ops: &[(u8, u8, u8)]) -> Committed {
         let mut h = self.harness();
-        let mut owners: Vec<Option<Owner>> = (0..3).map(|_| Some(Owner { next: 0, panes: vec![], dead: vec![] })).collect();
+        let mut owners: Vec<Option<Owner>> = (0..3)
+            .map(|_| {
+                Some(Owner {
+                    next: 0,
+                    panes: vec![],
+                    dead: vec![],
+                })
+            })
+            .collect();
         for p in 0..3 {
             h.engine.assign(p, None, &mut h.out).unwrap();
         }
@@ -937,7 +965,10 @@ impl<'a> RebalanceSim<'a> {
         loop {
             let mut more = false;
             for p in 0..3 {
-                if owners[p].as_ref().is_some_and(|o| o.next < self.logs[p].len()) {
+                if owners[p]
+                    .as_ref()
+                    .is_some_and(|o| o.next < self.logs[p].len())
+                {
                     more = true;
                     Self::tick(h, owners, now);
                     self.step(h, owners, p);
@@ -968,10 +999,17 @@ impl<'a> RebalanceSim<'a> {
         // Per partition: checkpoints as (state, next offset, committed panes and dead letters).
         type Ck = (Option<String>, usize, usize, usize);
         let mut history: Vec<Vec<Ck>> = vec![vec![(None, 0, 0, 0)]; 3];
-        let mut committed = Committed { panes: vec![vec![]; 3], dead: vec![vec![]; 3] };
+        let mut committed = Committed {
+            panes: vec![vec![]; 3],
+            dead: vec![vec![]; 3],
+        };
         let mut now = 0;
-        let assign = |h: &mut Harness, owners: &mut Vec<Option<Owner>>, history: &mut Vec<Vec<Ck>>,
-                      committed: &mut Committed, p: usize, which: u8| {
+        let assign = |h: &mut Harness,
+                      owners: &mut Vec<Option<Owner>>,
+                      history: &mut Vec<Vec<Ck>>,
+                      committed: &mut Committed,
+                      p: usize,
+                      which: u8| {
             let hist = &mut history[p];
             let k = match which {
                 0 => hist.len() - 1,
@@ -984,17 +1022,28 @@ impl<'a> RebalanceSim<'a> {
             committed.dead[p].truncate(nd);
             let st: Option<PartitionState> = state.map(|s| serde_json::from_str(&s).unwrap());
             h.engine.assign(p as u32, st.as_ref(), &mut h.out).unwrap();
-            owners[p] = Some(Owner { next, panes: vec![], dead: vec![] });
+            owners[p] = Some(Owner {
+                next,
+                panes: vec![],
+                dead: vec![],
+            });
             Self::route(h, owners);
         };
-        let checkpoint = |h: &mut Harness, owners: &mut Vec<Option<Owner>>, history: &mut Vec<Vec<Ck>>,
+        let checkpoint = |h: &mut Harness,
+                          owners: &mut Vec<Option<Owner>>,
+                          history: &mut Vec<Vec<Ck>>,
                           committed: &mut Committed| {
             for p in 0..3 {
                 if let Some(o) = owners[p].as_mut() {
                     committed.panes[p].append(&mut o.panes);
                     committed.dead[p].append(&mut o.dead);
                     let st = serde_json::to_string(&h.engine.export(p as u32).unwrap()).unwrap();
-                    history[p].push((Some(st), o.next, committed.panes[p].len(), committed.dead[p].len()));
+                    history[p].push((
+                        Some(st),
+                        o.next,
+                        committed.panes[p].len(),
+                        committed.dead[p].len(),
+                    ));
                 }
             }
         };

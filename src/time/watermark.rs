@@ -206,7 +206,11 @@ mod tests {
     fn a_restore_continues_from_the_saved_partition_watermark() {
         let mut w = PartitionWatermark::new(10, None, 0);
         w.restore(Some(100), 300);
-        assert_eq!(w.current(), 300, "raised by an idle floor before the checkpoint");
+        assert_eq!(
+            w.current(),
+            300,
+            "raised by an idle floor before the checkpoint"
+        );
         let mut w = PartitionWatermark::new(10, None, 0);
         w.restore(Some(100), WATERMARK_MIN);
         assert_eq!(w.current(), 90);

@@ -382,3 +382,34 @@ pub fn start_serve(args: &[&str]) -> (ChildGuard, u16) {
     }
     panic!("rill serve could not start");
 }
+
+/// Starts a tansu broker (in-memory storage) on a free port and waits
+/// until it answers: the opt-in real broker of the daemon tests
+/// (`RILL_TEST_TANSU=1`; `RILL_TANSU_BIN` or `tansu` on the PATH).
+pub fn start_tansu() -> (ChildGuard, String) {
+    let bin = std::env::var("RILL_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(&bin)
+        .args(["broker", "--storage-engine", "memory://tansu/"])
+        .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tansu is installed (cargo install tansu --features dynostore)");
+    let guard = ChildGuard(child);
+    wait_for(60, "tansu to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (guard, format!("127.0.0.1:{port}"))
+}
+
+/// Creates a topic on a tansu broker with its own command line.
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let bin = std::env::var("RILL_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+    run_ok(
+        Command::new(bin)
+            .args(["topic", "create", "--broker", &format!("tcp://{brokers}")])
+            .args(["--partitions", &partitions.to_string(), topic]),
+    );
+}

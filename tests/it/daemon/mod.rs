@@ -16,6 +16,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
+mod rebalance;
+
 use crate::util::{
     free_port, http, read_rows, rill, start_serve, unsafe_kill, wait_for, RedisServer,
 };
@@ -58,30 +60,66 @@ fn events(n: u64, seed: u64) -> Vec<Ev> {
         .collect()
 }
 
-fn partition_of(user: &str) -> i32 {
-    (user.bytes().map(u32::from).sum::<u32>() % 2) as i32
+/// The partition a user's events go to, as a producer keying by entity does.
+fn partition_of(user: &str, partitions: i32) -> i32 {
+    (user.bytes().map(u32::from).sum::<u32>() % partitions as u32) as i32
 }
 
-/// The mock cluster with topic `tx` of two partitions, and a producer.
+/// A Kafka-protocol broker with topic `tx`, and a producer: librdkafka's
+/// mock cluster, or with `RILL_TEST_TANSU=1` a tansu broker (which
+/// coordinates groups differently) started on a free port.
 struct Kafka {
-    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    broker: Broker,
     producer: BaseProducer,
+    partitions: i32,
+}
+
+enum Broker {
+    Mock(MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
+    /// The broker process (stopped on drop) and its address.
+    Tansu(#[allow(dead_code)] crate::util::ChildGuard, String),
 }
 
 impl Kafka {
     fn start() -> Kafka {
-        let cluster = MockCluster::new(1).expect("mock cluster");
-        cluster.create_topic("tx", 2, 1).expect("topic");
+        Kafka::with_partitions(2)
+    }
+
+    fn with_partitions(partitions: i32) -> Kafka {
+        let broker = if std::env::var("RILL_TEST_TANSU").is_ok_and(|v| v == "1") {
+            let (child, brokers) = crate::util::start_tansu();
+            crate::util::create_topic(&brokers, "tx", partitions);
+            Broker::Tansu(child, brokers)
+        } else {
+            let cluster = MockCluster::new(1).expect("mock cluster");
+            cluster.create_topic("tx", partitions, 1).expect("topic");
+            Broker::Mock(cluster)
+        };
+        let brokers = match &broker {
+            Broker::Mock(c) => c.bootstrap_servers(),
+            Broker::Tansu(_, b) => b.clone(),
+        };
         let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("bootstrap.servers", brokers)
             .set("message.max.bytes", "4000000")
             .create()
             .expect("producer");
-        Kafka { cluster, producer }
+        Kafka {
+            broker,
+            producer,
+            partitions,
+        }
+    }
+
+    fn is_tansu(&self) -> bool {
+        matches!(self.broker, Broker::Tansu(..))
     }
 
     fn brokers(&self) -> String {
-        self.cluster.bootstrap_servers()
+        match &self.broker {
+            Broker::Mock(c) => c.bootstrap_servers(),
+            Broker::Tansu(_, b) => b.clone(),
+        }
     }
 
     fn send(&self, partition: i32, key: &str, payload: Option<&[u8]>) {
@@ -104,7 +142,11 @@ impl Kafka {
 
     fn produce(&self, evs: &[Ev]) {
         for e in evs {
-            self.send(partition_of(&e.user), &e.user, Some(e.json.as_bytes()));
+            self.send(
+                partition_of(&e.user, self.partitions),
+                &e.user,
+                Some(e.json.as_bytes()),
+            );
         }
         self.producer.flush(Duration::from_secs(30)).expect("flush");
     }
@@ -112,7 +154,7 @@ impl Kafka {
     /// One event per partition far after the data: the watermark passes
     /// every window of the data and they all fire.
     fn sentinels(&self, after: i64) {
-        for p in 0..2 {
+        for p in 0..self.partitions {
             let t = rill::time::format_rfc3339(after);
             let json = format!(
                 r#"{{"user_id":"zz_sentinel_{p}","event_type":"click","amount":0,"event_time":"{t}"}}"#
@@ -336,7 +378,7 @@ fn wait_for_finals(dir: &Path, want: &Finals) {
         if got.as_ref().is_ok_and(|g| g.len() >= want.len()) {
             return;
         }
-        if t.elapsed() > Duration::from_secs(120) {
+        if t.elapsed() > Duration::from_secs(300) {
             let mut logs = String::new();
             for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 if e.file_name().to_string_lossy().starts_with("daemon-") {
