@@ -61,8 +61,9 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("decode_assign_aggregate_fire/{name}"), |b| {
             b.iter_batched(
                 || {
-                    let dec = Decoder::new(DecodePlan::new(&p));
-                    let engine = Engine::new(&p, &dec.plan, ProcessingTime::StreamTime);
+                    let plan = rill::plan::Plan::new(&p);
+                    let dec = Decoder::new(plan.decode.clone());
+                    let engine = Engine::new(&plan, ProcessingTime::StreamTime);
                     (dec, engine, rill::engine::PaneBuf::new(p.features.len()))
                 },
                 |(mut dec, mut engine, mut out)| {

@@ -11,6 +11,7 @@ pub mod event;
 pub mod gen;
 pub mod join;
 pub mod metrics;
+pub mod plan;
 pub mod replay;
 pub mod serve;
 pub mod sink;

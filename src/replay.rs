@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::Pipeline;
 use crate::engine::{Engine, ProcessingTime};
-use crate::event::{DecodePlan, Decoder, EventBatch, Reason, Refusal};
+use crate::event::{Decoder, EventBatch, Reason, Refusal};
+use crate::plan::Plan;
 use crate::sink::dead_letter::{DeadLetterWriter, Position};
 use crate::sink::parquet::{ParquetSink, ParquetSinkError};
 use crate::source::file::{self, Input, InputError};
@@ -265,11 +266,11 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     let started = Instant::now();
     let p = &opts.pipeline;
     let rid = run_id(&p.name, &opts.input, opts.from, opts.to);
-    let plan = DecodePlan::new(p);
-    let mut dec = Decoder::new(plan);
-    let mut engine = Engine::new(p, &dec.plan, ProcessingTime::StreamTime);
+    let plan = Plan::new(p);
+    let mut dec = Decoder::new(plan.decode.clone());
+    let mut engine = Engine::new(&plan, ProcessingTime::StreamTime);
     engine.set_wall_clock(opts.wall_clock.now());
-    let mut sink = ParquetSink::new(&opts.output, p, &rid);
+    let mut sink = ParquetSink::new(&opts.output, &plan, &rid);
     let dl_dir = opts.output.join("_dead_letter");
     let mut dl = DeadLetterWriter::new(&dl_dir, &p.name, &rid);
     let dl_err = |path: &Path| {

@@ -1,15 +1,41 @@
-//! Accumulators: update with one value, merge two states, finish to a value.
+//! Aggregates (SPEC 4): one table of aggregate kinds ([`AGGREGATES`]) and
+//! the accumulators behind them, one file per family:
 //!
-//! Features over the same field and filter share one accumulator: `sum`,
-//! `mean`, `std`, `std_pop`, `var`, `min` and `max` of a field all read one
-//! [`Stats`], which keeps a compensated (Neumaier) sum, the Welford mean and
-//! sum of squared deviations, and min/max by comparison only. Two states
-//! merge with Chan's formula, so session merges lose no precision.
+//! - [`moments`]: `count`, `sum`, `mean`, `std`, `std_pop`, `var`;
+//! - [`extremes`]: `min`, `max`;
+//! - [`first_last`]: `first`, `last`;
+//! - [`distinct`]: `count_distinct`;
+//! - [`quantile`]: `quantile`;
+//! - [`set`]: `collect_set`.
+//!
+//! Features over the same field and filter share an accumulator (`sum`,
+//! `mean` and `std` of a field read one [`moments::Moments`]). The
+//! accumulators of a window, session or tile form a *row*: fixed-size
+//! words (counts, moments, extremes) and, when the pipeline has them,
+//! variable-size states ([`Heavy`]: first/last, distinct, quantile, set).
+//! [`RowLayout`] knows where each accumulator lives in a row and updates,
+//! merges, resets and finishes rows; every state merges, so tiles and
+//! sessions combine, and every state is restored bit for bit from a
+//! checkpoint ([`AccState`]).
+//!
+//! A new aggregate is one file (its state) plus one entry in [`AGGREGATES`]
+//! and its arms in [`AccKind`] and [`RowLayout`].
+
+pub mod distinct;
+pub mod extremes;
+pub mod first_last;
+pub mod moments;
+pub mod quantile;
+pub mod set;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::AggKind;
-use crate::time::Micros;
+pub use first_last::{Pick, Scalar, ScalarRef};
+pub use moments::Moments;
+
+use distinct::Distinct;
+use quantile::Sketch;
+use set::SetState;
 
 /// Serde of an `f64` as its bit pattern: checkpoints keep NaN, infinities
 /// and every last bit of a running sum.
@@ -31,6 +57,8 @@ pub enum Value {
     Float(#[serde(with = "f64_bits")] f64),
     Bool(bool),
     Str(String),
+    /// `collect_set`: sorted distinct values as text.
+    List(Vec<String>),
 }
 
 impl Value {
@@ -43,336 +71,679 @@ impl Value {
     }
 }
 
-/// Count, compensated sum, Welford mean/M2, min and max of a numeric field.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Stats {
-    pub n: u64,
-    #[serde(with = "f64_bits")]
-    sum: f64,
-    #[serde(with = "f64_bits")]
-    comp: f64,
-    #[serde(with = "f64_bits")]
-    mean: f64,
-    #[serde(with = "f64_bits")]
-    m2: f64,
-    #[serde(with = "f64_bits")]
-    min: f64,
-    #[serde(with = "f64_bits")]
-    max: f64,
+/// An aggregate function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AggKind {
+    Count,
+    Sum,
+    Mean,
+    Std,
+    StdPop,
+    Var,
+    Min,
+    Max,
+    First,
+    Last,
+    CountDistinct,
+    Quantile,
+    CollectSet,
 }
 
-impl Default for Stats {
+/// The accumulator family an aggregate reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Count,
+    Moments,
+    Extremes,
+    First,
+    Last,
+    Distinct,
+    Quantile,
+    Set,
+}
+
+/// The type of an aggregate's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    Int,
+    Float,
+    /// first/last: the declared `type:`, or taken from the values.
+    Scalar,
+    /// A list of strings.
+    StrList,
+}
+
+/// One row of the aggregate table.
+#[derive(Debug, Clone, Copy)]
+pub struct AggDef {
+    pub name: &'static str,
+    pub kind: AggKind,
+    pub family: Family,
+    /// Needs `field:` (only `count` counts events without one).
+    pub needs_field: bool,
+    /// Non-numeric values are bad input.
+    pub numeric: bool,
+    pub output: OutputKind,
+}
+
+const fn def(
+    name: &'static str,
+    kind: AggKind,
+    family: Family,
+    needs_field: bool,
+    numeric: bool,
+    output: OutputKind,
+) -> AggDef {
+    AggDef {
+        name,
+        kind,
+        family,
+        needs_field,
+        numeric,
+        output,
+    }
+}
+
+/// Every aggregate rill knows.
+pub const AGGREGATES: [AggDef; 13] = {
+    use AggKind as A;
+    use Family as F;
+    use OutputKind as O;
+    [
+        def("count", A::Count, F::Count, false, false, O::Int),
+        def("sum", A::Sum, F::Moments, true, true, O::Float),
+        def("mean", A::Mean, F::Moments, true, true, O::Float),
+        def("std", A::Std, F::Moments, true, true, O::Float),
+        def("std_pop", A::StdPop, F::Moments, true, true, O::Float),
+        def("var", A::Var, F::Moments, true, true, O::Float),
+        def("min", A::Min, F::Extremes, true, true, O::Float),
+        def("max", A::Max, F::Extremes, true, true, O::Float),
+        def("first", A::First, F::First, true, false, O::Scalar),
+        def("last", A::Last, F::Last, true, false, O::Scalar),
+        def(
+            "count_distinct",
+            A::CountDistinct,
+            F::Distinct,
+            true,
+            false,
+            O::Int,
+        ),
+        def("quantile", A::Quantile, F::Quantile, true, true, O::Float),
+        def(
+            "collect_set",
+            A::CollectSet,
+            F::Set,
+            true,
+            false,
+            O::StrList,
+        ),
+    ]
+};
+
+impl AggKind {
+    /// The table row of this aggregate.
+    pub fn def(self) -> &'static AggDef {
+        AGGREGATES
+            .iter()
+            .find(|d| d.kind == self)
+            .expect("every aggregate kind has a table row")
+    }
+
+    pub fn name(self) -> &'static str {
+        self.def().name
+    }
+
+    /// The aggregate of a name.
+    pub fn parse(name: &str) -> Option<AggKind> {
+        AGGREGATES.iter().find(|d| d.name == name).map(|d| d.kind)
+    }
+
+    /// The names of every aggregate, for messages.
+    pub fn names() -> String {
+        let n: Vec<&str> = AGGREGATES.iter().map(|d| d.name).collect();
+        n.join(", ")
+    }
+
+    /// Aggregates that need a numeric field.
+    pub fn is_numeric(self) -> bool {
+        self.def().numeric
+    }
+}
+
+/// Parameters of an aggregate (each applies to one kind).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AggParams {
+    /// `quantile`: which quantile, in [0, 1].
+    pub q: f64,
+    /// `count_distinct`: distinct values counted exactly.
+    pub exact_up_to: u32,
+    /// `collect_set`: values kept.
+    pub max: u32,
+}
+
+/// Default `exact_up_to` of `count_distinct`.
+pub const DEFAULT_EXACT_UP_TO: u32 = 1000;
+/// Default `max` of `collect_set`.
+pub const DEFAULT_SET_MAX: u32 = 100;
+
+impl Default for AggParams {
     fn default() -> Self {
-        Stats {
-            n: 0,
-            sum: 0.0,
-            comp: 0.0,
-            mean: 0.0,
-            m2: 0.0,
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
+        AggParams {
+            q: 0.5,
+            exact_up_to: DEFAULT_EXACT_UP_TO,
+            max: DEFAULT_SET_MAX,
         }
     }
 }
 
-#[inline]
-fn neumaier(sum: &mut f64, comp: &mut f64, x: f64) {
-    let t = *sum + x;
-    if sum.abs() >= x.abs() {
-        *comp += (*sum - t) + x;
-    } else {
-        *comp += (x - t) + *sum;
-    }
-    *sum = t;
-}
-
-impl Stats {
-    #[inline]
-    pub fn update(&mut self, x: f64) {
-        self.n += 1;
-        neumaier(&mut self.sum, &mut self.comp, x);
-        let delta = x - self.mean;
-        self.mean += delta / self.n as f64;
-        self.m2 += delta * (x - self.mean);
-        if x < self.min {
-            self.min = x;
-        }
-        if x > self.max {
-            self.max = x;
-        }
-    }
-
-    /// Chan et al.'s parallel merge.
-    pub fn merge(&mut self, o: &Stats) {
-        if o.n == 0 {
-            return;
-        }
-        if self.n == 0 {
-            *self = *o;
-            return;
-        }
-        let n = self.n + o.n;
-        let delta = o.mean - self.mean;
-        let (na, nb, nf) = (self.n as f64, o.n as f64, n as f64);
-        self.mean += delta * nb / nf;
-        self.m2 += o.m2 + delta * delta * na * nb / nf;
-        neumaier(&mut self.sum, &mut self.comp, o.sum);
-        neumaier(&mut self.sum, &mut self.comp, o.comp);
-        self.n = n;
-        if o.min < self.min {
-            self.min = o.min;
-        }
-        if o.max > self.max {
-            self.max = o.max;
-        }
-    }
-
-    pub fn sum(&self) -> Option<f64> {
-        (self.n > 0).then_some(self.sum + self.comp)
-    }
-    pub fn mean(&self) -> Option<f64> {
-        (self.n > 0).then_some(self.mean)
-    }
-    pub fn var_sample(&self) -> Option<f64> {
-        (self.n > 1).then(|| (self.m2 / (self.n - 1) as f64).max(0.0))
-    }
-    pub fn var_pop(&self) -> Option<f64> {
-        (self.n > 0).then(|| (self.m2 / self.n as f64).max(0.0))
-    }
-    pub fn min(&self) -> Option<f64> {
-        (self.n > 0).then_some(self.min)
-    }
-    pub fn max(&self) -> Option<f64> {
-        (self.n > 0).then_some(self.max)
-    }
-}
-
-/// A kept scalar of `first`/`last`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Scalar {
-    Num(#[serde(with = "f64_bits")] f64),
-    Bool(bool),
-    Str(String),
-}
-
-/// The value picked by `first` or `last`, with its event time and arrival number.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Pick {
-    pub time: Micros,
-    pub seq: u64,
-    pub value: Scalar,
-}
-
-/// One accumulator state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Acc {
-    Count(u64),
-    Stats(Stats),
-    First(Option<Pick>),
-    Last(Option<Pick>),
-}
-
-/// What an accumulator consumes.
+/// What an accumulator consumes (its field's value slot, and the
+/// parameters that shape its state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AccKind {
     /// Events (that pass the filter).
     CountEvents,
     /// Non-null values of a field slot.
     CountField(usize),
-    /// Numeric values of a field slot.
-    Stats(usize),
+    Moments(usize),
+    Extremes(usize),
     First(usize),
     Last(usize),
+    Distinct {
+        slot: usize,
+        exact_up_to: u32,
+    },
+    Quantile(usize),
+    Set {
+        slot: usize,
+        max: u32,
+    },
 }
 
 impl AccKind {
-    pub fn empty(self) -> Acc {
+    /// The accumulator an aggregate of `field` slot reads.
+    pub fn of(agg: AggKind, slot: Option<usize>, params: &AggParams) -> AccKind {
+        let Some(s) = slot else {
+            return AccKind::CountEvents;
+        };
+        match agg.def().family {
+            Family::Count => AccKind::CountField(s),
+            Family::Moments => AccKind::Moments(s),
+            Family::Extremes => AccKind::Extremes(s),
+            Family::First => AccKind::First(s),
+            Family::Last => AccKind::Last(s),
+            Family::Distinct => AccKind::Distinct {
+                slot: s,
+                exact_up_to: params.exact_up_to,
+            },
+            Family::Quantile => AccKind::Quantile(s),
+            Family::Set => AccKind::Set {
+                slot: s,
+                max: params.max,
+            },
+        }
+    }
+
+    /// The field slot read, if any.
+    pub fn slot(self) -> Option<usize> {
         match self {
-            AccKind::CountEvents | AccKind::CountField(_) => Acc::Count(0),
-            AccKind::Stats(_) => Acc::Stats(Stats::default()),
-            AccKind::First(_) => Acc::First(None),
-            AccKind::Last(_) => Acc::Last(None),
+            AccKind::CountEvents => None,
+            AccKind::CountField(s)
+            | AccKind::Moments(s)
+            | AccKind::Extremes(s)
+            | AccKind::First(s)
+            | AccKind::Last(s)
+            | AccKind::Quantile(s)
+            | AccKind::Distinct { slot: s, .. }
+            | AccKind::Set { slot: s, .. } => Some(s),
+        }
+    }
+
+    /// Whether a non-numeric value is bad input.
+    pub fn numeric(self) -> bool {
+        matches!(
+            self,
+            AccKind::Moments(_) | AccKind::Extremes(_) | AccKind::Quantile(_)
+        )
+    }
+
+    /// Fixed-size words in a row.
+    fn words(self) -> usize {
+        match self {
+            AccKind::CountEvents | AccKind::CountField(_) => 1,
+            AccKind::Moments(_) => moments::MOMENTS_WORDS,
+            AccKind::Extremes(_) => extremes::EXTREMES_WORDS,
+            _ => 0,
+        }
+    }
+
+    fn empty_heavy(self) -> Option<Heavy> {
+        match self {
+            AccKind::First(_) | AccKind::Last(_) => Some(Heavy::Pick(None)),
+            AccKind::Distinct { .. } => Some(Heavy::Distinct(Distinct::default())),
+            AccKind::Quantile(_) => Some(Heavy::Quantile(Box::default())),
+            AccKind::Set { .. } => Some(Heavy::Set(SetState::default())),
+            _ => None,
         }
     }
 }
 
-impl Acc {
-    /// Resets to the empty state of the same kind, keeping buffers.
-    pub fn reset(&mut self) {
+/// The variable-size state of an accumulator.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Heavy {
+    Pick(Option<Pick>),
+    Distinct(Distinct),
+    Quantile(Box<Sketch>),
+    Set(SetState),
+}
+
+impl Heavy {
+    fn reset(&mut self) {
         match self {
-            Acc::Count(c) => *c = 0,
-            Acc::Stats(s) => *s = Stats::default(),
-            Acc::First(p) | Acc::Last(p) => *p = None,
+            Heavy::Pick(p) => *p = None,
+            Heavy::Distinct(d) => *d = Distinct::default(),
+            Heavy::Quantile(s) => **s = Sketch::default(),
+            Heavy::Set(s) => *s = SetState::default(),
         }
     }
 
-    /// Offers a first/last candidate.
-    pub fn pick(&mut self, time: Micros, seq: u64, value: ScalarRef<'_>) {
+    /// Bytes held on the heap (memory reports).
+    pub fn heap_bytes(&self) -> usize {
         match self {
-            Acc::First(cur) => {
-                let better = cur.as_ref().is_none_or(|c| (time, seq) < (c.time, c.seq));
-                if better {
-                    set_pick(cur, time, seq, value);
-                }
-            }
-            Acc::Last(cur) => {
-                let better = cur.as_ref().is_none_or(|c| (time, seq) > (c.time, c.seq));
-                if better {
-                    set_pick(cur, time, seq, value);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Folds another state of the same kind into this one.
-    pub fn merge(&mut self, other: &Acc) {
-        match (self, other) {
-            (Acc::Count(a), Acc::Count(b)) => *a += b,
-            (Acc::Stats(a), Acc::Stats(b)) => a.merge(b),
-            (Acc::First(a), Acc::First(Some(b)))
-                if a.as_ref().is_none_or(|x| (b.time, b.seq) < (x.time, x.seq)) =>
-            {
-                *a = Some(b.clone());
-            }
-            (Acc::Last(a), Acc::Last(Some(b)))
-                if a.as_ref().is_none_or(|x| (b.time, b.seq) > (x.time, x.seq)) =>
-            {
-                *a = Some(b.clone());
-            }
-            _ => {}
+            Heavy::Pick(Some(Pick {
+                value: Scalar::Str(s),
+                ..
+            })) => s.capacity(),
+            Heavy::Pick(_) => 0,
+            Heavy::Distinct(d) => d.heap_bytes(),
+            Heavy::Quantile(s) => 96 + s.heap_bytes(),
+            Heavy::Set(s) => s.heap_bytes(),
         }
     }
 }
 
-/// A borrowed first/last candidate.
+/// One accumulator's state in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AccState {
+    Count(u64),
+    Moments(Moments),
+    Extremes {
+        #[serde(with = "f64_bits")]
+        min: f64,
+        #[serde(with = "f64_bits")]
+        max: f64,
+    },
+    Pick(Option<Pick>),
+    Distinct(Distinct),
+    Quantile(Sketch),
+    Set(SetState),
+}
+
+/// A field value offered to an accumulator.
 #[derive(Debug, Clone, Copy)]
-pub enum ScalarRef<'a> {
+pub enum Input<'a> {
+    /// Absent or null: skipped.
+    Missing,
     Num(f64),
     Bool(bool),
     Str(&'a str),
 }
 
-fn set_pick(cur: &mut Option<Pick>, time: Micros, seq: u64, value: ScalarRef<'_>) {
-    // Reuse the string buffer of the previous pick: `last` changes on most events.
-    match (cur.as_mut(), value) {
-        (Some(p), ScalarRef::Str(s)) => {
-            p.time = time;
-            p.seq = seq;
-            if let Scalar::Str(buf) = &mut p.value {
-                buf.clear();
-                buf.push_str(s);
-            } else {
-                p.value = Scalar::Str(s.to_string());
+/// An accumulator's place in a row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AccSpec {
+    pub kind: AccKind,
+    /// Index of the `where:` filter that gates it.
+    pub filter: Option<usize>,
+    word: usize,
+    heavy: usize,
+}
+
+/// Where each accumulator of a pipeline lives in a row; see the module
+/// documentation.
+#[derive(Debug, Clone, Default)]
+pub struct RowLayout {
+    accs: Vec<AccSpec>,
+    words: usize,
+    heavies: usize,
+    empty_words: Vec<u64>,
+}
+
+impl RowLayout {
+    /// The accumulator of `(kind, filter)`, added when new.
+    pub fn acc(&mut self, kind: AccKind, filter: Option<usize>) -> usize {
+        if let Some(i) = self
+            .accs
+            .iter()
+            .position(|a| a.kind == kind && a.filter == filter)
+        {
+            return i;
+        }
+        let spec = AccSpec {
+            kind,
+            filter,
+            word: self.words,
+            heavy: self.heavies,
+        };
+        self.words += kind.words();
+        if kind.empty_heavy().is_some() {
+            self.heavies += 1;
+        }
+        self.empty_words.extend(match kind {
+            AccKind::Extremes(_) => extremes::EMPTY.to_vec(),
+            k => vec![0; k.words()],
+        });
+        self.accs.push(spec);
+        self.accs.len() - 1
+    }
+
+    pub fn accs(&self) -> &[AccSpec] {
+        &self.accs
+    }
+
+    /// Fixed-size words per row.
+    pub fn words(&self) -> usize {
+        self.words
+    }
+
+    /// Variable-size states per row.
+    pub fn heavies(&self) -> usize {
+        self.heavies
+    }
+
+    /// Appends an empty row.
+    pub fn push_empty(&self, words: &mut Vec<u64>, heavy: &mut Vec<Heavy>) {
+        words.extend_from_slice(&self.empty_words);
+        if self.heavies > 0 {
+            heavy.extend(self.accs.iter().filter_map(|a| a.kind.empty_heavy()));
+        }
+    }
+
+    /// Empties a row, keeping its buffers where it can.
+    #[inline]
+    pub fn reset(&self, words: &mut [u64], heavy: &mut [Heavy]) {
+        words.copy_from_slice(&self.empty_words);
+        heavy.iter_mut().for_each(Heavy::reset);
+    }
+
+    /// Adds one event's values: `value(slot)` reads a field, `pass(filter)`
+    /// says whether a filter passed. Values were checked beforehand
+    /// ([`RowLayout::check`]), so a wrong type here is skipped.
+    #[inline]
+    pub fn update<'a>(
+        &self,
+        words: &mut [u64],
+        heavy: &mut [Heavy],
+        value: impl Fn(usize) -> Input<'a>,
+        pass: impl Fn(usize) -> bool,
+        time: i64,
+        seq: u64,
+    ) {
+        for a in &self.accs {
+            if a.filter.is_some_and(|f| !pass(f)) {
+                continue;
+            }
+            let w = a.word;
+            match a.kind {
+                AccKind::CountEvents => words[w] += 1,
+                AccKind::CountField(s) => {
+                    if !matches!(value(s), Input::Missing) {
+                        words[w] += 1
+                    }
+                }
+                AccKind::Moments(s) => {
+                    if let Input::Num(x) = value(s) {
+                        let mut m = Moments::load(&words[w..w + moments::MOMENTS_WORDS]);
+                        m.update(x);
+                        m.store(&mut words[w..w + moments::MOMENTS_WORDS]);
+                    }
+                }
+                AccKind::Extremes(s) => {
+                    if let Input::Num(x) = value(s) {
+                        extremes::update(&mut words[w..w + 2], x);
+                    }
+                }
+                AccKind::First(s) | AccKind::Last(s) => {
+                    let v = match value(s) {
+                        Input::Num(x) => ScalarRef::Num(x),
+                        Input::Str(x) => ScalarRef::Str(x),
+                        Input::Bool(x) => ScalarRef::Bool(x),
+                        Input::Missing => continue,
+                    };
+                    if let Heavy::Pick(p) = &mut heavy[a.heavy] {
+                        let last = matches!(a.kind, AccKind::Last(_));
+                        first_last::offer(p, last, time, seq, v);
+                    }
+                }
+                AccKind::Distinct { slot, exact_up_to } => {
+                    let h = match value(slot) {
+                        Input::Num(x) => distinct::number_hash(x),
+                        Input::Str(x) => distinct::value_hash(b's', x.as_bytes()),
+                        Input::Bool(x) => distinct::value_hash(b'b', &[x as u8]),
+                        Input::Missing => continue,
+                    };
+                    if let Heavy::Distinct(d) = &mut heavy[a.heavy] {
+                        d.insert(h, exact_up_to as usize);
+                    }
+                }
+                AccKind::Quantile(s) => {
+                    if let (Input::Num(x), Heavy::Quantile(q)) = (value(s), &mut heavy[a.heavy]) {
+                        q.insert(x);
+                    }
+                }
+                AccKind::Set { slot, max } => {
+                    if let Heavy::Set(st) = &mut heavy[a.heavy] {
+                        match value(slot) {
+                            Input::Str(x) => st.insert(x, max as usize),
+                            Input::Num(x) => st.insert(&crate::sink::format_f64(x), max as usize),
+                            Input::Bool(x) => {
+                                st.insert(if x { "true" } else { "false" }, max as usize)
+                            }
+                            Input::Missing => {}
+                        }
+                    }
+                }
             }
         }
-        (_, v) => {
-            let value = match v {
-                ScalarRef::Num(n) => Scalar::Num(n),
-                ScalarRef::Bool(b) => Scalar::Bool(b),
-                ScalarRef::Str(s) => Scalar::Str(s.to_string()),
-            };
-            *cur = Some(Pick { time, seq, value });
+    }
+
+    /// The first refused value of an event, as (slot, what was expected):
+    /// numeric aggregates need numbers; no aggregate takes an object or array
+    /// (`nested(slot)`).
+    #[inline]
+    pub fn check<'a>(
+        &self,
+        value: impl Fn(usize) -> Input<'a>,
+        nested: impl Fn(usize) -> bool,
+        pass: impl Fn(usize) -> bool,
+    ) -> Option<(usize, &'static str)> {
+        for a in &self.accs {
+            if a.filter.is_some_and(|f| !pass(f)) {
+                continue;
+            }
+            let Some(s) = a.kind.slot() else { continue };
+            if matches!(a.kind, AccKind::CountField(_)) {
+                continue;
+            }
+            if a.kind.numeric() {
+                if nested(s) || matches!(value(s), Input::Str(_) | Input::Bool(_)) {
+                    return Some((s, "a number"));
+                }
+            } else if nested(s) {
+                return Some((s, "a scalar"));
+            }
+        }
+        None
+    }
+
+    /// Folds row `src` into row `dst`.
+    pub fn merge(&self, dst: (&mut [u64], &mut [Heavy]), src: (&[u64], &[Heavy])) {
+        let (dw, dh) = dst;
+        let (sw, sh) = src;
+        for a in &self.accs {
+            let w = a.word;
+            match a.kind {
+                AccKind::CountEvents | AccKind::CountField(_) => dw[w] += sw[w],
+                AccKind::Moments(_) => {
+                    let r = w..w + moments::MOMENTS_WORDS;
+                    let mut m = Moments::load(&dw[r.clone()]);
+                    m.merge(&Moments::load(&sw[r.clone()]));
+                    m.store(&mut dw[r]);
+                }
+                AccKind::Extremes(_) => extremes::merge(&mut dw[w..w + 2], &sw[w..w + 2]),
+                _ => match (&mut dh[a.heavy], &sh[a.heavy], a.kind) {
+                    (Heavy::Pick(d), Heavy::Pick(s), k) => {
+                        first_last::merge(d, matches!(k, AccKind::Last(_)), s)
+                    }
+                    (
+                        Heavy::Distinct(d),
+                        Heavy::Distinct(s),
+                        AccKind::Distinct { exact_up_to, .. },
+                    ) => d.merge(s, exact_up_to as usize),
+                    (Heavy::Quantile(d), Heavy::Quantile(s), _) => d.merge(s),
+                    (Heavy::Set(d), Heavy::Set(s), AccKind::Set { max, .. }) => {
+                        d.merge(s, max as usize)
+                    }
+                    _ => {}
+                },
+            }
         }
     }
-}
 
-/// The value of aggregate `agg` from its accumulator.
-pub fn finish(agg: AggKind, acc: &Acc) -> Value {
-    let f = |o: Option<f64>| o.map_or(Value::Null, Value::Float);
-    match (agg, acc) {
-        (AggKind::Count, Acc::Count(c)) => Value::Int(*c as i64),
-        (AggKind::Sum, Acc::Stats(s)) => f(s.sum()),
-        (AggKind::Mean, Acc::Stats(s)) => f(s.mean()),
-        (AggKind::Std, Acc::Stats(s)) => f(s.var_sample().map(f64::sqrt)),
-        (AggKind::StdPop, Acc::Stats(s)) => f(s.var_pop().map(f64::sqrt)),
-        (AggKind::Var, Acc::Stats(s)) => f(s.var_sample()),
-        (AggKind::Min, Acc::Stats(s)) => f(s.min()),
-        (AggKind::Max, Acc::Stats(s)) => f(s.max()),
-        (AggKind::First | AggKind::Last, Acc::First(p) | Acc::Last(p)) => match p {
-            None => Value::Null,
-            Some(p) => match &p.value {
-                Scalar::Num(n) => Value::Float(*n),
-                Scalar::Bool(b) => Value::Bool(*b),
-                Scalar::Str(s) => Value::Str(s.clone()),
+    /// The value of aggregate `agg` of accumulator `acc` in a row.
+    pub fn finish(
+        &self,
+        acc: usize,
+        agg: AggKind,
+        params: &AggParams,
+        words: &[u64],
+        heavy: &[Heavy],
+    ) -> Value {
+        let a = &self.accs[acc];
+        let w = a.word;
+        let f = |o: Option<f64>| o.map_or(Value::Null, Value::Float);
+        match (agg, a.kind) {
+            (AggKind::Count, _) => Value::Int(words[w] as i64),
+            (AggKind::Sum | AggKind::Mean | AggKind::Std | AggKind::StdPop | AggKind::Var, _) => {
+                let m = Moments::load(&words[w..w + moments::MOMENTS_WORDS]);
+                f(match agg {
+                    AggKind::Sum => m.sum(),
+                    AggKind::Mean => m.mean(),
+                    AggKind::Std => m.var_sample().map(f64::sqrt),
+                    AggKind::StdPop => m.var_pop().map(f64::sqrt),
+                    _ => m.var_sample(),
+                })
+            }
+            (AggKind::Min, _) => f(extremes::min(&words[w..w + 2])),
+            (AggKind::Max, _) => f(extremes::max(&words[w..w + 2])),
+            _ => match &heavy[a.heavy] {
+                Heavy::Pick(p) => first_last::finish(p),
+                Heavy::Distinct(d) => Value::Int(d.count() as i64),
+                Heavy::Quantile(s) => f(s.quantile(params.q)),
+                Heavy::Set(s) => {
+                    if s.values.is_empty() {
+                        Value::Null
+                    } else {
+                        Value::List(s.values.clone())
+                    }
+                }
             },
-        },
-        _ => Value::Null,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn exact_mean_var(xs: &[f64]) -> (f64, f64) {
-        // Two-pass reference.
-        let n = xs.len() as f64;
-        let mean = xs.iter().sum::<f64>() / n;
-        let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0);
-        (mean, var)
+        }
     }
 
-    #[test]
-    fn welford_is_stable_with_a_large_offset() {
-        let xs: Vec<f64> = (0..1000).map(|i| 1e6 + (i % 7) as f64 * 0.25).collect();
-        let mut s = Stats::default();
-        xs.iter().for_each(|&x| s.update(x));
-        let (m, v) = exact_mean_var(&xs);
-        assert!((s.mean().expect("n>0") - m).abs() / m < 1e-12);
-        assert!(
-            (s.var_sample().expect("n>1") - v).abs() / v < 1e-9,
-            "{:?} vs {v}",
-            s.var_sample()
-        );
+    /// Whether the set of accumulator `acc` was cut by its bound.
+    pub fn set_cut(&self, acc: usize, heavy: &[Heavy]) -> bool {
+        matches!(&heavy[self.accs[acc].heavy], Heavy::Set(s) if s.cut)
     }
 
-    #[test]
-    fn empty_and_single() {
-        let mut s = Stats::default();
-        assert_eq!(finish(AggKind::Sum, &Acc::Stats(s)), Value::Null);
-        s.update(3.0);
-        assert_eq!(finish(AggKind::Std, &Acc::Stats(s)), Value::Null);
-        assert_eq!(finish(AggKind::StdPop, &Acc::Stats(s)), Value::Float(0.0));
-        assert_eq!(finish(AggKind::Min, &Acc::Stats(s)), Value::Float(3.0));
-    }
-
-    #[test]
-    fn first_last_ties_go_by_arrival() {
-        let mut f = Acc::First(None);
-        let mut l = Acc::Last(None);
-        for (seq, (t, v)) in [(5, "b"), (3, "a"), (3, "a2"), (9, "z"), (9, "z2")]
+    /// A row as checkpoint states, one per accumulator.
+    pub fn export(&self, words: &[u64], heavy: &[Heavy]) -> Vec<AccState> {
+        self.accs
             .iter()
-            .enumerate()
-        {
-            f.pick(*t, seq as u64, ScalarRef::Str(v));
-            l.pick(*t, seq as u64, ScalarRef::Str(v));
-        }
-        assert_eq!(finish(AggKind::First, &f), Value::Str("a".into()));
-        assert_eq!(finish(AggKind::Last, &l), Value::Str("z2".into()));
+            .map(|a| {
+                let w = a.word;
+                match a.kind {
+                    AccKind::CountEvents | AccKind::CountField(_) => AccState::Count(words[w]),
+                    AccKind::Moments(_) => {
+                        AccState::Moments(Moments::load(&words[w..w + moments::MOMENTS_WORDS]))
+                    }
+                    AccKind::Extremes(_) => AccState::Extremes {
+                        min: f64::from_bits(words[w]),
+                        max: f64::from_bits(words[w + 1]),
+                    },
+                    _ => match &heavy[a.heavy] {
+                        Heavy::Pick(p) => AccState::Pick(p.clone()),
+                        Heavy::Distinct(d) => AccState::Distinct(d.clone()),
+                        Heavy::Quantile(s) => AccState::Quantile((**s).clone()),
+                        Heavy::Set(s) => AccState::Set(s.clone()),
+                    },
+                }
+            })
+            .collect()
     }
 
-    proptest! {
-        #[test]
-        fn merge_equals_sequential(xs in prop::collection::vec(-1e6f64..1e6, 0..60), cut in 0usize..60) {
-            let cut = cut.min(xs.len());
-            let (mut a, mut b, mut all) = (Stats::default(), Stats::default(), Stats::default());
-            xs[..cut].iter().for_each(|&x| a.update(x));
-            xs[cut..].iter().for_each(|&x| b.update(x));
-            xs.iter().for_each(|&x| all.update(x));
-            a.merge(&b);
-            prop_assert_eq!(a.n, all.n);
-            let close = |x: Option<f64>, y: Option<f64>| match (x, y) {
-                (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
-                (None, None) => true,
-                _ => false,
-            };
-            prop_assert!(close(a.sum(), all.sum()));
-            prop_assert!(close(a.mean(), all.mean()));
-            prop_assert!(close(a.var_sample(), all.var_sample()));
-            prop_assert_eq!(a.min(), all.min());
-            prop_assert_eq!(a.max(), all.max());
+    /// Whether checkpoint states fit this layout; `Err` names the first that
+    /// does not (the pipeline's features changed).
+    pub fn fits(&self, states: &[AccState]) -> Result<(), usize> {
+        if states.len() != self.accs.len() {
+            return Err(states.len().min(self.accs.len()));
         }
+        for (i, (a, st)) in self.accs.iter().zip(states).enumerate() {
+            let ok = matches!(
+                (a.kind, st),
+                (
+                    AccKind::CountEvents | AccKind::CountField(_),
+                    AccState::Count(_)
+                ) | (AccKind::Moments(_), AccState::Moments(_))
+                    | (AccKind::Extremes(_), AccState::Extremes { .. })
+                    | (AccKind::First(_) | AccKind::Last(_), AccState::Pick(_))
+                    | (AccKind::Distinct { .. }, AccState::Distinct(_))
+                    | (AccKind::Quantile(_), AccState::Quantile(_))
+                    | (AccKind::Set { .. }, AccState::Set(_))
+            );
+            if !ok {
+                return Err(i);
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads checkpoint states into a row; `Err` names the first state that
+    /// does not fit the layout (the pipeline's features changed).
+    pub fn import(
+        &self,
+        states: &[AccState],
+        words: &mut [u64],
+        heavy: &mut [Heavy],
+    ) -> Result<(), usize> {
+        if states.len() != self.accs.len() {
+            return Err(states.len().min(self.accs.len()));
+        }
+        for (i, (a, st)) in self.accs.iter().zip(states).enumerate() {
+            let w = a.word;
+            match (a.kind, st) {
+                (AccKind::CountEvents | AccKind::CountField(_), AccState::Count(c)) => {
+                    words[w] = *c
+                }
+                (AccKind::Moments(_), AccState::Moments(m)) => {
+                    m.store(&mut words[w..w + moments::MOMENTS_WORDS])
+                }
+                (AccKind::Extremes(_), AccState::Extremes { min, max }) => {
+                    words[w] = min.to_bits();
+                    words[w + 1] = max.to_bits();
+                }
+                (AccKind::First(_) | AccKind::Last(_), AccState::Pick(p)) => {
+                    heavy[a.heavy] = Heavy::Pick(p.clone())
+                }
+                (AccKind::Distinct { .. }, AccState::Distinct(d)) => {
+                    heavy[a.heavy] = Heavy::Distinct(d.clone())
+                }
+                (AccKind::Quantile(_), AccState::Quantile(s)) => {
+                    heavy[a.heavy] = Heavy::Quantile(Box::new(s.clone()))
+                }
+                (AccKind::Set { .. }, AccState::Set(s)) => heavy[a.heavy] = Heavy::Set(s.clone()),
+                _ => return Err(i),
+            }
+        }
+        Ok(())
     }
 }

@@ -114,7 +114,7 @@ fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
         max_file_rows: 1_000_000,
         instance: "bench".into(),
     };
-    let w = Worker::new(p, opts, Some(tx), pm.clone())?;
+    let w = Worker::new(rill::plan::Plan::new(&p), opts, Some(tx), pm.clone())?;
     let t = Instant::now();
     let n = w.run_file(&a.input, a.rate)?;
     rt.block_on(writer)?;

@@ -29,8 +29,36 @@ pub struct ConfigError {
 /// The window kind of a pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowKind {
-    Tumbling { size: Micros, offset: Micros },
-    Session { gap: Micros },
+    Tumbling {
+        size: Micros,
+        offset: Micros,
+    },
+    /// Windows of `size` starting every `slide` (`size` a whole multiple of
+    /// `slide`), kept as `slide`-long tiles.
+    Hopping {
+        size: Micros,
+        slide: Micros,
+        offset: Micros,
+    },
+    Session {
+        gap: Micros,
+    },
+}
+
+/// The type of a key field (one per feature group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    String,
+    Int,
+}
+
+impl KeyType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::String => "string",
+            KeyType::Int => "int",
+        }
+    }
 }
 
 /// Which panes fire after the on-time pane.
@@ -59,47 +87,7 @@ impl Accumulation {
     }
 }
 
-/// An aggregate function.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AggKind {
-    Count,
-    Sum,
-    Mean,
-    Std,
-    StdPop,
-    Var,
-    Min,
-    Max,
-    First,
-    Last,
-}
-
-impl AggKind {
-    pub const ALL: [(&'static str, AggKind); 10] = [
-        ("count", AggKind::Count),
-        ("sum", AggKind::Sum),
-        ("mean", AggKind::Mean),
-        ("std", AggKind::Std),
-        ("std_pop", AggKind::StdPop),
-        ("var", AggKind::Var),
-        ("min", AggKind::Min),
-        ("max", AggKind::Max),
-        ("first", AggKind::First),
-        ("last", AggKind::Last),
-    ];
-
-    pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, k)| *k == self)
-            .map_or("?", |(n, _)| n)
-    }
-
-    /// Aggregates that need a numeric field.
-    pub fn is_numeric(self) -> bool {
-        !matches!(self, AggKind::Count | AggKind::First | AggKind::Last)
-    }
-}
+pub use crate::aggregate::{AggKind, AggParams, OutputKind};
 
 /// Output type of a feature column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +98,8 @@ pub enum ValueType {
     String,
     /// first/last without a declared type: taken from the values.
     Inferred,
+    /// collect_set: a list of strings.
+    StringList,
 }
 
 /// A checked feature.
@@ -128,15 +118,14 @@ impl Feature {
     /// other aggregate and every derived feature is a float.
     pub fn output_type(&self) -> ValueType {
         match &self.kind {
-            FeatureKind::Agg {
-                agg: AggKind::Count,
-                ..
-            } => ValueType::Int,
-            FeatureKind::Agg {
-                agg: AggKind::First | AggKind::Last,
-                ..
-            } => self.value_type,
-            _ => ValueType::Float,
+            FeatureKind::Agg { agg, .. } => match agg.def().output {
+                OutputKind::Int => ValueType::Int,
+                OutputKind::Float => ValueType::Float,
+                OutputKind::Scalar => self.value_type,
+                OutputKind::StrList => ValueType::StringList,
+            },
+            FeatureKind::SetCut(_) => ValueType::Bool,
+            FeatureKind::Derived(_) => ValueType::Float,
         }
     }
 }
@@ -147,9 +136,27 @@ pub enum FeatureKind {
         agg: AggKind,
         field: Option<String>,
         filter: Option<Expr>,
+        params: AggParams,
     },
     Derived(Expr),
+    /// True when the `collect_set` feature at this index kept only its
+    /// `max` smallest values (named `<set>_cut`, added after it).
+    SetCut(usize),
 }
+
+/// A request-time feature (`on_read:`): evaluated when read, never stored.
+#[derive(Debug, Clone)]
+pub struct OnReadFeature {
+    pub name: String,
+    pub expr: Expr,
+    pub description: Option<String>,
+}
+
+/// Names an `on_read:` expression may use besides the group's features.
+pub const ON_READ_NAMES: [&str; 3] = ["now", "window_start", "window_end"];
+
+/// Names a derived feature may use besides the group's features.
+pub const WINDOW_NAMES: [&str; 2] = ["window_start", "window_end"];
 
 /// Where the event time comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,6 +207,8 @@ pub struct Pipeline {
     pub tags: Vec<String>,
     pub kafka: Option<KafkaSource>,
     pub key_fields: Vec<String>,
+    /// One type per key field.
+    pub key_types: Vec<KeyType>,
     pub event_time: EventTimeSource,
     pub max_out_of_orderness: Micros,
     pub idle_timeout: Option<Micros>,
@@ -211,6 +220,8 @@ pub struct Pipeline {
     pub late: LateTrigger,
     pub accumulation: Accumulation,
     pub features: Vec<Feature>,
+    /// Request-time features, in file order.
+    pub on_read: Vec<OnReadFeature>,
     pub redis: Option<RedisSink>,
     pub parquet_path: Option<PathBuf>,
     /// Page compression of the offline files.
@@ -270,6 +281,21 @@ impl Pipeline {
                     format_duration(size),
                     format_duration(offset)
                 )
+            }
+            WindowKind::Hopping {
+                size,
+                slide,
+                offset,
+            } => {
+                let mut t = format!(
+                    "hopping {} every {}",
+                    format_duration(size),
+                    format_duration(slide)
+                );
+                if offset != 0 {
+                    t.push_str(&format!(" offset {}", format_duration(offset)));
+                }
+                t
             }
             WindowKind::Session { gap } => format!("session gap {}", format_duration(gap)),
         }
@@ -391,6 +417,27 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
             return Err(cx.err(&key_loc, format!("key field {k:?} is named twice")));
         }
     }
+    let mut key_types = vec![KeyType::String; key_fields.len()];
+    if let Some(kt) = &src.key_types {
+        for (name, t) in &kt.value {
+            let Some(i) = key_fields.iter().position(|k| k == name) else {
+                return Err(cx.err(
+                    &t.referenced,
+                    format!("key_types names {name:?}, which is not a key field"),
+                ));
+            };
+            key_types[i] = match t.value.as_str() {
+                "string" => KeyType::String,
+                "int" => KeyType::Int,
+                other => {
+                    return Err(cx.err(
+                        &t.referenced,
+                        format!("unknown key type {other:?}: expected string or int"),
+                    ))
+                }
+            };
+        }
+    }
     let et = src.event_time;
     let event_time = if et.kafka_timestamp == Some(true) {
         if let Some(f) = &et.field {
@@ -459,13 +506,41 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
 
     // Window.
     let win = spec.window;
-    if let Some(h) = &win.hopping {
+    let kinds = [
+        win.tumbling.as_ref().map(|t| t.referenced),
+        win.hopping.as_ref().map(|t| t.referenced),
+        win.session.as_ref().map(|t| t.referenced),
+    ];
+    if let Some(second) = kinds.iter().flatten().nth(1) {
         return Err(cx.err(
-            &h.referenced,
-            "hopping windows are not supported yet: expected tumbling or session",
+            second,
+            "expected one window kind (tumbling, hopping or session), found several",
         ));
     }
     let window = match (&win.tumbling, &win.session) {
+        _ if win.hopping.is_some() => {
+            let h = &win.hopping.as_ref().expect("checked").value;
+            let size = cx.positive_duration(&h.size, "hopping size")?;
+            let slide = cx.positive_duration(&h.slide, "hopping slide")?;
+            if size % slide != 0 {
+                return Err(cx.err(
+                    &h.size.referenced,
+                    format!(
+                        "hopping size {} is not a whole multiple of slide {}",
+                        h.size.value, h.slide.value
+                    ),
+                ));
+            }
+            let offset = match &h.offset {
+                Some(o) => cx.duration(o, "hopping offset")?,
+                None => 0,
+            };
+            WindowKind::Hopping {
+                size,
+                slide,
+                offset: offset.rem_euclid(slide),
+            }
+        }
         (Some(t), None) => {
             let size = cx.positive_duration(&t.value.size, "tumbling size")?;
             let offset = match &t.value.offset {
@@ -480,20 +555,13 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
         (None, Some(s)) => WindowKind::Session {
             gap: cx.positive_duration(&s.value.gap, "session gap")?,
         },
-        (Some(_), Some(s)) => {
-            return Err(cx.err(
-                &s.referenced,
-                "expected one window kind, found both tumbling and session",
-            ))
-        }
+        (Some(_), Some(_)) => unreachable!("refused above: one window kind"),
         (None, None) => {
             let at = win.allowed_lateness.as_ref().map(|a| a.referenced);
+            let msg = "window: expected `tumbling:`, `hopping:` or `session:`";
             return Err(match at {
-                Some(at) => cx.err(&at, "window: expected `tumbling:` or `session:`"),
-                None => cx.err(
-                    &spec.name.referenced,
-                    "window: expected `tumbling:` or `session:`",
-                ),
+                Some(at) => cx.err(&at, msg),
+                None => cx.err(&spec.name.referenced, msg),
             });
         }
     };
@@ -539,8 +607,21 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
     if spec.features.value.is_empty() {
         return Err(cx.err(&features_loc, "expected at least one feature"));
     }
-    let reserved: HashSet<&str> = PANE_COLUMNS.into_iter().collect();
+    let reserved: HashSet<&str> = PANE_COLUMNS.into_iter().chain(["now"]).collect();
     let mut names: HashMap<String, Location> = HashMap::new();
+    let mut claim = |name: &str, at: &Location, what: &str| -> Result<(), ConfigError> {
+        if let Some(first) = names.get(name) {
+            return Err(cx.err(
+                at,
+                format!(
+                    "duplicate feature name {name:?}{what} (first defined at line {})",
+                    first.line()
+                ),
+            ));
+        }
+        names.insert(name.to_string(), *at);
+        Ok(())
+    };
     for f in &spec.features.value {
         let n = &f.name;
         if !is_identifier(&n.value) {
@@ -558,19 +639,30 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
                 format!("feature name {:?} is taken by an output column", n.value),
             ));
         }
-        if let Some(first) = names.get(&n.value) {
-            return Err(cx.err(
+        claim(&n.value, &n.referenced, "")?;
+        if f.agg.as_ref().is_some_and(|a| a.value == "collect_set") {
+            claim(
+                &format!("{}_cut", n.value),
                 &n.referenced,
-                format!(
-                    "duplicate feature name {:?} (first defined at line {})",
-                    n.value,
-                    first.line()
-                ),
-            ));
+                " (the flag of a collect_set)",
+            )?;
         }
-        names.insert(n.value.clone(), n.referenced);
     }
+    let stored: HashSet<String> = spec
+        .features
+        .value
+        .iter()
+        .filter(|f| f.on_read.is_none())
+        .flat_map(|f| {
+            let mut v = vec![f.name.value.clone()];
+            if f.agg.as_ref().is_some_and(|a| a.value == "collect_set") {
+                v.push(format!("{}_cut", f.name.value));
+            }
+            v
+        })
+        .collect();
     let mut features = Vec::with_capacity(spec.features.value.len());
+    let mut on_read = Vec::new();
     for f in spec.features.value {
         let value_type = match &f.value_type {
             None => ValueType::Inferred,
@@ -587,38 +679,44 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
                 }
             },
         };
-        let kind = match (&f.agg, &f.expr) {
-            (Some(_), Some(e)) => {
-                return Err(cx.err(&e.referenced, "expected either agg or expr, not both"))
-            }
-            (None, None) => {
+        let forms = [
+            f.agg.as_ref().map(|x| x.referenced),
+            f.expr.as_ref().map(|x| x.referenced),
+            f.on_read.as_ref().map(|x| x.referenced),
+        ];
+        if let Some(second) = forms.iter().flatten().nth(1) {
+            return Err(cx.err(second, "expected one of agg, expr or on_read, not several"));
+        }
+        let params_given = [
+            f.q.as_ref().map(|x| ("q", x.referenced)),
+            f.exact_up_to
+                .as_ref()
+                .map(|x| ("exact_up_to", x.referenced)),
+            f.max.as_ref().map(|x| ("max", x.referenced)),
+        ];
+        let kind = match (&f.agg, &f.expr, &f.on_read) {
+            (None, None, None) => {
                 return Err(cx.err(
                     &f.name.referenced,
-                    format!("feature {:?}: expected `agg:` or `expr:`", f.name.value),
+                    format!(
+                        "feature {:?}: expected `agg:`, `expr:` or `on_read:`",
+                        f.name.value
+                    ),
                 ))
             }
-            (Some(a), None) => {
-                let Some(agg) = AggKind::ALL
-                    .iter()
-                    .find(|(n, _)| *n == a.value)
-                    .map(|(_, k)| *k)
-                else {
-                    let hint =
-                        if matches!(a.value.as_str(), "count_distinct" | "p50" | "p90" | "p99") {
-                            " (count_distinct and percentiles are not available yet)"
-                        } else {
-                            ""
-                        };
+            (Some(a), _, _) => {
+                let Some(agg) = AggKind::parse(&a.value) else {
                     return Err(cx.err(
                         &a.referenced,
                         format!(
-                            "unknown aggregate {:?}: expected count, sum, mean, std, std_pop, var, min, max, first or last{hint}",
-                            a.value
+                            "unknown aggregate {:?}: expected one of {}",
+                            a.value,
+                            AggKind::names()
                         ),
                     ));
                 };
                 let field = f.field.as_ref().map(|s| s.value.clone());
-                if field.is_none() && agg != AggKind::Count {
+                if field.is_none() && agg.def().needs_field {
                     return Err(cx.err(
                         &a.referenced,
                         format!("aggregate {} needs `field:`", agg.name()),
@@ -639,34 +737,133 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
                     let t = f.value_type.as_ref().expect("checked above");
                     return Err(cx.err(&t.referenced, "`type:` applies only to first and last"));
                 }
-                FeatureKind::Agg { agg, field, filter }
-            }
-            (None, Some(e)) => {
-                if let Some(fl) = &f.field {
-                    return Err(cx.err(&fl.referenced, "a derived feature takes no `field:`"));
-                }
-                if let Some(w) = &f.filter {
-                    return Err(cx.err(&w.referenced, "a derived feature takes no `where:`"));
-                }
-                let ex = parse_expr(&cx, e)?;
-                for id in ex.idents() {
-                    if !names.contains_key(id) {
+                let mut params = AggParams::default();
+                let wants = match agg {
+                    AggKind::Quantile => Some("q"),
+                    AggKind::CountDistinct => Some("exact_up_to"),
+                    AggKind::CollectSet => Some("max"),
+                    _ => None,
+                };
+                for (name, at) in params_given.iter().flatten() {
+                    if Some(*name) != wants {
                         return Err(cx.err(
-                            &e.referenced,
-                            format!("expr refers to unknown feature {id:?}"),
+                            at,
+                            format!("`{name}:` does not apply to aggregate {}", agg.name()),
                         ));
                     }
+                }
+                match agg {
+                    AggKind::Quantile => {
+                        let Some(q) = &f.q else {
+                            return Err(cx.err(
+                                &a.referenced,
+                                "aggregate quantile needs `q:` (e.g. 0.5 for the median)",
+                            ));
+                        };
+                        if !(0.0..=1.0).contains(&q.value) {
+                            return Err(cx.err(
+                                &q.referenced,
+                                format!("q: expected a number from 0 to 1, found {}", q.value),
+                            ));
+                        }
+                        params.q = q.value;
+                    }
+                    AggKind::CountDistinct => {
+                        if let Some(e) = &f.exact_up_to {
+                            params.exact_up_to = e.value;
+                        }
+                    }
+                    AggKind::CollectSet => {
+                        if let Some(m) = &f.max {
+                            if m.value == 0 {
+                                return Err(cx.err(
+                                    &m.referenced,
+                                    "max: expected a positive number of values",
+                                ));
+                            }
+                            params.max = m.value;
+                        }
+                    }
+                    _ => {}
+                }
+                FeatureKind::Agg {
+                    agg,
+                    field,
+                    filter,
+                    params,
+                }
+            }
+            (None, expr, read) => {
+                let (e, what) = match (expr, read) {
+                    (Some(e), _) => (e, "expr"),
+                    (None, Some(e)) => (e, "on_read"),
+                    (None, None) => unreachable!("refused above"),
+                };
+                if let Some(fl) = &f.field {
+                    return Err(cx.err(&fl.referenced, format!("{what} takes no `field:`")));
+                }
+                if let Some(w) = &f.filter {
+                    return Err(cx.err(&w.referenced, format!("{what} takes no `where:`")));
+                }
+                if let Some((name, at)) = params_given.iter().flatten().next() {
+                    return Err(cx.err(at, format!("`{name}:` applies to aggregates only")));
+                }
+                let ex = parse_expr(&cx, e)?;
+                let extra: &[&str] = if what == "expr" {
+                    &WINDOW_NAMES
+                } else {
+                    &ON_READ_NAMES
+                };
+                for id in ex.idents() {
+                    if !stored.contains(id) && !extra.contains(&id) {
+                        let hint = if names.contains_key(id) {
+                            " (an on_read feature is computed when read, and cannot be used here)"
+                        } else {
+                            ""
+                        };
+                        return Err(cx.err(
+                            &e.referenced,
+                            format!("{what} refers to unknown feature {id:?}{hint}"),
+                        ));
+                    }
+                }
+                if what == "on_read" {
+                    on_read.push(OnReadFeature {
+                        name: f.name.value,
+                        expr: ex,
+                        description: f.description,
+                    });
+                    continue;
                 }
                 FeatureKind::Derived(ex)
             }
         };
+        let is_set = matches!(
+            kind,
+            FeatureKind::Agg {
+                agg: AggKind::CollectSet,
+                ..
+            }
+        );
         features.push(Feature {
-            name: f.name.value,
+            name: f.name.value.clone(),
             kind,
             value_type,
             description: f.description,
             default: f.default,
         });
+        if is_set {
+            features.push(Feature {
+                name: format!("{}_cut", f.name.value),
+                kind: FeatureKind::SetCut(features.len() - 1),
+                value_type: ValueType::Bool,
+                description: Some(format!(
+                    "true when {} holds only its smallest values (its `max` was reached)",
+                    f.name.value
+                )),
+                default: None,
+            });
+        }
     }
     check_derived_cycles(&cx, &features, &features_loc)?;
 
@@ -729,6 +926,7 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
         tags: spec.tags,
         kafka,
         key_fields,
+        key_types,
         event_time,
         max_out_of_orderness: ooo,
         idle_timeout,
@@ -740,6 +938,7 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
         late,
         accumulation,
         features,
+        on_read,
         redis,
         parquet_path,
         parquet_compression,

@@ -65,6 +65,11 @@ pub struct SourceSpec {
     pub format: Option<Spanned<String>>,
     /// The entity key: one field name or a list of them.
     pub key: Spanned<OneOrMany>,
+    /// The type of each key field, `string` (the default) or `int`: one
+    /// type per feature group, so every file of the group has one schema.
+    /// A key value of another type is bad input (`bad_key`).
+    #[serde(default)]
+    pub key_types: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
     /// Where the event time is read from.
     pub event_time: EventTimeSpec,
 }
@@ -148,9 +153,10 @@ pub struct WindowSpec {
     /// Per-key activity sessions closed by a gap.
     #[serde(default)]
     pub session: Option<Spanned<SessionSpec>>,
-    /// Overlapping windows (not available yet; refused with a clear message).
+    /// Overlapping windows of `size` starting every `slide`, kept as
+    /// `slide`-long tiles per key.
     #[serde(default)]
-    pub hopping: Option<Spanned<serde_json::Value>>,
+    pub hopping: Option<Spanned<HoppingSpec>>,
     /// How long after completion a window still takes late events (default 0).
     #[serde(default)]
     pub allowed_lateness: Option<Spanned<String>>,
@@ -162,6 +168,19 @@ pub struct WindowSpec {
 pub struct TumblingSpec {
     /// Window length, e.g. `5m`.
     pub size: Spanned<String>,
+    /// Shift of the window grid from the epoch (default 0).
+    #[serde(default)]
+    pub offset: Option<Spanned<String>>,
+}
+
+/// Hopping (sliding) window settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoppingSpec {
+    /// Window length, e.g. `30d`: a whole multiple of `slide`.
+    pub size: Spanned<String>,
+    /// Time between window starts, e.g. `1h`: the length of a tile.
+    pub slide: Spanned<String>,
     /// Shift of the window grid from the epoch (default 0).
     #[serde(default)]
     pub offset: Option<Spanned<String>>,
@@ -209,16 +228,35 @@ pub enum LateSpec {
 pub struct FeatureSpec {
     /// Column and field name of the feature.
     pub name: Spanned<String>,
-    /// count, sum, mean, std, std_pop, var, min, max, first, last.
+    /// count, sum, mean, std, std_pop, var, min, max, first, last,
+    /// count_distinct, quantile, collect_set.
     #[serde(default)]
     pub agg: Option<Spanned<String>>,
+    /// `quantile`: which quantile, in [0, 1] (0.5 is the median).
+    #[serde(default)]
+    pub q: Option<Spanned<f64>>,
+    /// `count_distinct`: how many distinct values are counted exactly
+    /// before a HyperLogLog sketch takes over (default 1000).
+    #[serde(default)]
+    pub exact_up_to: Option<Spanned<u32>>,
+    /// `collect_set`: how many values are kept (default 100); with more,
+    /// the smallest are kept and `<name>_cut` is true.
+    #[serde(default)]
+    pub max: Option<Spanned<u32>>,
+    /// A request-time feature: an expression over the group's features,
+    /// `now`, `window_start` and `window_end` (milliseconds), evaluated when
+    /// read (online: the request time; in a training set: the entity row's
+    /// time), never stored.
+    #[serde(default)]
+    pub on_read: Option<Spanned<String>>,
     /// The event field aggregated (count without a field counts events).
     #[serde(default)]
     pub field: Option<Spanned<String>>,
     /// A filter over event fields: only matching events feed this feature.
     #[serde(default, rename = "where")]
     pub filter: Option<Spanned<String>>,
-    /// A derived feature: arithmetic over other features of the same window.
+    /// A derived feature: arithmetic over other features of the same window
+    /// and its `window_start` and `window_end` (milliseconds).
     #[serde(default)]
     pub expr: Option<Spanned<String>>,
     /// Output type of `first`/`last`: string, float, int or bool (default: inferred).

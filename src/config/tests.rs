@@ -103,10 +103,93 @@ fn session_and_retracting() {
 }
 
 #[test]
-fn hopping_is_refused_clearly() {
-    let e = err(&BASE.replace("tumbling: { size: 5m }", "hopping: { size: 5m, slide: 1m }"));
-    assert!(e.message.contains("hopping"), "{e}");
-    assert_eq!(e.line, 7, "{e}");
+fn hopping_windows_are_checked() {
+    let ok = Pipeline::from_yaml(
+        &BASE.replace(
+            "tumbling: { size: 5m }",
+            "hopping: { size: 30d, slide: 1h, offset: 90m }",
+        ),
+        "p.yaml",
+    )
+    .expect("valid hopping window");
+    assert_eq!(
+        ok.window,
+        WindowKind::Hopping {
+            size: 30 * 86_400_000_000,
+            slide: 3_600_000_000,
+            offset: 1_800_000_000
+        }
+    );
+    let e = err(&BASE.replace("tumbling: { size: 5m }", "hopping: { size: 5m, slide: 2m }"));
+    assert!(e.message.contains("not a whole multiple of slide"), "{e}");
+    assert_eq!((e.line, e.column), (7, 20), "{e}");
+    let e = err(&BASE.replace("tumbling: { size: 5m }", "hopping: { size: 5m }"));
+    assert!(e.message.contains("slide"), "{e}");
+    let e = err(&BASE.replace(
+        "tumbling: { size: 5m }",
+        "tumbling: { size: 5m }\n  hopping: { size: 5m, slide: 1m }",
+    ));
+    assert!(e.message.contains("one window kind"), "{e}");
+}
+
+#[test]
+fn new_aggregates_take_their_parameters() {
+    let with = |f: &str| BASE.replace("  - { name: n, agg: count }", f);
+    let p = Pipeline::from_yaml(
+        &with("  - { name: med, agg: quantile, field: amount, q: 0.5 }\n  - { name: u, agg: count_distinct, field: m, exact_up_to: 50 }\n  - { name: cats, agg: collect_set, field: c, max: 3 }\n  - { name: per, expr: n_or_zero }"),
+        "p.yaml",
+    );
+    assert!(p.is_err(), "unknown feature in expr");
+    let p = Pipeline::from_yaml(
+        &with("  - { name: med, agg: quantile, field: amount, q: 0.5 }\n  - { name: u, agg: count_distinct, field: m, exact_up_to: 50 }\n  - { name: cats, agg: collect_set, field: c, max: 3 }\n  - { name: span, expr: window_end - window_start }\n  - { name: age_ms, on_read: now - window_end }"),
+        "p.yaml",
+    )
+    .expect("valid");
+    let names: Vec<&str> = p.features.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["med", "u", "cats", "cats_cut", "span"]);
+    assert_eq!(p.features[2].output_type(), ValueType::StringList);
+    assert_eq!(p.on_read.len(), 1);
+    let e = err(&with("  - { name: med, agg: quantile, field: amount }"));
+    assert!(e.message.contains("needs `q:`"), "{e}");
+    let e = err(&with(
+        "  - { name: med, agg: quantile, field: amount, q: 1.5 }",
+    ));
+    assert!(e.message.contains("from 0 to 1"), "{e}");
+    let e = err(&with("  - { name: s, agg: sum, field: amount, max: 3 }"));
+    assert!(e.message.contains("does not apply"), "{e}");
+    let e = err(&with(
+        "  - { name: cats, agg: collect_set, field: c }\n  - { name: cats_cut, agg: count }",
+    ));
+    assert!(e.message.contains("duplicate feature name"), "{e}");
+    let e = err(&with("  - { name: a, on_read: now - missing }"));
+    assert!(e.message.contains("unknown feature"), "{e}");
+    let e = err(&with(
+        "  - { name: a, on_read: now }\n  - { name: b, expr: a + 1 }",
+    ));
+    assert!(e.message.contains("computed when read"), "{e}");
+}
+
+#[test]
+fn key_types_are_declared_per_key_field() {
+    let p = Pipeline::from_yaml(
+        &BASE.replace(
+            "  key: [user_id]",
+            "  key: [user_id]\n  key_types: { user_id: int }",
+        ),
+        "p.yaml",
+    )
+    .expect("valid");
+    assert_eq!(p.key_types, vec![KeyType::Int]);
+    let e = err(&BASE.replace(
+        "  key: [user_id]",
+        "  key: [user_id]\n  key_types: { uid: int }",
+    ));
+    assert!(e.message.contains("not a key field"), "{e}");
+    let e = err(&BASE.replace(
+        "  key: [user_id]",
+        "  key: [user_id]\n  key_types: { user_id: uuid }",
+    ));
+    assert!(e.message.contains("expected string or int"), "{e}");
 }
 
 #[test]

@@ -130,7 +130,8 @@ pub async fn run(
                 tx
             })
         });
-        let w = worker::Worker::new(p.clone(), opts.worker.clone(), online, pm)?;
+        let plan = crate::plan::Plan::new(p);
+        let w = worker::Worker::new(plan, opts.worker.clone(), online, pm)?;
         let token = shutdown.clone();
         let name = p.name.clone();
         let failed = shutdown.clone();

@@ -32,8 +32,9 @@ use tokio_util::sync::CancellationToken;
 use super::checkpoint::{Checkpoint, Store, CHECKPOINT_VERSION};
 use crate::config::Pipeline;
 use crate::engine::{PaneBuf, PartitionedEngine, ProcessingTime};
-use crate::event::{DecodePlan, Decoder, Reason, Refusal};
+use crate::event::{Decoder, Reason, Refusal};
 use crate::metrics::PipelineMetrics;
+use crate::plan::PlanRef;
 use crate::sink::dead_letter::{dead_letter_json, DeadLetterWriter, Position};
 use crate::sink::parquet::ParquetSink;
 use crate::sink::redis::{OnlineBatch, OnlineMsg};
@@ -237,6 +238,7 @@ enum DeadLetters {
 
 pub struct Worker {
     p: Pipeline,
+    plan: PlanRef,
     opts: WorkerOptions,
     consumer: BaseConsumer<Ctx>,
     topic: String,
@@ -260,11 +262,12 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(
-        p: Pipeline,
+        plan: PlanRef,
         opts: WorkerOptions,
         online: Option<mpsc::Sender<OnlineMsg>>,
         metrics: Arc<PipelineMetrics>,
     ) -> anyhow::Result<Worker> {
+        let p = plan.pipeline.clone();
         let kafka = p
             .kafka
             .clone()
@@ -313,9 +316,8 @@ impl Worker {
             cfg.set(k, v);
         }
         let consumer: BaseConsumer<Ctx> = cfg.create_with_context(ctx)?;
-        let plan = DecodePlan::new(&p);
-        let engine = PartitionedEngine::new(&p, &plan, ProcessingTime::External);
-        let dec = Decoder::new(plan);
+        let engine = PartitionedEngine::new(&plan, ProcessingTime::External);
+        let dec = Decoder::new(plan.decode.clone());
         let out = PaneBuf::new(p.features.len());
         let parquet_root = opts.data_dir.clone().or(p.parquet_path.clone());
         let dead = match &p.dead_letter_topic {
@@ -344,6 +346,7 @@ impl Worker {
             feature_names: p.features.iter().map(|f| f.name.clone()).collect(),
             topic: kafka.topic,
             p,
+            plan,
             opts,
             consumer,
             store,
@@ -563,7 +566,7 @@ impl Worker {
         };
         let prefix = format!("p{p}o");
         let mut sink = self.parquet_root.as_ref().map(|root| {
-            ParquetSink::new(root, &self.p, &run_id(p, epoch, next_offset))
+            ParquetSink::new(root, &self.plan, &run_id(p, epoch, next_offset))
                 .deferred(self.opts.max_file_rows)
         });
         if let Some(c) = &c {

@@ -27,10 +27,11 @@ pub use keys::prefetch as prefetch_read;
 use keys::KeyIndex;
 use smallvec::SmallVec;
 
-use crate::aggregate::{finish, Acc, AccKind, ScalarRef, Value};
-use crate::config::expr::{Compiled, Val};
-use crate::config::{Accumulation, AggKind, FeatureKind, LateTrigger, Pipeline, WindowKind};
-use crate::event::{short_eq, DecodePlan, EncodedKey, EventRef, FieldVal, Reason, Refusal};
+use crate::aggregate::{Heavy, Input, Value};
+use crate::config::expr::Val;
+use crate::config::{Accumulation, LateTrigger, WindowKind};
+use crate::event::{short_eq, EncodedKey, EventRef, FieldVal, Reason, Refusal};
+use crate::plan::PlanRef;
 use crate::time::watermark::{PartitionWatermark, WATERMARK_MAX, WATERMARK_MIN};
 use crate::time::Micros;
 use crate::window::{sessions_meet, LastTumbling};
@@ -215,9 +216,6 @@ struct LastPane {
     values: Box<[Value]>,
 }
 
-/// Accumulators of a window, inline for the common small feature sets.
-type Accs = SmallVec<[Acc; 4]>;
-
 #[derive(Debug)]
 struct Window {
     /// Unique for the life of the engine; timers name it to detect reuse of the slot.
@@ -235,7 +233,6 @@ struct Window {
     in_early_list: bool,
     in_late_list: bool,
     last: Option<Box<LastPane>>,
-    accs: Accs,
 }
 
 /// The hash of an encoded key in the key index.
@@ -276,148 +273,6 @@ struct WinRef {
     start: i64,
 }
 
-/// Compiled feature layout: accumulators, filters, and how to finish each feature.
-#[derive(Debug)]
-struct Layout {
-    accs: Vec<(AccKind, Option<usize>)>,
-    filters: Vec<Compiled>,
-    /// Per feature: aggregate (acc index, finish) or derived expression.
-    outputs: Vec<Output>,
-    /// Derived features in dependency order.
-    derived_order: Vec<usize>,
-}
-
-#[derive(Debug)]
-enum Output {
-    Agg(usize, AggKind),
-    Derived(Compiled),
-}
-
-impl Layout {
-    fn new(p: &Pipeline, plan: &DecodePlan) -> Layout {
-        let mut accs: Vec<(AccKind, Option<usize>)> = Vec::new();
-        let mut filters: Vec<Compiled> = Vec::new();
-        let mut filter_texts: Vec<String> = Vec::new();
-        let mut outputs = Vec::new();
-        for f in &p.features {
-            match &f.kind {
-                FeatureKind::Agg { agg, field, filter } => {
-                    let fi = filter.as_ref().map(|e| {
-                        let text = e.to_string();
-                        if let Some(i) = filter_texts.iter().position(|t| *t == text) {
-                            i
-                        } else {
-                            filter_texts.push(text);
-                            filters.push(e.compile(&mut |name| {
-                                plan.slot_of(name).expect("filter fields are decoded")
-                            }));
-                            filters.len() - 1
-                        }
-                    });
-                    let slot = field
-                        .as_ref()
-                        .map(|n| plan.slot_of(n).expect("aggregated fields are decoded"));
-                    let kind = match (agg, slot) {
-                        (AggKind::Count, Some(s)) => AccKind::CountField(s),
-                        (AggKind::First, Some(s)) => AccKind::First(s),
-                        (AggKind::Last, Some(s)) => AccKind::Last(s),
-                        (_, None) => AccKind::CountEvents,
-                        (_, Some(s)) => AccKind::Stats(s),
-                    };
-                    let ai = match accs.iter().position(|a| *a == (kind, fi)) {
-                        Some(i) => i,
-                        None => {
-                            accs.push((kind, fi));
-                            accs.len() - 1
-                        }
-                    };
-                    outputs.push(Output::Agg(ai, *agg));
-                }
-                FeatureKind::Derived(e) => {
-                    let idx = |name: &str| {
-                        p.features
-                            .iter()
-                            .position(|f| f.name == name)
-                            .expect("validated reference")
-                    };
-                    outputs.push(Output::Derived(e.compile(&mut |n| idx(n))));
-                }
-            }
-        }
-        // Dependency order of derived features (validation refused cycles).
-        let mut order = Vec::new();
-        let mut done = vec![false; p.features.len()];
-        for (i, f) in p.features.iter().enumerate() {
-            if !matches!(f.kind, FeatureKind::Derived(_)) {
-                done[i] = true;
-            }
-        }
-        while order.len()
-            < outputs
-                .iter()
-                .filter(|o| matches!(o, Output::Derived(_)))
-                .count()
-        {
-            let before = order.len();
-            for (i, f) in p.features.iter().enumerate() {
-                if done[i] {
-                    continue;
-                }
-                if let FeatureKind::Derived(e) = &f.kind {
-                    let ready = e.idents().iter().all(|n| {
-                        p.features
-                            .iter()
-                            .position(|g| g.name == *n)
-                            .is_some_and(|j| done[j])
-                    });
-                    if ready {
-                        done[i] = true;
-                        order.push(i);
-                    }
-                }
-            }
-            if order.len() == before {
-                break;
-            }
-        }
-        Layout {
-            accs,
-            filters,
-            outputs,
-            derived_order: order,
-        }
-    }
-
-    fn fresh_accs(&self) -> Accs {
-        self.accs.iter().map(|(k, _)| k.empty()).collect()
-    }
-
-    /// Appends one value per feature to `out`.
-    fn write_values(&self, accs: &[Acc], out: &mut Vec<Value>) {
-        let base = out.len();
-        out.extend(self.outputs.iter().map(|o| match o {
-            Output::Agg(a, agg) => finish(*agg, &accs[*a]),
-            Output::Derived(_) => Value::Null,
-        }));
-        let row = &mut out[base..];
-        for &i in &self.derived_order {
-            if let Output::Derived(c) = &self.outputs[i] {
-                let v = {
-                    let get = |j: usize| match row[j].as_f64() {
-                        Some(x) => Val::Num(x),
-                        None => Val::Null,
-                    };
-                    match c.eval(&get) {
-                        Val::Num(x) => Value::Float(x),
-                        _ => Value::Null,
-                    }
-                };
-                row[i] = v;
-            }
-        }
-    }
-}
-
 #[inline]
 fn to_val(f: FieldVal<'_>) -> Val<'_> {
     match f {
@@ -425,6 +280,16 @@ fn to_val(f: FieldVal<'_>) -> Val<'_> {
         FieldVal::Bool(b) => Val::Bool(b),
         FieldVal::Num(n) => Val::Num(n),
         FieldVal::Str(s) => Val::Str(std::borrow::Cow::Borrowed(s)),
+    }
+}
+
+#[inline]
+fn to_input(f: FieldVal<'_>) -> Input<'_> {
+    match f {
+        FieldVal::Missing | FieldVal::Null | FieldVal::Nested => Input::Missing,
+        FieldVal::Bool(b) => Input::Bool(b),
+        FieldVal::Num(n) => Input::Num(n),
+        FieldVal::Str(s) => Input::Str(s),
     }
 }
 
@@ -437,9 +302,15 @@ pub struct Engine {
     late: LateTrigger,
     accumulation: Accumulation,
     max_future: Micros,
-    layout: Layout,
+    plan: PlanRef,
     keys: KeyIndex<KeyEntry>,
     slab: Vec<Window>,
+    /// Accumulator rows of the slab's windows (slot `i` owns row `i`):
+    /// fixed-size words, `row_words` per row, and variable-size states.
+    words: Vec<u64>,
+    heavy: Vec<Heavy>,
+    row_words: usize,
+    row_heavies: usize,
     free: Vec<u32>,
     live_windows: usize,
     /// The source partition whose keys this engine holds.
@@ -454,26 +325,20 @@ pub struct Engine {
     seq: u64,
     next_window_id: u64,
     filter_bits: Vec<bool>,
-    slot_names: Vec<String>,
     pub stats: EngineStats,
 }
 
 impl Engine {
     /// An engine for the keys of partition 0 (replay, tests).
-    pub fn new(p: &Pipeline, plan: &DecodePlan, mode: ProcessingTime) -> Engine {
-        Engine::for_partition(p, plan, mode, 0)
+    pub fn new(plan: &PlanRef, mode: ProcessingTime) -> Engine {
+        Engine::for_partition(plan, mode, 0)
     }
 
     /// An engine for the keys of source partition `partition`, assigned
     /// now: its watermark starts at -infinity.
-    pub fn for_partition(
-        p: &Pipeline,
-        plan: &DecodePlan,
-        mode: ProcessingTime,
-        partition: u32,
-    ) -> Engine {
-        let layout = Layout::new(p, plan);
-        let n_filters = layout.filters.len();
+    pub fn for_partition(plan: &PlanRef, mode: ProcessingTime, partition: u32) -> Engine {
+        let p = &plan.pipeline;
+        let n_filters = plan.filters.len();
         Engine {
             window: p.window,
             last_tumbling: LastTumbling::default(),
@@ -482,9 +347,13 @@ impl Engine {
             late: p.late,
             accumulation: p.accumulation,
             max_future: p.max_future,
-            layout,
+            plan: plan.clone(),
             keys: KeyIndex::new(),
             slab: Vec::new(),
+            words: Vec::new(),
+            heavy: Vec::new(),
+            row_words: plan.row.words(),
+            row_heavies: plan.row.heavies(),
             free: Vec::new(),
             live_windows: 0,
             partition,
@@ -498,7 +367,6 @@ impl Engine {
             seq: 0,
             next_window_id: 0,
             filter_bits: vec![false; n_filters],
-            slot_names: plan.slot_names.clone(),
             stats: EngineStats::default(),
         }
     }
@@ -652,32 +520,19 @@ impl Engine {
             ));
         }
         // Filters and value checks, before any state changes.
-        for (i, f) in self.layout.filters.iter().enumerate() {
+        for (i, f) in self.plan.filters.iter().enumerate() {
             self.filter_bits[i] = f.eval(&|s| to_val(ev.field(s))).truthy();
         }
-        for (kind, filter) in &self.layout.accs {
-            if filter.is_some_and(|f| !self.filter_bits[f]) {
-                continue;
-            }
-            match *kind {
-                AccKind::Stats(s) => {
-                    if let FieldVal::Str(_) | FieldVal::Bool(_) | FieldVal::Nested = ev.field(s) {
-                        return Err(Refusal::new(
-                            Reason::BadValue,
-                            format!("field {:?} is not a number", self.field_name(s)),
-                        ));
-                    }
-                }
-                AccKind::First(s) | AccKind::Last(s) => {
-                    if let FieldVal::Nested = ev.field(s) {
-                        return Err(Refusal::new(
-                            Reason::BadValue,
-                            format!("field {:?} is not a scalar", self.field_name(s)),
-                        ));
-                    }
-                }
-                _ => {}
-            }
+        let bits = &self.filter_bits;
+        if let Some((s, what)) = self.plan.row.check(
+            |s| to_input(ev.field(s)),
+            |s| matches!(ev.field(s), FieldVal::Nested),
+            |f| bits[f],
+        ) {
+            return Err(Refusal::new(
+                Reason::BadValue,
+                format!("field {:?} is not {what}", self.field_name(s)),
+            ));
         }
         if self.mode == ProcessingTime::StreamTime && t > self.now {
             self.set_processing_time(t, out);
@@ -710,6 +565,7 @@ impl Engine {
                     None => self.open_window(ev.key, hash, start, end),
                 }
             }
+            WindowKind::Hopping { .. } => unreachable!("TEMP"),
             WindowKind::Session { gap } => {
                 let (ps, pe) = (t, t.saturating_add(gap));
                 let meets = match self.keys.find(hash, |e| short_eq(e.key.bytes(), ev.key)) {
@@ -739,32 +595,17 @@ impl Engine {
         }
         self.seq += 1;
         let seq = self.seq;
+        let (wr, hr) = self.row_range(slot);
+        let bits = &self.filter_bits;
+        self.plan.row.update(
+            &mut self.words[wr],
+            &mut self.heavy[hr],
+            |s| to_input(ev.field(s)),
+            |f| bits[f],
+            t,
+            seq,
+        );
         let win = &mut self.slab[slot as usize];
-        for (acc, (kind, filter)) in win.accs.iter_mut().zip(self.layout.accs.iter()) {
-            if filter.is_some_and(|f| !self.filter_bits[f]) {
-                continue;
-            }
-            match (*kind, acc) {
-                (AccKind::CountEvents, Acc::Count(c)) => *c += 1,
-                (AccKind::CountField(s), Acc::Count(c))
-                    if !matches!(ev.field(s), FieldVal::Missing | FieldVal::Null) =>
-                {
-                    *c += 1
-                }
-                (AccKind::Stats(s), Acc::Stats(st)) => {
-                    if let FieldVal::Num(x) = ev.field(s) {
-                        st.update(x)
-                    }
-                }
-                (AccKind::First(s) | AccKind::Last(s), acc) => match ev.field(s) {
-                    FieldVal::Num(x) => acc.pick(t, seq, ScalarRef::Num(x)),
-                    FieldVal::Str(x) => acc.pick(t, seq, ScalarRef::Str(x)),
-                    FieldVal::Bool(x) => acc.pick(t, seq, ScalarRef::Bool(x)),
-                    _ => {}
-                },
-                _ => {}
-            }
-        }
         win.dirty = true;
         let id = win.id;
         // Processing-time and late triggers.
@@ -791,7 +632,11 @@ impl Engine {
     }
 
     fn field_name(&self, slot: usize) -> &str {
-        self.slot_names.get(slot).map_or("?", String::as_str)
+        self.plan
+            .decode
+            .slot_names
+            .get(slot)
+            .map_or("?", String::as_str)
     }
 
     fn too_late(&self, t: Micros, start: Micros, end: Micros) -> Refusal {
@@ -840,7 +685,10 @@ impl Engine {
                 win.in_early_list = false;
                 win.in_late_list = false;
                 win.last = None;
-                win.accs.iter_mut().for_each(Acc::reset);
+                let (wr, hr) = self.row_range(s);
+                self.plan
+                    .row
+                    .reset(&mut self.words[wr], &mut self.heavy[hr]);
                 s
             }
             None => {
@@ -857,8 +705,8 @@ impl Engine {
                     in_early_list: false,
                     in_late_list: false,
                     last: None,
-                    accs: self.layout.fresh_accs(),
                 });
+                self.plan.row.push_empty(&mut self.words, &mut self.heavy);
                 (self.slab.len() - 1) as u32
             }
         };
@@ -868,7 +716,7 @@ impl Engine {
             WindowKind::Tumbling { size, .. } => {
                 Some((size.saturating_add(self.allowed_lateness), w))
             }
-            WindowKind::Session { .. } => None,
+            WindowKind::Session { .. } | WindowKind::Hopping { .. } => None,
         };
         if let Some(e) = self.keys.find_mut(hash, |e| short_eq(e.key.bytes(), key)) {
             e.windows.retain(|r| match tumbling_gone {
@@ -951,14 +799,9 @@ impl Engine {
                     self.push_retraction(k, &last, out);
                 }
             }
-            let gone_accs = std::mem::take(&mut self.slab[gone as usize].accs);
+            self.merge_rows(survivor, gone);
             let gone_dirty = self.slab[gone as usize].dirty;
-            let surv = &mut self.slab[survivor as usize];
-            for (a, b) in surv.accs.iter_mut().zip(gone_accs.iter()) {
-                a.merge(b);
-            }
-            surv.dirty |= gone_dirty;
-            self.slab[gone as usize].accs = gone_accs;
+            self.slab[survivor as usize].dirty |= gone_dirty;
             self.release(gone);
         }
         sessions.retain(|s| !members[1..].contains(s));
@@ -1058,7 +901,19 @@ impl Engine {
             watermark,
         });
         let base = out.values.len();
-        self.layout.write_values(&win.accs, &mut out.values);
+        let (start, end) = (win.start, win.end);
+        let (wr, hr) = (
+            slot as usize * self.row_words..(slot as usize + 1) * self.row_words,
+            slot as usize * self.row_heavies..(slot as usize + 1) * self.row_heavies,
+        );
+        self.plan.write_values(
+            &self.words[wr.clone()],
+            &self.heavy[hr.clone()],
+            start,
+            end,
+            &mut out.values,
+        );
+        let win = &mut self.slab[slot as usize];
         if retracting {
             win.last = Some(Box::new(LastPane {
                 start: win.start,
@@ -1071,7 +926,9 @@ impl Engine {
         win.next_pane += 1;
         win.dirty = false;
         if discarding {
-            win.accs.iter_mut().for_each(Acc::reset);
+            self.plan
+                .row
+                .reset(&mut self.words[wr], &mut self.heavy[hr]);
         }
     }
 
@@ -1086,6 +943,28 @@ impl Engine {
         w.last = None;
         self.live_windows -= 1;
         self.free.push(slot);
+    }
+
+    /// The word and heavy ranges of the row of window `slot`.
+    #[inline]
+    fn row_range(&self, slot: u32) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let s = slot as usize;
+        (
+            s * self.row_words..(s + 1) * self.row_words,
+            s * self.row_heavies..(s + 1) * self.row_heavies,
+        )
+    }
+
+    /// Folds the row of window `src` into that of window `dst`.
+    fn merge_rows(&mut self, dst: u32, src: u32) {
+        let (dw, dh) = self.row_range(dst);
+        let (sw, sh) = self.row_range(src);
+        let src_words: SmallVec<[u64; 16]> = self.words[sw].iter().copied().collect();
+        let src_heavy: Vec<Heavy> = self.heavy[sh].to_vec();
+        self.plan.row.merge(
+            (&mut self.words[dw], &mut self.heavy[dh]),
+            (&src_words, &src_heavy),
+        );
     }
 
     #[inline]

@@ -13,15 +13,14 @@
 //! idleness or the assignment changes; with nothing assigned nothing moves.
 
 use super::{Engine, EngineStats, PaneBuf, PartitionState, ProcessingTime, RestoreError};
-use crate::config::Pipeline;
-use crate::event::{DecodePlan, EventRef, Refusal};
+use crate::event::{EventRef, Refusal};
+use crate::plan::PlanRef;
 use crate::time::watermark::{idle_floor, WATERMARK_MIN};
 use crate::time::Micros;
 
 /// See the module documentation.
 pub struct PartitionedEngine {
-    pipeline: Pipeline,
-    plan: DecodePlan,
+    plan: PlanRef,
     mode: ProcessingTime,
     /// Indexed by partition number.
     engines: Vec<Option<Box<Engine>>>,
@@ -34,9 +33,8 @@ pub struct PartitionedEngine {
 }
 
 impl PartitionedEngine {
-    pub fn new(pipeline: &Pipeline, plan: &DecodePlan, mode: ProcessingTime) -> Self {
+    pub fn new(plan: &PlanRef, mode: ProcessingTime) -> Self {
         PartitionedEngine {
-            pipeline: pipeline.clone(),
             plan: plan.clone(),
             mode,
             engines: Vec::new(),
@@ -59,7 +57,7 @@ impl PartitionedEngine {
         if self.engine(p).is_some() {
             return Ok(());
         }
-        let mut e = Engine::for_partition(&self.pipeline, &self.plan, self.mode, p);
+        let mut e = Engine::for_partition(&self.plan, self.mode, p);
         e.set_wall_clock(self.wall);
         e.set_processing_time(self.now, out);
         if let Some(s) = state {
@@ -194,9 +192,9 @@ impl PartitionedEngine {
         if self.live().any(Engine::is_idle) {
             let floor = idle_floor(
                 self.live().map(|e| (e.watermark(), e.is_idle())),
-                self.pipeline.idle_advance,
+                self.plan.pipeline.idle_advance,
                 self.now,
-                self.pipeline.max_out_of_orderness,
+                self.plan.pipeline.max_out_of_orderness,
             );
             if let Some(f) = floor {
                 for e in self.live_mut().filter(|e| e.is_idle()) {

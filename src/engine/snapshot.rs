@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Engine, LastPane, PaneBuf, Timing};
-use crate::aggregate::{Acc, Value};
+use crate::aggregate::{AccState, Value};
 use crate::time::Micros;
 
 /// The state of one partition, as written to a checkpoint.
@@ -40,7 +40,8 @@ pub struct WindowState {
     pub past_on_time: bool,
     pub dirty: bool,
     pub last: Option<LastPaneState>,
-    pub accs: Vec<Acc>,
+    /// One state per accumulator of the pipeline's row layout.
+    pub accs: Vec<AccState>,
 }
 
 /// The last emitted pane of a window (retracting mode).
@@ -67,6 +68,8 @@ pub enum RestoreError {
         found: usize,
         expected: usize,
     },
+    #[error("window {index}: accumulator {acc} is not of the kind the pipeline needs (the pipeline's features changed)")]
+    AccKind { index: usize, acc: usize },
 }
 
 impl Engine {
@@ -86,6 +89,7 @@ impl Engine {
             .iter()
             .map(|&(_, s)| {
                 let w = &self.slab[s as usize];
+                let (wr, hr) = self.row_range(s);
                 WindowState {
                     key: b64.encode(w.key.bytes()),
                     start: w.start,
@@ -100,7 +104,7 @@ impl Engine {
                         timing: l.timing,
                         values: l.values.to_vec(),
                     }),
-                    accs: w.accs.to_vec(),
+                    accs: self.plan.row.export(&self.words[wr], &self.heavy[hr]),
                 }
             })
             .collect();
@@ -123,7 +127,7 @@ impl Engine {
     ) -> Result<(), RestoreError> {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD;
-        let expected = self.layout.accs.len();
+        let expected = self.plan.row.accs().len();
         let mut keys = Vec::with_capacity(state.windows.len());
         for (index, w) in state.windows.iter().enumerate() {
             let key = b64
@@ -135,6 +139,9 @@ impl Engine {
                     found: w.accs.len(),
                     expected,
                 });
+            }
+            if let Err(acc) = self.plan.row.fits(&w.accs) {
+                return Err(RestoreError::AccKind { index, acc });
             }
             keys.push(key);
         }
@@ -170,7 +177,11 @@ impl Engine {
                     values: l.values.clone().into_boxed_slice(),
                 })
             });
-            win.accs = w.accs.iter().cloned().collect();
+            let (wr, hr) = self.row_range(slot);
+            self.plan
+                .row
+                .import(&w.accs, &mut self.words[wr], &mut self.heavy[hr])
+                .expect("checked by fits above");
             if opened_past != w.past_on_time {
                 self.schedule(slot, id, w.end, w.past_on_time);
             }

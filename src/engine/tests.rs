@@ -25,8 +25,9 @@ pub(crate) const BASIC: &str = "  - { name: n, agg: count }\n  - { name: s, agg:
 
 impl Harness {
     pub fn new(p: &Pipeline, mode: ProcessingTime) -> Harness {
-        let dec = Decoder::new(DecodePlan::new(p));
-        let mut engine = PartitionedEngine::new(p, &dec.plan, mode);
+        let plan = crate::plan::Plan::new(p);
+        let dec = Decoder::new(plan.decode.clone());
+        let mut engine = PartitionedEngine::new(&plan, mode);
         let mut out = PaneBuf::new(p.features.len());
         engine.assign(0, None, &mut out).expect("empty state");
         Harness {

@@ -641,6 +641,10 @@ pub fn parse_value(text: &str, t: ValueType) -> Value {
             other => Value::String(other.to_string()),
         },
         ValueType::String => Value::String(text.to_string()),
+        // A JSON array of strings, as the sink writes it.
+        ValueType::StringList => {
+            serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+        }
         ValueType::Inferred => {
             // Only text that is exactly how the sink writes a number is read
             // as one: "007" or "1e3" stay strings.

@@ -142,6 +142,7 @@ fn type_name(t: ValueType) -> &'static str {
         ValueType::Bool => "bool",
         ValueType::String => "string",
         ValueType::Inferred => "any",
+        ValueType::StringList => "list<string>",
     }
 }
 
@@ -507,14 +508,29 @@ fn match_strength(word: &str, value: &str) -> u32 {
 /// `amount_max - amount_min`.
 pub fn definition_text(k: &FeatureKind) -> String {
     match k {
-        FeatureKind::Agg { agg, field, filter } => {
-            let mut s = format!("{}({})", agg.name(), field.as_deref().unwrap_or(""));
+        FeatureKind::Agg {
+            agg,
+            field,
+            filter,
+            params,
+        } => {
+            let mut s = format!("{}({}", agg.name(), field.as_deref().unwrap_or(""));
+            match agg {
+                crate::config::AggKind::Quantile => s.push_str(&format!(", q={}", params.q)),
+                crate::config::AggKind::CountDistinct => {
+                    s.push_str(&format!(", exact_up_to={}", params.exact_up_to))
+                }
+                crate::config::AggKind::CollectSet => s.push_str(&format!(", max={}", params.max)),
+                _ => {}
+            }
+            s.push(')');
             if let Some(f) = filter {
                 s.push_str(&format!(" where {f}"));
             }
             s
         }
         FeatureKind::Derived(e) => e.to_string(),
+        FeatureKind::SetCut(_) => "cut(set)".to_string(),
     }
 }
 
@@ -537,6 +553,7 @@ pub fn describe(p: &Pipeline) -> GroupInfo {
                 v
             }
             FeatureKind::Agg { .. } => Vec::new(),
+            FeatureKind::SetCut(set) => vec![p.features[*set].name.clone()],
         })
         .collect();
     let features = p
@@ -545,7 +562,9 @@ pub fn describe(p: &Pipeline) -> GroupInfo {
         .enumerate()
         .map(|(i, f)| {
             let (kind, agg, field, filter, expr) = match &f.kind {
-                FeatureKind::Agg { agg, field, filter } => (
+                FeatureKind::Agg {
+                    agg, field, filter, ..
+                } => (
                     "aggregate",
                     Some(agg.name()),
                     field.clone(),
@@ -553,6 +572,7 @@ pub fn describe(p: &Pipeline) -> GroupInfo {
                     None,
                 ),
                 FeatureKind::Derived(e) => ("derived", None, None, None, Some(e.to_string())),
+                FeatureKind::SetCut(_) => ("set_cut", None, None, None, None),
             };
             let used_by = deps
                 .iter()

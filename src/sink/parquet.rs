@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -24,9 +25,10 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::aggregate::Value;
-use crate::config::{AggKind, FeatureKind, ParquetCompression, Pipeline, ValueType};
+use crate::config::{KeyType, ParquetCompression, ValueType};
 use crate::engine::{PaneBuf, PaneMeta};
 use crate::event::KeyPart;
+use crate::plan::Plan;
 use crate::time::{utc_date, Micros, MICROS_PER_DAY};
 
 /// Errors of the offline sink.
@@ -55,6 +57,8 @@ enum ColKind {
     Str,
     /// first/last without a declared type: decided by the values of a file.
     Infer,
+    /// collect_set: a list of strings.
+    StrList,
 }
 
 /// Rows kept before they are encoded as a row group.
@@ -63,7 +67,7 @@ const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Rows per data page (32 KiB of an 8-byte column).
 const PAGE_ROWS: usize = 4096;
 
-/// A key column: integers until a string shows up.
+/// A key column, of the group's declared key type.
 enum KeyCol {
     Int(Vec<i64>),
     Str(StringBuilder),
@@ -76,11 +80,12 @@ enum FeatCol {
     Bool(BooleanBuilder),
     Str(StringBuilder),
     Infer(Vec<Value>),
+    StrList(ListBuilder<StringBuilder>),
 }
 
 /// The rows of one date being collected, column by column.
 struct DayCols {
-    keys: Vec<Option<KeyCol>>,
+    keys: Vec<KeyCol>,
     start: TimestampMicrosecondBuilder,
     end: TimestampMicrosecondBuilder,
     feats: Vec<FeatCol>,
@@ -91,15 +96,20 @@ struct DayCols {
     emitted: TimestampMicrosecondBuilder,
     watermark: TimestampMicrosecondBuilder,
     rows: usize,
-    cap: usize,
 }
 
 impl DayCols {
     /// Columns with room for `cap` rows (a row group): no regrowth while filling.
-    fn new(n_keys: usize, kinds: &[ColKind], cap: usize) -> DayCols {
+    fn new(key_types: &[KeyType], kinds: &[ColKind], cap: usize) -> DayCols {
         let ts = || TimestampMicrosecondBuilder::with_capacity(cap).with_timezone("UTC");
         DayCols {
-            keys: (0..n_keys).map(|_| None).collect(),
+            keys: key_types
+                .iter()
+                .map(|t| match t {
+                    KeyType::Int => KeyCol::Int(Vec::with_capacity(cap)),
+                    KeyType::String => KeyCol::Str(StringBuilder::with_capacity(cap, cap * 8)),
+                })
+                .collect(),
             start: ts(),
             end: ts(),
             feats: kinds
@@ -110,6 +120,7 @@ impl DayCols {
                     ColKind::Bool => FeatCol::Bool(BooleanBuilder::with_capacity(cap)),
                     ColKind::Str => FeatCol::Str(StringBuilder::new()),
                     ColKind::Infer => FeatCol::Infer(Vec::new()),
+                    ColKind::StrList => FeatCol::StrList(ListBuilder::new(StringBuilder::new())),
                 })
                 .collect(),
             pane_index: Int64Builder::with_capacity(cap),
@@ -119,35 +130,16 @@ impl DayCols {
             emitted: ts(),
             watermark: ts(),
             rows: 0,
-            cap,
         }
     }
 
     fn append(&mut self, m: &PaneMeta, values: &[Value]) {
         for (i, col) in self.keys.iter_mut().enumerate() {
-            let part = m.key.part(i);
-            match (col.as_mut(), part) {
-                (None, Some(KeyPart::Int(v))) => {
-                    let mut c = Vec::with_capacity(self.cap);
-                    c.push(v);
-                    *col = Some(KeyCol::Int(c))
-                }
-                (None, p) => {
-                    let mut b = StringBuilder::with_capacity(self.cap, self.cap * 8);
-                    append_key_text(&mut b, p);
-                    *col = Some(KeyCol::Str(b));
-                }
-                (Some(KeyCol::Int(v)), Some(KeyPart::Int(x))) => v.push(x),
-                (Some(KeyCol::Int(v)), p) => {
-                    // A string after integers: the column becomes text.
-                    let mut b = StringBuilder::new();
-                    for x in v.iter() {
-                        b.append_value(x.to_string());
-                    }
-                    append_key_text(&mut b, p);
-                    *col = Some(KeyCol::Str(b));
-                }
-                (Some(KeyCol::Str(b)), p) => append_key_text(b, p),
+            // The decoder refused keys of another type than the declared one.
+            match (col, m.key.part(i)) {
+                (KeyCol::Int(v), Some(KeyPart::Int(x))) => v.push(x),
+                (KeyCol::Int(v), _) => v.push(0),
+                (KeyCol::Str(b), p) => append_key_text(b, p),
             }
         }
         self.start.append_value(m.window_start);
@@ -166,6 +158,15 @@ impl DayCols {
                 }),
                 FeatCol::Str(b) => b.append_option(value_text(v)),
                 FeatCol::Infer(vals) => vals.push(v.clone()),
+                FeatCol::StrList(b) => match v {
+                    Value::List(items) => {
+                        for x in items {
+                            b.values().append_value(x);
+                        }
+                        b.append(true);
+                    }
+                    _ => b.append(false),
+                },
             }
         }
         self.pane_index.append_value(m.pane_index as i64);
@@ -183,8 +184,8 @@ impl DayCols {
         let mut fields = Vec::new();
         for (k, col) in key_names.iter().zip(&self.keys) {
             let dt = match col {
-                Some(KeyCol::Int(_)) => DataType::Int64,
-                _ => DataType::Utf8,
+                KeyCol::Int(_) => DataType::Int64,
+                KeyCol::Str(_) => DataType::Utf8,
             };
             fields.push(Field::new(k, dt, false));
         }
@@ -197,6 +198,7 @@ impl DayCols {
                 FeatCol::Bool(_) => DataType::Boolean,
                 FeatCol::Str(_) => DataType::Utf8,
                 FeatCol::Infer(vals) => infer(vals.iter()),
+                FeatCol::StrList(_) => string_list(),
             };
             fields.push(Field::new(name, dt, true));
         }
@@ -215,9 +217,8 @@ impl DayCols {
         for (i, col) in self.keys.into_iter().enumerate() {
             let want = schema.field(i).data_type();
             let arr: ArrayRef = match col {
-                Some(KeyCol::Int(v)) => Arc::new(arrow_array::Int64Array::from(v)),
-                Some(KeyCol::Str(mut b)) => Arc::new(b.finish()),
-                None => Arc::new(StringBuilder::new().finish()),
+                KeyCol::Int(v) => Arc::new(arrow_array::Int64Array::from(v)),
+                KeyCol::Str(mut b) => Arc::new(b.finish()),
             };
             cols.push(if arr.data_type() == want {
                 arr
@@ -236,6 +237,7 @@ impl DayCols {
                 FeatCol::Bool(b) => Arc::new(b.finish()),
                 FeatCol::Str(b) => Arc::new(b.finish()),
                 FeatCol::Infer(vals) => typed_array(vals, want),
+                FeatCol::StrList(b) => Arc::new(b.finish()),
             };
             cols.push(if arr.data_type() == want {
                 arr
@@ -296,6 +298,7 @@ pub struct ParquetSink {
     dir: PathBuf,
     run_id: String,
     key_names: Vec<String>,
+    key_types: Vec<KeyType>,
     feature_names: Vec<String>,
     feature_kinds: Vec<ColKind>,
     allowed_lateness: Micros,
@@ -315,34 +318,26 @@ pub struct ParquetSink {
 }
 
 impl ParquetSink {
-    /// A sink under `root` for pipeline `p`; `run_id` names its files.
-    pub fn new(root: &Path, p: &Pipeline, run_id: &str) -> ParquetSink {
-        let feature_kinds = p
-            .features
+    /// A sink under `root` for a pipeline's plan; `run_id` names its files.
+    pub fn new(root: &Path, plan: &Plan, run_id: &str) -> ParquetSink {
+        let p = &plan.pipeline;
+        let feature_kinds = plan
+            .types
             .iter()
-            .map(|f| match &f.kind {
-                FeatureKind::Derived(_) => ColKind::Float,
-                FeatureKind::Agg {
-                    agg: AggKind::Count,
-                    ..
-                } => ColKind::Int,
-                FeatureKind::Agg {
-                    agg: AggKind::First | AggKind::Last,
-                    ..
-                } => match f.value_type {
-                    ValueType::Int => ColKind::Int,
-                    ValueType::Float => ColKind::Float,
-                    ValueType::Bool => ColKind::Bool,
-                    ValueType::String => ColKind::Str,
-                    ValueType::Inferred => ColKind::Infer,
-                },
-                FeatureKind::Agg { .. } => ColKind::Float,
+            .map(|t| match t {
+                ValueType::Int => ColKind::Int,
+                ValueType::Float => ColKind::Float,
+                ValueType::Bool => ColKind::Bool,
+                ValueType::String => ColKind::Str,
+                ValueType::Inferred => ColKind::Infer,
+                ValueType::StringList => ColKind::StrList,
             })
             .collect();
         ParquetSink {
             dir: root.join(&p.name),
             run_id: run_id.to_string(),
             key_names: p.key_fields.clone(),
+            key_types: plan.key_types.clone(),
             feature_names: p.features.iter().map(|f| f.name.clone()).collect(),
             feature_kinds,
             allowed_lateness: p.allowed_lateness,
@@ -468,12 +463,12 @@ impl ParquetSink {
     pub fn write_row(&mut self, m: &PaneMeta, values: &[Value]) -> Result<(), ParquetSinkError> {
         let day = m.window_end.div_euclid(MICROS_PER_DAY);
         self.rows += 1;
-        let (n_keys, kinds) = (self.key_names.len(), &self.feature_kinds);
+        let (key_types, kinds) = (&self.key_types, &self.feature_kinds);
         let cap = ROW_GROUP_ROWS.min(self.max_file_rows);
         let cols = self
             .buffers
             .entry(day)
-            .or_insert_with(|| DayCols::new(n_keys, kinds, cap));
+            .or_insert_with(|| DayCols::new(key_types, kinds, cap));
         cols.append(m, values);
         if cols.rows >= ROW_GROUP_ROWS.min(self.max_file_rows) {
             let full = self.buffers.remove(&day).expect("just filled");
@@ -649,6 +644,11 @@ impl ParquetSink {
     }
 }
 
+/// The Arrow type of a `collect_set` column.
+pub fn string_list() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+}
+
 fn infer<'a>(vals: impl Iterator<Item = &'a Value>) -> DataType {
     let (mut nums, mut bools, mut other) = (0, 0, 0);
     for v in vals {
@@ -656,7 +656,7 @@ fn infer<'a>(vals: impl Iterator<Item = &'a Value>) -> DataType {
             Value::Null => {}
             Value::Float(_) | Value::Int(_) => nums += 1,
             Value::Bool(_) => bools += 1,
-            Value::Str(_) => other += 1,
+            Value::Str(_) | Value::List(_) => other += 1,
         }
     }
     if other == 0 && bools == 0 {
@@ -669,13 +669,7 @@ fn infer<'a>(vals: impl Iterator<Item = &'a Value>) -> DataType {
 }
 
 fn value_text(v: &Value) -> Option<String> {
-    match v {
-        Value::Null => None,
-        Value::Int(i) => Some(i.to_string()),
-        Value::Float(f) => Some(crate::sink::format_f64(*f)),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Str(s) => Some(s.clone()),
-    }
+    crate::sink::value_text(v)
 }
 
 #[cfg(test)]
@@ -685,11 +679,11 @@ mod tests {
     use crate::event::EncodedKey;
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
-    fn pipeline() -> Pipeline {
-        crate::config::test_pipeline(
+    fn pipeline() -> crate::plan::PlanRef {
+        Plan::new(&crate::config::test_pipeline(
             "[user_id]",
             "  - { name: n, agg: count }\n  - { name: s, agg: sum, field: x }\n",
-        )
+        ))
     }
 
     fn rows_of(path: &Path) -> (i64, Vec<i64>) {

@@ -128,18 +128,7 @@ fn escape_into(t: &str, s: &mut String) {
     }
 }
 
-/// A feature value as Redis text; `None` for null (the field is left out).
-pub fn value_text(v: &Value) -> Option<String> {
-    match v {
-        Value::Null => None,
-        Value::Int(i) => Some(i.to_string()),
-        Value::Float(f) if f.is_finite() => Some(crate::sink::format_f64(*f)),
-        Value::Float(f) if f.is_nan() => Some("nan".into()),
-        Value::Float(f) => Some(if *f > 0.0 { "inf" } else { "-inf" }.into()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Str(s) => Some(s.clone()),
-    }
-}
+pub use crate::sink::value_text;
 
 /// One hash write.
 #[derive(Debug, Clone)]
@@ -481,30 +470,7 @@ async fn connect<'c>(
     Ok(conn.as_mut().expect("connected above"))
 }
 
-/// Appends a value's Redis text to `buf`; false for null.
-fn write_value(v: &Value, buf: &mut String) -> bool {
-    use std::fmt::Write as _;
-    match v {
-        Value::Null => return false,
-        Value::Int(i) => {
-            let _ = write!(buf, "{i}");
-        }
-        Value::Float(f) if f.is_finite() => {
-            if *f == f.trunc() && f.abs() < 1e16 {
-                let _ = write!(buf, "{}", *f as i64);
-            } else {
-                let _ = write!(buf, "{f}");
-            }
-        }
-        Value::Float(f) if f.is_nan() => buf.push_str("nan"),
-        Value::Float(f) => buf.push_str(if *f > 0.0 { "inf" } else { "-inf" }),
-        Value::Bool(b) => {
-            let _ = write!(buf, "{b}");
-        }
-        Value::Str(s) => buf.push_str(s),
-    }
-    true
-}
+use crate::sink::write_value_text as write_value;
 
 /// The script calls that write `rows`.
 fn pipeline(
