@@ -854,9 +854,9 @@ impl Decoder {
                     }
                     RawKind::Num => match raw.parse::<i64>() {
                         Ok(i) => self.key_int(pos, i),
-                        Err(_) => self.key_str(pos, raw),
+                        Err(_) => self.key_other(pos, raw),
                     },
-                    RawKind::True | RawKind::False => self.key_str(pos, raw),
+                    RawKind::True | RawKind::False => self.key_other(pos, raw),
                     RawKind::Null => self.key_null(pos),
                     RawKind::Nested => self.key_bad(pos),
                 }

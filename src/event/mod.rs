@@ -321,6 +321,8 @@ pub struct DecodePlan {
     /// Value slot names, in slot order.
     pub slot_names: Vec<String>,
     pub key_fields: Vec<String>,
+    /// The declared type of each key field: a value of another type is `bad_key`.
+    pub key_types: Vec<crate::config::KeyType>,
     pub time: EventTimeSource,
     /// The value slot fed with the event time itself (`$event_time`), if used.
     pub event_time_slot: Option<usize>,
@@ -379,6 +381,7 @@ impl DecodePlan {
             fields,
             slot_names,
             key_fields: p.key_fields.clone(),
+            key_types: p.key_types.clone(),
             time: p.event_time.clone(),
             event_time_slot,
         }
@@ -416,6 +419,8 @@ enum KeyTmp {
     Int(i64),
     /// In the decoder's scratch text.
     Str(u32, u32),
+    /// A number that is not an integer, or a boolean, as text (scratch).
+    Other(u32, u32),
     /// In the record's own text ([`Decoder::finish_text`]): not copied.
     Text(u32, u32),
     Bad,
@@ -492,6 +497,11 @@ impl Decoder {
         let (a, b) = self.push_str(s);
         self.keys[pos] = KeyTmp::Str(a, b);
     }
+    /// Sets a key part from a scalar that is neither a string nor an integer.
+    pub fn key_other(&mut self, pos: usize, s: &str) {
+        let (a, b) = self.push_str(s);
+        self.keys[pos] = KeyTmp::Other(a, b);
+    }
     pub fn key_int(&mut self, pos: usize, v: i64) {
         self.keys[pos] = KeyTmp::Int(v);
     }
@@ -541,6 +551,28 @@ impl Decoder {
     pub(crate) fn finish_text(&mut self, text: &str) -> Result<EventRef<'_>, Refusal> {
         self.key_buf.clear();
         for (pos, k) in self.keys.iter().enumerate() {
+            let declared = self.plan.key_types[pos];
+            let fits = match *k {
+                KeyTmp::Int(_) => declared == crate::config::KeyType::Int,
+                KeyTmp::Str(..) | KeyTmp::Text(..) => declared == crate::config::KeyType::String,
+                KeyTmp::Other(..) => false,
+                KeyTmp::Missing | KeyTmp::Null | KeyTmp::Bad => true,
+            };
+            if !fits {
+                let found = match k {
+                    KeyTmp::Int(_) => "an integer",
+                    KeyTmp::Other(..) => "a number or boolean",
+                    _ => "a string",
+                };
+                return Err(Refusal::new(
+                    Reason::BadKey,
+                    format!(
+                        "key field {:?} is {found}; the pipeline's key_types declare it {}",
+                        self.plan.key_fields[pos],
+                        declared.as_str()
+                    ),
+                ));
+            }
             match *k {
                 KeyTmp::Missing | KeyTmp::Null => {
                     let what = if matches!(k, KeyTmp::Null) {
@@ -566,7 +598,7 @@ impl Decoder {
                     self.key_buf.push(b'i');
                     self.key_buf.extend_from_slice(&v.to_le_bytes());
                 }
-                KeyTmp::Str(a, b) => push_str_part(
+                KeyTmp::Str(a, b) | KeyTmp::Other(a, b) => push_str_part(
                     &self.scratch.as_bytes()[a as usize..b as usize],
                     &mut self.key_buf,
                 ),

@@ -3,12 +3,33 @@ use proptest::prelude::*;
 
 fn decoder() -> Decoder {
     let p = crate::config::test_pipeline(
-        "[user_id, region]",
+        "[user_id, region]\n  key_types: { region: int }",
         r#"  - { name: s, agg: sum, field: amount }
   - { name: c, agg: count, where: 'kind == "click"' }
 "#,
     );
     Decoder::new(DecodePlan::new(&p))
+}
+
+#[test]
+fn keys_of_another_type_than_declared_are_bad_keys() {
+    let mut d = decoder();
+    for (line, ok) in [
+        (r#"{"user_id":"u1","region":7,"ts":1}"#, true),
+        (r#"{"user_id":7,"region":7,"ts":1}"#, false),
+        (r#"{"user_id":"u1","region":"7","ts":1}"#, false),
+        (r#"{"user_id":"u1","region":7.5,"ts":1}"#, false),
+        (r#"{"user_id":true,"region":7,"ts":1}"#, false),
+    ] {
+        match d.decode_json(line.as_bytes()) {
+            Ok(_) => assert!(ok, "{line} must be refused"),
+            Err(r) => {
+                assert!(!ok, "{line}: {}", r.detail);
+                assert_eq!(r.reason, Reason::BadKey, "{line}");
+                assert!(r.detail.contains("key_types"), "{}", r.detail);
+            }
+        }
+    }
 }
 
 #[test]
@@ -68,7 +89,8 @@ fn refusals_carry_reasons() {
 
 #[test]
 fn composite_keys_never_collide() {
-    let mut d = decoder();
+    let p = crate::config::test_pipeline("[user_id, region]", "  - { name: n, agg: count }\n");
+    let mut d = Decoder::new(DecodePlan::new(&p));
     let a = d
         .decode_json(br#"{"user_id":"1","region":"12","ts":1}"#)
         .expect("valid")

@@ -726,8 +726,8 @@ impl ParquetRows {
                     Col::Str(a) => dec.key_str(k, a.value(i)),
                     Col::Dict(ks, vs) => dec.key_str(k, vs.value(ks.value(i) as usize)),
                     Col::Int(a) => dec.key_int(k, a.value(i)),
-                    Col::Bool(a) => dec.key_str(k, if a.value(i) { "true" } else { "false" }),
-                    Col::Float(a) => dec.key_str(k, &crate::sink::format_f64(a.value(i))),
+                    Col::Bool(a) => dec.key_other(k, if a.value(i) { "true" } else { "false" }),
+                    Col::Float(a) => dec.key_other(k, &crate::sink::format_f64(a.value(i))),
                     _ => dec.key_bad(k),
                 }
             }
