@@ -12,6 +12,7 @@
 //! panes are emitted in increasing `end`; a window swallowed by a session
 //! merge emits no further pane.
 
+mod hopping;
 mod keys;
 mod partitioned;
 mod snapshot;
@@ -197,7 +198,27 @@ impl EngineStats {
 enum TimerKind {
     OnTime,
     Expire,
+    /// The next window of a hopping key is due (`slot` is the key's
+    /// hopping state, `id` its id).
+    HopNext,
 }
+
+/// Which partials of a hopping key a pane's value is read through
+/// (`window::tiles`); other windows ignore it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// On time, in end order.
+    OnTime,
+    /// At expiry, in end order.
+    Closing,
+    /// Early panes: windows near the on-time cursor, read aside.
+    PeekOnTime,
+    /// Anything else (late panes), read aside.
+    Peek,
+}
+
+/// `Window::hop` of a window that is not a hopping window.
+const NO_HOP: u32 = u32::MAX;
 
 /// A deadline of window `slot`, valid while that slot still holds window `id`.
 #[derive(Debug, Clone, Copy)]
@@ -233,6 +254,9 @@ struct Window {
     in_early_list: bool,
     in_late_list: bool,
     last: Option<Box<LastPane>>,
+    /// A hopping window: its key's hopping state, and its window number.
+    hop: u32,
+    hop_m: i64,
 }
 
 /// The hash of an encoded key in the key index.
@@ -325,6 +349,20 @@ pub struct Engine {
     seq: u64,
     next_window_id: u64,
     filter_bits: Vec<bool>,
+    /// Hopping windows: the grid, and the state of each key.
+    grid: Option<crate::window::hopping::Grid>,
+    hops: Vec<crate::window::hopping::HopKey>,
+    hop_free: Vec<u32>,
+    /// A hopping window's value, computed for a pane.
+    scratch: crate::window::tiles::Row,
+    /// A refusal that goes with an event the engine kept (a late event
+    /// that missed some of its hopping windows): the caller dead-letters
+    /// it too ([`Engine::take_partial_refusal`]).
+    partial_refusal: Option<Refusal>,
+    /// Replay: events at or after this bound were not read (`--to`).
+    input_end: Option<Micros>,
+    /// The end of a bounded input is being fired (no hopping tile is dropped).
+    finishing: bool,
     pub stats: EngineStats,
 }
 
@@ -367,6 +405,20 @@ impl Engine {
             seq: 0,
             next_window_id: 0,
             filter_bits: vec![false; n_filters],
+            grid: match p.window {
+                WindowKind::Hopping {
+                    size,
+                    slide,
+                    offset,
+                } => Some(crate::window::hopping::Grid::new(size, slide, offset)),
+                _ => None,
+            },
+            hops: Vec::new(),
+            hop_free: Vec::new(),
+            scratch: crate::window::tiles::Row::empty(&plan.row),
+            partial_refusal: None,
+            input_end: None,
+            finishing: false,
             stats: EngineStats::default(),
         }
     }
@@ -455,6 +507,9 @@ impl Engine {
     /// End of a bounded input: `W` becomes +infinity and every window fires,
     /// in `end` order (ties in the order the windows were opened).
     pub fn finish(&mut self, out: &mut PaneBuf) {
+        if self.grid.is_some() {
+            return self.finish_hopping(out);
+        }
         self.wm.advance_to(WATERMARK_MAX);
         self.timers.clear();
         self.early_list.clear();
@@ -473,9 +528,21 @@ impl Engine {
             } else {
                 Timing::OnTime
             };
-            self.emit(slot, timing, true, self.now, out);
+            self.emit(slot, timing, true, self.now, Via::Closing, out);
             self.remove_window(slot);
         }
+    }
+
+    /// Replay with `--to`: events at or after `end` were not read, so hopping
+    /// windows whose newest tile starts there are not emitted (SPEC 2).
+    pub fn set_input_end(&mut self, end: Option<Micros>) {
+        self.input_end = end;
+    }
+
+    /// The refusal that goes with the event just kept, if any (a late event
+    /// that missed some of its hopping windows: it is dead-lettered too).
+    pub fn take_partial_refusal(&mut self) -> Option<Refusal> {
+        self.partial_refusal.take()
     }
 
     /// Look-ahead, step one: fetch into cache where the index starts
@@ -565,7 +632,7 @@ impl Engine {
                     None => self.open_window(ev.key, hash, start, end),
                 }
             }
-            WindowKind::Hopping { .. } => unreachable!("TEMP"),
+            WindowKind::Hopping { .. } => return self.process_hop(ev, hash, out),
             WindowKind::Session { gap } => {
                 let (ps, pe) = (t, t.saturating_add(gap));
                 let meets = match self.keys.find(hash, |e| short_eq(e.key.bytes(), ev.key)) {
@@ -611,7 +678,9 @@ impl Engine {
         // Processing-time and late triggers.
         if win.past_on_time {
             match self.late {
-                LateTrigger::EveryEvent => self.emit(slot, Timing::Late, false, self.now, out),
+                LateTrigger::EveryEvent => {
+                    self.emit(slot, Timing::Late, false, self.now, Via::Peek, out)
+                }
                 LateTrigger::Every(_) => {
                     if !win.in_late_list {
                         win.in_late_list = true;
@@ -663,53 +732,11 @@ impl Engine {
 
     /// Opens a window of `key` and lists it under the key.
     fn open_window(&mut self, key: &[u8], hash: u64, start: Micros, end: Micros) -> u32 {
-        let id = self.next_window_id;
-        self.next_window_id += 1;
-        self.stats.windows_opened += 1;
-        self.live_windows += 1;
         let w = self.wm.current();
         // A window opened when already complete gets no on-time pane: its data is late.
         let past = w >= end;
-        let slot = match self.free.pop() {
-            Some(s) => {
-                let win = &mut self.slab[s as usize];
-                win.id = id;
-                win.key = EncodedKey::new(key);
-                win.key_hash = hash;
-                win.start = start;
-                win.end = end;
-                win.next_pane = 0;
-                win.live = true;
-                win.past_on_time = past;
-                win.dirty = false;
-                win.in_early_list = false;
-                win.in_late_list = false;
-                win.last = None;
-                let (wr, hr) = self.row_range(s);
-                self.plan
-                    .row
-                    .reset(&mut self.words[wr], &mut self.heavy[hr]);
-                s
-            }
-            None => {
-                self.slab.push(Window {
-                    id,
-                    key: EncodedKey::new(key),
-                    key_hash: hash,
-                    start,
-                    end,
-                    next_pane: 0,
-                    live: true,
-                    past_on_time: past,
-                    dirty: false,
-                    in_early_list: false,
-                    in_late_list: false,
-                    last: None,
-                });
-                self.plan.row.push_empty(&mut self.words, &mut self.heavy);
-                (self.slab.len() - 1) as u32
-            }
-        };
+        let slot = self.alloc_window(key, hash, start, end, past);
+        let id = self.slab[slot as usize].id;
         self.schedule(slot, id, end, past);
         let slab = &self.slab;
         let tumbling_gone = match self.window {
@@ -733,6 +760,65 @@ impl Engine {
             }
         }
         slot
+    }
+
+    /// A new window in the slab with an empty row, listed nowhere and with
+    /// no deadline yet.
+    fn alloc_window(
+        &mut self,
+        key: &[u8],
+        hash: u64,
+        start: Micros,
+        end: Micros,
+        past: bool,
+    ) -> u32 {
+        let id = self.next_window_id;
+        self.next_window_id += 1;
+        self.stats.windows_opened += 1;
+        self.live_windows += 1;
+        match self.free.pop() {
+            Some(s) => {
+                let win = &mut self.slab[s as usize];
+                win.id = id;
+                win.key = EncodedKey::new(key);
+                win.key_hash = hash;
+                win.start = start;
+                win.end = end;
+                win.next_pane = 0;
+                win.live = true;
+                win.past_on_time = past;
+                win.dirty = false;
+                win.in_early_list = false;
+                win.in_late_list = false;
+                win.last = None;
+                win.hop = NO_HOP;
+                let (wr, hr) = self.row_range(s);
+                self.plan
+                    .row
+                    .reset(&mut self.words[wr], &mut self.heavy[hr]);
+                s
+            }
+            None => {
+                self.slab.push(Window {
+                    id,
+                    key: EncodedKey::new(key),
+                    key_hash: hash,
+                    start,
+                    end,
+                    next_pane: 0,
+                    live: true,
+                    past_on_time: past,
+                    dirty: false,
+                    in_early_list: false,
+                    in_late_list: false,
+                    last: None,
+                    hop: NO_HOP,
+                    hop_m: 0,
+                });
+                self.plan.row.push_empty(&mut self.words, &mut self.heavy);
+                (self.slab.len() - 1) as u32
+            }
+        }
     }
 
     /// Registers a window's next deadline: on time at `end`, or expiry at
@@ -856,13 +942,15 @@ impl Engine {
         (w != WATERMARK_MIN && w != WATERMARK_MAX).then_some(w)
     }
 
-    /// Emits a pane of the window in `slot`.
+    /// Emits a pane of the window in `slot` (a hopping window's value is
+    /// read from its key's tiles `via` the given partials).
     fn emit(
         &mut self,
         slot: u32,
         timing: Timing,
         is_final: bool,
         emitted_at: Micros,
+        via: Via,
         out: &mut PaneBuf,
     ) {
         let watermark = self.visible_watermark();
@@ -906,13 +994,27 @@ impl Engine {
             slot as usize * self.row_words..(slot as usize + 1) * self.row_words,
             slot as usize * self.row_heavies..(slot as usize + 1) * self.row_heavies,
         );
-        self.plan.write_values(
-            &self.words[wr.clone()],
-            &self.heavy[hr.clone()],
-            start,
-            end,
-            &mut out.values,
-        );
+        let (hop, hop_m, first) = (win.hop, win.hop_m, win.next_pane == 0);
+        if hop != NO_HOP && (!discarding || first) {
+            // The window's events are its tiles' (in discarding mode, only
+            // its first pane: later ones hold what came since, in its row).
+            self.hop_value(hop, hop_m, via);
+            self.plan.write_values(
+                &self.scratch.words,
+                &self.scratch.heavy,
+                start,
+                end,
+                &mut out.values,
+            );
+        } else {
+            self.plan.write_values(
+                &self.words[wr.clone()],
+                &self.heavy[hr.clone()],
+                start,
+                end,
+                &mut out.values,
+            );
+        }
         let win = &mut self.slab[slot as usize];
         if retracting {
             win.last = Some(Box::new(LastPane {
@@ -941,8 +1043,13 @@ impl Engine {
         let w = &mut self.slab[slot as usize];
         w.live = false;
         w.last = None;
+        let (hop, m) = (w.hop, w.hop_m);
         self.live_windows -= 1;
         self.free.push(slot);
+        if hop != NO_HOP {
+            self.hops[hop as usize].remove_window(m);
+            self.hop_cleanup(hop);
+        }
     }
 
     /// The word and heavy ranges of the row of window `slot`.
@@ -992,7 +1099,8 @@ impl Engine {
             }
             if win.dirty && (win.past_on_time != early) {
                 let timing = if early { Timing::Early } else { Timing::Late };
-                self.emit(slot, timing, false, tick, out);
+                let via = if early { Via::PeekOnTime } else { Via::Peek };
+                self.emit(slot, timing, false, tick, via, out);
             }
         }
         list.clear();
@@ -1003,6 +1111,25 @@ impl Engine {
         };
         if reuse.is_empty() {
             *reuse = list;
+        }
+    }
+
+    /// The on-time pane of the window in `slot`: final when the window also
+    /// expires now, else it waits for late data until its expiry.
+    fn fire_on_time(&mut self, slot: u32, out: &mut PaneBuf) {
+        let w = self.wm.current();
+        let (id, end) = {
+            let win = &self.slab[slot as usize];
+            (win.id, win.end)
+        };
+        let expiry = end.saturating_add(self.allowed_lateness);
+        if expiry <= w {
+            self.emit(slot, Timing::OnTime, true, self.now, Via::OnTime, out);
+            self.remove_window(slot);
+        } else {
+            self.emit(slot, Timing::OnTime, false, self.now, Via::OnTime, out);
+            self.slab[slot as usize].past_on_time = true;
+            self.add_timer(expiry, slot, id, TimerKind::Expire);
         }
     }
 
@@ -1022,6 +1149,10 @@ impl Engine {
                 timers.sort_by_key(|t| t.id);
             }
             for t in timers {
+                if t.kind == TimerKind::HopNext {
+                    self.fire_hop_next(t.slot, t.id, at, out);
+                    continue;
+                }
                 if !self.valid(t.slot, t.id) {
                     continue;
                 }
@@ -1035,22 +1166,16 @@ impl Engine {
                         if past || end != at {
                             continue; // stale: the session grew, or already fired
                         }
-                        if expiry <= w {
-                            self.emit(t.slot, Timing::OnTime, true, self.now, out);
-                            self.remove_window(t.slot);
-                        } else {
-                            self.emit(t.slot, Timing::OnTime, false, self.now, out);
-                            self.slab[t.slot as usize].past_on_time = true;
-                            self.add_timer(expiry, t.slot, t.id, TimerKind::Expire);
-                        }
+                        self.fire_on_time(t.slot, out);
                     }
                     TimerKind::Expire => {
                         if !past || expiry != at {
                             continue;
                         }
-                        self.emit(t.slot, Timing::Late, true, self.now, out);
+                        self.emit(t.slot, Timing::Late, true, self.now, Via::Closing, out);
                         self.remove_window(t.slot);
                     }
+                    TimerKind::HopNext => unreachable!("handled above"),
                 }
             }
         }

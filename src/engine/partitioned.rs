@@ -113,6 +113,15 @@ impl PartitionedEngine {
             .process(ev, out)
     }
 
+    /// The refusal that goes with the event just kept, if any
+    /// ([`Engine::take_partial_refusal`]).
+    pub fn take_partial_refusal(&mut self, p: u32) -> Option<Refusal> {
+        self.engines
+            .get_mut(p as usize)?
+            .as_deref_mut()?
+            .take_partial_refusal()
+    }
+
     /// Tells whether partition `p`'s consumer is at the end of its log.
     pub fn set_end_of_log(&mut self, p: u32, at_end: bool, out: &mut PaneBuf) {
         let changed = self

@@ -9,9 +9,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Engine, LastPane, PaneBuf, Timing};
+use super::{Engine, LastPane, PaneBuf, Timing, NO_HOP};
 use crate::aggregate::{AccState, Value};
 use crate::time::Micros;
+use crate::window::hopping::HopKey;
 
 /// The state of one partition, as written to a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +28,23 @@ pub struct PartitionState {
     /// Arrival sequence (orders `first`/`last` ties).
     pub seq: u64,
     pub windows: Vec<WindowState>,
+    /// Hopping windows: each key's tiles and how far it fired.
+    #[serde(default)]
+    pub hop_keys: Vec<HopKeyState>,
+}
+
+/// The tiles of one key of a hopping window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HopKeyState {
+    /// The encoded key, base64.
+    pub key: String,
+    /// Where it comes among the windows and keys (ties of deadlines fire in
+    /// this order).
+    pub order: u64,
+    /// The last window fired on time.
+    pub fired: Option<i64>,
+    /// (tile number, one state per accumulator), ascending.
+    pub tiles: Vec<(i64, Vec<AccState>)>,
 }
 
 /// One open window of a key.
@@ -42,6 +60,12 @@ pub struct WindowState {
     pub last: Option<LastPaneState>,
     /// One state per accumulator of the pipeline's row layout.
     pub accs: Vec<AccState>,
+    /// A hopping window: its window number (its value is its key's tiles').
+    #[serde(default)]
+    pub hop: Option<i64>,
+    /// Where it comes among the windows and keys.
+    #[serde(default)]
+    pub order: u64,
 }
 
 /// The last emitted pane of a window (retracting mode).
@@ -87,7 +111,7 @@ impl Engine {
         slots.sort_unstable();
         let windows = slots
             .iter()
-            .map(|&(_, s)| {
+            .map(|&(id, s)| {
                 let w = &self.slab[s as usize];
                 let (wr, hr) = self.row_range(s);
                 WindowState {
@@ -105,9 +129,33 @@ impl Engine {
                         values: l.values.to_vec(),
                     }),
                     accs: self.plan.row.export(&self.words[wr], &self.heavy[hr]),
+                    hop: (w.hop != NO_HOP).then_some(w.hop_m),
+                    order: id,
                 }
             })
             .collect();
+        let l = &self.plan.row;
+        let mut hop_keys: Vec<HopKeyState> = self
+            .hops
+            .iter()
+            .filter(|k| k.live)
+            .map(|k| HopKeyState {
+                key: b64.encode(k.key.bytes()),
+                order: k.id,
+                fired: k.fired,
+                tiles: k
+                    .tiles
+                    .idx
+                    .iter()
+                    .enumerate()
+                    .map(|(pos, &n)| {
+                        let (w, h) = k.tiles.row(l, pos);
+                        (n, l.export(w, h))
+                    })
+                    .collect(),
+            })
+            .collect();
+        hop_keys.sort_by_key(|k| k.order);
         PartitionState {
             partition: self.partition,
             max_time: self.wm.max_time(),
@@ -115,6 +163,7 @@ impl Engine {
             processing_time: self.now,
             seq: self.seq,
             windows,
+            hop_keys,
         }
     }
 
@@ -128,30 +177,67 @@ impl Engine {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD;
         let expected = self.plan.row.accs().len();
+        let check = |index: usize, accs: &[AccState]| {
+            if accs.len() != expected {
+                return Err(RestoreError::Accs {
+                    index,
+                    found: accs.len(),
+                    expected,
+                });
+            }
+            self.plan
+                .row
+                .fits(accs)
+                .map_err(|acc| RestoreError::AccKind { index, acc })
+        };
         let mut keys = Vec::with_capacity(state.windows.len());
         for (index, w) in state.windows.iter().enumerate() {
             let key = b64
                 .decode(&w.key)
                 .map_err(|source| RestoreError::Key { index, source })?;
-            if w.accs.len() != expected {
-                return Err(RestoreError::Accs {
-                    index,
-                    found: w.accs.len(),
-                    expected,
-                });
-            }
-            if let Err(acc) = self.plan.row.fits(&w.accs) {
-                return Err(RestoreError::AccKind { index, acc });
-            }
+            check(index, &w.accs)?;
             keys.push(key);
+        }
+        let mut hop_keys = Vec::with_capacity(state.hop_keys.len());
+        for (index, k) in state.hop_keys.iter().enumerate() {
+            let key = b64
+                .decode(&k.key)
+                .map_err(|source| RestoreError::Key { index, source })?;
+            for (_, accs) in &k.tiles {
+                check(index, accs)?;
+            }
+            hop_keys.push(key);
         }
         self.seq = self.seq.max(state.seq);
         if self.now < state.processing_time {
             self.now = state.processing_time;
         }
         self.wm.restore(state.max_time, state.watermark);
-        for (w, key) in state.windows.iter().zip(keys) {
-            let hash = super::key_hash(&key);
+        // Keys and windows come back in the order they were made, so that
+        // deadlines falling together fire in the same order as before.
+        let mut items: Vec<(u64, bool, usize)> = state
+            .windows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.order, false, i))
+            .chain(
+                state
+                    .hop_keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| (k.order, true, i)),
+            )
+            .collect();
+        items.sort_unstable();
+        let mut restored_hops: Vec<u32> = Vec::new();
+        for (_, is_key, i) in items {
+            if is_key {
+                let h = self.import_hop_key(&state.hop_keys[i], &hop_keys[i]);
+                restored_hops.push(h);
+                continue;
+            }
+            let (w, key) = (&state.windows[i], &keys[i]);
+            let hash = super::key_hash(key);
             if self
                 .keys
                 .find(hash, |e| {
@@ -159,11 +245,26 @@ impl Engine {
                 })
                 .is_none()
             {
-                self.new_key(hash, &key);
+                self.new_key(hash, key);
             }
-            let slot = self.open_window(&key, hash, w.start, w.end);
+            let slot = match w.hop {
+                Some(m) => {
+                    let h = self.hop_of(hash, key);
+                    self.open_hop_window(h, m, w.past_on_time)
+                }
+                None => {
+                    let slot = self.open_window(key, hash, w.start, w.end);
+                    let (id, opened_past) = {
+                        let win = &self.slab[slot as usize];
+                        (win.id, win.past_on_time)
+                    };
+                    if opened_past != w.past_on_time {
+                        self.schedule(slot, id, w.end, w.past_on_time);
+                    }
+                    slot
+                }
+            };
             let id = self.slab[slot as usize].id;
-            let opened_past = self.slab[slot as usize].past_on_time;
             let win = &mut self.slab[slot as usize];
             win.next_pane = w.next_pane;
             win.past_on_time = w.past_on_time;
@@ -182,9 +283,6 @@ impl Engine {
                 .row
                 .import(&w.accs, &mut self.words[wr], &mut self.heavy[hr])
                 .expect("checked by fits above");
-            if opened_past != w.past_on_time {
-                self.schedule(slot, id, w.end, w.past_on_time);
-            }
             if w.dirty {
                 let win = &mut self.slab[slot as usize];
                 if win.past_on_time {
@@ -198,7 +296,25 @@ impl Engine {
                 }
             }
         }
+        for h in restored_hops {
+            self.hop_resume(h);
+        }
         self.fire_timers(out);
         Ok(())
+    }
+
+    /// A hopping key's tiles from a checkpoint (checked beforehand).
+    fn import_hop_key(&mut self, k: &HopKeyState, key: &[u8]) -> u32 {
+        let hash = super::key_hash(key);
+        let h = self.hop_of(hash, key);
+        let l = &self.plan.row;
+        let state: &mut HopKey = &mut self.hops[h as usize];
+        state.fired = k.fired;
+        for (n, accs) in &k.tiles {
+            let (pos, _) = state.tiles.find_or_insert(l, *n);
+            let (w, hv) = state.tiles.row_mut(l, pos);
+            l.import(accs, w, hv).expect("checked by fits above");
+        }
+        h
     }
 }

@@ -5,6 +5,9 @@
 //! and merge when they overlap or touch; the merging itself lives in the
 //! engine, which owns the per-key state.
 
+pub mod hopping;
+pub mod tiles;
+
 use crate::time::Micros;
 
 /// Start of the tumbling window of `size` (shifted by `offset`) holding `t`.

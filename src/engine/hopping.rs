@@ -1,0 +1,388 @@
+//! The engine's side of hopping windows: events go to their key's tiles
+//! (`window::hopping`, `window::tiles`); the windows that differ from the
+//! one before them fire in end order from one timer per key; a window
+//! exists in the slab only while it has panes to give (opened early, fired
+//! and kept for late data, or opened late), and its value is read from the
+//! tiles when a pane fires.
+
+use smallvec::SmallVec;
+
+use super::{to_input, Engine, PaneBuf, TimerKind, Timing, Via, WinRef, NO_HOP};
+use crate::config::{Accumulation, LateTrigger};
+use crate::event::{short_eq, EventRef, Reason, Refusal};
+use crate::time::watermark::WATERMARK_MAX;
+use crate::time::Micros;
+use crate::window::hopping::{Grid, HopKey};
+use crate::window::tiles::{window_value, Use};
+
+impl Engine {
+    fn grid(&self) -> Grid {
+        self.grid.expect("a hopping pipeline has a grid")
+    }
+
+    /// The first window number not yet expired at watermark `w`: windows
+    /// below it are gone.
+    fn first_kept_window(&self, w: Micros) -> i64 {
+        let g = self.grid();
+        if w == crate::time::watermark::WATERMARK_MIN {
+            return i64::MIN / 4;
+        }
+        // Window m is kept while at(m) + lateness > w.
+        g.window_of_end(w.saturating_sub(self.allowed_lateness))
+            .saturating_add(1)
+    }
+
+    /// The hopping state of a key, created when new.
+    pub(super) fn hop_of(&mut self, hash: u64, key: &[u8]) -> u32 {
+        let found = match self.keys.find(hash, |e| short_eq(e.key.bytes(), key)) {
+            Some(e) => e.windows.first().copied(),
+            None => {
+                self.new_key(hash, key);
+                None
+            }
+        };
+        if let Some(r) = found {
+            let h = &self.hops[r.slot as usize];
+            if h.live && h.id == r.id {
+                return r.slot;
+            }
+        }
+        let id = self.next_window_id;
+        self.next_window_id += 1;
+        let state = HopKey::new(id, crate::event::EncodedKey::new(key), hash);
+        let slot = match self.hop_free.pop() {
+            Some(s) => {
+                self.hops[s as usize] = state;
+                s
+            }
+            None => {
+                self.hops.push(state);
+                (self.hops.len() - 1) as u32
+            }
+        };
+        if let Some(e) = self.keys.find_mut(hash, |e| short_eq(e.key.bytes(), key)) {
+            e.windows.clear();
+            e.windows.push(WinRef { slot, id, start: 0 });
+        }
+        slot
+    }
+
+    /// Opens window `m` of hopping key `h` in the slab (for its panes).
+    /// A window past its on-time moment waits for its expiry.
+    pub(super) fn open_hop_window(&mut self, h: u32, m: i64, past: bool) -> u32 {
+        let g = self.grid();
+        let (start, end) = g.bounds(m);
+        let (key, hash) = {
+            let k = &self.hops[h as usize];
+            (k.key.clone(), k.key_hash)
+        };
+        let slot = self.alloc_window(key.bytes(), hash, start, end, past);
+        let win = &mut self.slab[slot as usize];
+        win.hop = h;
+        win.hop_m = m;
+        let id = win.id;
+        self.hops[h as usize].add_window(m, slot);
+        if past {
+            self.add_timer(
+                end.saturating_add(self.allowed_lateness),
+                slot,
+                id,
+                TimerKind::Expire,
+            );
+        }
+        slot
+    }
+
+    /// Schedules the key's next window to fire on time, if it comes before
+    /// the one scheduled.
+    fn hop_schedule(&mut self, h: u32, m: i64) {
+        let g = self.grid();
+        let k = &mut self.hops[h as usize];
+        if k.next.is_none_or(|x| m < x) {
+            k.next = Some(m);
+            let id = k.id;
+            self.add_timer(g.at(m), h, id, TimerKind::HopNext);
+        }
+    }
+
+    /// A window's value into `self.scratch` (see `window::tiles`).
+    pub(super) fn hop_value(&mut self, h: u32, m: i64, via: Via) {
+        let k = self.grid().k;
+        let key = &mut self.hops[h as usize];
+        let (cur, how) = match via {
+            Via::OnTime => (&mut key.on_time, Use::Advance),
+            Via::Closing => (&mut key.closing, Use::Advance),
+            Via::PeekOnTime => (&mut key.on_time, Use::Peek),
+            Via::Peek => (&mut key.closing, Use::Peek),
+        };
+        window_value(
+            &key.tiles,
+            &self.plan.row,
+            k,
+            m - k,
+            cur,
+            how,
+            &mut self.scratch,
+        );
+    }
+
+    /// An event of a hopping pipeline (after the checks every event passes).
+    pub(super) fn process_hop(
+        &mut self,
+        ev: &EventRef<'_>,
+        hash: u64,
+        out: &mut PaneBuf,
+    ) -> Result<(), Refusal> {
+        let g = self.grid();
+        let (t, w) = (ev.time, self.wm.current());
+        let n = g.tile(t);
+        // The event belongs to windows n+1 ..= n+k; those below `kept` are gone.
+        let kept = self.first_kept_window(w);
+        if n + g.k < kept {
+            self.stats.late_dropped += 1;
+            let (start, end) = g.bounds(n + g.k);
+            return Err(self.too_late(t, start, end));
+        }
+        let missed = (kept - (n + 1)).clamp(0, g.k);
+        let h = self.hop_of(hash, ev.key);
+        let (pos, new_tile) = {
+            let row = &self.plan.row;
+            let key = &mut self.hops[h as usize];
+            let (pos, new) = key.tiles.find_or_insert(row, n);
+            key.on_time.invalidate(n, g.k);
+            key.closing.invalidate(n, g.k);
+            (pos, new)
+        };
+        self.stats.events += 1;
+        if t < w {
+            self.stats.late_kept += 1;
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        {
+            let bits = &self.filter_bits;
+            let (tw, th) = self.hops[h as usize].tiles.row_mut(&self.plan.row, pos);
+            self.plan
+                .row
+                .update(tw, th, |s| to_input(ev.field(s)), |f| bits[f], t, seq);
+        }
+        if missed > 0 {
+            self.partial_refusal = Some(Refusal::new(
+                Reason::TooLate,
+                format!(
+                    "event time {} missed {missed} of its {} windows, dropped at watermark {} (it was added to the others)",
+                    crate::time::format_rfc3339(t),
+                    g.k,
+                    crate::time::format_rfc3339(w)
+                ),
+            ));
+        }
+        // The windows that exist and hold the tile see the event.
+        let holding: SmallVec<[(i64, u32); 4]> =
+            self.hops[h as usize].windows_holding(n, g.k).collect();
+        for (_, slot) in holding {
+            if self.accumulation == Accumulation::Discarding {
+                let (wr, hr) = self.row_range(slot);
+                let bits = &self.filter_bits;
+                self.plan.row.update(
+                    &mut self.words[wr],
+                    &mut self.heavy[hr],
+                    |s| to_input(ev.field(s)),
+                    |f| bits[f],
+                    t,
+                    seq,
+                );
+            }
+            self.touch(slot, out);
+        }
+        // Some windows of the event expired: the first kept one now differs
+        // from the (final) one before it, and gives a pane.
+        if missed > 0 {
+            if g.at(kept) <= w {
+                if self.hops[h as usize].window(kept).is_none() {
+                    let slot = self.open_hop_window(h, kept, true);
+                    self.touch(slot, out);
+                }
+            } else {
+                self.hop_schedule(h, kept);
+            }
+        }
+        // A new tile: its two windows now differ from the ones before them.
+        if new_tile {
+            for m in [n + 1, n + 1 + g.k] {
+                if g.at(m) <= w {
+                    // Complete already: a late window, while it is kept.
+                    if m >= kept && self.hops[h as usize].window(m).is_none() {
+                        let slot = self.open_hop_window(h, m, true);
+                        self.touch(slot, out);
+                    }
+                } else {
+                    self.hop_schedule(h, m);
+                }
+            }
+        }
+        // Early panes: the window whose newest tile this is.
+        if self.early_every.is_some() && g.at(n + 1) > w {
+            let slot = match self.hops[h as usize].window(n + 1) {
+                Some(s) => s,
+                None => {
+                    let s = self.open_hop_window(h, n + 1, false);
+                    self.touch(s, out);
+                    s
+                }
+            };
+            let _ = slot;
+        }
+        let now = self.now;
+        if self.wm.observe(t, now) {
+            self.fire_timers(out);
+        }
+        Ok(())
+    }
+
+    /// A window got data: late panes or early panes per the triggers.
+    fn touch(&mut self, slot: u32, out: &mut PaneBuf) {
+        let win = &mut self.slab[slot as usize];
+        win.dirty = true;
+        let id = win.id;
+        if win.past_on_time {
+            match self.late {
+                LateTrigger::EveryEvent => {
+                    self.emit(slot, Timing::Late, false, self.now, Via::Peek, out)
+                }
+                LateTrigger::Every(_) => {
+                    if !win.in_late_list {
+                        win.in_late_list = true;
+                        self.late_list.push((slot, id));
+                    }
+                }
+                LateTrigger::None => {}
+            }
+        } else if self.early_every.is_some() && !win.in_early_list {
+            win.in_early_list = true;
+            self.early_list.push((slot, id));
+        }
+    }
+
+    /// The timer of hopping key `h` for the window ending at `at`.
+    pub(super) fn fire_hop_next(&mut self, h: u32, id: u64, at: Micros, out: &mut PaneBuf) {
+        let g = self.grid();
+        let m = g.window_of_end(at);
+        {
+            let k = &self.hops[h as usize];
+            if !k.live || k.id != id || k.next != Some(m) || g.at(m) != at {
+                return; // stale: an earlier window was scheduled since
+            }
+        }
+        self.hops[h as usize].fired = Some(m);
+        self.hops[h as usize].next = None;
+        match self.hops[h as usize].window(m) {
+            // Opened late: its panes are late ones.
+            Some(slot) if self.slab[slot as usize].past_on_time => {}
+            Some(slot) => self.fire_on_time(slot, out),
+            None => {
+                let slot = self.open_hop_window(h, m, false);
+                self.fire_on_time(slot, out);
+            }
+        }
+        if let Some(next) = self.hops[h as usize].next_after(Some(m), g.k) {
+            self.hop_schedule(h, next);
+        }
+        self.hop_cleanup(h);
+    }
+
+    /// After a restore: schedules the key's next window.
+    pub(super) fn hop_resume(&mut self, h: u32) {
+        let k = self.grid().k;
+        let fired = self.hops[h as usize].fired;
+        if let Some(next) = self.hops[h as usize].next_after(fired, k) {
+            self.hop_schedule(h, next);
+        }
+    }
+
+    /// Drops the tiles of key `h` that no kept window holds, and the key
+    /// when nothing is left.
+    pub(super) fn hop_cleanup(&mut self, h: u32) {
+        let g = self.grid();
+        let kept = self.first_kept_window(self.wm.current());
+        let key = &mut self.hops[h as usize];
+        if !key.live || self.finishing {
+            return;
+        }
+        // Tile n is held by windows up to n + k, and window n + 1 + k (the
+        // first without it) is found by it: it goes once no kept window
+        // holds it and the on-time cursor has passed n + 1 + k.
+        let needed = key.fired.map_or(i64::MIN / 4, |f| f).min(kept);
+        key.tiles.drop_before(&self.plan.row, needed - g.k);
+        if key.is_done() {
+            key.live = false;
+            key.tiles = Default::default();
+            key.on_time = Default::default();
+            key.closing = Default::default();
+            self.hop_free.push(h);
+        }
+    }
+
+    /// End of a bounded input (SPEC 2): every window that exists fires its
+    /// final pane, and so does every window still to come whose newest tile
+    /// starts at or before the greatest event time (before `--to`); the
+    /// windows that would only show the data ageing out after the input
+    /// are not emitted. In end order (ties: keys in the order they came).
+    pub(super) fn finish_hopping(&mut self, out: &mut PaneBuf) {
+        let g = self.grid();
+        let last_tile = {
+            let mut t = self.wm.max_time().unwrap_or(i64::MIN);
+            if let Some(e) = self.input_end {
+                t = t.min(e.saturating_sub(1));
+            }
+            g.tile(t)
+        };
+        self.timers.clear();
+        self.early_list.clear();
+        self.late_list.clear();
+        // (end, tie, key, window number, existing slot)
+        let mut all: Vec<(Micros, u64, u32, i64, u32)> = Vec::new();
+        for (h, key) in self.hops.iter().enumerate() {
+            if !key.live {
+                continue;
+            }
+            for &(m, slot) in &key.windows {
+                all.push((g.at(m), key.id, h as u32, m, slot));
+            }
+            let mut at = key.next;
+            while let Some(m) = at {
+                if m - 1 > last_tile {
+                    break;
+                }
+                if key.window(m).is_none() {
+                    all.push((g.at(m), key.id, h as u32, m, NO_HOP));
+                }
+                at = key.next_after(Some(m), g.k);
+            }
+        }
+        all.sort_unstable();
+        self.wm.advance_to(WATERMARK_MAX);
+        self.finishing = true;
+        for (_, _, h, m, slot) in all {
+            let (slot, timing, via) = if slot == NO_HOP {
+                (
+                    self.open_hop_window(h, m, false),
+                    Timing::OnTime,
+                    Via::OnTime,
+                )
+            } else if self.slab[slot as usize].past_on_time {
+                (slot, Timing::Late, Via::Closing)
+            } else {
+                (slot, Timing::OnTime, Via::OnTime)
+            };
+            self.emit(slot, timing, true, self.now, via, out);
+            self.remove_window(slot);
+        }
+        for key in self.hops.iter_mut() {
+            key.live = false;
+        }
+        self.hops.clear();
+        self.hop_free.clear();
+        self.finishing = false;
+    }
+}

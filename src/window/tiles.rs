@@ -1,0 +1,382 @@
+//! The tiles of one key of a hopping window, and the sliding aggregation
+//! that makes a window's value out of them (SPEC 1, docs/semantics.md).
+//!
+//! A hopping window of `size = k · slide` covers `k` consecutive tiles of
+//! `slide`; a key keeps only its non-empty tiles, each one accumulator row
+//! ([`crate::aggregate::RowLayout`]). A window's value is a merge of its
+//! tiles computed as two stacks flipped at fixed places: the tile grid is
+//! cut into *chunks* of `k` tiles, aligned to the epoch, so a window lies
+//! in at most two chunks, `c` and `c + 1`. Its value is
+//!
+//! `value = S_c(first tile) ⊕ P_{c+1}(last tile)`
+//!
+//! where `S_c(i)` folds the tiles of chunk `c` from `i` to the chunk's end
+//! right to left (`t_i ⊕ (t_next ⊕ (…))`) and `P_{c+1}(j)` folds chunk
+//! `c + 1` from its start to `j` left to right. A cursor that walks windows
+//! in end order keeps the suffixes of one chunk (computed once, when the
+//! window's start enters it) and one running prefix (extended by one tile
+//! at a time), so firing a window costs O(1) merges amortized, however many
+//! tiles a window has.
+//!
+//! Determinism: `S` and `P` are defined by the tiles alone, folded in a
+//! fixed order, and a window's value by that formula alone. Caches only
+//! spare work: they are dropped when a tile they cover changes (a late
+//! event) and computed again the same way. So a window has the same bits
+//! whenever it is evaluated, whatever the batch sizes, the watermark's
+//! steps or the order windows fired in; and a tile's own state depends only
+//! on its events in arrival order.
+
+use crate::aggregate::{Heavy, RowLayout};
+
+/// Non-empty tiles of one key, by tile number (`start = offset + n · slide`),
+/// ascending, with their rows.
+#[derive(Debug, Clone, Default)]
+pub struct Tiles {
+    pub idx: Vec<i64>,
+    pub words: Vec<u64>,
+    pub heavy: Vec<Heavy>,
+}
+
+/// A row outside the tiles (a window's value, a cached partial).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Row {
+    pub words: Vec<u64>,
+    pub heavy: Vec<Heavy>,
+}
+
+impl Row {
+    pub fn empty(l: &RowLayout) -> Row {
+        let mut r = Row::default();
+        l.push_empty(&mut r.words, &mut r.heavy);
+        r
+    }
+
+    fn merge_from(&mut self, l: &RowLayout, words: &[u64], heavy: &[Heavy]) {
+        l.merge((&mut self.words, &mut self.heavy), (words, heavy));
+    }
+
+    fn copy_from(&mut self, words: &[u64], heavy: &[Heavy]) {
+        self.words.clear();
+        self.words.extend_from_slice(words);
+        self.heavy.clear();
+        self.heavy.extend_from_slice(heavy);
+    }
+}
+
+impl Tiles {
+    pub fn len(&self) -> usize {
+        self.idx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.idx.is_empty()
+    }
+
+    /// The row of the tile at position `pos`.
+    #[inline]
+    pub fn row(&self, l: &RowLayout, pos: usize) -> (&[u64], &[Heavy]) {
+        let (w, h) = (l.words(), l.heavies());
+        (
+            &self.words[pos * w..(pos + 1) * w],
+            &self.heavy[pos * h..(pos + 1) * h],
+        )
+    }
+
+    #[inline]
+    pub fn row_mut(&mut self, l: &RowLayout, pos: usize) -> (&mut [u64], &mut [Heavy]) {
+        let (w, h) = (l.words(), l.heavies());
+        (
+            &mut self.words[pos * w..(pos + 1) * w],
+            &mut self.heavy[pos * h..(pos + 1) * h],
+        )
+    }
+
+    /// The position of tile `n`, inserting an empty one when it is new
+    /// (`true` then).
+    #[inline]
+    pub fn find_or_insert(&mut self, l: &RowLayout, n: i64) -> (usize, bool) {
+        // Events mostly go to the newest tile.
+        if self.idx.last() == Some(&n) {
+            return (self.idx.len() - 1, false);
+        }
+        match self.idx.binary_search(&n) {
+            Ok(p) => (p, false),
+            Err(p) => {
+                self.idx.insert(p, n);
+                let (w, h) = (l.words(), l.heavies());
+                let mut row = Row::empty(l);
+                self.words.splice(p * w..p * w, row.words.drain(..));
+                self.heavy.splice(p * h..p * h, row.heavy.drain(..));
+                (p, true)
+            }
+        }
+    }
+
+    /// The position of tile `n`, if it has events.
+    pub fn position(&self, n: i64) -> Option<usize> {
+        self.idx.binary_search(&n).ok()
+    }
+
+    /// Positions of the tiles with numbers in `[from, to)`.
+    pub fn range(&self, from: i64, to: i64) -> std::ops::Range<usize> {
+        let a = self.idx.partition_point(|&x| x < from);
+        let b = self.idx.partition_point(|&x| x < to);
+        a..b.max(a)
+    }
+
+    /// Drops the tiles numbered below `n`.
+    pub fn drop_before(&mut self, l: &RowLayout, n: i64) {
+        let cut = self.idx.partition_point(|&x| x < n);
+        if cut > 0 {
+            self.idx.drain(..cut);
+            self.words.drain(..cut * l.words());
+            self.heavy.drain(..cut * l.heavies());
+        }
+    }
+
+    /// Bytes held (memory reports).
+    pub fn bytes(&self) -> usize {
+        self.idx.capacity() * 8
+            + self.words.capacity() * 8
+            + self.heavy.capacity() * std::mem::size_of::<Heavy>()
+            + self.heavy.iter().map(Heavy::heap_bytes).sum::<usize>()
+    }
+}
+
+/// The partials a cursor keeps: the suffixes of one chunk and a running
+/// prefix of another. See the module documentation.
+#[derive(Debug, Clone, Default)]
+pub struct Cursor {
+    /// Chunk whose suffixes are kept, with the tile numbers they start at.
+    s_chunk: Option<i64>,
+    s_idx: Vec<i64>,
+    s: Vec<Row>,
+    /// Chunk of the running prefix, which folds its tiles numbered below `p_upto`.
+    p_chunk: Option<i64>,
+    p_upto: i64,
+    p: Row,
+}
+
+impl Cursor {
+    /// Forgets what covers tile `n` (it changed, or was added).
+    pub fn invalidate(&mut self, n: i64, k: i64) {
+        let c = n.div_euclid(k);
+        if self.s_chunk == Some(c) {
+            self.s_chunk = None;
+        }
+        if self.p_chunk == Some(c) && n < self.p_upto {
+            self.p_chunk = None;
+        }
+    }
+
+    /// Bytes held (memory reports).
+    pub fn bytes(&self) -> usize {
+        let row = |r: &Row| {
+            r.words.capacity() * 8
+                + r.heavy.capacity() * std::mem::size_of::<Heavy>()
+                + r.heavy.iter().map(Heavy::heap_bytes).sum::<usize>()
+        };
+        self.s_idx.capacity() * 8 + self.s.iter().map(row).sum::<usize>() + row(&self.p)
+    }
+}
+
+/// How a query may use a cursor's partials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Windows in end order over finished tiles: extend the partials.
+    Advance,
+    /// Anything else: read what fits, compute the rest aside.
+    Peek,
+}
+
+/// The value of the window of tiles numbered `[i0, i0 + k)` into `out`.
+pub fn window_value(
+    tiles: &Tiles,
+    l: &RowLayout,
+    k: i64,
+    i0: i64,
+    cur: &mut Cursor,
+    how: Use,
+    out: &mut Row,
+) {
+    let c = i0.div_euclid(k);
+    let split = (c + 1) * k;
+    let i1 = i0 + k;
+    // Left part: S_c(first tile at or after i0).
+    let left = tiles.range(i0, split.min(i1));
+    if left.is_empty() {
+        l.reset(&mut out.words, &mut out.heavy);
+    } else {
+        let first = tiles.idx[left.start];
+        if cur.s_chunk != Some(c) {
+            if how == Use::Advance {
+                fill_suffixes(tiles, l, k, c, cur);
+            } else {
+                suffix_aside(tiles, l, tiles.range(first, split), out);
+                right_part(tiles, l, c + 1, split, i1, cur, how, out);
+                return;
+            }
+        }
+        let at = cur.s_idx.partition_point(|&x| x < first);
+        let r = &cur.s[at];
+        out.copy_from(&r.words, &r.heavy);
+    }
+    right_part(tiles, l, c + 1, split, i1, cur, how, out);
+}
+
+/// Merges `P_{chunk}(i1)` (tiles numbered `[split, i1)`) into `out`.
+#[allow(clippy::too_many_arguments)]
+fn right_part(
+    tiles: &Tiles,
+    l: &RowLayout,
+    chunk: i64,
+    split: i64,
+    i1: i64,
+    cur: &mut Cursor,
+    how: Use,
+    out: &mut Row,
+) {
+    if i1 <= split || tiles.range(split, i1).is_empty() {
+        return;
+    }
+    let cached = cur.p_chunk == Some(chunk) && cur.p_upto <= i1;
+    match (how, cached) {
+        (Use::Advance, _) => {
+            if !cached {
+                cur.p_chunk = Some(chunk);
+                cur.p_upto = split;
+                cur.p = Row::empty(l);
+            }
+            for pos in tiles.range(cur.p_upto, i1) {
+                let (w, h) = tiles.row(l, pos);
+                cur.p.merge_from(l, w, h);
+            }
+            cur.p_upto = i1;
+            out.merge_from(l, &cur.p.words, &cur.p.heavy);
+        }
+        (Use::Peek, true) => {
+            let mut p = cur.p.clone();
+            for pos in tiles.range(cur.p_upto, i1) {
+                let (w, h) = tiles.row(l, pos);
+                p.merge_from(l, w, h);
+            }
+            out.merge_from(l, &p.words, &p.heavy);
+        }
+        (Use::Peek, false) => {
+            let mut p = Row::empty(l);
+            for pos in tiles.range(split, i1) {
+                let (w, h) = tiles.row(l, pos);
+                p.merge_from(l, w, h);
+            }
+            out.merge_from(l, &p.words, &p.heavy);
+        }
+    }
+}
+
+/// Computes the suffixes of chunk `c` into the cursor.
+fn fill_suffixes(tiles: &Tiles, l: &RowLayout, k: i64, c: i64, cur: &mut Cursor) {
+    let r = tiles.range(c * k, (c + 1) * k);
+    cur.s_chunk = Some(c);
+    cur.s_idx.clear();
+    cur.s_idx.extend_from_slice(&tiles.idx[r.clone()]);
+    cur.s.resize_with(r.len(), Row::default);
+    cur.s.truncate(r.len());
+    let mut next: Option<usize> = None;
+    for (j, pos) in r.enumerate().rev() {
+        let (w, h) = tiles.row(l, pos);
+        let (done, todo) = cur.s.split_at_mut(j + 1);
+        let row = &mut done[j];
+        row.copy_from(w, h);
+        if let Some(n) = next {
+            let src = &todo[n - j - 1];
+            l.merge((&mut row.words, &mut row.heavy), (&src.words, &src.heavy));
+        }
+        next = Some(j);
+    }
+}
+
+/// `S(first)` over the tiles at `positions` (one chunk's, from `first`), into `out`.
+fn suffix_aside(tiles: &Tiles, l: &RowLayout, positions: std::ops::Range<usize>, out: &mut Row) {
+    let mut acc: Option<Row> = None;
+    for pos in positions.rev() {
+        let (w, h) = tiles.row(l, pos);
+        let mut row = Row::default();
+        row.copy_from(w, h);
+        if let Some(a) = &acc {
+            row.merge_from(l, &a.words, &a.heavy);
+        }
+        acc = Some(row);
+    }
+    match acc {
+        Some(a) => *out = a,
+        None => l.reset(&mut out.words, &mut out.heavy),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{AccKind, Input, Value};
+    use proptest::prelude::*;
+
+    fn layout() -> RowLayout {
+        let mut l = RowLayout::default();
+        l.acc(AccKind::CountEvents, None);
+        l.acc(AccKind::Moments(0), None);
+        l.acc(AccKind::Quantile(0), None);
+        l
+    }
+
+    fn add(t: &mut Tiles, l: &RowLayout, n: i64, x: f64) {
+        let (p, _) = t.find_or_insert(l, n);
+        let (w, h) = t.row_mut(l, p);
+        l.update(w, h, |_| Input::Num(x), |_| true, 0, 0);
+    }
+
+    fn value(l: &RowLayout, r: &Row) -> (i64, Option<f64>, Option<f64>) {
+        let a = |acc, agg| l.finish(acc, agg, &Default::default(), &r.words, &r.heavy);
+        let n = match a(0, crate::aggregate::AggKind::Count) {
+            Value::Int(n) => n,
+            _ => -1,
+        };
+        (
+            n,
+            a(1, crate::aggregate::AggKind::Sum).as_f64(),
+            a(2, crate::aggregate::AggKind::Quantile).as_f64(),
+        )
+    }
+
+    proptest! {
+        /// Every way of evaluating a window (advancing, peeking, with cold
+        /// or warm partials, after late changes) gives the same bits, and the
+        /// count and sum of the tiles in it.
+        #[test]
+        fn every_evaluation_of_a_window_agrees(
+            evs in prop::collection::vec((0i64..40, -100i32..100), 1..200),
+            k in 1i64..9,
+            late in prop::collection::vec((0i64..40, -100i32..100), 0..20),
+        ) {
+            let l = layout();
+            let mut t = Tiles::default();
+            for &(n, x) in &evs { add(&mut t, &l, n, x as f64); }
+            let mut cur = Cursor::default();
+            let mut out = Row::empty(&l);
+            let mut fresh = Row::empty(&l);
+            let mut late_i = 0;
+            for i0 in -k..45 {
+                window_value(&t, &l, k, i0, &mut cur, Use::Advance, &mut out);
+                let mut cold = Cursor::default();
+                window_value(&t, &l, k, i0, &mut cold, Use::Peek, &mut fresh);
+                prop_assert_eq!(&out, &fresh, "window at {}", i0);
+                let want_n = evs.iter().chain(&late[..late_i]).filter(|(n, _)| *n >= i0 && *n < i0 + k).count() as i64;
+                prop_assert_eq!(value(&l, &out).0, want_n);
+                // A late event into some tile: the partials that cover it are dropped.
+                if let Some(&(n, x)) = late.get(late_i) {
+                    add(&mut t, &l, n, x as f64);
+                    cur.invalidate(n, k);
+                    late_i += 1;
+                }
+            }
+        }
+    }
+}
