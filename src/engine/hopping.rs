@@ -293,9 +293,7 @@ impl Engine {
 
     /// After a restore: schedules the key's next window.
     pub(super) fn hop_resume(&mut self, h: u32) {
-        let k = self.grid().k;
-        let fired = self.hops[h as usize].fired;
-        if let Some(next) = self.hops[h as usize].next_after(fired, k) {
+        if let Some(next) = self.hops[h as usize].next.take() {
             self.hop_schedule(h, next);
         }
     }
@@ -312,7 +310,12 @@ impl Engine {
         // Tile n is held by windows up to n + k, and window n + 1 + k (the
         // first without it) is found by it: it goes once no kept window
         // holds it and the on-time cursor has passed n + 1 + k.
-        let needed = key.fired.map_or(i64::MIN / 4, |f| f).min(kept);
+        // Windows that still exist may be due to close in this very step.
+        let needed = key
+            .fired
+            .map_or(i64::MIN / 4, |f| f)
+            .min(kept)
+            .min(key.windows.first().map_or(i64::MAX, |w| w.0));
         key.tiles.drop_before(&self.plan.row, needed - g.k);
         if key.is_done() {
             key.live = false;

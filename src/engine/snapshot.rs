@@ -43,6 +43,8 @@ pub struct HopKeyState {
     pub order: u64,
     /// The last window fired on time.
     pub fired: Option<i64>,
+    /// The next window to fire on time.
+    pub next: Option<i64>,
     /// (tile number, one state per accumulator), ascending.
     pub tiles: Vec<(i64, Vec<AccState>)>,
 }
@@ -143,6 +145,7 @@ impl Engine {
                 key: b64.encode(k.key.bytes()),
                 order: k.id,
                 fired: k.fired,
+                next: k.next,
                 tiles: k
                     .tiles
                     .idx
@@ -310,6 +313,7 @@ impl Engine {
         let l = &self.plan.row;
         let state: &mut HopKey = &mut self.hops[h as usize];
         state.fired = k.fired;
+        state.next = k.next;
         for (n, accs) in &k.tiles {
             let (pos, _) = state.tiles.find_or_insert(l, *n);
             let (w, hv) = state.tiles.row_mut(l, pos);

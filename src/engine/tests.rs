@@ -765,14 +765,15 @@ proptest! {
     /// A checkpoint taken after any event, written as JSON and loaded into a
     /// fresh engine, continues exactly as the uninterrupted engine does.
     #[test]
-    fn checkpoint_restore_continues_identically(events in stream(200), cut_at in 0usize..120, session in any::<bool>(),
-                                                trig in 0usize..3, retract in any::<bool>()) {
+    fn checkpoint_restore_continues_identically(events in stream(200), cut_at in 0usize..120, kind in 0usize..3,
+                                                trig in 0usize..3, acc in 0usize..3) {
         let cut = cut_at.min(events.len());
-        let window = if session { "  session: { gap: 30ms }\n  allowed_lateness: 100ms" } else { "  tumbling: { size: 50ms }\n  allowed_lateness: 100ms" };
+        let window = ["  session: { gap: 30ms }\n  allowed_lateness: 100ms", "  tumbling: { size: 50ms }\n  allowed_lateness: 100ms",
+            "  hopping: { size: 60ms, slide: 20ms }\n  allowed_lateness: 100ms"][kind];
         let trigger = ["", "trigger: { early: { every: 7ms }, late: every_event }", "trigger: { early: { every: 3ms }, late: { every: 5ms } }"][trig];
-        let acc = if retract { "accumulation: accumulating_and_retracting" } else { "" };
+        let acc = ["", "accumulation: accumulating_and_retracting", "accumulation: discarding"][acc];
         let pl = pipeline(window, &format!("watermark: {{ max_out_of_orderness: 20ms }}\n{trigger}\n{acc}"),
-            "  - { name: n, agg: count }\n  - { name: s, agg: sum, field: v }\n  - { name: f, agg: first, field: v }\n  - { name: l, agg: last, field: v }");
+            "  - { name: n, agg: count }\n  - { name: s, agg: sum, field: v }\n  - { name: f, agg: first, field: v }\n  - { name: l, agg: last, field: v }\n  - { name: u, agg: count_distinct, field: v, exact_up_to: 3 }\n  - { name: q, agg: quantile, field: v, q: 0.9 }\n  - { name: c, agg: collect_set, field: v, max: 2 }");
         let json = |&(k, t, x): &(u8, i64, i32)| format!(r#"{{"k":"k{k}","t":{t},"v":{x}}}"#);
         let mut a = Harness::new(&pl, ProcessingTime::StreamTime);
         for e in &events[..cut] { let _ = a.push_on((e.0 % 2) as usize, &json(e)); }
@@ -814,11 +815,13 @@ proptest! {
         idle in 0usize..3,
         retract in any::<bool>(),
         lateness in prop::sample::select(vec![0i64, 30, 300]),
+        hopping in any::<bool>(),
     ) {
         let acc = if retract { "accumulation: accumulating_and_retracting" } else { "" };
         let wm = ["max_out_of_orderness: 20ms", "max_out_of_orderness: 20ms, idle_timeout: 3ms",
             "max_out_of_orderness: 20ms, idle_timeout: 3ms, idle_advance: true"][idle];
-        let pl = pipeline(&format!("  tumbling: {{ size: 50ms }}\n  allowed_lateness: {lateness}ms"),
+        let window = if hopping { "hopping: { size: 60ms, slide: 20ms }" } else { "tumbling: { size: 50ms }" };
+        let pl = pipeline(&format!("  {window}\n  allowed_lateness: {lateness}ms"),
             &format!("watermark: {{ {wm} }}\ntrigger: {{ late: every_event }}\n{acc}"), BASIC);
         let sim = RebalanceSim::new(&pl, &events);
         let want = sim.uninterrupted(&ops);
@@ -830,7 +833,17 @@ proptest! {
             if idle == 0 {
                 prop_assert_eq!(&got.panes[p], &want.panes[p], "panes of partition {}", p);
             } else {
-                prop_assert_eq!(finals(&got.panes[p]), finals(&want.panes[p]), "finals of partition {}", p);
+                // A hopping window after a partition's last event fires only
+                // when the watermark reaches it (at the end of the input it
+                // is not emitted), and with idleness that is a matter of timing.
+                let last = events.iter().filter(|e| (e.0 % 3) as usize == p).map(|e| e.1).max().unwrap_or(0);
+                let within = |v: Vec<String>| -> Vec<String> {
+                    v.into_iter().filter(|f| {
+                        let end: i64 = f.split_once(',').and_then(|x| x.1.split_once(')')).map_or(0, |x| x.0.parse().unwrap_or(0));
+                        !hopping || end - 20_000 <= last * 1000
+                    }).collect()
+                };
+                prop_assert_eq!(within(finals(&got.panes[p])), within(finals(&want.panes[p])), "finals of partition {}", p);
             }
             prop_assert_eq!(&got.dead[p], &want.dead[p], "dead letters of partition {}", p);
         }
