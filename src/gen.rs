@@ -1,7 +1,10 @@
 //! The standard data set: a deterministic generator of transaction events.
 //!
 //! N events of `{user_id, merchant_id, category, event_type, amount,
-//! event_time}` over a number of days, in arrival order. Users follow a
+//! event_time}` over a number of days, in arrival order; click events also
+//! carry `page` (one of 200 pages) and `time_on_page` (seconds, log-normal
+//! around 12 s, in milliseconds), drawn from a second generator so that the
+//! other fields are those of the same seed without them. Users follow a
 //! power law (Zipf, exponent 1.1); each event's time trails its arrival by
 //! up to 20 s, and a small share (0.1% by default) trails by 2 to 10 minutes;
 //! amounts are log-normal, in cents; event types are mostly click, view and
@@ -128,12 +131,28 @@ pub struct GenEvent {
     /// Amount in cents.
     pub amount_cents: i64,
     pub event_time: Micros,
+    /// Click events: the page, and the milliseconds spent on it.
+    pub page: Option<u32>,
+    pub time_on_page_ms: u64,
+}
+
+/// The name of page `n` of the data set.
+pub fn page_name(n: u32) -> String {
+    match n {
+        0 => "/".to_string(),
+        1 => "/search".to_string(),
+        2 => "/cart".to_string(),
+        3 => "/checkout".to_string(),
+        n => format!("/product/{n}"),
+    }
 }
 
 /// The event stream, in arrival order.
 pub struct Generator {
     opts: GenOptions,
     rng: Rng,
+    /// Draws of the click fields only.
+    clicks: Rng,
     cdf: Vec<f64>,
     i: u64,
     span: i64,
@@ -153,9 +172,11 @@ impl Generator {
         }
         let span = opts.span.unwrap_or(opts.days as i64 * MICROS_PER_DAY);
         let rng = Rng::new(opts.seed);
+        let clicks = Rng::new(opts.seed ^ 0x5eed_c11c_0000_0001);
         Generator {
             opts,
             rng,
+            clicks,
             cdf,
             i: 0,
             span,
@@ -220,6 +241,15 @@ impl Iterator for Generator {
         };
         // Whole milliseconds, as the RFC 3339 text carries.
         let event_time = (arrival - delay).div_euclid(MICROS_PER_MILLI) * MICROS_PER_MILLI;
+        let (page, time_on_page_ms) = if event_type == "click" {
+            // Popular pages first: a few landing pages, then products.
+            let r = self.clicks.unit();
+            let page = (r * r * 200.0) as u32;
+            let secs = (2.5 + 0.9 * self.clicks.normal()).exp();
+            (Some(page), (secs * 1000.0).round() as u64)
+        } else {
+            (None, 0)
+        };
         Some(GenEvent {
             user,
             merchant,
@@ -227,6 +257,8 @@ impl Iterator for Generator {
             event_type,
             amount_cents: cents,
             event_time,
+            page,
+            time_on_page_ms,
         })
     }
 }
@@ -246,6 +278,16 @@ pub fn write_json(ev: &GenEvent, out: &mut String) {
         c / 100,
         c % 100
     );
+    if let Some(p) = ev.page {
+        out.truncate(out.len() - "\"event_time\":\"".len());
+        let _ = write!(
+            out,
+            "\"page\":\"{}\",\"time_on_page\":{}.{:03},\"event_time\":\"",
+            page_name(p),
+            ev.time_on_page_ms / 1000,
+            ev.time_on_page_ms % 1000
+        );
+    }
     write_rfc3339(out, ev.event_time, true);
     out.push_str("\"}\n");
 }
@@ -309,6 +351,8 @@ pub fn write_parquet(
         Field::new("category", DataType::Utf8, false),
         Field::new("event_type", DataType::Utf8, false),
         Field::new("amount", DataType::Float64, false),
+        Field::new("page", DataType::Utf8, true),
+        Field::new("time_on_page", DataType::Float64, true),
         Field::new(
             "event_time",
             DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
@@ -330,6 +374,8 @@ pub fn write_parquet(
             StringBuilder::with_capacity(batch, batch * 6),
         );
         let mut a = Float64Builder::with_capacity(batch);
+        let mut pg = StringBuilder::with_capacity(batch, batch * 6);
+        let mut top = Float64Builder::with_capacity(batch);
         let mut t = TimestampMillisecondBuilder::with_capacity(batch).with_timezone("UTC");
         for ev in g.by_ref().take(batch) {
             u.append_value(format!("u{}", ev.user));
@@ -344,6 +390,16 @@ pub fn write_parquet(
                 ev.amount_cents.unsigned_abs() % 100
             );
             a.append_value(s.parse().unwrap_or(0.0));
+            match ev.page {
+                Some(p) => {
+                    pg.append_value(page_name(p));
+                    top.append_value(ev.time_on_page_ms as f64 / 1000.0);
+                }
+                None => {
+                    pg.append_null();
+                    top.append_null();
+                }
+            }
             t.append_value(ev.event_time / MICROS_PER_MILLI);
             n += 1;
         }
@@ -355,6 +411,8 @@ pub fn write_parquet(
                 Arc::new(c.finish()),
                 Arc::new(e.finish()),
                 Arc::new(a.finish()),
+                Arc::new(pg.finish()),
+                Arc::new(top.finish()),
                 Arc::new(t.finish()),
             ],
         )?;

@@ -213,6 +213,17 @@ fn feed(
     match hash {
         Some(h) => engine.process_hashed(&ev, h, out),
         None => engine.process(&ev, out),
+    }?;
+    kept_with(engine)
+}
+
+/// `Err` with the dead letter of an event the engine kept all the same (a
+/// late event that missed some of its hopping windows).
+#[inline]
+fn kept_with(engine: &mut Engine) -> Result<(), Refusal> {
+    match engine.take_partial_refusal() {
+        None => Ok(()),
+        Some(r) => Err(r),
     }
 }
 
@@ -270,6 +281,7 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     let mut dec = Decoder::new(plan.decode.clone());
     let mut engine = Engine::new(&plan, ProcessingTime::StreamTime);
     engine.set_wall_clock(opts.wall_clock.now());
+    engine.set_input_end(opts.to);
     let mut sink = ParquetSink::new(&opts.output, &plan, &rid);
     let dl_dir = opts.output.join("_dead_letter");
     let mut dl = DeadLetterWriter::new(&dl_dir, &p.name, &rid);
@@ -382,7 +394,9 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                             if e + ENTRY_AHEAD < events.len() {
                                 engine.prefetch_key_entry(events.hash(e + ENTRY_AHEAD));
                             }
-                            let r = engine.process_hashed(&events.get(e), events.hash(e), &mut out);
+                            let r = engine
+                                .process_hashed(&events.get(e), events.hash(e), &mut out)
+                                .and_then(|()| kept_with(&mut engine));
                             e += 1;
                             r
                         }

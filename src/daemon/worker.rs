@@ -667,7 +667,8 @@ impl Worker {
                     Ok(ev) => match self.engine.process(p as u32, &ev, &mut self.out) {
                         Ok(()) => {
                             self.metrics.events.inc();
-                            None
+                            // Kept, and missed some of its hopping windows.
+                            self.engine.take_partial_refusal(p as u32)
                         }
                         Err(r) => Some(r),
                     },
