@@ -8,6 +8,10 @@
 use smallvec::SmallVec;
 
 use super::{to_input, Engine, PaneBuf, TimerKind, Timing, Via, WinRef, NO_HOP};
+
+/// The start that marks a key's reference to its hopping state (open tiles'
+/// references carry their starts).
+const HOP_REF: Micros = i64::MIN;
 use crate::config::{Accumulation, LateTrigger};
 use crate::event::{short_eq, EventRef, Reason, Refusal};
 use crate::time::watermark::WATERMARK_MAX;
@@ -32,10 +36,11 @@ impl Engine {
             .saturating_add(1)
     }
 
-    /// The hopping state of a key, created when new.
+    /// The hopping state of a key, created when new. Its reference is the
+    /// key's first entry, marked by a start of `i64::MIN` (open tiles follow).
     pub(super) fn hop_of(&mut self, hash: u64, key: &[u8]) -> u32 {
         let found = match self.keys.find(hash, |e| short_eq(e.key.bytes(), key)) {
-            Some(e) => e.windows.first().copied(),
+            Some(e) => e.windows.first().copied().filter(|r| r.start == HOP_REF),
             None => {
                 self.new_key(hash, key);
                 None
@@ -61,10 +66,104 @@ impl Engine {
             }
         };
         if let Some(e) = self.keys.find_mut(hash, |e| short_eq(e.key.bytes(), key)) {
-            e.windows.clear();
-            e.windows.push(WinRef { slot, id, start: 0 });
+            let r = WinRef {
+                slot,
+                id,
+                start: HOP_REF,
+            };
+            if e.windows.first().is_some_and(|r| r.start == HOP_REF) {
+                e.windows[0] = r;
+            } else {
+                e.windows.insert(0, r);
+            }
         }
         slot
+    }
+
+    /// Opens tile `[start, end)` of a key as a window of the slab (events
+    /// find it as they find a tumbling window); it closes at `end`.
+    pub(super) fn open_tile(&mut self, key: &[u8], hash: u64, start: Micros, end: Micros) -> u32 {
+        let h = self.hop_of(hash, key);
+        let slot = self.alloc_window(key, hash, start, end, false);
+        let id = self.slab[slot as usize].id;
+        self.slab[slot as usize].tile_of = h;
+        self.hops[h as usize].open_tiles += 1;
+        self.schedule(slot, id, end, false);
+        let w = self.wm.current();
+        let slide = self.grid().slide;
+        if let Some(e) = self.keys.find_mut(hash, |e| short_eq(e.key.bytes(), key)) {
+            // Closed tiles' entries are stale once the watermark passed their end.
+            e.windows
+                .retain(|r| r.start == HOP_REF || r.start.saturating_add(slide) > w);
+            e.windows.push(WinRef { slot, id, start });
+        }
+        slot
+    }
+
+    /// The watermark passed an open tile's end: it joins its key's tiles,
+    /// and the window whose newest tile it is comes due.
+    pub(super) fn close_tile(&mut self, slot: u32) {
+        let g = self.grid();
+        let (h, n) = {
+            let win = &self.slab[slot as usize];
+            (win.tile_of, g.tile(win.start))
+        };
+        let (wr, hr) = self.row_range(slot);
+        {
+            let l = &self.plan.row;
+            let key = &mut self.hops[h as usize];
+            let (pos, _) = key.tiles.find_or_insert(l, n);
+            let (tw, th) = key.tiles.row_mut(l, pos);
+            tw.copy_from_slice(&self.words[wr]);
+            th.clone_from_slice(&self.heavy[hr]);
+            key.on_time.invalidate(n, g.k);
+            key.closing.invalidate(n, g.k);
+            key.open_tiles -= 1;
+        }
+        self.release(slot);
+        self.hop_schedule(h, n + 1);
+    }
+
+    /// An event went to an open tile while early panes are on: in
+    /// discarding mode the windows that exist and hold the tile keep what
+    /// came since their last pane.
+    pub(super) fn tile_got_data(&mut self, slot: u32, ev: &EventRef<'_>, t: Micros, seq: u64) {
+        if self.accumulation != Accumulation::Discarding {
+            return;
+        }
+        let g = self.grid();
+        let (h, n) = {
+            let win = &self.slab[slot as usize];
+            (win.tile_of, g.tile(win.start))
+        };
+        let holding: SmallVec<[(i64, u32); 4]> =
+            self.hops[h as usize].windows_holding(n, g.k).collect();
+        for (_, w) in holding {
+            let (wr, hr) = self.row_range(w);
+            let bits = &self.filter_bits;
+            self.plan.row.update(
+                &mut self.words[wr],
+                &mut self.heavy[hr],
+                |s| to_input(ev.field(s)),
+                |f| bits[f],
+                t,
+                seq,
+            );
+        }
+    }
+
+    /// The early pane of the window whose newest tile is the open tile in `slot`.
+    pub(super) fn early_hop_pane(&mut self, slot: u32, tick: Micros, out: &mut PaneBuf) {
+        let g = self.grid();
+        let (h, n) = {
+            let win = &self.slab[slot as usize];
+            (win.tile_of, g.tile(win.start))
+        };
+        let w = match self.hops[h as usize].window(n + 1) {
+            Some(w) => w,
+            None => self.open_hop_window(h, n + 1, false),
+        };
+        self.emit(w, Timing::Early, false, tick, Via::PeekOnTime, out);
     }
 
     /// Opens window `m` of hopping key `h` in the slab (for its panes).
@@ -124,6 +223,31 @@ impl Engine {
             how,
             &mut self.scratch,
         );
+        if via == Via::PeekOnTime {
+            // An early pane: the window's newest tiles may still be open.
+            let (hash, key) = (key.key_hash, key.key.clone());
+            let g = self.grid();
+            let (lo, hi) = g.bounds(m);
+            let open: SmallVec<[u32; 4]> = match self.keys.find(hash, |e| e.key == key) {
+                Some(e) => e
+                    .windows
+                    .iter()
+                    .filter(|r| r.start != HOP_REF && r.start >= lo && r.start < hi)
+                    .map(|r| r.slot)
+                    .collect(),
+                None => SmallVec::new(),
+            };
+            for s in open {
+                let win = &self.slab[s as usize];
+                if win.live && win.tile_of == h {
+                    let (wr, hr) = self.row_range(s);
+                    self.plan.row.merge(
+                        (&mut self.scratch.words, &mut self.scratch.heavy),
+                        (&self.words[wr], &self.heavy[hr]),
+                    );
+                }
+            }
+        }
     }
 
     /// An event of a hopping pipeline (after the checks every event passes).
@@ -220,18 +344,6 @@ impl Engine {
                     self.hop_schedule(h, m);
                 }
             }
-        }
-        // Early panes: the window whose newest tile this is.
-        if self.early_every.is_some() && g.at(n + 1) > w {
-            let slot = match self.hops[h as usize].window(n + 1) {
-                Some(s) => s,
-                None => {
-                    let s = self.open_hop_window(h, n + 1, false);
-                    self.touch(s, out);
-                    s
-                }
-            };
-            let _ = slot;
         }
         let now = self.now;
         if self.wm.observe(t, now) {
@@ -333,6 +445,18 @@ impl Engine {
     /// are not emitted. In end order (ties: keys in the order they came).
     pub(super) fn finish_hopping(&mut self, out: &mut PaneBuf) {
         let g = self.grid();
+        // Open tiles close first: every tile is then with its key.
+        let mut open: Vec<(u64, u32)> = self
+            .slab
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.live && w.tile_of != NO_HOP)
+            .map(|(i, w)| (w.id, i as u32))
+            .collect();
+        open.sort_unstable();
+        for (_, slot) in open {
+            self.close_tile(slot);
+        }
         let last_tile = {
             let mut t = self.wm.max_time().unwrap_or(i64::MIN);
             if let Some(e) = self.input_end {

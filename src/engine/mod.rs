@@ -257,6 +257,9 @@ struct Window {
     /// A hopping window: its key's hopping state, and its window number.
     hop: u32,
     hop_m: i64,
+    /// An open tile of a hopping key (its key's hopping state): it gives no
+    /// panes, and moves to the key's tiles when the watermark passes its end.
+    tile_of: u32,
 }
 
 /// The hash of an encoded key in the key index.
@@ -632,7 +635,25 @@ impl Engine {
                     None => self.open_window(ev.key, hash, start, end),
                 }
             }
-            WindowKind::Hopping { .. } => return self.process_hop(ev, hash, out),
+            WindowKind::Hopping { slide, offset, .. } => {
+                // The tile of the event: while it is open (before the
+                // watermark passes its end) it is a window of the slab, found
+                // and updated as a tumbling window is; once closed it lives
+                // with its key's other tiles, and events into it are late.
+                let start = self.last_tumbling.start(t, slide, offset);
+                let end = start.saturating_add(slide);
+                if w >= end {
+                    return self.process_hop(ev, hash, out);
+                }
+                let found = match self.keys.find(hash, |e| short_eq(e.key.bytes(), ev.key)) {
+                    Some(e) => e.windows.iter().find(|r| r.start == start).map(|r| r.slot),
+                    None => None,
+                };
+                match found {
+                    Some(s) => s,
+                    None => self.open_tile(ev.key, hash, start, end),
+                }
+            }
             WindowKind::Session { gap } => {
                 let (ps, pe) = (t, t.saturating_add(gap));
                 let meets = match self.keys.find(hash, |e| short_eq(e.key.bytes(), ev.key)) {
@@ -672,6 +693,9 @@ impl Engine {
             t,
             seq,
         );
+        if self.early_every.is_some() && self.slab[slot as usize].tile_of != NO_HOP {
+            self.tile_got_data(slot, ev, t, seq);
+        }
         let win = &mut self.slab[slot as usize];
         win.dirty = true;
         let id = win.id;
@@ -792,6 +816,7 @@ impl Engine {
                 win.in_late_list = false;
                 win.last = None;
                 win.hop = NO_HOP;
+                win.tile_of = NO_HOP;
                 let (wr, hr) = self.row_range(s);
                 self.plan
                     .row
@@ -814,6 +839,7 @@ impl Engine {
                     last: None,
                     hop: NO_HOP,
                     hop_m: 0,
+                    tile_of: NO_HOP,
                 });
                 self.plan.row.push_empty(&mut self.words, &mut self.heavy);
                 (self.slab.len() - 1) as u32
@@ -1097,6 +1123,15 @@ impl Engine {
             } else {
                 win.in_late_list = false;
             }
+            if win.tile_of != NO_HOP {
+                // An open tile with new data: the early pane of the window
+                // whose newest tile it is.
+                if early && win.dirty {
+                    win.dirty = false;
+                    self.early_hop_pane(slot, tick, out);
+                }
+                continue;
+            }
             if win.dirty && (win.past_on_time != early) {
                 let timing = if early { Timing::Early } else { Timing::Late };
                 let via = if early { Via::PeekOnTime } else { Via::Peek };
@@ -1145,8 +1180,11 @@ impl Engine {
             // Deadlines that fall together fire in window-opening order, which
             // a checkpoint keeps (the order timers were added in does not
             // survive a restore, and the output must not depend on it).
-            if !timers.is_sorted_by_key(|t| t.id) {
-                timers.sort_by_key(|t| t.id);
+            // A hopping key's next window fires after the tiles and windows
+            // due with it (a tile closing first joins the window).
+            let order = |t: &Timer| (t.kind == TimerKind::HopNext, t.id);
+            if !timers.is_sorted_by_key(order) {
+                timers.sort_by_key(order);
             }
             for t in timers {
                 if t.kind == TimerKind::HopNext {
@@ -1165,6 +1203,10 @@ impl Engine {
                     TimerKind::OnTime => {
                         if past || end != at {
                             continue; // stale: the session grew, or already fired
+                        }
+                        if self.slab[t.slot as usize].tile_of != NO_HOP {
+                            self.close_tile(t.slot);
+                            continue;
                         }
                         self.fire_on_time(t.slot, out);
                     }

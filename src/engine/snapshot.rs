@@ -65,6 +65,9 @@ pub struct WindowState {
     /// A hopping window: its window number (its value is its key's tiles').
     #[serde(default)]
     pub hop: Option<i64>,
+    /// An open tile of a hopping key.
+    #[serde(default)]
+    pub tile: bool,
     /// Where it comes among the windows and keys.
     #[serde(default)]
     pub order: u64,
@@ -132,6 +135,7 @@ impl Engine {
                     }),
                     accs: self.plan.row.export(&self.words[wr], &self.heavy[hr]),
                     hop: (w.hop != NO_HOP).then_some(w.hop_m),
+                    tile: w.tile_of != NO_HOP,
                     order: id,
                 }
             })
@@ -255,6 +259,7 @@ impl Engine {
                     let h = self.hop_of(hash, key);
                     self.open_hop_window(h, m, w.past_on_time)
                 }
+                None if w.tile => self.open_tile(key, hash, w.start, w.end),
                 None => {
                     let slot = self.open_window(key, hash, w.start, w.end);
                     let (id, opened_past) = {

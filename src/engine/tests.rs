@@ -1261,11 +1261,12 @@ mod hopping_reference {
         fn hopping_panes_equal_a_brute_force_reference(
             events in stream(300),
             slide in 5i64..50, k in 1i64..8, offset in 0i64..50, ooo in 0i64..40,
-            trig in 0usize..3, acc in 0usize..3,
+            trig in 0usize..4, acc in 0usize..3,
             bumps in prop::collection::vec((0usize..120, 0i64..2000), 0..4),
         ) {
             let size = slide * k;
-            let trigger = ["", "trigger: { late: every_event }", "trigger: { late: { every: 5ms } }"][trig];
+            let trigger = ["", "trigger: { late: every_event }", "trigger: { late: { every: 5ms } }",
+                "trigger: { early: { every: 7ms }, late: every_event }"][trig];
             let accumulation = ["accumulating", "accumulating_and_retracting", "discarding"][acc];
             let pl = pipeline(
                 &format!("  hopping: {{ size: {size}ms, slide: {slide}ms, offset: {offset}ms }}\n  allowed_lateness: 100000ms"),
@@ -1286,6 +1287,17 @@ mod hopping_reference {
                 let mut want: Vec<i64> = tiles.iter().flat_map(|n| [n + 1, n + 1 + k]).filter(|m| m - 1 <= last_tile).collect();
                 want.sort();
                 want.dedup();
+                // An early pane is of the window whose newest tile got the
+                // data, and never shows more than the window's events.
+                for p in mine.iter().filter(|p| p.timing == Timing::Early) {
+                    let m = g.window_of_end(p.window_end);
+                    prop_assert!(tiles.contains(&(m - 1)), "early pane of {} without data in its newest tile", m);
+                    let w = brute(&events, key, p.window_start / 1000, p.window_end / 1000);
+                    if acc != 2 {
+                        let fits = match (&p.values[0], &w[0]) { (Value::Int(a), Value::Int(b)) => a <= b, _ => false };
+                        prop_assert!(fits, "early pane {:?} over {:?}", p.values, w);
+                    }
+                }
                 let finals: Vec<&&Pane> = mine.iter().filter(|p| p.is_final).collect();
                 let got: Vec<i64> = finals.iter().map(|p| g.window_of_end(p.window_end)).collect();
                 prop_assert_eq!(&got, &want, "windows of {}", name);

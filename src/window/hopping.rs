@@ -80,6 +80,8 @@ pub struct HopKey {
     pub next: Option<i64>,
     /// (window number, engine window slot), ascending.
     pub windows: SmallVec<[(i64, u32); 2]>,
+    /// Tiles still open (windows of the engine until they close).
+    pub open_tiles: u32,
 }
 
 impl HopKey {
@@ -95,6 +97,7 @@ impl HopKey {
             fired: None,
             next: None,
             windows: SmallVec::new(),
+            open_tiles: 0,
         }
     }
 
@@ -146,7 +149,10 @@ impl HopKey {
 
     /// Nothing left: no tile, no window, nothing scheduled.
     pub fn is_done(&self) -> bool {
-        self.tiles.is_empty() && self.windows.is_empty() && self.next.is_none()
+        self.tiles.is_empty()
+            && self.windows.is_empty()
+            && self.next.is_none()
+            && self.open_tiles == 0
     }
 }
 
