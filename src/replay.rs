@@ -152,6 +152,10 @@ const LINE_BATCH: usize = 64;
 /// How many events ahead of the engine a key's entry is fetched.
 const ENTRY_AHEAD: usize = 8;
 
+/// How many events ahead a hopping key's state is fetched (its entry
+/// arrived by then).
+const WINDOWS_AHEAD: usize = 4;
+
 /// Records between progress reports and wall-clock updates.
 const TICK_RECORDS: u64 = 65_536;
 
@@ -394,6 +398,9 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                             if e + ENTRY_AHEAD < events.len() {
                                 engine.prefetch_key_entry(events.hash(e + ENTRY_AHEAD));
                             }
+                            if e + WINDOWS_AHEAD < events.len() {
+                                engine.prefetch_key_windows(events.hash(e + WINDOWS_AHEAD));
+                            }
                             let r = engine
                                 .process_hashed(&events.get(e), events.hash(e), &mut out)
                                 .and_then(|()| kept_with(&mut engine));
@@ -439,6 +446,9 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                     });
                     for i in r + C..r + 2 * C {
                         engine.prefetch_key_entry(hashes[i % (4 * C)]);
+                    }
+                    for i in r..r + C {
+                        engine.prefetch_key_windows(hashes[i % (4 * C)]);
                     }
                 }
                 // Known without hashing the decoded key again.

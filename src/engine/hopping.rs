@@ -100,9 +100,56 @@ impl Engine {
         slot
     }
 
+    /// Look-ahead for a batch of deadlines (a window boundary closes a tile
+    /// of every active key at once): what closing the tiles of timers a few
+    /// places ahead will read is fetched into cache in stages that never
+    /// wait on memory (the tile's window, then its key's hopping state, then
+    /// the key's newest tile and running prefix), so their misses overlap.
+    #[inline]
+    pub(super) fn prefetch_tile_close(&self, timers: &[super::Timer], i: usize) {
+        use super::prefetch_read as fetch;
+        if let Some(t) = timers.get(i + 12) {
+            if t.kind != TimerKind::HopNext {
+                fetch(&self.slab[t.slot as usize]);
+            }
+        }
+        if let Some(t) = timers.get(i + 6) {
+            if t.kind != TimerKind::HopNext {
+                let win = &self.slab[t.slot as usize];
+                if win.tile_of != NO_HOP {
+                    fetch(&self.hops[win.tile_of as usize]);
+                    fetch(
+                        self.words
+                            .as_ptr()
+                            .wrapping_add(t.slot as usize * self.row_words),
+                    );
+                }
+            }
+        }
+        if let Some(t) = timers.get(i + 2) {
+            if t.kind != TimerKind::HopNext {
+                let win = &self.slab[t.slot as usize];
+                if win.tile_of != NO_HOP {
+                    let k = &self.hops[win.tile_of as usize];
+                    let n = k.tiles.idx.len();
+                    fetch(k.tiles.idx.as_ptr().wrapping_add(n.saturating_sub(1)));
+                    fetch(
+                        k.tiles
+                            .words
+                            .as_ptr()
+                            .wrapping_add(k.tiles.words.len().saturating_sub(1)),
+                    );
+                    fetch(k.on_time.prefix_ptr());
+                }
+            }
+        }
+    }
+
     /// The watermark passed an open tile's end: it joins its key's tiles,
     /// and the window whose newest tile it is comes due.
-    pub(super) fn close_tile(&mut self, slot: u32) {
+    /// (`out: None`: at the end of a bounded input, where the window only
+    /// comes due: every window fires then.)
+    pub(super) fn close_tile(&mut self, slot: u32, out: Option<&mut PaneBuf>) {
         let g = self.grid();
         let (h, n) = {
             let win = &self.slab[slot as usize];
@@ -112,16 +159,32 @@ impl Engine {
         {
             let l = &self.plan.row;
             let key = &mut self.hops[h as usize];
-            let (pos, _) = key.tiles.find_or_insert(l, n);
-            let (tw, th) = key.tiles.row_mut(l, pos);
-            tw.copy_from_slice(&self.words[wr]);
-            th.clone_from_slice(&self.heavy[hr]);
-            key.on_time.invalidate(n, g.k);
-            key.closing.invalidate(n, g.k);
+            if key.tiles.last().is_none_or(|x| x < n) {
+                key.tiles.push(n, &self.words[wr], &self.heavy[hr]);
+            } else {
+                let (pos, _) = key.tiles.find_or_insert(l, n);
+                let (tw, th) = key.tiles.row_mut(l, pos);
+                tw.copy_from_slice(&self.words[wr]);
+                th.clone_from_slice(&self.heavy[hr]);
+            }
+            key.invalidate(n, g.k);
             key.open_tiles -= 1;
         }
         self.release(slot);
-        self.hop_schedule(h, n + 1);
+        // Its window is due now (this is its end): fired at once, unless a
+        // window before it is still due (then it comes in turn).
+        let (id, next) = {
+            let k = &self.hops[h as usize];
+            (k.id, k.next)
+        };
+        match (next, out) {
+            (Some(x), _) if x < n + 1 => self.hop_schedule(h, n + 1),
+            (_, None) => self.hops[h as usize].next = Some(n + 1),
+            (_, Some(out)) => {
+                self.hops[h as usize].next = Some(n + 1);
+                self.fire_hop_next(h, id, g.at(n + 1), out);
+            }
+        }
     }
 
     /// An event went to an open tile while early panes are on: in
@@ -208,11 +271,16 @@ impl Engine {
     pub(super) fn hop_value(&mut self, h: u32, m: i64, via: Via) {
         let k = self.grid().k;
         let key = &mut self.hops[h as usize];
-        let (cur, how) = match via {
-            Via::OnTime => (&mut key.on_time, Use::Advance),
-            Via::Closing => (&mut key.closing, Use::Advance),
-            Via::PeekOnTime => (&mut key.on_time, Use::Peek),
-            Via::Peek => (&mut key.closing, Use::Peek),
+        let how = match via {
+            Via::OnTime | Via::Closing => Use::Advance,
+            Via::PeekOnTime | Via::Peek => Use::Peek,
+        };
+        if matches!(via, Via::Closing | Via::Peek) {
+            key.closing();
+        }
+        let cur = match via {
+            Via::OnTime | Via::PeekOnTime => &mut key.on_time,
+            Via::Closing | Via::Peek => key.closing.as_deref_mut().expect("made above"),
         };
         window_value(
             &key.tiles,
@@ -273,8 +341,7 @@ impl Engine {
             let row = &self.plan.row;
             let key = &mut self.hops[h as usize];
             let (pos, new) = key.tiles.find_or_insert(row, n);
-            key.on_time.invalidate(n, g.k);
-            key.closing.invalidate(n, g.k);
+            key.invalidate(n, g.k);
             (pos, new)
         };
         self.stats.events += 1;
@@ -433,7 +500,7 @@ impl Engine {
             key.live = false;
             key.tiles = Default::default();
             key.on_time = Default::default();
-            key.closing = Default::default();
+            key.closing = None;
             self.hop_free.push(h);
         }
     }
@@ -455,7 +522,7 @@ impl Engine {
             .collect();
         open.sort_unstable();
         for (_, slot) in open {
-            self.close_tile(slot);
+            self.close_tile(slot, None);
         }
         let last_tile = {
             let mut t = self.wm.max_time().unwrap_or(i64::MIN);

@@ -122,6 +122,26 @@ impl<E> KeyIndex<E> {
         );
     }
 
+    /// The entry whose tag matches `hash` first (no key compare: a hint
+    /// for a look-ahead, possibly another key's entry).
+    #[inline(always)]
+    pub fn peek_tagged(&self, hash: u64) -> Option<&E> {
+        let mask = self.mask();
+        let t = tag(hash);
+        let mut i = hash as usize & mask;
+        for _ in 0..4 {
+            let s = self.slots[i];
+            if s == 0 {
+                return None;
+            }
+            if s & !0xFFFF_FFFF == t {
+                return self.entries.get((s & 0xFFFF_FFFF) as usize - 1);
+            }
+            i = (i + 1) & mask;
+        }
+        None
+    }
+
     /// Step two: fetch the entry the first slot with `hash`'s tag names
     /// (no key compare: a tag collision only wastes the fetch).
     #[inline(always)]

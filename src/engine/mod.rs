@@ -222,7 +222,7 @@ const NO_HOP: u32 = u32::MAX;
 
 /// A deadline of window `slot`, valid while that slot still holds window `id`.
 #[derive(Debug, Clone, Copy)]
-struct Timer {
+pub(crate) struct Timer {
     slot: u32,
     id: u64,
     kind: TimerKind,
@@ -553,6 +553,32 @@ impl Engine {
     #[inline]
     pub fn prefetch_key_slot(&self, hash: u64) {
         self.keys.prefetch_slot(hash);
+    }
+
+    /// Look-ahead, step three for hopping windows (after step two): fetch
+    /// the key's hopping state and its open tiles' rows, which the entry
+    /// names. A hint: nothing changes.
+    #[inline]
+    pub fn prefetch_key_windows(&self, hash: u64) {
+        if self.grid.is_none() {
+            return;
+        }
+        if let Some(e) = self.keys.peek_tagged(hash) {
+            for r in e.windows.iter().take(3) {
+                if r.start == i64::MIN {
+                    if let Some(h) = self.hops.get(r.slot as usize) {
+                        prefetch_read(h);
+                    }
+                } else if (r.slot as usize) < self.slab.len() {
+                    prefetch_read(&self.slab[r.slot as usize]);
+                    prefetch_read(
+                        self.words
+                            .as_ptr()
+                            .wrapping_add(r.slot as usize * self.row_words),
+                    );
+                }
+            }
+        }
     }
 
     /// Look-ahead, step two (some events after step one): fetch the key's
@@ -1186,7 +1212,10 @@ impl Engine {
             if !timers.is_sorted_by_key(order) {
                 timers.sort_by_key(order);
             }
-            for t in timers {
+            for (i, &t) in timers.iter().enumerate() {
+                if self.grid.is_some() {
+                    self.prefetch_tile_close(&timers, i);
+                }
                 if t.kind == TimerKind::HopNext {
                     self.fire_hop_next(t.slot, t.id, at, out);
                     continue;
@@ -1205,7 +1234,7 @@ impl Engine {
                             continue; // stale: the session grew, or already fired
                         }
                         if self.slab[t.slot as usize].tile_of != NO_HOP {
-                            self.close_tile(t.slot);
+                            self.close_tile(t.slot, Some(out));
                             continue;
                         }
                         self.fire_on_time(t.slot, out);

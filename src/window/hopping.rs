@@ -73,7 +73,8 @@ pub struct HopKey {
     pub live: bool,
     pub tiles: Tiles,
     pub on_time: Cursor,
-    pub closing: Cursor,
+    /// Only made when a window is read other than on time.
+    pub closing: Option<Box<Cursor>>,
     /// The last window fired on time; windows up to it have had their turn.
     pub fired: Option<i64>,
     /// The next window to fire on time, when one is scheduled.
@@ -93,7 +94,7 @@ impl HopKey {
             live: true,
             tiles: Tiles::default(),
             on_time: Cursor::default(),
-            closing: Cursor::default(),
+            closing: None,
             fired: None,
             next: None,
             windows: SmallVec::new(),
@@ -117,6 +118,19 @@ impl HopKey {
         match (first_new, first_left) {
             (Some(x), Some(y)) => Some(x.min(y)),
             (x, y) => x.or(y),
+        }
+    }
+
+    /// The partials for windows read other than on time.
+    pub fn closing(&mut self) -> &mut Cursor {
+        self.closing.get_or_insert_with(Box::default)
+    }
+
+    /// Forgets the partials that cover tile `n`.
+    pub fn invalidate(&mut self, n: i64, k: i64) {
+        self.on_time.invalidate(n, k);
+        if let Some(c) = &mut self.closing {
+            c.invalidate(n, k);
         }
     }
 

@@ -95,9 +95,15 @@ impl Tiles {
     /// (`true` then).
     #[inline]
     pub fn find_or_insert(&mut self, l: &RowLayout, n: i64) -> (usize, bool) {
-        // Events mostly go to the newest tile.
-        if self.idx.last() == Some(&n) {
-            return (self.idx.len() - 1, false);
+        match self.idx.last() {
+            // Events mostly go to the newest tile, or start a newer one.
+            Some(&last) if last == n => return (self.idx.len() - 1, false),
+            Some(&last) if last > n => {}
+            _ => {
+                self.idx.push(n);
+                l.push_empty(&mut self.words, &mut self.heavy);
+                return (self.idx.len() - 1, true);
+            }
         }
         match self.idx.binary_search(&n) {
             Ok(p) => (p, false),
@@ -112,15 +118,44 @@ impl Tiles {
         }
     }
 
+    /// Adds tile `n`, newer than every tile held, with its row.
+    #[inline]
+    pub fn push(&mut self, n: i64, words: &[u64], heavy: &[Heavy]) {
+        debug_assert!(self.idx.last().is_none_or(|&x| x < n));
+        self.idx.push(n);
+        self.words.extend_from_slice(words);
+        self.heavy.extend_from_slice(heavy);
+    }
+
+    /// The newest tile's number.
+    pub fn last(&self) -> Option<i64> {
+        self.idx.last().copied()
+    }
+
     /// The position of tile `n`, if it has events.
     pub fn position(&self, n: i64) -> Option<usize> {
         self.idx.binary_search(&n).ok()
     }
 
     /// Positions of the tiles with numbers in `[from, to)`.
+    #[inline]
     pub fn range(&self, from: i64, to: i64) -> std::ops::Range<usize> {
-        let a = self.idx.partition_point(|&x| x < from);
-        let b = self.idx.partition_point(|&x| x < to);
+        let n = self.idx.len();
+        if n == 0 {
+            return 0..0;
+        }
+        // Windows mostly reach past a key's newest tile, and long ones
+        // start before its oldest: no search then.
+        let b = if to > self.idx[n - 1] {
+            n
+        } else {
+            self.idx.partition_point(|&x| x < to)
+        };
+        let a = if from <= self.idx[0] {
+            0
+        } else {
+            self.idx[..b].partition_point(|&x| x < from)
+        };
         a..b.max(a)
     }
 
@@ -147,10 +182,10 @@ impl Tiles {
 /// prefix of another. See the module documentation.
 #[derive(Debug, Clone, Default)]
 pub struct Cursor {
-    /// Chunk whose suffixes are kept, with the tile numbers they start at.
+    /// Chunk whose suffixes are kept: one row per tile of the chunk, by the
+    /// tile number it starts at.
     s_chunk: Option<i64>,
-    s_idx: Vec<i64>,
-    s: Vec<Row>,
+    s: Tiles,
     /// Chunk of the running prefix, which folds its tiles numbered below `p_upto`.
     p_chunk: Option<i64>,
     p_upto: i64,
@@ -169,14 +204,17 @@ impl Cursor {
         }
     }
 
+    /// Where the running prefix lives (look-ahead fetches).
+    pub fn prefix_ptr(&self) -> *const u64 {
+        self.p.words.as_ptr()
+    }
+
     /// Bytes held (memory reports).
     pub fn bytes(&self) -> usize {
-        let row = |r: &Row| {
-            r.words.capacity() * 8
-                + r.heavy.capacity() * std::mem::size_of::<Heavy>()
-                + r.heavy.iter().map(Heavy::heap_bytes).sum::<usize>()
-        };
-        self.s_idx.capacity() * 8 + self.s.iter().map(row).sum::<usize>() + row(&self.p)
+        self.s.bytes()
+            + self.p.words.capacity() * 8
+            + self.p.heavy.capacity() * std::mem::size_of::<Heavy>()
+            + self.p.heavy.iter().map(Heavy::heap_bytes).sum::<usize>()
     }
 }
 
@@ -217,9 +255,9 @@ pub fn window_value(
                 return;
             }
         }
-        let at = cur.s_idx.partition_point(|&x| x < first);
-        let r = &cur.s[at];
-        out.copy_from(&r.words, &r.heavy);
+        let at = cur.s.idx.partition_point(|&x| x < first);
+        let (w, h) = cur.s.row(l, at);
+        out.copy_from(w, h);
     }
     right_part(tiles, l, c + 1, split, i1, cur, how, out);
 }
@@ -273,25 +311,28 @@ fn right_part(
     }
 }
 
-/// Computes the suffixes of chunk `c` into the cursor.
+/// Computes the suffixes of chunk `c` into the cursor: the chunk's tiles,
+/// then each row folded with the one after it, right to left.
 fn fill_suffixes(tiles: &Tiles, l: &RowLayout, k: i64, c: i64, cur: &mut Cursor) {
     let r = tiles.range(c * k, (c + 1) * k);
+    let (ww, hh) = (l.words(), l.heavies());
     cur.s_chunk = Some(c);
-    cur.s_idx.clear();
-    cur.s_idx.extend_from_slice(&tiles.idx[r.clone()]);
-    cur.s.resize_with(r.len(), Row::default);
-    cur.s.truncate(r.len());
-    let mut next: Option<usize> = None;
-    for (j, pos) in r.enumerate().rev() {
-        let (w, h) = tiles.row(l, pos);
-        let (done, todo) = cur.s.split_at_mut(j + 1);
-        let row = &mut done[j];
-        row.copy_from(w, h);
-        if let Some(n) = next {
-            let src = &todo[n - j - 1];
-            l.merge((&mut row.words, &mut row.heavy), (&src.words, &src.heavy));
-        }
-        next = Some(j);
+    let s = &mut cur.s;
+    s.idx.clear();
+    s.idx.extend_from_slice(&tiles.idx[r.clone()]);
+    s.words.clear();
+    s.words
+        .extend_from_slice(&tiles.words[r.start * ww..r.end * ww]);
+    s.heavy.clear();
+    s.heavy
+        .extend_from_slice(&tiles.heavy[r.start * hh..r.end * hh]);
+    for j in (0..r.len().saturating_sub(1)).rev() {
+        let (wa, wb) = s.words.split_at_mut((j + 1) * ww);
+        let (ha, hb) = s.heavy.split_at_mut((j + 1) * hh);
+        l.merge(
+            (&mut wa[j * ww..], &mut ha[j * hh..]),
+            (&wb[..ww], &hb[..hh]),
+        );
     }
 }
 
