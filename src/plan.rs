@@ -35,6 +35,8 @@ pub struct OnRead {
     pub name: String,
     /// Identifiers: feature indexes, then `now`, `window_start`, `window_end`.
     expr: Compiled,
+    /// The stored features it reads (indexes), ascending.
+    pub deps: Vec<usize>,
 }
 
 /// See the module documentation.
@@ -117,14 +119,25 @@ impl Plan {
         let on_read = p
             .on_read
             .iter()
-            .map(|r| OnRead {
-                name: r.name.clone(),
-                expr: r.expr.compile(&mut |id| match id {
-                    "now" => n,
-                    "window_start" => n + 1,
-                    "window_end" => n + 2,
-                    name => feature_index(name),
-                }),
+            .map(|r| {
+                let mut deps: Vec<usize> = r
+                    .expr
+                    .idents()
+                    .into_iter()
+                    .filter_map(|id| p.features.iter().position(|f| f.name == id))
+                    .collect();
+                deps.sort_unstable();
+                deps.dedup();
+                OnRead {
+                    name: r.name.clone(),
+                    expr: r.expr.compile(&mut |id| match id {
+                        "now" => n,
+                        "window_start" => n + 1,
+                        "window_end" => n + 2,
+                        name => feature_index(name),
+                    }),
+                    deps,
+                }
             })
             .collect();
         let derived_order = derived_order(p);
@@ -201,6 +214,29 @@ impl Plan {
         end: Micros,
         now: Micros,
     ) -> Value {
+        match self.on_read_eval(
+            i,
+            |j| values.get(j).and_then(Value::as_f64),
+            start,
+            end,
+            now,
+        ) {
+            Some(x) => Value::Float(x),
+            None => Value::Null,
+        }
+    }
+
+    /// [`Plan::on_read_value`] with `feature(j)` giving stored feature `j`
+    /// as a number (the read API parses it from its text, the join from its
+    /// column); `None` is null.
+    pub fn on_read_eval(
+        &self,
+        i: usize,
+        feature: impl Fn(usize) -> Option<f64>,
+        start: Micros,
+        end: Micros,
+        now: Micros,
+    ) -> Option<f64> {
         let n = self.outputs.len();
         let ms = |t: Micros| Val::Num(t.div_euclid(1000) as f64);
         let get = |j: usize| {
@@ -211,15 +247,15 @@ impl Plan {
             } else if j == n + 2 {
                 ms(end)
             } else {
-                match values.get(j).and_then(Value::as_f64) {
+                match feature(j) {
                     Some(x) => Val::Num(x),
                     None => Val::Null,
                 }
             }
         };
         match self.on_read[i].expr.eval(&get) {
-            Val::Num(x) if x.is_finite() => Value::Float(x),
-            _ => Value::Null,
+            Val::Num(x) if x.is_finite() => Some(x),
+            _ => None,
         }
     }
 }

@@ -135,6 +135,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             all_features,
             ttl,
             discarding: p.is_some_and(|p| p.accumulation == Accumulation::Discarding),
+            plan: p.map(rill::plan::Plan::new),
         });
     }
     let opts = FileJoinOptions {

@@ -130,7 +130,12 @@ pub async fn run(
                 tx
             })
         });
-        let plan = crate::plan::Plan::new(p);
+        let plan = registry
+            .plans()
+            .iter()
+            .find(|x| x.pipeline.name == p.name)
+            .expect("the registry holds every pipeline")
+            .clone();
         let w = worker::Worker::new(plan, opts.worker.clone(), online, pm)?;
         let token = shutdown.clone();
         let name = p.name.clone();

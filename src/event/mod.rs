@@ -269,7 +269,7 @@ pub fn encode_str_key(s: &str, out: &mut Vec<u8>) {
 
 /// Appends one text part of an encoded key: `s`, its length, its bytes.
 #[inline]
-fn push_str_part(s: &[u8], out: &mut Vec<u8>) {
+pub fn push_str_part(s: &[u8], out: &mut Vec<u8>) {
     out.push(b's');
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
     out.extend_from_slice(s);

@@ -66,6 +66,75 @@ pub struct GroupSpec {
     /// The pipeline discards between panes: its final pane is not the
     /// whole window, so `final` mode refuses it.
     pub discarding: bool,
+    /// The group's compiled pipeline, when known: its request-time
+    /// (`on_read:`) features can then be asked for, computed with `now` =
+    /// each entity row's time.
+    pub plan: Option<crate::plan::PlanRef>,
+}
+
+impl GroupSpec {
+    /// The names asked for (every stored feature, then every request-time
+    /// one, when none are named).
+    pub fn selected(&self) -> Vec<String> {
+        match &self.features {
+            Some(f) => f.clone(),
+            None => {
+                let mut v = self.all_features.clone();
+                if let Some(p) = &self.plan {
+                    v.extend(p.on_read.iter().map(|r| r.name.clone()));
+                }
+                v
+            }
+        }
+    }
+
+    /// The request-time feature of this name, if it is one.
+    fn on_read(&self, name: &str) -> Option<usize> {
+        self.plan
+            .as_ref()?
+            .on_read
+            .iter()
+            .position(|r| r.name == name)
+    }
+
+    /// The columns to read from the group's files besides keys and pane
+    /// columns: stored features asked for, those that request-time
+    /// features read, and the window bounds for them.
+    pub fn columns_read(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        let add = |n: &str, v: &mut Vec<String>| {
+            if !v.iter().any(|x| x == n) {
+                v.push(n.to_string());
+            }
+        };
+        for n in self.selected() {
+            match (self.on_read(&n), &self.plan) {
+                (Some(j), Some(p)) => {
+                    for &d in &p.on_read[j].deps {
+                        add(&p.pipeline.features[d].name, &mut v);
+                    }
+                    add("window_start", &mut v);
+                    add("window_end", &mut v);
+                }
+                _ => add(&n, &mut v),
+            }
+        }
+        v
+    }
+}
+
+/// How an output column of a group is made.
+#[derive(Debug, Clone)]
+enum JoinOut {
+    /// A loaded column, as it is.
+    Stored(usize),
+    /// A request-time feature: `on_read[j]` over loaded columns (feature
+    /// index, loaded column), with the window bounds loaded at `bounds`.
+    OnRead {
+        j: usize,
+        deps: Vec<(usize, usize)>,
+        bounds: (usize, usize),
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -475,7 +544,9 @@ pub struct FeatureTable {
     pub spec: GroupSpec,
     /// Output names and types of the selected features.
     pub fields: Vec<Field>,
-    /// Feature values, one batch per input batch, plus a last one-row batch of nulls.
+    /// How each output column is made from the loaded ones.
+    outputs: Vec<JoinOut>,
+    /// Loaded columns, one batch per input batch, plus a last one-row batch of nulls.
     values: Vec<Vec<ArrayRef>>,
     /// Interned keys; `ranges[id]` is (start, len) in the sorted arrays.
     keys: KeyIndex,
@@ -511,19 +582,36 @@ impl FeatureTable {
         if mode == Mode::Final && spec.discarding {
             return Err(JoinError::Discarding(spec.name.clone()));
         }
-        let selected: Vec<String> = match &spec.features {
-            Some(f) => f.clone(),
-            None => spec.all_features.clone(),
-        };
-        for f in &selected {
-            if !spec.all_features.contains(f) {
+        let asked: Vec<String> = spec.selected();
+        for f in &asked {
+            if !spec.all_features.contains(f) && spec.on_read(f).is_none() {
+                let mut available = spec.all_features.clone();
+                if let Some(p) = &spec.plan {
+                    available.extend(p.on_read.iter().map(|r| r.name.clone()));
+                }
                 return Err(JoinError::UnknownFeature {
                     group: spec.name.clone(),
                     feature: f.clone(),
-                    available: spec.all_features.join(", "),
+                    available: available.join(", "),
                 });
             }
         }
+        let selected: Vec<String> = spec.columns_read();
+        let given: Option<Vec<DataType>> = given.map(|g| {
+            // The output types given, for the stored columns asked for;
+            // what request-time features read is taken as it comes.
+            selected
+                .iter()
+                .map(|n| {
+                    asked
+                        .iter()
+                        .position(|a| a == n)
+                        .and_then(|i| g.get(i).cloned())
+                        .unwrap_or(DataType::Float64)
+                })
+                .collect()
+        });
+        let given = given.as_deref();
         // Output type of each feature: the first file that has it decides;
         // others are cast to it (or everything becomes text).
         let mut types: Vec<Option<DataType>> = vec![None; selected.len()];
@@ -678,15 +766,42 @@ impl FeatureTable {
         drop((rank_we, rank_pane));
         // The no-match row.
         values.push(types.iter().map(|t| new_null_array(t, 1)).collect());
-        let fields = selected
-            .iter()
-            .zip(&types)
-            .map(|(n, t)| Field::new(n, t.clone(), true))
-            .collect();
+        let loaded = |name: &str| selected.iter().position(|s| s == name);
+        let mut fields = Vec::with_capacity(asked.len());
+        let mut outputs = Vec::with_capacity(asked.len());
+        for a in &asked {
+            match (spec.on_read(a), &spec.plan) {
+                (Some(j), Some(p)) => {
+                    fields.push(Field::new(a, DataType::Float64, true));
+                    let deps = p.on_read[j]
+                        .deps
+                        .iter()
+                        .map(|&d| {
+                            let at = loaded(&p.pipeline.features[d].name).expect("read for it");
+                            (d, at)
+                        })
+                        .collect();
+                    outputs.push(JoinOut::OnRead {
+                        j,
+                        deps,
+                        bounds: (
+                            loaded("window_start").expect("read for it"),
+                            loaded("window_end").expect("read for it"),
+                        ),
+                    });
+                }
+                _ => {
+                    let at = loaded(a).expect("every stored feature asked for is read");
+                    fields.push(Field::new(a, types[at].clone(), true));
+                    outputs.push(JoinOut::Stored(at));
+                }
+            }
+        }
         Ok(FeatureTable {
             rows: n,
             spec,
             fields,
+            outputs,
             values,
             keys: interned,
             ranges,
@@ -754,10 +869,54 @@ impl FeatureTable {
             self.keys.get(k)
         })?;
         let (idx, matched) = self.lookup_all(&ids, ts);
-        let mut cols = Vec::with_capacity(self.fields.len());
-        for f in 0..self.fields.len() {
+        let width = self.values.first().map_or(0, Vec::len);
+        let mut picked: Vec<Option<ArrayRef>> = vec![None; width];
+        let mut pick = |f: usize| -> Result<ArrayRef, JoinError> {
+            if let Some(a) = &picked[f] {
+                return Ok(a.clone());
+            }
             let arrays: Vec<&dyn Array> = self.values.iter().map(|b| b[f].as_ref()).collect();
-            cols.push(arrow_select::interleave::interleave(&arrays, &idx)?);
+            let a = arrow_select::interleave::interleave(&arrays, &idx)?;
+            picked[f] = Some(a.clone());
+            Ok(a)
+        };
+        let mut cols = Vec::with_capacity(self.outputs.len());
+        for o in &self.outputs {
+            match o {
+                JoinOut::Stored(f) => cols.push(pick(*f)?),
+                JoinOut::OnRead { j, deps, bounds } => {
+                    let plan = self
+                        .spec
+                        .plan
+                        .as_ref()
+                        .expect("a request-time feature has a plan");
+                    let nums: Vec<(usize, arrow_array::Float64Array)> = deps
+                        .iter()
+                        .map(|&(d, f)| {
+                            let a = arrow_cast::cast(&pick(f)?, &DataType::Float64)?;
+                            Ok((d, a.as_primitive::<Float64Type>().clone()))
+                        })
+                        .collect::<Result<_, JoinError>>()?;
+                    let starts = timestamps_micros(&pick(bounds.0)?, "window_start")?;
+                    let ends = timestamps_micros(&pick(bounds.1)?, "window_end")?;
+                    let null = self.null_ref();
+                    let mut out = arrow_array::builder::Float64Builder::with_capacity(ts.len());
+                    for (row, &at) in idx.iter().enumerate() {
+                        let (Some(ws), Some(we), true) = (starts[row], ends[row], at != null)
+                        else {
+                            out.append_null();
+                            continue;
+                        };
+                        let feature = |d: usize| {
+                            nums.iter()
+                                .find(|x| x.0 == d)
+                                .and_then(|(_, a)| (!a.is_null(row)).then(|| a.value(row)))
+                        };
+                        out.append_option(plan.on_read_eval(*j, feature, ws, we, ts[row]));
+                    }
+                    cols.push(Arc::new(out.finish()) as ArrayRef);
+                }
+            }
         }
         Ok((cols, matched))
     }

@@ -106,9 +106,10 @@ fn for_each_group_batch(
     ] {
         wanted.push(c.to_string());
     }
-    match &spec.features {
-        Some(f) => wanted.extend(f.iter().cloned()),
-        None => wanted.extend(spec.all_features.iter().cloned()),
+    for c in spec.columns_read() {
+        if !wanted.contains(&c) {
+            wanted.push(c);
+        }
     }
     for f in group_files(offline, spec)? {
         let (mut rg, _) = RowGroups::open(&f, &spec.keys, Some(&wanted))?;

@@ -223,10 +223,7 @@ pub(super) fn join_group(
         fields: Vec::new(),
     };
     // One type per feature for every partition: the first spill that has it decides.
-    let selected: Vec<String> = spec
-        .features
-        .clone()
-        .unwrap_or_else(|| spec.all_features.clone());
+    let selected: Vec<String> = spec.selected();
     let mut types: Vec<Option<DataType>> = vec![None; selected.len()];
     for path in fpaths.iter().flatten() {
         let r = FileReader::try_new(BufReader::new(File::open(path).map_err(io(path))?), None)?;

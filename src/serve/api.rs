@@ -128,12 +128,16 @@ impl Default for Limits {
     }
 }
 
-/// One requested column: pipeline index and feature index.
+/// One requested column: pipeline index and feature index (past the
+/// stored features: a request-time feature, `on_read[feature - stored]`).
 #[derive(Debug, Clone, Copy)]
 struct Col {
     group: usize,
     feature: usize,
 }
+
+/// Where a column's positions in the `at` vector say "computed when read".
+const ON_READ: usize = usize::MAX;
 
 /// A resolved request.
 /// Names are borrowed from the registry: nothing is copied per request.
@@ -143,8 +147,12 @@ struct Plan<'a> {
     groups: Vec<usize>,
     /// Per entry of `groups`: the Redis fields read (features, then META).
     fields: Vec<Vec<&'a str>>,
-    /// Per column: (entry of `groups`, position in its fields).
+    /// Per column: (entry of `groups`, position in its fields), or
+    /// `ON_READ` for a request-time feature.
     col_at: Vec<(usize, usize)>,
+    /// Per column: the (stored feature, position in its fields) a
+    /// request-time feature reads; empty for stored features.
+    deps_at: Vec<Vec<(usize, usize)>>,
     /// Key fields per entry of `groups`.
     keys: Vec<&'a [String]>,
     /// Per entry of `groups`: the age after which values expire.
@@ -335,12 +343,19 @@ impl ReadApi {
                 continue;
             };
             let p = &pipelines[gi];
+            let n = p.features.len();
             if f == "*" {
-                cols.extend((0..p.features.len()).map(|feature| Col { group: gi, feature }));
+                cols.extend((0..n + p.on_read.len()).map(|feature| Col { group: gi, feature }));
             } else {
                 match p.features.iter().position(|x| x.name == f) {
                     Some(feature) => cols.push(Col { group: gi, feature }),
-                    None => unknown_features.push(name.clone()),
+                    None => match p.on_read.iter().position(|x| x.name == f) {
+                        Some(j) => cols.push(Col {
+                            group: gi,
+                            feature: n + j,
+                        }),
+                        None => unknown_features.push(name.clone()),
+                    },
                 }
             }
         }
@@ -369,6 +384,8 @@ impl ReadApi {
         let mut groups: Vec<usize> = Vec::new();
         let mut fields: Vec<Vec<&str>> = Vec::new();
         let mut col_at = Vec::with_capacity(cols.len());
+        let mut deps_at = Vec::with_capacity(cols.len());
+        let plans = self.registry.plans();
         for c in &cols {
             let gi = match groups.iter().position(|&g| g == c.group) {
                 Some(i) => i,
@@ -378,8 +395,28 @@ impl ReadApi {
                     groups.len() - 1
                 }
             };
-            fields[gi].push(pipelines[c.group].features[c.feature].name.as_str());
-            col_at.push((gi, fields[gi].len() - 1));
+            let p = &pipelines[c.group];
+            if c.feature < p.features.len() {
+                fields[gi].push(p.features[c.feature].name.as_str());
+                col_at.push((gi, fields[gi].len() - 1));
+                deps_at.push(Vec::new());
+            } else {
+                // The stored features it reads, each fetched once.
+                let mut deps = Vec::new();
+                for &j in &plans[c.group].on_read[c.feature - p.features.len()].deps {
+                    let name = p.features[j].name.as_str();
+                    let pos = match fields[gi].iter().position(|x| *x == name) {
+                        Some(pos) => pos,
+                        None => {
+                            fields[gi].push(name);
+                            fields[gi].len() - 1
+                        }
+                    };
+                    deps.push((j, pos));
+                }
+                col_at.push((gi, ON_READ));
+                deps_at.push(deps);
+            }
         }
         for f in &mut fields {
             f.extend(META);
@@ -404,6 +441,7 @@ impl ReadApi {
             groups,
             fields,
             col_at,
+            deps_at,
             keys,
             max_age,
         })
@@ -484,10 +522,12 @@ impl ReadApi {
             .cols
             .iter()
             .map(|c| {
-                format!(
-                    "{}:{}",
-                    pipelines[c.group].name, pipelines[c.group].features[c.feature].name
-                )
+                let p = &pipelines[c.group];
+                let name = match p.features.get(c.feature) {
+                    Some(f) => f.name.as_str(),
+                    None => p.on_read[c.feature - p.features.len()].name.as_str(),
+                };
+                format!("{}:{name}", p.name)
             })
             .collect();
         // The window metadata of every (entity, group) hash, read once.
@@ -502,6 +542,19 @@ impl ReadApi {
             for (ci, c) in plan.cols.iter().enumerate() {
                 let (gi, fi) = plan.col_at[ci];
                 let slot = ei * plan.groups.len() + gi;
+                if fi == ON_READ {
+                    let p = &pipelines[c.group];
+                    values.push(on_read_value(
+                        &rows[slot],
+                        metas[slot],
+                        &self.registry.plans()[c.group],
+                        c.feature - p.features.len(),
+                        &plan.deps_at[ci],
+                        plan.max_age[gi],
+                        now,
+                    ));
+                    continue;
+                }
                 let feature = &pipelines[c.group].features[c.feature];
                 values.push(make_value(
                     &rows[slot],
@@ -717,6 +770,41 @@ pub(crate) fn make_value(
         emitted_at: em,
         age: Some(age),
     }
+}
+
+/// A request-time feature of a hash row at time `now`: computed from the
+/// stored values it reads (`deps`: feature index, position in the row) by
+/// the plan's shared function; its status is the row's.
+fn on_read_value(
+    row: &[Option<String>],
+    meta: Meta,
+    plan: &crate::plan::Plan,
+    j: usize,
+    deps: &[(usize, usize)],
+    max_age: Option<Micros>,
+    now: Micros,
+) -> FeatureValue {
+    let (ws, we, _) = meta;
+    let mut v = make_value(row, usize::MAX, meta, ValueType::Float, None, max_age, now);
+    let present = we.is_some() && v.status != "expired";
+    v.status = if present { "present" } else { v.status };
+    if present {
+        let number = |f: usize| {
+            let pos = deps.iter().find(|d| d.0 == f)?.1;
+            row.get(pos)?.as_deref()?.parse::<f64>().ok()
+        };
+        v.value = plan
+            .on_read_eval(
+                j,
+                number,
+                ws.unwrap_or_default(),
+                we.unwrap_or_default(),
+                now,
+            )
+            .and_then(serde_json::Number::from_f64)
+            .map_or(Value::Null, Value::Number);
+    }
+    v
 }
 
 /// Parses a `POST /v1/features` body.

@@ -10,11 +10,30 @@ pub fn document(reg: &Registry) -> Value {
         .pipelines()
         .iter()
         .flat_map(|p| {
-            std::iter::once(format!("{}:*", p.name)).chain(
-                p.features
-                    .iter()
-                    .map(move |f| format!("{}:{}", p.name, f.name)),
-            )
+            std::iter::once(format!("{}:*", p.name))
+                .chain(
+                    p.features
+                        .iter()
+                        .map(move |f| format!("{}:{}", p.name, f.name)),
+                )
+                .chain(
+                    p.on_read
+                        .iter()
+                        .map(move |f| format!("{}:{}", p.name, f.name)),
+                )
+        })
+        .collect();
+    // Request-time features: computed when read, from the group's stored values.
+    let on_read: serde_json::Map<String, Value> = reg
+        .pipelines()
+        .iter()
+        .flat_map(|p| {
+            p.on_read.iter().map(move |f| {
+                (
+                    format!("{}:{}", p.name, f.name),
+                    json!({ "expression": f.expr.to_string(), "now": "the request time, in milliseconds since the epoch", "description": f.description }),
+                )
+            })
         })
         .collect();
     let error = json!({ "description": "error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } });
@@ -29,7 +48,8 @@ pub fn document(reg: &Registry) -> Value {
         "/v1/features": {
           "post": {
             "summary": "Feature values of entities",
-            "description": "One Redis round trip per request for any number of entities and groups. Status: present, missing (no value; the feature's default if it declares one), expired (older than max_age, the group's max_age or its ttl; the default if declared).",
+            "description": "One Redis round trip per request for any number of entities and groups. Status: present, missing (no value; the feature's default if it declares one), expired (older than max_age, the group's max_age or its ttl; the default if declared). Request-time features (on_read, listed in x-on-read-features) are computed from the group's stored values with now = the request time; a collect_set is a list of strings.",
+            "x-on-read-features": on_read,
             "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/FeaturesRequest" } } } },
             "responses": {
               "200": { "description": "values", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/FeaturesResponse" } } } },

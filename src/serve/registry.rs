@@ -14,6 +14,8 @@ use crate::time::format_duration;
 #[derive(Debug, Clone)]
 pub struct Registry {
     pipelines: Vec<Pipeline>,
+    /// Each pipeline compiled once, shared by every reader.
+    plans: Vec<crate::plan::PlanRef>,
     by_name: HashMap<String, usize>,
 }
 
@@ -46,7 +48,8 @@ pub struct FeatureInfo {
     /// `group:feature`, the name the read API takes.
     pub id: String,
     pub name: String,
-    /// `aggregate` or `derived`.
+    /// `aggregate`, `derived`, `set_cut` (the flag of a collect_set) or
+    /// `on_read` (computed when read, with `now` the time of the read).
     pub kind: &'static str,
     pub agg: Option<&'static str>,
     pub field: Option<String>,
@@ -67,6 +70,7 @@ impl FeatureInfo {
     /// `mean(amount)`, `count() where ...`, or `= a - b` for a derived feature.
     pub fn definition(&self) -> String {
         match (&self.expr, self.agg) {
+            (Some(e), _) if self.kind == "on_read" => format!("= {e} (when read)"),
             (Some(e), _) => format!("= {e}"),
             (None, Some(a)) => {
                 let mut d = format!("{a}({})", self.field.as_deref().unwrap_or(""));
@@ -182,11 +186,21 @@ impl Registry {
             }
             by_name.insert(p.name.clone(), i);
         }
-        Ok(Registry { pipelines, by_name })
+        let plans = pipelines.iter().map(crate::plan::Plan::new).collect();
+        Ok(Registry {
+            pipelines,
+            plans,
+            by_name,
+        })
     }
 
     pub fn pipelines(&self) -> &[Pipeline] {
         &self.pipelines
+    }
+
+    /// The compiled plans, in the order of [`Registry::pipelines`].
+    pub fn plans(&self) -> &[crate::plan::PlanRef] {
+        &self.plans
     }
 
     pub fn get(&self, group: &str) -> Option<&Pipeline> {
@@ -555,8 +569,25 @@ pub fn describe(p: &Pipeline) -> GroupInfo {
             FeatureKind::Agg { .. } => Vec::new(),
             FeatureKind::SetCut(set) => vec![p.features[*set].name.clone()],
         })
+        .chain(p.on_read.iter().map(|r| {
+            let mut v: Vec<String> = r
+                .expr
+                .idents()
+                .into_iter()
+                .filter(|n| names.contains(n))
+                .map(str::to_string)
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        }))
         .collect();
-    let features = p
+    let all_names: Vec<&str> = names
+        .iter()
+        .copied()
+        .chain(p.on_read.iter().map(|r| r.name.as_str()))
+        .collect();
+    let mut features: Vec<FeatureInfo> = p
         .features
         .iter()
         .enumerate()
@@ -578,7 +609,7 @@ pub fn describe(p: &Pipeline) -> GroupInfo {
                 .iter()
                 .enumerate()
                 .filter(|(_, d)| d.iter().any(|n| *n == f.name))
-                .map(|(j, _)| p.features[j].name.clone())
+                .map(|(j, _)| all_names[j].to_string())
                 .collect();
             FeatureInfo {
                 id: format!("{}:{}", p.name, f.name),
@@ -596,6 +627,22 @@ pub fn describe(p: &Pipeline) -> GroupInfo {
             }
         })
         .collect();
+    for (j, r) in p.on_read.iter().enumerate() {
+        features.push(FeatureInfo {
+            id: format!("{}:{}", p.name, r.name),
+            name: r.name.clone(),
+            kind: "on_read",
+            agg: None,
+            field: None,
+            filter: None,
+            expr: Some(r.expr.to_string()),
+            value_type: "float",
+            description: r.description.clone(),
+            default: None,
+            depends_on: deps[p.features.len() + j].clone(),
+            used_by: Vec::new(),
+        });
+    }
     let event_time = match &p.event_time {
         EventTimeSource::Field { name, format } => {
             format!("field {name} ({format:?})").to_lowercase()

@@ -486,3 +486,152 @@ sinks:
         assert_eq!(r.get(0, "g:n").expect("value").status, "expired");
     }
 }
+
+/// Request-time features: the read API (now = the request time) and the
+/// point-in-time join (now = the entity row's time) give the same value for
+/// the same pane and the same now, through one shared function; a
+/// collect_set is a list in both.
+mod on_read_tests {
+    use std::sync::Arc;
+
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Float64Type;
+    use arrow_array::{Array, RecordBatch};
+    use serde_json::json;
+
+    use crate::aggregate::Value;
+    use crate::config::Pipeline;
+    use crate::engine::{PaneBuf, PaneMeta, Timing};
+    use crate::event::EncodedKey;
+    use crate::join::{FeatureTable, GroupSpec, Mode};
+    use crate::plan::Plan;
+    use crate::serve::api::{parse_request, Limits, ReadApi, Store};
+    use crate::serve::registry::Registry;
+    use crate::sink::embedded::EmbeddedStore;
+    use crate::sink::redis::OnlineRow;
+
+    #[tokio::test]
+    async fn the_read_api_and_the_join_agree_on_request_time_features() {
+        let p = Pipeline::from_yaml(
+            r#"
+version: 1
+name: g
+source: { format: json, key: [user_id], event_time: { field: ts } }
+window: { hopping: { size: 2h, slide: 1h } }
+features:
+  - { name: n, agg: count }
+  - { name: last_ms, agg: max, field: $event_time }
+  - { name: cats, agg: collect_set, field: c }
+  - { name: age_days, on_read: (now - last_ms) / 86400000 }
+  - { name: to_end_ms, on_read: window_end - now }
+sinks:
+  online: { redis: { url: "redis://127.0.0.1:1" } }
+"#,
+            "g.yaml",
+        )
+        .expect("valid");
+        let plan = Plan::new(&p);
+        let end: i64 = 1_800_000_000_000_000;
+        let meta = PaneMeta {
+            key: {
+                let mut k = Vec::new();
+                crate::event::push_str_part(b"u1", &mut k);
+                EncodedKey::new(&k)
+            },
+            window_start: end - 7_200_000_000,
+            window_end: end,
+            pane_index: 0,
+            timing: Timing::OnTime,
+            is_final: true,
+            retraction: false,
+            partition: 0,
+            emitted_at: end,
+            watermark: Some(end),
+        };
+        let values = vec![
+            Value::Int(4),
+            Value::Float(((end - 5_000_000_000) / 1000) as f64),
+            Value::List(vec!["a".into(), "b".into()]),
+            Value::Bool(false),
+        ];
+        // Online.
+        let store = Arc::new(EmbeddedStore::default());
+        let names: Vec<String> = p.features.iter().map(|f| f.name.clone()).collect();
+        assert!(store.apply(&OnlineRow::of("rill", "g", &names, &meta, &values, 0)));
+        let api = ReadApi {
+            registry: Arc::new(Registry::new(vec![p.clone()]).expect("registry")),
+            store: Store::Embedded(store),
+            limits: Limits::default(),
+        };
+        let now = end + 86_400_000_000 + 123_456_000;
+        let req = parse_request(
+            json!({"entities": [{"user_id": "u1"}], "features": ["g:age_days", "g:to_end_ms", "g:cats"], "max_age": "100d"})
+                .to_string()
+                .as_bytes(),
+        )
+        .expect("request");
+        let r = api.features(req, now).await.expect("answer");
+        let online_age = r
+            .get(0, "g:age_days")
+            .expect("value")
+            .value
+            .as_f64()
+            .expect("a number");
+        let online_to_end = r
+            .get(0, "g:to_end_ms")
+            .expect("value")
+            .value
+            .as_f64()
+            .expect("a number");
+        assert_eq!(r.get(0, "g:cats").expect("value").value, json!(["a", "b"]));
+        assert_eq!(
+            online_age,
+            (now / 1000 - (end - 5_000_000_000) / 1000) as f64 / 86_400_000.0
+        );
+        assert_eq!(online_to_end, ((end - now) / 1000) as f64);
+        // Offline, through the sink's files and the join.
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut sink = crate::sink::parquet::ParquetSink::new(tmp.path(), &plan, "r1");
+        let mut panes = PaneBuf::new(values.len());
+        panes.push(meta, &values);
+        sink.write(&mut panes).expect("write");
+        sink.finish().expect("finish");
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        for f in sink.files() {
+            let file = std::fs::File::open(f).expect("file");
+            let r = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 1024)
+                .expect("parquet");
+            batches.extend(r.map(|b| b.expect("batch")));
+        }
+        let spec = GroupSpec {
+            name: "g".into(),
+            keys: vec!["user_id".into()],
+            features: Some(vec!["age_days".into(), "to_end_ms".into(), "cats".into()]),
+            all_features: names.clone(),
+            ttl: None,
+            discarding: false,
+            plan: Some(plan.clone()),
+        };
+        let table = FeatureTable::from_batches(spec, Mode::Final, &batches).expect("table");
+        let entities = RecordBatch::try_from_iter(vec![(
+            "user_id",
+            Arc::new(arrow_array::StringArray::from(vec!["u1"])) as arrow_array::ArrayRef,
+        )])
+        .expect("entities");
+        let (cols, matched) = table
+            .features_for(&entities, &[now], &mut None)
+            .expect("join");
+        assert_eq!(matched, 1);
+        assert_eq!(cols[0].as_primitive::<Float64Type>().value(0), online_age);
+        assert_eq!(
+            cols[1].as_primitive::<Float64Type>().value(0),
+            online_to_end
+        );
+        let list = cols[2].as_list::<i32>();
+        let inner = list.value(0);
+        let got: Vec<&str> = (0..inner.len())
+            .map(|i| inner.as_string::<i32>().value(i))
+            .collect();
+        assert_eq!(got, ["a", "b"]);
+    }
+}

@@ -125,6 +125,7 @@ fn spec(ttl: Option<i64>) -> GroupSpec {
         all_features: vec!["v".into()],
         ttl,
         discarding: false,
+        plan: None,
     }
 }
 

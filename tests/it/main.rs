@@ -4,6 +4,7 @@
 mod catalog;
 mod daemon;
 mod docker;
+mod examples;
 mod golden;
 mod join;
 mod registry;

@@ -38,7 +38,7 @@ fn list_and_describe_show_what_the_files_declare() {
         .collect();
     assert_eq!(
         names,
-        ["click_sessions", "user_category_1h", "user_spend_5m"]
+        ["click_sessions", "user_category_1h", "user_spend_5m", "user_tx_30d"]
     );
     let spend = &groups[2];
     assert_eq!(spend["owner"], "payments-ml@example.com");
@@ -50,6 +50,26 @@ fn list_and_describe_show_what_the_files_declare() {
     assert_eq!(spend["freshness_sla"], "10m");
     assert_eq!(spend["version"], 1);
     assert_eq!(spend["features"].as_array().expect("features").len(), 8);
+
+    // A request-time feature: computed when read, from the features it names.
+    let d = features_json(&[
+        "describe",
+        "user_tx_30d:days_since_last_transaction",
+        "--no-live",
+    ]);
+    assert_eq!(d["feature"]["kind"], "on_read", "{d}");
+    assert_eq!(d["feature"]["depends_on"], serde_json::json!(["last_tx_ms"]));
+    let tx = &groups[3];
+    assert_eq!(tx["window"], "hopping 30d every 1h");
+    let kinds: Vec<(&str, &str)> = tx["features"]
+        .as_array()
+        .expect("features")
+        .iter()
+        .map(|f| (f["name"].as_str().expect("name"), f["type"].as_str().expect("type")))
+        .collect();
+    assert!(kinds.contains(&("categories_30d", "list<string>")), "{kinds:?}");
+    assert!(kinds.contains(&("categories_30d_cut", "bool")), "{kinds:?}");
+    assert!(kinds.contains(&("hours_since_last", "float")), "{kinds:?}");
 
     let d = features_json(&["describe", "user_spend_5m:amount_range", "--no-live"]);
     assert_eq!(d["group"]["name"], "user_spend_5m");
@@ -183,7 +203,7 @@ fn lineage_runs_from_topic_to_derived_features() {
     // Two groups read the transactions topic.
     assert_eq!(
         l["topic_shared_with"],
-        serde_json::json!(["user_category_1h"])
+        serde_json::json!(["user_category_1h", "user_tx_30d"])
     );
 
     // The text form draws the same path.

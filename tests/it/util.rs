@@ -82,6 +82,15 @@ pub fn batch_rows(b: &RecordBatch) -> Vec<Map<String, Value>> {
                     DataType::Timestamp(_, _) => Value::String(ts_text(
                         col.as_primitive::<TimestampMicrosecondType>().value(i),
                     )),
+                    DataType::List(_) => {
+                        let items = col.as_list::<i32>().value(i);
+                        let s = items.as_string::<i32>();
+                        Value::Array(
+                            (0..s.len())
+                                .map(|j| Value::String(s.value(j).to_string()))
+                                .collect(),
+                        )
+                    }
                     other => panic!("unexpected column type {other}"),
                 }
             };
