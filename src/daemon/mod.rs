@@ -274,19 +274,7 @@ async fn freshness_monitor(
 
 /// How a pipeline's panes are written online.
 pub fn online_layout(p: &Pipeline) -> crate::sink::redis::OnlineLayout {
-    crate::sink::redis::OnlineLayout {
-        prefix: p
-            .redis
-            .as_ref()
-            .map_or("rill".into(), |r| r.key_prefix.clone()),
-        group: p.name.clone(),
-        names: p.features.iter().map(|f| f.name.clone()).collect(),
-        ttl_ms: p
-            .redis
-            .as_ref()
-            .and_then(|r| r.ttl)
-            .map_or(0, |t| (t / 1000) as u64),
-    }
+    crate::sink::redis::OnlineLayout::of(p)
 }
 
 /// Cancels `token` on the first SIGTERM/SIGINT; exits on the second.

@@ -215,18 +215,36 @@ impl Engine {
         }
     }
 
-    /// The early pane of the window whose newest tile is the open tile in `slot`.
-    pub(super) fn early_hop_pane(&mut self, slot: u32, tick: Micros, out: &mut PaneBuf) {
+    /// At an early tick: each open tile with new data in `list` makes the
+    /// window whose newest tile it is (opened when new) dirty and listed.
+    pub(super) fn tiles_to_windows(&mut self, list: &mut Vec<(u32, u64)>) {
         let g = self.grid();
-        let (h, n) = {
-            let win = &self.slab[slot as usize];
-            (win.tile_of, g.tile(win.start))
-        };
-        let w = match self.hops[h as usize].window(n + 1) {
-            Some(w) => w,
-            None => self.open_hop_window(h, n + 1, false),
-        };
-        self.emit(w, Timing::Early, false, tick, Via::PeekOnTime, out);
+        let tiles: SmallVec<[u32; 8]> = list
+            .iter()
+            .filter(|&&(s, id)| self.valid(s, id) && self.slab[s as usize].tile_of != NO_HOP)
+            .map(|&(s, _)| s)
+            .collect();
+        for slot in tiles {
+            let (h, n, dirty) = {
+                let win = &mut self.slab[slot as usize];
+                let d = win.dirty;
+                win.dirty = false;
+                (win.tile_of, g.tile(win.start), d)
+            };
+            if !dirty {
+                continue;
+            }
+            let w = match self.hops[h as usize].window(n + 1) {
+                Some(w) => w,
+                None => self.open_hop_window(h, n + 1, false),
+            };
+            let win = &mut self.slab[w as usize];
+            win.dirty = true;
+            if !win.in_early_list {
+                win.in_early_list = true;
+                list.push((w, win.id));
+            }
+        }
     }
 
     /// Opens window `m` of hopping key `h` in the slab (for its panes).

@@ -484,13 +484,13 @@ impl Engine {
             // window is handled at the first tick in (prev, now]; later ticks
             // in that span have nothing new to fire.
             if let Some(e) = self.early_every {
-                let tick = (prev.div_euclid(e) + 1).saturating_mul(e);
+                let tick = crate::window::trigger::next_tick(prev, e);
                 if tick <= now && !self.early_list.is_empty() {
                     self.fire_tick(tick, true, out);
                 }
             }
             if let LateTrigger::Every(e) = self.late {
-                let tick = (prev.div_euclid(e) + 1).saturating_mul(e);
+                let tick = crate::window::trigger::next_tick(prev, e);
                 if tick <= now && !self.late_list.is_empty() {
                     self.fire_tick(tick, false, out);
                 }
@@ -906,7 +906,6 @@ impl Engine {
         pe: Micros,
         out: &mut PaneBuf,
     ) -> u32 {
-        let (mut lo, mut hi) = (ps, pe);
         // Sessions of one key never meet each other; sorted by start, the
         // ones the new interval bridges form one run.
         let mut sessions: SmallVec<[u32; 4]> =
@@ -919,15 +918,13 @@ impl Engine {
                 None => SmallVec::new(),
             };
         sessions.sort_by_key(|&s| self.slab[s as usize].start);
-        let mut members: Vec<u32> = Vec::new();
-        for &s in &sessions {
-            let x = &self.slab[s as usize];
-            if sessions_meet((x.start, x.end), (lo, hi)) {
-                members.push(s);
-                lo = lo.min(x.start);
-                hi = hi.max(x.end);
-            }
-        }
+        let bounds: SmallVec<[(Micros, Micros); 4]> = sessions
+            .iter()
+            .map(|&s| (self.slab[s as usize].start, self.slab[s as usize].end))
+            .collect();
+        let (at, (lo, hi)) = crate::window::session::merging(&bounds, (ps, pe))
+            .expect("called for an interval that meets a session");
+        let members: Vec<u32> = at.iter().map(|&i| sessions[i]).collect();
         let survivor = members[0];
         self.stats.session_merges += (members.len() - 1) as u64;
         for &gone in &members[1..] {
@@ -1139,6 +1136,12 @@ impl Engine {
         } else {
             &mut self.late_list
         });
+        if early && self.grid.is_some() {
+            // An open tile with new data makes the window whose newest tile
+            // it is dirty; that window then fires once, whatever else
+            // dirtied it since the last tick.
+            self.tiles_to_windows(&mut list);
+        }
         for &(slot, id) in &list {
             if !self.valid(slot, id) {
                 continue;
@@ -1150,12 +1153,6 @@ impl Engine {
                 win.in_late_list = false;
             }
             if win.tile_of != NO_HOP {
-                // An open tile with new data: the early pane of the window
-                // whose newest tile it is.
-                if early && win.dirty {
-                    win.dirty = false;
-                    self.early_hop_pane(slot, tick, out);
-                }
                 continue;
             }
             if win.dirty && (win.past_on_time != early) {

@@ -193,6 +193,23 @@ pub struct OnlineLayout {
 }
 
 impl OnlineLayout {
+    /// The layout of a pipeline's online rows.
+    pub fn of(p: &crate::config::Pipeline) -> OnlineLayout {
+        OnlineLayout {
+            prefix: p
+                .redis
+                .as_ref()
+                .map_or("rill".into(), |r| r.key_prefix.clone()),
+            group: p.name.clone(),
+            names: p.features.iter().map(|f| f.name.clone()).collect(),
+            ttl_ms: p
+                .redis
+                .as_ref()
+                .and_then(|r| r.ttl)
+                .map_or(0, |t| (t / 1000) as u64),
+        }
+    }
+
     /// The rows of a batch (the embedded store, tests).
     pub fn rows(&self, b: &OnlineBatch) -> Vec<OnlineRow> {
         b.panes

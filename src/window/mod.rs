@@ -1,92 +1,13 @@
-//! Window assignment (SPEC 1): half-open `[start, end)` intervals.
-//!
-//! Tumbling windows are aligned to the epoch plus an offset with floor
-//! semantics (times before 1970 included). Sessions start as `[t, t + gap)`
-//! and merge when they overlap or touch; the merging itself lives in the
-//! engine, which owns the per-key state.
+//! Windows (SPEC 1 and 3): the window kinds and their state, one file each
+//! ([`tumbling`], [`hopping`] with its [`tiles`], [`session`]), and the
+//! processing-time [`trigger`] ticks. The engine ties keys, windows and
+//! panes together and calls into these; nothing here knows the engine.
 
 pub mod hopping;
+pub mod session;
 pub mod tiles;
+pub mod trigger;
+pub mod tumbling;
 
-use crate::time::Micros;
-
-/// Start of the tumbling window of `size` (shifted by `offset`) holding `t`.
-#[inline]
-pub fn tumbling_start(t: Micros, size: Micros, offset: Micros) -> Micros {
-    t - (t - offset).rem_euclid(size)
-}
-
-/// The tumbling window found last: consecutive events of a stream mostly
-/// fall into the same one, and finding a window takes an integer division.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LastTumbling {
-    start: Micros,
-    end: Micros,
-}
-
-impl LastTumbling {
-    /// [`tumbling_start`], answered from the last window when `t` is in it.
-    #[inline]
-    pub fn start(&mut self, t: Micros, size: Micros, offset: Micros) -> Micros {
-        if self.start <= t && t < self.end {
-            return self.start;
-        }
-        let start = tumbling_start(t, size, offset);
-        *self = LastTumbling {
-            start,
-            end: start.saturating_add(size),
-        };
-        start
-    }
-}
-
-/// Whether two half-open intervals overlap or touch (sessions merge then).
-#[inline]
-pub fn sessions_meet(a: (Micros, Micros), b: (Micros, Micros)) -> bool {
-    a.0 <= b.1 && b.0 <= a.1
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tumbling_floor_semantics() {
-        assert_eq!(tumbling_start(0, 10, 0), 0);
-        assert_eq!(tumbling_start(9, 10, 0), 0);
-        assert_eq!(tumbling_start(10, 10, 0), 10);
-        assert_eq!(tumbling_start(-1, 10, 0), -10);
-        assert_eq!(tumbling_start(-10, 10, 0), -10);
-        assert_eq!(tumbling_start(12, 10, 3), 3);
-        assert_eq!(tumbling_start(2, 10, 3), -7);
-    }
-
-    use proptest::prelude::*;
-
-    proptest! {
-        /// The remembered window never changes an answer, whatever the
-        /// order of times (near and far, before 1970, near the limits).
-        #[test]
-        fn last_window_agrees_with_the_division(
-            size in 1i64..1_000_000,
-            offset in -1_000_000i64..1_000_000,
-            times in prop::collection::vec(prop_oneof![
-                -3_000_000i64..3_000_000,
-                any::<i64>().prop_map(|t| t / 2),
-                (i64::MAX - 2_000_000)..(i64::MAX - 1_000_000),
-            ], 1..60),
-        ) {
-            let mut last = LastTumbling::default();
-            for t in times {
-                prop_assert_eq!(last.start(t, size, offset), tumbling_start(t, size, offset));
-            }
-        }
-    }
-
-    #[test]
-    fn sessions_touching_meet() {
-        assert!(sessions_meet((0, 10), (10, 20)));
-        assert!(sessions_meet((5, 15), (0, 10)));
-        assert!(!sessions_meet((0, 10), (11, 20)));
-    }
-}
+pub use session::sessions_meet;
+pub use tumbling::{tumbling_start, LastTumbling};

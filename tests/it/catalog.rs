@@ -268,7 +268,12 @@ fn catalog_page_searches_opens_a_group_and_shows_freshness() {
     assert_eq!(cdp.eval("document.title"), json!("rill feature catalog"));
     cdp.wait_eq(
         VISIBLE,
-        json!(["click_sessions", "user_category_1h", "user_spend_5m", "user_tx_30d"]),
+        json!([
+            "click_sessions",
+            "user_category_1h",
+            "user_spend_5m",
+            "user_tx_30d"
+        ]),
     );
     let badge =
         |g: &str| format!("document.querySelector('.badge[data-group={g}]').dataset.status");
@@ -294,7 +299,10 @@ fn catalog_page_searches_opens_a_group_and_shows_freshness() {
     // Another search re-ranks: the group named after the word first.
     cdp.eval("document.getElementById('search').select()");
     cdp.call("Input.insertText", json!({"text": "spend"}));
-    cdp.wait_eq(VISIBLE, json!(["user_spend_5m", "user_category_1h", "user_tx_30d"]));
+    cdp.wait_eq(
+        VISIBLE,
+        json!(["user_spend_5m", "user_category_1h", "user_tx_30d"]),
+    );
     let count = cdp.eval("document.getElementById('count').textContent");
     assert_eq!(count, json!("3 of 4 feature groups match"));
 

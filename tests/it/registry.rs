@@ -38,7 +38,12 @@ fn list_and_describe_show_what_the_files_declare() {
         .collect();
     assert_eq!(
         names,
-        ["click_sessions", "user_category_1h", "user_spend_5m", "user_tx_30d"]
+        [
+            "click_sessions",
+            "user_category_1h",
+            "user_spend_5m",
+            "user_tx_30d"
+        ]
     );
     let spend = &groups[2];
     assert_eq!(spend["owner"], "payments-ml@example.com");
@@ -58,16 +63,27 @@ fn list_and_describe_show_what_the_files_declare() {
         "--no-live",
     ]);
     assert_eq!(d["feature"]["kind"], "on_read", "{d}");
-    assert_eq!(d["feature"]["depends_on"], serde_json::json!(["last_tx_ms"]));
+    assert_eq!(
+        d["feature"]["depends_on"],
+        serde_json::json!(["last_tx_ms"])
+    );
     let tx = &groups[3];
     assert_eq!(tx["window"], "hopping 30d every 1h");
     let kinds: Vec<(&str, &str)> = tx["features"]
         .as_array()
         .expect("features")
         .iter()
-        .map(|f| (f["name"].as_str().expect("name"), f["type"].as_str().expect("type")))
+        .map(|f| {
+            (
+                f["name"].as_str().expect("name"),
+                f["type"].as_str().expect("type"),
+            )
+        })
         .collect();
-    assert!(kinds.contains(&("categories_30d", "list<string>")), "{kinds:?}");
+    assert!(
+        kinds.contains(&("categories_30d", "list<string>")),
+        "{kinds:?}"
+    );
     assert!(kinds.contains(&("categories_30d_cut", "bool")), "{kinds:?}");
     assert!(kinds.contains(&("hours_since_last", "float")), "{kinds:?}");
 
