@@ -141,6 +141,12 @@ pub struct ReplaySummary {
     /// Panes acknowledged by Redis (`--online`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub online_rows: Option<u64>,
+    /// Hopping windows: the tiles held at the end of the input, and the
+    /// bytes their rows, numbers and partial merges take.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tiles_held: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tile_state_bytes: Option<u64>,
 }
 
 /// Rows per step of the key look-ahead on Parquet input.
@@ -481,6 +487,7 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
             }
         }
     }
+    let tiles = engine.tile_memory();
     engine.finish(&mut out);
     if let Some(o) = online.as_mut() {
         o.push(&out)?;
@@ -517,6 +524,10 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         .iter()
         .map(|(r, n)| (r.as_str().to_string(), *n))
         .collect();
+    if let Some((n, bytes)) = tiles {
+        s.tiles_held = Some(n);
+        s.tile_state_bytes = Some(bytes);
+    }
     s.dead_letters_total = dl.total();
     s.dead_letter_file = (dl.total() > 0).then(|| dl.path().display().to_string());
     s.seconds = elapsed.as_secs_f64();

@@ -100,6 +100,21 @@ impl Engine {
         slot
     }
 
+    /// Hopping windows: the closed tiles held and the bytes of their state
+    /// (rows, tile numbers, the cursors' partials), for memory reports.
+    pub fn tile_memory(&self) -> Option<(u64, u64)> {
+        self.grid?;
+        let mut n = 0u64;
+        let mut bytes = 0u64;
+        for k in self.hops.iter().filter(|k| k.live) {
+            n += k.tiles.len() as u64;
+            bytes += (k.tiles.bytes()
+                + k.on_time.bytes()
+                + k.closing.as_ref().map_or(0, |c| c.bytes())) as u64;
+        }
+        Some((n, bytes))
+    }
+
     /// Look-ahead for a batch of deadlines (a window boundary closes a tile
     /// of every active key at once): what closing the tiles of timers a few
     /// places ahead will read is fetched into cache in stages that never

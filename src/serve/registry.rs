@@ -227,7 +227,15 @@ impl Registry {
             .ok_or_else(|| LookupError::Group(g.to_string(), self.known_groups()))?;
         match f {
             None | Some("*") => Ok((p, None)),
-            Some(f) => match p.features.iter().position(|x| x.name == f) {
+            // Stored features, then request-time ones (the order of
+            // `GroupInfo::features`).
+            Some(f) => match p
+                .features
+                .iter()
+                .map(|x| x.name.as_str())
+                .chain(p.on_read.iter().map(|x| x.name.as_str()))
+                .position(|x| x == f)
+            {
                 Some(i) => Ok((p, Some(i))),
                 None => Err(LookupError::Feature(
                     g.to_string(),
@@ -235,6 +243,7 @@ impl Registry {
                     p.features
                         .iter()
                         .map(|x| x.name.as_str())
+                        .chain(p.on_read.iter().map(|x| x.name.as_str()))
                         .collect::<Vec<_>>()
                         .join(", "),
                 )),
@@ -397,16 +406,20 @@ impl Registry {
         for &i in &in_scope {
             let fi = &g.features[i];
             let id = fi.id.clone();
+            let definition = match p.features.get(i) {
+                Some(f) => definition_text(&f.kind),
+                None => format!("{} (when read)", fi.expr.as_deref().unwrap_or("")),
+            };
             nodes.insert(Node {
-                kind: if fi.kind == "derived" {
-                    "derived"
-                } else {
-                    "feature"
+                kind: match fi.kind {
+                    "derived" => "derived",
+                    "on_read" => "on_read",
+                    _ => "feature",
                 },
                 id: id.clone(),
-                label: format!("{} = {}", fi.name, definition_text(&p.features[i].kind)),
+                label: format!("{} = {definition}", fi.name),
             });
-            if fi.kind == "derived" {
+            if fi.kind == "derived" || fi.kind == "on_read" {
                 for d in &fi.depends_on {
                     if let Some(j) = g.features.iter().position(|x| &x.name == d) {
                         if in_scope.contains(&j) {
