@@ -115,7 +115,38 @@ impl Distinct {
     /// Folds another state into this one.
     pub fn merge(&mut self, o: &Distinct, exact_up_to: usize) {
         match (&mut *self, o) {
-            (_, Distinct::Exact(b)) => {
+            (Distinct::Exact(a), Distinct::Exact(b)) => {
+                // Two sorted sets: one pass.
+                if b.is_empty() {
+                    return;
+                }
+                let mut m = Vec::with_capacity(a.len() + b.len());
+                let (mut i, mut j) = (0, 0);
+                while i < a.len() && j < b.len() {
+                    match a[i].cmp(&b[j]) {
+                        std::cmp::Ordering::Less => {
+                            m.push(a[i]);
+                            i += 1;
+                        }
+                        std::cmp::Ordering::Greater => {
+                            m.push(b[j]);
+                            j += 1;
+                        }
+                        std::cmp::Ordering::Equal => {
+                            m.push(a[i]);
+                            i += 1;
+                            j += 1;
+                        }
+                    }
+                }
+                m.extend_from_slice(&a[i..]);
+                m.extend_from_slice(&b[j..]);
+                *a = m;
+                if a.len() > exact_up_to {
+                    self.to_sketch();
+                }
+            }
+            (Distinct::Sketch(_), Distinct::Exact(b)) => {
                 for &h in b {
                     self.insert(h, exact_up_to);
                 }

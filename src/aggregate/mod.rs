@@ -328,7 +328,7 @@ impl AccKind {
 }
 
 /// The variable-size state of an accumulator.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub enum Heavy {
     Pick(Option<Pick>),
     Distinct(Distinct),
@@ -336,7 +336,42 @@ pub enum Heavy {
     Set(SetState),
 }
 
+impl Clone for Heavy {
+    fn clone(&self) -> Heavy {
+        match self {
+            Heavy::Pick(p) => Heavy::Pick(p.clone()),
+            Heavy::Distinct(d) => Heavy::Distinct(d.clone()),
+            Heavy::Quantile(s) => Heavy::Quantile(s.clone()),
+            Heavy::Set(s) => Heavy::Set(s.clone()),
+        }
+    }
+
+    /// Reuses the buffers of a state of the same kind (windows' values are
+    /// copied out of partials once per pane).
+    fn clone_from(&mut self, src: &Heavy) {
+        match (self, src) {
+            (Heavy::Distinct(Distinct::Exact(d)), Heavy::Distinct(Distinct::Exact(s))) => {
+                d.clone_from(s)
+            }
+            (Heavy::Quantile(d), Heavy::Quantile(s)) => d.clone_from(s),
+            (Heavy::Set(d), Heavy::Set(s)) => d.clone_from(s),
+            (d, s) => *d = s.clone(),
+        }
+    }
+}
+
 impl Heavy {
+    /// Moves the state out, leaving an empty one of the same kind.
+    pub fn take(&mut self) -> Heavy {
+        let empty = match self {
+            Heavy::Pick(_) => Heavy::Pick(None),
+            Heavy::Distinct(_) => Heavy::Distinct(Distinct::default()),
+            Heavy::Quantile(_) => Heavy::Quantile(Box::default()),
+            Heavy::Set(_) => Heavy::Set(SetState::default()),
+        };
+        std::mem::replace(self, empty)
+    }
+
     fn reset(&mut self) {
         match self {
             Heavy::Pick(p) => *p = None,

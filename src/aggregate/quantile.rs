@@ -27,7 +27,7 @@ fn gamma() -> f64 {
 /// Buckets as sorted (index, count) pairs.
 type Buckets = Vec<(i32, u64)>;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sketch {
     pub n: u64,
     zeros: u64,
@@ -37,6 +37,28 @@ pub struct Sketch {
     min: f64,
     #[serde(with = "f64_bits")]
     max: f64,
+}
+
+impl Clone for Sketch {
+    fn clone(&self) -> Sketch {
+        Sketch {
+            n: self.n,
+            zeros: self.zeros,
+            pos: self.pos.clone(),
+            neg: self.neg.clone(),
+            min: self.min,
+            max: self.max,
+        }
+    }
+
+    fn clone_from(&mut self, s: &Sketch) {
+        self.n = s.n;
+        self.zeros = s.zeros;
+        self.pos.clone_from(&s.pos);
+        self.neg.clone_from(&s.neg);
+        self.min = s.min;
+        self.max = s.max;
+    }
 }
 
 impl Default for Sketch {
@@ -65,6 +87,38 @@ fn add(b: &mut Buckets, k: i32, c: u64) {
         Ok(i) => b[i].1 += c,
         Err(i) => b.insert(i, (k, c)),
     }
+}
+
+/// Adds sorted buckets `b` into sorted buckets `a`, in one pass.
+fn merge_buckets(a: &mut Buckets, b: &Buckets) {
+    if b.is_empty() {
+        return;
+    }
+    if b.len() == 1 {
+        return add(a, b[0].0, b[0].1);
+    }
+    let mut m = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].0.cmp(&b[j].0) {
+            std::cmp::Ordering::Less => {
+                m.push(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                m.push(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                m.push((a[i].0, a[i].1 + b[j].1));
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    m.extend_from_slice(&a[i..]);
+    m.extend_from_slice(&b[j..]);
+    *a = m;
 }
 
 fn value_of(k: i32) -> f64 {
@@ -96,12 +150,8 @@ impl Sketch {
         self.zeros += o.zeros;
         self.min = self.min.min(o.min);
         self.max = self.max.max(o.max);
-        for &(k, c) in &o.pos {
-            add(&mut self.pos, k, c);
-        }
-        for &(k, c) in &o.neg {
-            add(&mut self.neg, k, c);
-        }
+        merge_buckets(&mut self.pos, &o.pos);
+        merge_buckets(&mut self.neg, &o.neg);
     }
 
     /// The q-quantile (see the module documentation); `None` when empty.

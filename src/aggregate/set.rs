@@ -9,11 +9,25 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SetState {
     pub values: Vec<String>,
     /// Some value was left out because of the bound.
     pub cut: bool,
+}
+
+impl Clone for SetState {
+    fn clone(&self) -> SetState {
+        SetState {
+            values: self.values.clone(),
+            cut: self.cut,
+        }
+    }
+
+    fn clone_from(&mut self, s: &SetState) {
+        self.values.clone_from(&s.values);
+        self.cut = s.cut;
+    }
 }
 
 impl SetState {
@@ -33,8 +47,40 @@ impl SetState {
     }
 
     pub fn merge(&mut self, o: &SetState, max: usize) {
-        for v in &o.values {
-            self.insert(v, max);
+        if o.values.len() <= 2 {
+            for v in &o.values {
+                self.insert(v, max);
+            }
+        } else {
+            // Two sorted sets: one pass, keeping the `max` smallest.
+            let a = std::mem::take(&mut self.values);
+            let total = a.len() + o.values.len();
+            let mut m: Vec<String> = Vec::with_capacity(total.min(max));
+            let (mut ai, mut bi) = (a.into_iter().peekable(), o.values.iter().peekable());
+            let mut distinct = 0usize;
+            loop {
+                let next = match (ai.peek(), bi.peek()) {
+                    (Some(x), Some(y)) => match x.as_str().cmp(y.as_str()) {
+                        std::cmp::Ordering::Less => ai.next(),
+                        std::cmp::Ordering::Greater => bi.next().cloned(),
+                        std::cmp::Ordering::Equal => {
+                            bi.next();
+                            ai.next()
+                        }
+                    },
+                    (Some(_), None) => ai.next(),
+                    (None, Some(_)) => bi.next().cloned(),
+                    (None, None) => break,
+                };
+                distinct += 1;
+                if m.len() < max {
+                    m.extend(next);
+                }
+            }
+            if distinct > max {
+                self.cut = true;
+            }
+            self.values = m;
         }
         self.cut |= o.cut;
     }

@@ -175,7 +175,7 @@ impl Engine {
             let l = &self.plan.row;
             let key = &mut self.hops[h as usize];
             if key.tiles.last().is_none_or(|x| x < n) {
-                key.tiles.push(n, &self.words[wr], &self.heavy[hr]);
+                key.tiles.push(n, &self.words[wr], &mut self.heavy[hr]);
             } else {
                 let (pos, _) = key.tiles.find_or_insert(l, n);
                 let (tw, th) = key.tiles.row_mut(l, pos);

@@ -58,8 +58,13 @@ impl Row {
     fn copy_from(&mut self, words: &[u64], heavy: &[Heavy]) {
         self.words.clear();
         self.words.extend_from_slice(words);
-        self.heavy.clear();
-        self.heavy.extend_from_slice(heavy);
+        // `clone_from` keeps the buffers of the states it overwrites.
+        self.heavy.truncate(heavy.len());
+        let n = self.heavy.len();
+        for (d, s) in self.heavy.iter_mut().zip(heavy) {
+            d.clone_from(s);
+        }
+        self.heavy.extend_from_slice(&heavy[n..]);
     }
 }
 
@@ -118,13 +123,14 @@ impl Tiles {
         }
     }
 
-    /// Adds tile `n`, newer than every tile held, with its row.
+    /// Adds tile `n`, newer than every tile held, with its row (the
+    /// variable-size states are moved out of `heavy`).
     #[inline]
-    pub fn push(&mut self, n: i64, words: &[u64], heavy: &[Heavy]) {
+    pub fn push(&mut self, n: i64, words: &[u64], heavy: &mut [Heavy]) {
         debug_assert!(self.idx.last().is_none_or(|&x| x < n));
         self.idx.push(n);
         self.words.extend_from_slice(words);
-        self.heavy.extend_from_slice(heavy);
+        self.heavy.extend(heavy.iter_mut().map(Heavy::take));
     }
 
     /// The newest tile's number.
