@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::aggregate::{AccKind, AggKind, AggParams, Heavy, RowLayout, Value};
+use crate::aggregate::{AccKind, AggKind, AggParams, Heavy, Moments, RowLayout, Value};
 use crate::config::expr::{Compiled, Val};
 use crate::config::{FeatureKind, KeyType, Pipeline, ValueType};
 use crate::event::DecodePlan;
@@ -39,6 +39,18 @@ pub struct OnRead {
     pub deps: Vec<usize>,
 }
 
+/// A feature's value read straight from a row's words (the common
+/// aggregates), or through the row layout.
+#[derive(Debug, Clone, Copy)]
+enum Finish {
+    Count(usize),
+    Sum(usize),
+    Mean(usize),
+    Min(usize),
+    Max(usize),
+    Other,
+}
+
 /// See the module documentation.
 #[derive(Debug)]
 pub struct Plan {
@@ -51,6 +63,8 @@ pub struct Plan {
     pub outputs: Vec<Output>,
     /// Derived features in dependency order.
     derived_order: Vec<usize>,
+    /// Per feature: how its value is read.
+    finishes: Vec<Finish>,
     /// The type of each feature's values (Parquet column, online text, reads).
     pub types: Vec<ValueType>,
     pub key_types: Vec<KeyType>,
@@ -141,7 +155,29 @@ impl Plan {
             })
             .collect();
         let derived_order = derived_order(p);
+        let finishes = outputs
+            .iter()
+            .map(|o| match o {
+                Output::Agg { acc, agg, .. } => {
+                    let w = row.word_of(*acc);
+                    let counts = matches!(
+                        row.accs()[*acc].kind,
+                        AccKind::CountEvents | AccKind::CountField(_)
+                    );
+                    match agg {
+                        AggKind::Count if counts => Finish::Count(w),
+                        AggKind::Sum => Finish::Sum(w),
+                        AggKind::Mean => Finish::Mean(w),
+                        AggKind::Min => Finish::Min(w),
+                        AggKind::Max => Finish::Max(w),
+                        _ => Finish::Other,
+                    }
+                }
+                _ => Finish::Other,
+            })
+            .collect();
         Arc::new(Plan {
+            finishes,
             decode,
             row,
             filters,
@@ -170,11 +206,33 @@ impl Plan {
         out: &mut Vec<Value>,
     ) {
         let base = out.len();
-        out.extend(self.outputs.iter().map(|o| match o {
-            Output::Agg { acc, agg, params } => self.row.finish(*acc, *agg, params, words, heavy),
-            Output::SetCut(acc) => Value::Bool(self.row.set_cut(*acc, heavy)),
-            Output::Derived(_) => Value::Null,
-        }));
+        let float = |x: Option<f64>| x.map_or(Value::Null, Value::Float);
+        out.extend(
+            self.outputs
+                .iter()
+                .zip(&self.finishes)
+                .map(|(o, f)| match (f, o) {
+                    (Finish::Count(w), _) => Value::Int(words[*w] as i64),
+                    (Finish::Sum(w), _) => float(Moments::load(&words[*w..*w + 5]).sum()),
+                    (Finish::Mean(w), _) => float(Moments::load(&words[*w..*w + 5]).mean()),
+                    (Finish::Min(w), _) => {
+                        float(crate::aggregate::extremes::min(&words[*w..*w + 2]))
+                    }
+                    (Finish::Max(w), _) => {
+                        float(crate::aggregate::extremes::max(&words[*w..*w + 2]))
+                    }
+                    (Finish::Other, Output::Agg { acc, agg, params }) => {
+                        self.row.finish(*acc, *agg, params, words, heavy)
+                    }
+                    (Finish::Other, Output::SetCut(acc)) => {
+                        Value::Bool(self.row.set_cut(*acc, heavy))
+                    }
+                    (Finish::Other, Output::Derived(_)) => Value::Null,
+                }),
+        );
+        if self.derived_order.is_empty() {
+            return;
+        }
         let n = self.outputs.len();
         let row = &mut out[base..];
         for &i in &self.derived_order {

@@ -418,6 +418,8 @@ pub enum AccState {
 pub enum Input<'a> {
     /// Absent or null: skipped.
     Missing,
+    /// An object or array (bad input for every aggregate but `count`).
+    Nested,
     Num(f64),
     Bool(bool),
     Str(&'a str),
@@ -441,6 +443,9 @@ pub struct RowLayout {
     words: usize,
     heavies: usize,
     empty_words: Vec<u64>,
+    /// What [`RowLayout::check`] looks at: (slot, filter, needs a number),
+    /// once per field and filter.
+    checks: Vec<(usize, Option<usize>, bool)>,
 }
 
 impl RowLayout {
@@ -467,12 +472,23 @@ impl RowLayout {
             AccKind::Extremes(_) => extremes::EMPTY.to_vec(),
             k => vec![0; k.words()],
         });
+        if let (Some(s), false) = (kind.slot(), matches!(kind, AccKind::CountField(_))) {
+            match self.checks.iter_mut().find(|c| c.0 == s && c.1 == filter) {
+                Some(c) => c.2 |= kind.numeric(),
+                None => self.checks.push((s, filter, kind.numeric())),
+            }
+        }
         self.accs.push(spec);
         self.accs.len() - 1
     }
 
     pub fn accs(&self) -> &[AccSpec] {
         &self.accs
+    }
+
+    /// The first word of accumulator `acc` in a row.
+    pub fn word_of(&self, acc: usize) -> usize {
+        self.accs[acc].word
     }
 
     /// Fixed-size words per row.
@@ -513,6 +529,14 @@ impl RowLayout {
         time: i64,
         seq: u64,
     ) {
+        // Features of one field (sum and max of `amount`) read it once.
+        let mut last: (usize, Input<'a>) = (usize::MAX, Input::Missing);
+        let mut value = |s: usize| {
+            if last.0 != s {
+                last = (s, value(s));
+            }
+            last.1
+        };
         for a in &self.accs {
             if a.filter.is_some_and(|f| !pass(f)) {
                 continue;
@@ -521,7 +545,7 @@ impl RowLayout {
             match a.kind {
                 AccKind::CountEvents => words[w] += 1,
                 AccKind::CountField(s) => {
-                    if !matches!(value(s), Input::Missing) {
+                    if !matches!(value(s), Input::Missing | Input::Nested) {
                         words[w] += 1
                     }
                 }
@@ -542,7 +566,7 @@ impl RowLayout {
                         Input::Num(x) => ScalarRef::Num(x),
                         Input::Str(x) => ScalarRef::Str(x),
                         Input::Bool(x) => ScalarRef::Bool(x),
-                        Input::Missing => continue,
+                        Input::Missing | Input::Nested => continue,
                     };
                     if let Heavy::Pick(p) = &mut heavy[a.heavy] {
                         let last = matches!(a.kind, AccKind::Last(_));
@@ -554,7 +578,7 @@ impl RowLayout {
                         Input::Num(x) => distinct::number_hash(x),
                         Input::Str(x) => distinct::value_hash(b's', x.as_bytes()),
                         Input::Bool(x) => distinct::value_hash(b'b', &[x as u8]),
-                        Input::Missing => continue,
+                        Input::Missing | Input::Nested => continue,
                     };
                     if let Heavy::Distinct(d) = &mut heavy[a.heavy] {
                         d.insert(h, exact_up_to as usize);
@@ -573,7 +597,7 @@ impl RowLayout {
                             Input::Bool(x) => {
                                 st.insert(if x { "true" } else { "false" }, max as usize)
                             }
-                            Input::Missing => {}
+                            Input::Missing | Input::Nested => {}
                         }
                     }
                 }
@@ -588,23 +612,17 @@ impl RowLayout {
     pub fn check<'a>(
         &self,
         value: impl Fn(usize) -> Input<'a>,
-        nested: impl Fn(usize) -> bool,
         pass: impl Fn(usize) -> bool,
     ) -> Option<(usize, &'static str)> {
-        for a in &self.accs {
-            if a.filter.is_some_and(|f| !pass(f)) {
+        for &(s, filter, numeric) in &self.checks {
+            if filter.is_some_and(|f| !pass(f)) {
                 continue;
             }
-            let Some(s) = a.kind.slot() else { continue };
-            if matches!(a.kind, AccKind::CountField(_)) {
-                continue;
-            }
-            if a.kind.numeric() {
-                if nested(s) || matches!(value(s), Input::Str(_) | Input::Bool(_)) {
-                    return Some((s, "a number"));
-                }
-            } else if nested(s) {
-                return Some((s, "a scalar"));
+            match value(s) {
+                Input::Nested if numeric => return Some((s, "a number")),
+                Input::Nested => return Some((s, "a scalar")),
+                Input::Str(_) | Input::Bool(_) if numeric => return Some((s, "a number")),
+                _ => {}
             }
         }
         None

@@ -313,7 +313,8 @@ fn to_val(f: FieldVal<'_>) -> Val<'_> {
 #[inline]
 fn to_input(f: FieldVal<'_>) -> Input<'_> {
     match f {
-        FieldVal::Missing | FieldVal::Null | FieldVal::Nested => Input::Missing,
+        FieldVal::Missing | FieldVal::Null => Input::Missing,
+        FieldVal::Nested => Input::Nested,
         FieldVal::Bool(b) => Input::Bool(b),
         FieldVal::Num(n) => Input::Num(n),
         FieldVal::Str(s) => Input::Str(s),
@@ -620,11 +621,7 @@ impl Engine {
             self.filter_bits[i] = f.eval(&|s| to_val(ev.field(s))).truthy();
         }
         let bits = &self.filter_bits;
-        if let Some((s, what)) = self.plan.row.check(
-            |s| to_input(ev.field(s)),
-            |s| matches!(ev.field(s), FieldVal::Nested),
-            |f| bits[f],
-        ) {
+        if let Some((s, what)) = self.plan.row.check(|s| to_input(ev.field(s)), |f| bits[f]) {
             return Err(Refusal::new(
                 Reason::BadValue,
                 format!("field {:?} is not {what}", self.field_name(s)),

@@ -419,8 +419,8 @@ enum KeyTmp {
     Int(i64),
     /// In the decoder's scratch text.
     Str(u32, u32),
-    /// A number that is not an integer, or a boolean, as text (scratch).
-    Other(u32, u32),
+    /// A number that is not an integer, or a boolean: no key type takes it.
+    Other,
     /// In the record's own text ([`Decoder::finish_text`]): not copied.
     Text(u32, u32),
     Bad,
@@ -498,9 +498,8 @@ impl Decoder {
         self.keys[pos] = KeyTmp::Str(a, b);
     }
     /// Sets a key part from a scalar that is neither a string nor an integer.
-    pub fn key_other(&mut self, pos: usize, s: &str) {
-        let (a, b) = self.push_str(s);
-        self.keys[pos] = KeyTmp::Other(a, b);
+    pub fn key_other(&mut self, pos: usize, _text: &str) {
+        self.keys[pos] = KeyTmp::Other;
     }
     pub fn key_int(&mut self, pos: usize, v: i64) {
         self.keys[pos] = KeyTmp::Int(v);
@@ -535,6 +534,24 @@ impl Decoder {
         self.time = Some(r.map_err(|e| e.to_string()));
     }
 
+    /// A key part of another type than the pipeline declares.
+    #[cold]
+    fn key_type_refusal(&self, pos: usize) -> Refusal {
+        let found = match self.keys[pos] {
+            KeyTmp::Int(_) => "an integer",
+            KeyTmp::Other => "a number or boolean",
+            _ => "a string",
+        };
+        Refusal::new(
+            Reason::BadKey,
+            format!(
+                "key field {:?} is {found}; the pipeline's key_types declare it {}",
+                self.plan.key_fields[pos],
+                self.plan.key_types[pos].as_str()
+            ),
+        )
+    }
+
     /// Finishes a record: checks key and time, encodes the key.
     pub fn finish(&mut self) -> Result<EventRef<'_>, Refusal> {
         self.finish_text("")
@@ -550,29 +567,9 @@ impl Decoder {
     /// text ([`Decoder::key_text`]).
     pub(crate) fn finish_text(&mut self, text: &str) -> Result<EventRef<'_>, Refusal> {
         self.key_buf.clear();
+        use crate::config::KeyType;
         for (pos, k) in self.keys.iter().enumerate() {
             let declared = self.plan.key_types[pos];
-            let fits = match *k {
-                KeyTmp::Int(_) => declared == crate::config::KeyType::Int,
-                KeyTmp::Str(..) | KeyTmp::Text(..) => declared == crate::config::KeyType::String,
-                KeyTmp::Other(..) => false,
-                KeyTmp::Missing | KeyTmp::Null | KeyTmp::Bad => true,
-            };
-            if !fits {
-                let found = match k {
-                    KeyTmp::Int(_) => "an integer",
-                    KeyTmp::Other(..) => "a number or boolean",
-                    _ => "a string",
-                };
-                return Err(Refusal::new(
-                    Reason::BadKey,
-                    format!(
-                        "key field {:?} is {found}; the pipeline's key_types declare it {}",
-                        self.plan.key_fields[pos],
-                        declared.as_str()
-                    ),
-                ));
-            }
             match *k {
                 KeyTmp::Missing | KeyTmp::Null => {
                     let what = if matches!(k, KeyTmp::Null) {
@@ -594,17 +591,18 @@ impl Decoder {
                         ),
                     ))
                 }
-                KeyTmp::Int(v) => {
+                KeyTmp::Int(v) if declared == KeyType::Int => {
                     self.key_buf.push(b'i');
                     self.key_buf.extend_from_slice(&v.to_le_bytes());
                 }
-                KeyTmp::Str(a, b) | KeyTmp::Other(a, b) => push_str_part(
+                KeyTmp::Str(a, b) if declared == KeyType::String => push_str_part(
                     &self.scratch.as_bytes()[a as usize..b as usize],
                     &mut self.key_buf,
                 ),
-                KeyTmp::Text(a, b) => {
+                KeyTmp::Text(a, b) if declared == KeyType::String => {
                     push_str_part(&text.as_bytes()[a as usize..b as usize], &mut self.key_buf)
                 }
+                _ => return Err(self.key_type_refusal(pos)),
             }
         }
         let time = match self.time.take() {
