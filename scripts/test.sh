@@ -8,6 +8,14 @@ need_apt=()
 # A C toolchain and make: the rdkafka crate builds librdkafka from source.
 { command -v cc && command -v make && command -v perl; } >/dev/null 2>&1 || need_apt+=(build-essential perl)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# OpenSSL headers and pkg-config: librdkafka is built with TLS and SASL.
+{ command -v pkg-config && pkg-config --exists openssl; } >/dev/null 2>&1 || need_apt+=(pkg-config libssl-dev)
+# Cyrus SASL headers: librdkafka's SCRAM and PLAIN need none, GSSAPI (a cargo feature) does.
+# stunnel: the TLS proxy in front of the test broker; openssl: the tests' own CA.
+command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || need_apt+=(stunnel4)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# promtool: Prometheus' own parser checks /metrics.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 # Headless Chromium for the catalog page's browser test.
 { command -v chromium || command -v chromium-browser || command -v google-chrome; } >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -7,13 +7,28 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RILL_LOG")
-                .unwrap_or_else(|_| "warn,rill::serve::freshness=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // RILL_LOG, else RUST_LOG, else: what a service does (start, partitions,
+    // outages and recoveries, once each) for the long-running commands, and
+    // warnings only for the ones that print their own summary.
+    let long_running = matches!(
+        args.command,
+        cli::Command::Run(_) | cli::Command::Serve(_) | cli::Command::Demo(_)
+    );
+    let default = if long_running {
+        "info"
+    } else {
+        "warn,rill::serve::freshness=info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RILL_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("RUST_LOG"))
+        .unwrap_or_else(|_| default.into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        cli::LogFormat::Json => logs.json().flatten_event(true).init(),
+        cli::LogFormat::Text => logs.init(),
+    }
     let result = match args.command {
         cli::Command::Validate(a) => cli::validate::run(a).map(|bad| if bad == 0 { 0 } else { 1 }),
         cli::Command::Replay(a) => cli::replay::run(a).map(|_| 0),

@@ -262,13 +262,104 @@ impl Metrics {
             .collect()
     }
 
-    /// Prometheus text.
+    /// Prometheus text (OpenMetrics): one family per metric, with the
+    /// samples of every pipeline under it.
     pub fn render(&self) -> String {
         let mut s = String::new();
         let reg = self.registry.lock().expect("registry lock");
         prometheus_client::encoding::text::encode(&mut s, &reg).expect("writing to a string");
-        s
+        merge_families(&s)
     }
+}
+
+impl Metrics {
+    /// The classic Prometheus text format (0.0.4): a counter family is
+    /// named as its samples (`rill_events_total`), there are no `# UNIT`
+    /// lines and no `# EOF`.
+    pub fn render_classic(&self) -> String {
+        let open = self.render();
+        let mut counters: std::collections::HashSet<String> = Default::default();
+        for l in open.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                if let Some((name, "counter")) = rest.split_once(' ') {
+                    counters.insert(name.to_string());
+                }
+            }
+        }
+        let mut out = String::with_capacity(open.len());
+        for l in open.lines() {
+            if l == "# EOF" || l.starts_with("# UNIT ") {
+                continue;
+            }
+            let meta = l
+                .strip_prefix("# HELP ")
+                .map(|r| ("# HELP ", r))
+                .or_else(|| l.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+            match meta {
+                Some((kind, rest)) => {
+                    let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                    if counters.contains(name) {
+                        out.push_str(&format!("{kind}{name}_total {tail}\n"));
+                    } else {
+                        out.push_str(l);
+                        out.push('\n');
+                    }
+                }
+                None => {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Each pipeline's metrics live in a sub-registry labelled with its name,
+/// and the encoder writes a family's `# HELP`/`# TYPE`/`# UNIT` lines once
+/// per sub-registry; a family must appear once, so the blocks of one name
+/// are joined under the first one's metadata (in first-seen order).
+fn merge_families(text: &str) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut meta: std::collections::HashMap<String, Vec<&str>> = Default::default();
+    let mut samples: std::collections::HashMap<String, Vec<&str>> = Default::default();
+    let mut current = String::new();
+    for line in text.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (_, name) = (parts.next(), parts.next().unwrap_or_default());
+            if name != current {
+                current = name.to_string();
+            }
+            if !meta.contains_key(&current) {
+                order.push(current.clone());
+                meta.insert(current.clone(), Vec::new());
+                samples.insert(current.clone(), Vec::new());
+            }
+            let m = meta.get_mut(&current).expect("inserted above");
+            if m.len() < 3 && !m.iter().any(|x| x.split(' ').nth(1) == line.split(' ').nth(1)) {
+                m.push(line);
+            }
+            continue;
+        }
+        samples.entry(current.clone()).or_default().push(line);
+    }
+    let mut out = String::with_capacity(text.len());
+    for name in &order {
+        for l in &meta[name] {
+            out.push_str(l);
+            out.push('\n');
+        }
+        for l in &samples[name] {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out.push_str("# EOF\n");
+    out
 }
 
 impl crate::sink::redis::OnlineObserver for PipelineMetrics {

@@ -18,11 +18,36 @@ use rill::metrics::Metrics;
 use rill::sink::embedded::EmbeddedStore;
 use tokio_util::sync::CancellationToken;
 
+/// The example pipelines, carried in the binary so that `rill demo` runs
+/// from any directory.
+pub const EXAMPLES: [(&str, &str); 4] = [
+    (
+        "click_sessions.yaml",
+        include_str!("../../pipelines/click_sessions.yaml"),
+    ),
+    (
+        "user_category_1h.yaml",
+        include_str!("../../pipelines/user_category_1h.yaml"),
+    ),
+    (
+        "user_spend_5m.yaml",
+        include_str!("../../pipelines/user_spend_5m.yaml"),
+    ),
+    (
+        "user_tx_30d.yaml",
+        include_str!("../../pipelines/user_tx_30d.yaml"),
+    ),
+];
+
 #[derive(Debug, Parser)]
 pub struct Args {
-    /// Pipeline files or directories.
-    #[arg(default_value = "pipelines")]
+    /// Pipeline files or directories (default: the example pipelines, which
+    /// the binary carries).
     pub pipelines: Vec<PathBuf>,
+    /// Write the example pipelines into this directory (to edit them and
+    /// pass the directory back) and exit.
+    #[arg(long, value_name = "DIR")]
+    pub write_pipelines: Option<PathBuf>,
     /// Events per second produced into the broker. The mock broker keeps
     /// only a bounded tail per partition, so the data is produced as it is
     /// consumed.
@@ -44,10 +69,39 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let pipelines: Vec<_> = super::run::load_pipelines(&a.pipelines)?
-        .into_iter()
-        .filter(|p| p.kafka.is_some())
-        .collect();
+    if let Some(dir) = &a.write_pipelines {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        for (name, text) in EXAMPLES {
+            let path = dir.join(name);
+            anyhow::ensure!(
+                !path.exists(),
+                "{} exists; not overwritten",
+                path.display()
+            );
+            std::fs::write(&path, text)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            println!("wrote {}", path.display());
+        }
+        println!(
+            "edit them, then: rill demo {} (or rill validate {})",
+            dir.display(),
+            dir.display()
+        );
+        return Ok(());
+    }
+    let loaded = if a.pipelines.is_empty() {
+        EXAMPLES
+            .iter()
+            .map(|(name, text)| {
+                rill::config::Pipeline::from_yaml(text, &format!("<built-in>/{name}"))
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        super::run::load_pipelines(&a.pipelines)?
+    };
+    let pipelines: Vec<_> = loaded.into_iter().filter(|p| p.kafka.is_some()).collect();
     anyhow::ensure!(!pipelines.is_empty(), "no pipeline with a kafka source");
     let mut topics: Vec<String> = pipelines
         .iter()

@@ -907,3 +907,75 @@ fn an_idle_partition_firing_across_epochs_keeps_every_file() {
         .collect();
     assert_same(&got, &want);
 }
+
+/// `/metrics` with three pipelines running passes Prometheus' own checker
+/// (promtool, from Debian's prometheus package): one family per metric,
+/// with every pipeline's samples under it.
+#[test]
+fn metrics_with_three_pipelines_pass_promtool() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let kafka = Kafka::start();
+    let evs = events(500, 29);
+    kafka.produce(&evs);
+    let dir = tmp.path().join("pipelines");
+    std::fs::create_dir_all(&dir).expect("dir");
+    for n in ["spend", "spend_b", "spend_c"] {
+        std::fs::write(
+            dir.join(format!("{n}.yaml")),
+            PIPELINE
+                .replace("name: spend", &format!("name: {n}"))
+                .replace("group_id: rill-test", &format!("group_id: rill-{n}")),
+        )
+        .expect("pipeline");
+    }
+    let http = free_port();
+    let child = rill()
+        .arg("run")
+        .arg(&dir)
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .args(["--brokers", &kafka.brokers(), "--redis", &redis.url()])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("rill run starts");
+    let d = Daemon { child, http };
+    wait_for(120, "every pipeline consuming", || {
+        let m = d.metrics();
+        ["spend", "spend_b", "spend_c"].iter().all(|p| {
+            m.lines().any(|l| {
+                l.starts_with(&format!("rill_events_total{{pipeline=\"{p}\"}}"))
+                    && !l.ends_with(" 0")
+            })
+        })
+    });
+    let body = d.metrics();
+    let text = body.split_once("\r\n\r\n").map_or(body.as_str(), |x| x.1);
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (scripts/test.sh installs Debian's prometheus)");
+    {
+        use std::io::Write;
+        check
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+    }
+    let out = check.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.matches("# HELP rill_events_total ").count(), 1, "{text}");
+}
