@@ -340,7 +340,11 @@ fn merge_families(text: &str) -> String {
                 samples.insert(current.clone(), Vec::new());
             }
             let m = meta.get_mut(&current).expect("inserted above");
-            if m.len() < 3 && !m.iter().any(|x| x.split(' ').nth(1) == line.split(' ').nth(1)) {
+            if m.len() < 3
+                && !m
+                    .iter()
+                    .any(|x| x.split(' ').nth(1) == line.split(' ').nth(1))
+            {
                 m.push(line);
             }
             continue;

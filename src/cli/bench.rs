@@ -91,7 +91,7 @@ fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(rill::daemon::ONLINE_QUEUE);
     let layout = rill::daemon::online_layout(&p);
     let writer = rt.spawn(rill::sink::redis::run_writer(
-        a.redis.clone(),
+        rill::config::RedisEndpoint::from_url(a.redis.clone()),
         layout,
         rx,
         pm.clone(),
@@ -102,7 +102,8 @@ fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
             brokers: "127.0.0.1:1".into(),
             topic: "bench".into(),
             group_id: "bench".into(),
-            start: None,
+            start: rill::config::StartPolicy::Earliest,
+            security: Default::default(),
             properties: Vec::new(),
         });
     }

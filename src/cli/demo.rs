@@ -74,11 +74,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
         for (name, text) in EXAMPLES {
             let path = dir.join(name);
-            anyhow::ensure!(
-                !path.exists(),
-                "{} exists; not overwritten",
-                path.display()
-            );
+            anyhow::ensure!(!path.exists(), "{} exists; not overwritten", path.display());
             std::fs::write(&path, text)
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
             println!("wrote {}", path.display());

@@ -121,8 +121,8 @@ pub fn run(a: Args) -> anyhow::Result<u8> {
 fn live_freshness(reg: &Registry, group: &str, redis: Option<&str>) -> Option<Freshness> {
     let p = reg.get(group)?;
     let url = redis
-        .map(str::to_string)
-        .or_else(|| p.redis.as_ref().map(|r| r.url.clone()));
+        .map(rill::config::RedisEndpoint::from_url)
+        .or_else(|| p.redis.as_ref().map(|r| r.endpoint.clone()));
     let Some(url) = url else {
         let now = rill::time::Clock::now(&rill::time::SystemClock);
         return Some(freshness::evaluate(p, None, now));
@@ -130,7 +130,7 @@ fn live_freshness(reg: &Registry, group: &str, redis: Option<&str>) -> Option<Fr
     let prefix = p.redis.as_ref().map_or("rill", |r| r.key_prefix.as_str());
     let key = freshness::status_key(prefix, &p.name);
     let read = || -> redis::RedisResult<Vec<String>> {
-        let client = redis::Client::open(url.as_str())?;
+        let client = rill::sink::redis::client(&url)?;
         let mut c = client.get_connection_with_timeout(Duration::from_secs(1))?;
         c.set_read_timeout(Some(Duration::from_secs(1)))?;
         redis::cmd("HVALS").arg(&key).query(&mut c)
@@ -145,7 +145,7 @@ fn live_freshness(reg: &Registry, group: &str, redis: Option<&str>) -> Option<Fr
         Err(e) => {
             eprintln!(
                 "note: live freshness unavailable ({}: {e}); pass --redis URL or --no-live",
-                rill::serve::registry::redact_url(&url)
+                url.display()
             );
             None
         }

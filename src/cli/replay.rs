@@ -42,8 +42,8 @@ pub fn run(args: Args) -> anyhow::Result<ReplaySummary> {
     let pipeline = Pipeline::from_file(&args.pipeline)?;
     let online_url = if args.online {
         match (&args.redis, &pipeline.redis) {
-            (Some(u), _) => Some(u.clone()),
-            (None, Some(r)) => Some(r.url.clone()),
+            (Some(u), _) => Some(rill::config::RedisEndpoint::from_url(u)),
+            (None, Some(r)) => Some(r.endpoint.clone()),
             (None, None) => bail!(
                 "--online: pipeline {} has no online sink; give --redis URL",
                 pipeline.name
@@ -146,15 +146,16 @@ pub fn run(args: Args) -> anyhow::Result<ReplaySummary> {
 }
 
 /// Fails fast when Redis does not answer, rather than retrying forever.
-fn check_redis(url: &str) -> anyhow::Result<()> {
-    let client =
-        redis::Client::open(url).with_context(|| format!("--online: bad Redis URL {url:?}"))?;
+fn check_redis(endpoint: &rill::config::RedisEndpoint) -> anyhow::Result<()> {
+    let shown = endpoint.display();
+    let client = rill::sink::redis::client(endpoint)
+        .with_context(|| format!("--online: bad Redis URL {shown}"))?;
     let mut c = client
         .get_connection_with_timeout(std::time::Duration::from_secs(2))
-        .with_context(|| format!("--online: cannot connect to {url}"))?;
+        .with_context(|| format!("--online: cannot connect to {shown}"))?;
     redis::cmd("PING")
         .query::<String>(&mut c)
-        .with_context(|| format!("--online: {url} does not answer PING"))?;
+        .with_context(|| format!("--online: {shown} does not answer PING"))?;
     Ok(())
 }
 

@@ -1,10 +1,18 @@
 //! Pipeline files: YAML text -> [`spec::PipelineSpec`] (serde) -> `validate()`
 //! -> [`Pipeline`], the checked form the engine runs.
 //!
-//! Validation does no I/O. Every refusal names the file, line and column of
-//! the offending node and what was expected there ([`ConfigError`]).
+//! `${NAME}` in a plain (unquoted) scalar is replaced by the environment
+//! variable `NAME` after the YAML is parsed, inside that one scalar, so a
+//! value cannot add YAML structure; a quoted `"${NAME}"` stays as written.
+//! The parser runs under a budget (size, depth, aliases, nodes), so a
+//! hostile file is refused quickly. Validation reads only the files a
+//! pipeline names as secrets (`*_file:`) or TLS material, and looks at the
+//! sink directories. Every refusal names the file, line and column of the
+//! offending node and what was expected there ([`ConfigError`]); none shows
+//! a secret's value.
 
 pub mod expr;
+pub mod secret;
 pub mod spec;
 
 use std::collections::{HashMap, HashSet};
@@ -14,6 +22,7 @@ use serde_saphyr::{Location, Spanned};
 
 use crate::time::{format_duration, parse_duration, Micros, TimeFormat, MICROS_PER_HOUR};
 use expr::Expr;
+pub use secret::Secret;
 use spec::*;
 
 /// A refused pipeline file: `file:line:column: message`.
@@ -170,13 +179,139 @@ pub struct KafkaSource {
     pub brokers: String,
     pub topic: String,
     pub group_id: String,
-    pub start: Option<serde_json::Value>,
+    pub start: StartPolicy,
+    pub security: KafkaSecurity,
+    /// Extra librdkafka properties, in name order.
     pub properties: Vec<(String, String)>,
+}
+
+/// Where a consumer group without committed offsets starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPolicy {
+    Earliest,
+    Latest,
+    /// The first offset at or after this time (µs since the epoch).
+    Timestamp(Micros),
+}
+
+/// `security.protocol` of the Kafka client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KafkaProtocol {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl KafkaProtocol {
+    /// librdkafka's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KafkaProtocol::Plaintext => "plaintext",
+            KafkaProtocol::Ssl => "ssl",
+            KafkaProtocol::SaslPlaintext => "sasl_plaintext",
+            KafkaProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    pub fn uses_tls(self) -> bool {
+        matches!(self, KafkaProtocol::Ssl | KafkaProtocol::SaslSsl)
+    }
+
+    pub fn uses_sasl(self) -> bool {
+        matches!(self, KafkaProtocol::SaslPlaintext | KafkaProtocol::SaslSsl)
+    }
+}
+
+/// TLS and SASL settings of the Kafka client (secrets never print).
+#[derive(Debug, Clone)]
+pub struct KafkaSecurity {
+    pub protocol: KafkaProtocol,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub key_password: Option<Secret>,
+    pub verify_hostname: bool,
+    pub sasl: Option<SaslLogin>,
+}
+
+impl Default for KafkaSecurity {
+    /// Plaintext, no login; hostnames verified once TLS is on.
+    fn default() -> KafkaSecurity {
+        KafkaSecurity {
+            protocol: KafkaProtocol::Plaintext,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            key_password: None,
+            verify_hostname: true,
+            sasl: None,
+        }
+    }
+}
+
+/// A SASL login.
+#[derive(Debug, Clone)]
+pub struct SaslLogin {
+    /// `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` or `GSSAPI`.
+    pub mechanism: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub kerberos_service_name: Option<String>,
+    pub kerberos_principal: Option<String>,
+    pub kerberos_keytab: Option<PathBuf>,
+}
+
+/// How to reach a Redis server: its URL and what the URL cannot carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisEndpoint {
+    /// As written; it may hold a password, so print [`Self::display`].
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// TLS files (`rediss://` only).
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl RedisEndpoint {
+    /// An endpoint given by its URL alone (a command-line override).
+    pub fn from_url(url: impl Into<String>) -> RedisEndpoint {
+        RedisEndpoint {
+            url: url.into(),
+            username: None,
+            password: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+        }
+    }
+
+    /// The URL with its password replaced by `***`, for logs and documents.
+    pub fn display(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// A URL without its password (`scheme://user:***@host`).
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct RedisSink {
-    pub url: String,
+    pub endpoint: RedisEndpoint,
     pub ttl: Option<Micros>,
     pub key_prefix: String,
     /// Values older than this are served as `expired` (falls back to `ttl`).
@@ -263,9 +398,30 @@ impl Pipeline {
     }
 
     /// Parses and validates pipeline YAML; `file` names it in errors.
+    /// `${NAME}` takes the process environment.
     pub fn from_yaml(text: &str, file: &str) -> Result<Pipeline, ConfigError> {
-        let spec: PipelineSpec =
-            serde_saphyr::from_str(text).map_err(|e| yaml_error(file, text, &e))?;
+        Pipeline::from_yaml_with_env(text, file, std::env::vars().collect())
+    }
+
+    /// As [`Pipeline::from_yaml`], with `${NAME}` taken from `env`.
+    pub fn from_yaml_with_env(
+        text: &str,
+        file: &str,
+        env: HashMap<String, String>,
+    ) -> Result<Pipeline, ConfigError> {
+        if text.len() > MAX_FILE_BYTES {
+            return Err(ConfigError {
+                file: file.to_string(),
+                line: 1,
+                column: 1,
+                message: format!(
+                    "file is {} bytes; a pipeline file is at most {MAX_FILE_BYTES}",
+                    text.len()
+                ),
+            });
+        }
+        let spec: PipelineSpec = serde_saphyr::from_str_with_options(text, yaml_options(env))
+            .map_err(|e| yaml_error(file, text, &e))?;
         validate(spec, file)
     }
 
@@ -302,6 +458,29 @@ impl Pipeline {
     }
 }
 
+/// The largest pipeline file read.
+pub const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// Parser limits: far above any real pipeline, far below what makes a
+/// hostile file (deep nesting, alias bombs) expensive.
+fn yaml_options(env: HashMap<String, String>) -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = 32;
+    budget.max_nodes = 50_000;
+    budget.max_events = 200_000;
+    budget.max_aliases = 1_000;
+    budget.max_anchors = 1_000;
+    budget.max_recorded_anchor_events = 20_000;
+    budget.max_recorded_anchor_bytes = 1 << 20;
+    budget.max_total_scalar_bytes = 4 << 20;
+    budget.max_documents = 1;
+    budget.max_merge_keys = 1_000;
+    budget.max_property_expansion_depth = 1;
+    let mut o = serde_saphyr::Options::default().with_properties(env);
+    o.budget = Some(budget);
+    o
+}
+
 fn yaml_error(file: &str, text: &str, e: &serde_saphyr::Error) -> ConfigError {
     let (line, column) = match e.location() {
         Some(l) => (l.line(), l.column()),
@@ -332,6 +511,19 @@ fn clean_yaml_message(msg: &str) -> String {
         None => first,
     };
     let rest = rest.replace("invalid u32", "expected a non-negative integer");
+    // The library says "missing property `NAME`"; the variable's value is
+    // never in the message (it has none, or the library redacts it).
+    let rest = match rest.split_once("missing property `") {
+        Some((before, after)) => {
+            match after.split_once('`') {
+                Some((name, tail)) => {
+                    format!("{before}environment variable {name} is not set (used as ${{{name}}}){tail}")
+                }
+                None => rest.clone(),
+            }
+        }
+        None => rest,
+    };
     rest.trim_end_matches('.').to_string()
 }
 
@@ -353,6 +545,75 @@ impl Ctx<'_> {
         parse_duration(&s.value).map_err(|e| self.err(&s.referenced, format!("{what}: {e}")))
     }
 
+    /// A secret given inline or as a file (not both); the file is read now.
+    /// Errors name the field and the file, never the value.
+    fn secret(
+        &self,
+        value: Option<Spanned<String>>,
+        file: Option<Spanned<String>>,
+        what: &str,
+    ) -> Result<Option<Secret>, ConfigError> {
+        match (value, file) {
+            (Some(_), Some(f)) => Err(self.err(
+                &f.referenced,
+                format!("give {what} or {what}_file, not both"),
+            )),
+            (Some(v), None) => Ok(Some(Secret::new(v.value))),
+            (None, Some(f)) => secret::read_secret_file(&f.value).map(Some).map_err(|e| {
+                self.err(
+                    &f.referenced,
+                    format!("cannot read {what}_file {:?}: {e}", f.value),
+                )
+            }),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// A file that must exist and be readable (TLS certificates, keytabs).
+    fn readable_file(&self, f: &Spanned<String>, what: &str) -> Result<PathBuf, ConfigError> {
+        match std::fs::File::open(&f.value) {
+            Ok(_) => Ok(PathBuf::from(&f.value)),
+            Err(e) => Err(self.err(
+                &f.referenced,
+                format!("cannot read {what} {:?}: {e}", f.value),
+            )),
+        }
+    }
+
+    /// A directory rill creates when missing; refused when it names a file.
+    fn dir_path(&self, p: &Spanned<String>, what: &str) -> Result<PathBuf, ConfigError> {
+        if p.value.trim().is_empty() {
+            return Err(self.err(&p.referenced, format!("{what}: expected a directory")));
+        }
+        let path = PathBuf::from(&p.value);
+        if path.exists() && !path.is_dir() {
+            return Err(self.err(
+                &p.referenced,
+                format!("{what} {:?} exists and is not a directory", p.value),
+            ));
+        }
+        Ok(path)
+    }
+
+    /// A Kafka topic name: 1 to 249 of letters, digits, `.`, `_` and `-`.
+    fn topic_name(&self, t: &Spanned<String>, what: &str) -> Result<(), ConfigError> {
+        let v = &t.value;
+        let ok = !v.is_empty()
+            && v.len() <= 249
+            && v != "."
+            && v != ".."
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(())
+        } else {
+            Err(self.err(
+                &t.referenced,
+                format!("{what} {v:?}: expected 1 to 249 letters, digits, '.', '_' or '-'"),
+            ))
+        }
+    }
+
     fn positive_duration(&self, s: &Spanned<String>, what: &str) -> Result<Micros, ConfigError> {
         let d = self.duration(s, what)?;
         if d <= 0 {
@@ -368,10 +629,20 @@ impl Ctx<'_> {
     }
 }
 
+/// A feature name: ASCII letters, digits and `_`, not starting with a
+/// digit, at most [`MAX_NAME_LEN`] long (a Parquet column, a Redis hash
+/// field, a JSON key and a name in expressions, all as it is).
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+    s.len() <= MAX_NAME_LEN
+        && matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A group name: an identifier that starts with a letter (names starting
+/// with `_` are rill's own directories, such as `_dead_letter`).
+fn is_group_name(s: &str) -> bool {
+    is_identifier(s) && s.starts_with(|c: char| c.is_ascii_alphabetic())
 }
 
 /// Checks a parsed pipeline and turns it into a [`Pipeline`].
@@ -384,11 +655,11 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
         ));
     }
     let name = spec.name.value.clone();
-    if !is_identifier(&name) {
+    if !is_group_name(&name) {
         return Err(cx.err(
             &spec.name.referenced,
             format!(
-                "invalid name {name:?}: expected letters, digits and '_', starting with a letter"
+                "invalid name {name:?}: expected 1 to {MAX_NAME_LEN} letters, digits and '_', starting with a letter"
             ),
         ));
     }
@@ -480,13 +751,10 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
             }
         }
     };
-    let kafka = src.kafka.map(|k| KafkaSource {
-        brokers: k.brokers,
-        topic: k.topic,
-        group_id: k.group_id,
-        start: k.start,
-        properties: k.properties.into_iter().collect(),
-    });
+    let kafka = match src.kafka {
+        Some(k) => Some(kafka_source(&cx, k)?),
+        None => None,
+    };
 
     // Watermark.
     let (mut ooo, mut idle_timeout, mut idle_advance, mut max_future) =
@@ -628,7 +896,7 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
             return Err(cx.err(
                 &n.referenced,
                 format!(
-                    "invalid feature name {:?}: expected letters, digits and '_'",
+                    "invalid feature name {:?}: expected up to {MAX_NAME_LEN} letters, digits and '_', not starting with a digit",
                     n.value
                 ),
             ));
@@ -881,15 +1149,27 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
                 Some(t) => Some(cx.positive_duration(t, "redis max_age")?),
                 None => None,
             };
+            let key_prefix = match &o.redis.key_prefix {
+                Some(k) => {
+                    if !is_safe_token(&k.value) {
+                        return Err(cx.err(
+                            &k.referenced,
+                            format!("invalid key_prefix {:?}: expected 1 to {MAX_NAME_LEN} letters, digits, '_' or '-'", k.value),
+                        ));
+                    }
+                    k.value.clone()
+                }
+                None => "rill".into(),
+            };
             redis = Some(RedisSink {
-                url: o.redis.url,
+                endpoint: redis_endpoint(&cx, o.redis)?,
                 ttl,
-                key_prefix: o.redis.key_prefix.unwrap_or_else(|| "rill".into()),
+                key_prefix,
                 max_age,
             });
         }
         if let Some(o) = s.offline {
-            parquet_path = Some(PathBuf::from(o.parquet.path));
+            parquet_path = Some(cx.dir_path(&o.parquet.path, "parquet path")?);
             if let Some(c) = &o.parquet.compression {
                 parquet_compression = match c.value.as_str() {
                     "lz4" => ParquetCompression::Lz4,
@@ -908,8 +1188,13 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
             }
         }
         if let Some(d) = s.dead_letter {
-            dead_letter_path = d.path.map(PathBuf::from);
-            dead_letter_topic = d.topic;
+            if let Some(p) = &d.path {
+                dead_letter_path = Some(cx.dir_path(p, "dead_letter path")?);
+            }
+            if let Some(t) = d.topic {
+                cx.topic_name(&t, "dead_letter topic")?;
+                dead_letter_topic = Some(t.value);
+            }
         }
     }
     let freshness_sla = match &spec.freshness_sla {
@@ -947,6 +1232,290 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
         freshness_sla,
         source_file: None,
         name_position: (spec.name.referenced.line(), spec.name.referenced.column()),
+    })
+}
+
+/// Names of groups, features and key prefixes are at most this long.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Letters, digits, `_` and `-`, 1 to [`MAX_NAME_LEN`] characters: safe in
+/// a file path, a Redis key and a URL path segment as it is.
+fn is_safe_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn kafka_source(cx: &Ctx<'_>, k: KafkaSpec) -> Result<KafkaSource, ConfigError> {
+    check_brokers(&k.brokers.value).map_err(|e| cx.err(&k.brokers.referenced, e))?;
+    cx.topic_name(&k.topic, "topic")?;
+    if k.group_id.value.trim().is_empty() {
+        return Err(cx.err(
+            &k.group_id.referenced,
+            "group_id: expected a consumer group id",
+        ));
+    }
+    let start = match &k.start {
+        None => StartPolicy::Earliest,
+        Some(v) => parse_start(&v.value).map_err(|e| cx.err(&v.referenced, e))?,
+    };
+    let security = match k.security {
+        Some(sec) => kafka_security(cx, sec.value, sec.referenced)?,
+        None => KafkaSecurity::default(),
+    };
+    Ok(KafkaSource {
+        brokers: k.brokers.value,
+        topic: k.topic.value,
+        group_id: k.group_id.value,
+        start,
+        security,
+        properties: k.properties.into_iter().collect(),
+    })
+}
+
+/// `earliest`, `latest` or `{ timestamp: <RFC 3339> }`.
+fn parse_start(v: &serde_json::Value) -> Result<StartPolicy, String> {
+    const EXPECTED: &str = "expected earliest, latest or { timestamp: <RFC 3339 time> }";
+    match v {
+        serde_json::Value::String(s) if s == "earliest" => Ok(StartPolicy::Earliest),
+        serde_json::Value::String(s) if s == "latest" => Ok(StartPolicy::Latest),
+        serde_json::Value::Object(o) if o.len() == 1 && o.contains_key("timestamp") => {
+            match o.get("timestamp") {
+                Some(serde_json::Value::String(t)) => crate::time::parse_rfc3339(t)
+                    .map(StartPolicy::Timestamp)
+                    .map_err(|e| format!("start timestamp {t:?}: {e}")),
+                _ => Err(format!("start timestamp: {EXPECTED}")),
+            }
+        }
+        serde_json::Value::String(s) => Err(format!("unknown start policy {s:?}: {EXPECTED}")),
+        _ => Err(format!("unknown start policy: {EXPECTED}")),
+    }
+}
+
+/// `host:port[,host:port...]`, each optionally `proto://host:port`.
+pub fn check_brokers(list: &str) -> Result<(), String> {
+    if list.trim().is_empty() {
+        return Err("brokers: expected host:port[,host:port...]".into());
+    }
+    for b in list.split(',') {
+        let b = b.trim();
+        let hostport = b.split_once("://").map_or(b, |(_, r)| r);
+        let Some((host, port)) = hostport.rsplit_once(':') else {
+            return Err(format!("broker {b:?}: expected host:port"));
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty()
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+        {
+            return Err(format!(
+                "broker {b:?}: expected a host name or address before the port"
+            ));
+        }
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => {
+                return Err(format!(
+                    "broker {b:?}: port {port:?} is not a number from 1 to 65535"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn kafka_security(
+    cx: &Ctx<'_>,
+    sec: KafkaSecuritySpec,
+    sec_at: Location,
+) -> Result<KafkaSecurity, ConfigError> {
+    let protocol = match &sec.protocol {
+        None => KafkaProtocol::Plaintext,
+        Some(p) => match p.value.to_ascii_lowercase().as_str() {
+            "plaintext" => KafkaProtocol::Plaintext,
+            "ssl" => KafkaProtocol::Ssl,
+            "sasl_plaintext" => KafkaProtocol::SaslPlaintext,
+            "sasl_ssl" => KafkaProtocol::SaslSsl,
+            other => {
+                return Err(cx.err(
+                    &p.referenced,
+                    format!("unknown security protocol {other:?}: expected plaintext, ssl, sasl_plaintext or sasl_ssl"),
+                ))
+            }
+        },
+    };
+    let at = sec.protocol.as_ref().map(|p| p.referenced);
+    for f in [&sec.ca_file, &sec.cert_file, &sec.key_file]
+        .into_iter()
+        .flatten()
+    {
+        if !protocol.uses_tls() {
+            return Err(cx.err(
+                &f.referenced,
+                format!(
+                    "TLS files need protocol ssl or sasl_ssl, not {}",
+                    protocol.as_str()
+                ),
+            ));
+        }
+    }
+    let ca_file = sec
+        .ca_file
+        .as_ref()
+        .map(|f| cx.readable_file(f, "ca_file"))
+        .transpose()?;
+    let cert_file = sec
+        .cert_file
+        .as_ref()
+        .map(|f| cx.readable_file(f, "cert_file"))
+        .transpose()?;
+    let key_file = sec
+        .key_file
+        .as_ref()
+        .map(|f| cx.readable_file(f, "key_file"))
+        .transpose()?;
+    match (&sec.cert_file, &sec.key_file) {
+        (Some(c), None) => return Err(cx.err(&c.referenced, "cert_file needs key_file")),
+        (None, Some(k)) => return Err(cx.err(&k.referenced, "key_file needs cert_file")),
+        _ => {}
+    }
+    let key_password = cx.secret(sec.key_password, sec.key_password_file, "key_password")?;
+    let sasl = match sec.sasl {
+        None => {
+            if protocol.uses_sasl() {
+                let loc = at.unwrap_or(sec_at);
+                return Err(cx.err(
+                    &loc,
+                    format!("protocol {} needs a sasl: login", protocol.as_str()),
+                ));
+            }
+            None
+        }
+        Some(sasl) => {
+            if !protocol.uses_sasl() {
+                return Err(cx.err(
+                    &sasl.mechanism.referenced,
+                    format!(
+                        "a sasl: login needs protocol sasl_ssl or sasl_plaintext, not {}",
+                        protocol.as_str()
+                    ),
+                ));
+            }
+            let mechanism = sasl.mechanism.value.to_ascii_uppercase();
+            let username = cx
+                .secret(sasl.username, sasl.username_file, "username")?
+                .map(|u| u.expose().to_string());
+            let password = cx.secret(sasl.password, sasl.password_file, "password")?;
+            match mechanism.as_str() {
+                "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512" => {
+                    if username.is_none() || password.is_none() {
+                        return Err(cx.err(
+                            &sasl.mechanism.referenced,
+                            format!("sasl mechanism {mechanism} needs username and password (or password_file)"),
+                        ));
+                    }
+                }
+                "GSSAPI" => {
+                    if !cfg!(feature = "gssapi") {
+                        return Err(cx.err(
+                            &sasl.mechanism.referenced,
+                            "sasl mechanism GSSAPI needs rill built with the gssapi feature (cargo build --features gssapi)",
+                        ));
+                    }
+                }
+                other => {
+                    return Err(cx.err(
+                        &sasl.mechanism.referenced,
+                        format!("unknown sasl mechanism {other:?}: expected PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or GSSAPI"),
+                    ))
+                }
+            }
+            let kerberos_keytab = sasl
+                .kerberos_keytab
+                .as_ref()
+                .map(|f| cx.readable_file(f, "kerberos_keytab"))
+                .transpose()?;
+            Some(SaslLogin {
+                mechanism,
+                username,
+                password,
+                kerberos_service_name: sasl.kerberos_service_name,
+                kerberos_principal: sasl.kerberos_principal,
+                kerberos_keytab,
+            })
+        }
+    };
+    Ok(KafkaSecurity {
+        protocol,
+        ca_file,
+        cert_file,
+        key_file,
+        key_password,
+        verify_hostname: sec.verify_hostname.unwrap_or(true),
+        sasl,
+    })
+}
+
+fn redis_endpoint(cx: &Ctx<'_>, r: RedisSpec) -> Result<RedisEndpoint, ConfigError> {
+    let url = &r.url.value;
+    check_redis_url(url).map_err(|e| cx.err(&r.url.referenced, e))?;
+    let tls = url.starts_with("rediss://");
+    for f in [&r.ca_file, &r.cert_file, &r.key_file]
+        .into_iter()
+        .flatten()
+    {
+        if !tls {
+            return Err(cx.err(&f.referenced, "TLS files need a rediss:// URL"));
+        }
+    }
+    match (&r.cert_file, &r.key_file) {
+        (Some(c), None) => return Err(cx.err(&c.referenced, "cert_file needs key_file")),
+        (None, Some(k)) => return Err(cx.err(&k.referenced, "key_file needs cert_file")),
+        _ => {}
+    }
+    let password = cx.secret(r.password, r.password_file, "password")?;
+    Ok(RedisEndpoint {
+        url: r.url.value.clone(),
+        username: r.username.map(|u| u.value),
+        password,
+        ca_file: r
+            .ca_file
+            .as_ref()
+            .map(|f| cx.readable_file(f, "ca_file"))
+            .transpose()?,
+        cert_file: r
+            .cert_file
+            .as_ref()
+            .map(|f| cx.readable_file(f, "cert_file"))
+            .transpose()?,
+        key_file: r
+            .key_file
+            .as_ref()
+            .map(|f| cx.readable_file(f, "key_file"))
+            .transpose()?,
+    })
+}
+
+/// A Redis URL the client accepts: `redis://`, `rediss://` or
+/// `redis+unix://`/`unix://`, parsed by the client itself. The message
+/// never repeats the URL (it may hold a password).
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    use redis::IntoConnectionInfo;
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    if !matches!(scheme, Some("redis" | "rediss" | "redis+unix" | "unix")) {
+        return Err(format!(
+            "invalid Redis URL {}: expected redis://host:port[/db] or rediss:// (TLS)",
+            redact_url(url)
+        ));
+    }
+    url.into_connection_info().map(|_| ()).map_err(|e| {
+        format!(
+            "invalid Redis URL {}: {}",
+            redact_url(url),
+            e.to_string().replace(url, "<url>")
+        )
     })
 }
 

@@ -96,18 +96,85 @@ impl OneOrMany {
 #[serde(deny_unknown_fields)]
 pub struct KafkaSpec {
     /// Bootstrap servers, `host:port[,host:port]`.
-    pub brokers: String,
+    pub brokers: Spanned<String>,
     /// The topic to consume.
-    pub topic: String,
+    pub topic: Spanned<String>,
     /// Consumer group id; one group per pipeline.
-    pub group_id: String,
+    pub group_id: Spanned<String>,
     /// Where a group without committed offsets starts: `earliest` (default),
     /// `latest`, or `{ timestamp: <RFC 3339> }`.
     #[serde(default)]
-    pub start: Option<serde_json::Value>,
-    /// Extra librdkafka properties passed as they are.
+    pub start: Option<Spanned<serde_json::Value>>,
+    /// TLS and SASL towards the brokers (default: plaintext).
+    #[serde(default)]
+    pub security: Option<Spanned<KafkaSecuritySpec>>,
+    /// Extra librdkafka properties passed as they are (values whose names
+    /// say password, secret, token or key are shown as `***`).
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// How the consumer authenticates to the brokers and protects the link.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSecuritySpec {
+    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default)]
+    pub protocol: Option<Spanned<String>>,
+    /// PEM file of the certificate authorities that sign the brokers'
+    /// certificates (default: the system's trust store).
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    /// PEM client certificate for mutual TLS (with `key_file`).
+    #[serde(default)]
+    pub cert_file: Option<Spanned<String>>,
+    /// PEM private key of the client certificate.
+    #[serde(default)]
+    pub key_file: Option<Spanned<String>>,
+    /// Password of an encrypted `key_file`.
+    #[serde(default)]
+    pub key_password: Option<Spanned<String>>,
+    /// A file holding the password of an encrypted `key_file`.
+    #[serde(default)]
+    pub key_password_file: Option<Spanned<String>>,
+    /// Whether the broker's certificate must name the host connected to
+    /// (default true).
+    #[serde(default)]
+    pub verify_hostname: Option<bool>,
+    /// SASL login (with `sasl_plaintext` or `sasl_ssl`).
+    #[serde(default)]
+    pub sasl: Option<SaslSpec>,
+}
+
+/// A SASL login.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaslSpec {
+    /// `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` or `GSSAPI` (Kerberos,
+    /// when rill is built with the `gssapi` feature).
+    pub mechanism: Spanned<String>,
+    /// The user (PLAIN and SCRAM).
+    #[serde(default)]
+    pub username: Option<Spanned<String>>,
+    /// A file holding the user.
+    #[serde(default)]
+    pub username_file: Option<Spanned<String>>,
+    /// The password (PLAIN and SCRAM); write `${NAME}` to take it from the
+    /// environment.
+    #[serde(default)]
+    pub password: Option<Spanned<String>>,
+    /// A file holding the password (a mounted secret).
+    #[serde(default)]
+    pub password_file: Option<Spanned<String>>,
+    /// Kerberos service name of the brokers (GSSAPI, default `kafka`).
+    #[serde(default)]
+    pub kerberos_service_name: Option<String>,
+    /// Kerberos principal of the client (GSSAPI).
+    #[serde(default)]
+    pub kerberos_principal: Option<String>,
+    /// Keytab file of the client principal (GSSAPI).
+    #[serde(default)]
+    pub kerberos_keytab: Option<Spanned<String>>,
 }
 
 /// Where the event time is.
@@ -297,14 +364,34 @@ pub struct OnlineSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSpec {
-    /// `redis://host:port[/db]`.
-    pub url: String,
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    pub url: Spanned<String>,
+    /// ACL user (instead of the URL's).
+    #[serde(default)]
+    pub username: Option<Spanned<String>>,
+    /// Password of the user (instead of the URL's); `${NAME}` takes it from
+    /// the environment.
+    #[serde(default)]
+    pub password: Option<Spanned<String>>,
+    /// A file holding the password (a mounted secret).
+    #[serde(default)]
+    pub password_file: Option<Spanned<String>>,
+    /// PEM file of the certificate authorities that sign the server's
+    /// certificate (`rediss://` only; default: the system's trust store).
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    /// PEM client certificate for mutual TLS (with `key_file`).
+    #[serde(default)]
+    pub cert_file: Option<Spanned<String>>,
+    /// PEM private key (PKCS #8) of the client certificate.
+    #[serde(default)]
+    pub key_file: Option<Spanned<String>>,
     /// Time to live of each entity's hash, e.g. `7d`.
     #[serde(default)]
     pub ttl: Option<Spanned<String>>,
-    /// Key prefix (default `rill`).
+    /// Key prefix (default `rill`): letters, digits, `_` and `-`.
     #[serde(default)]
-    pub key_prefix: Option<String>,
+    pub key_prefix: Option<Spanned<String>>,
     /// The read API reports a value older than this as `expired` (default: the ttl).
     #[serde(default)]
     pub max_age: Option<Spanned<String>>,
@@ -323,7 +410,7 @@ pub struct OfflineSpec {
 #[serde(deny_unknown_fields)]
 pub struct ParquetSpec {
     /// Root directory; files go to `<path>/<name>/date=YYYY-MM-DD/`.
-    pub path: String,
+    pub path: Spanned<String>,
     /// Page compression: `lz4` (LZ4_RAW, the default), `snappy`, `zstd` or `none`.
     #[serde(default)]
     pub compression: Option<Spanned<String>>,
@@ -335,8 +422,8 @@ pub struct ParquetSpec {
 pub struct DeadLetterSpec {
     /// Directory for dead-letter files.
     #[serde(default)]
-    pub path: Option<String>,
+    pub path: Option<Spanned<String>>,
     /// Kafka topic for dead letters (daemon only).
     #[serde(default)]
-    pub topic: Option<String>,
+    pub topic: Option<Spanned<String>>,
 }

@@ -248,3 +248,311 @@ fn parquet_compression_choices() {
     assert_eq!((e.line, e.column), (11, 52), "{e}");
     assert!(e.message.contains("lz4, snappy, zstd or none"), "{e}");
 }
+
+fn with_env(yaml: &str, env: &[(&str, &str)]) -> Result<Pipeline, ConfigError> {
+    let env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Pipeline::from_yaml_with_env(yaml, "p.yaml", env)
+}
+
+const KAFKA: &str = r#"version: 1
+name: g
+source:
+  kafka:
+    brokers: broker-1.example.com:9093,broker-2.example.com:9093
+    topic: events
+    group_id: rill-g
+    security:
+      protocol: sasl_ssl
+      sasl:
+        mechanism: SCRAM-SHA-512
+        username: ${KAFKA_USER}
+        password: ${KAFKA_PASSWORD}
+  key: [user_id]
+  event_time: { field: ts, format: epoch_millis }
+window:
+  tumbling: { size: 5m }
+features:
+  - { name: n, agg: count }
+sinks:
+  online:
+    redis:
+      url: rediss://default:${REDIS_PASSWORD}@cache.example.com:6380
+"#;
+
+#[test]
+fn environment_variables_fill_plain_scalars() {
+    let p = with_env(
+        KAFKA,
+        &[
+            ("KAFKA_USER", "svc-rill"),
+            ("KAFKA_PASSWORD", "kp-s3cr3t"),
+            ("REDIS_PASSWORD", "rp-s3cr3t"),
+        ],
+    )
+    .expect("valid");
+    let k = p.kafka.as_ref().unwrap();
+    assert_eq!(k.security.protocol, KafkaProtocol::SaslSsl);
+    let sasl = k.security.sasl.as_ref().unwrap();
+    assert_eq!(sasl.mechanism, "SCRAM-SHA-512");
+    assert_eq!(sasl.username.as_deref(), Some("svc-rill"));
+    assert_eq!(sasl.password.as_ref().unwrap().expose(), "kp-s3cr3t");
+    let r = p.redis.as_ref().unwrap();
+    assert_eq!(
+        r.endpoint.url,
+        "rediss://default:rp-s3cr3t@cache.example.com:6380"
+    );
+    assert_eq!(
+        r.endpoint.display(),
+        "rediss://default:***@cache.example.com:6380"
+    );
+    // No printed form of the pipeline holds a secret.
+    let shown = format!("{p:?}");
+    assert!(!shown.contains("kp-s3cr3t"), "{shown}");
+    let cfg = crate::source::kafka::client_config(k, &k.brokers);
+    let described = crate::source::kafka::describe(&cfg).join("\n");
+    assert!(described.contains("sasl.password = ***"), "{described}");
+    assert!(
+        described.contains("security.protocol = sasl_ssl"),
+        "{described}"
+    );
+    assert!(!described.contains("kp-s3cr3t"), "{described}");
+    assert_eq!(cfg.get("sasl.password"), Some("kp-s3cr3t"));
+}
+
+#[test]
+fn a_missing_variable_is_named_and_located() {
+    let e = with_env(KAFKA, &[("KAFKA_USER", "u"), ("REDIS_PASSWORD", "rp")]).unwrap_err();
+    assert_eq!((e.line, e.column), (13, 19), "{e}");
+    assert!(e.message.contains("KAFKA_PASSWORD"), "{e}");
+    assert!(e.message.contains("not set"), "{e}");
+}
+
+#[test]
+fn a_substituted_value_cannot_add_yaml() {
+    // A value with YAML syntax in it stays one string.
+    let injected = "x\nsinks: { online: { redis: { url: redis://evil:1 } } }";
+    let y = BASE.replace("name: g", "name: g\ndescription: ${DESC}");
+    let p = with_env(&y, &[("DESC", injected)]).expect("valid");
+    assert_eq!(p.description.as_deref(), Some(injected));
+    assert!(p.redis.is_none());
+    // Quoted, `${...}` is kept as written.
+    let y = BASE.replace("name: g", "name: g\ndescription: \"${DESC}\"");
+    let p = with_env(&y, &[]).expect("valid");
+    assert_eq!(p.description.as_deref(), Some("${DESC}"));
+}
+
+#[test]
+fn secret_files_are_read_and_their_errors_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("pw");
+    std::fs::write(&f, "file-s3cr3t\n").unwrap();
+    let y = KAFKA.replace(
+        "        password: ${KAFKA_PASSWORD}",
+        &format!("        password_file: {}", f.display()),
+    );
+    let p = with_env(&y, &[("KAFKA_USER", "u"), ("REDIS_PASSWORD", "rp")]).expect("valid");
+    let sasl = p.kafka.unwrap().security.sasl.unwrap();
+    assert_eq!(sasl.password.unwrap().expose(), "file-s3cr3t");
+
+    let y = KAFKA.replace(
+        "        password: ${KAFKA_PASSWORD}",
+        "        password_file: /nonexistent/pw",
+    );
+    let e = with_env(&y, &[("KAFKA_USER", "u"), ("REDIS_PASSWORD", "rp")]).unwrap_err();
+    assert_eq!(e.line, 13, "{e}");
+    assert!(e.message.contains("cannot read password_file"), "{e}");
+
+    let y = KAFKA.replace(
+        "        password: ${KAFKA_PASSWORD}",
+        "        password: a\n        password_file: /x",
+    );
+    let e = with_env(&y, &[("KAFKA_USER", "u"), ("REDIS_PASSWORD", "rp")]).unwrap_err();
+    assert!(e.message.contains("not both"), "{e}");
+}
+
+#[test]
+fn security_settings_are_checked() {
+    let env = [
+        ("KAFKA_USER", "u"),
+        ("KAFKA_PASSWORD", "p"),
+        ("REDIS_PASSWORD", "r"),
+    ];
+    let e = with_env(&KAFKA.replace("protocol: sasl_ssl", "protocol: tls"), &env).unwrap_err();
+    assert!(e.message.contains("unknown security protocol"), "{e}");
+    assert_eq!(e.line, 9, "{e}");
+    let e = with_env(&KAFKA.replace("SCRAM-SHA-512", "SCRAM-MD5"), &env).unwrap_err();
+    assert!(e.message.contains("unknown sasl mechanism"), "{e}");
+    let e = with_env(&KAFKA.replace("protocol: sasl_ssl", "protocol: ssl"), &env).unwrap_err();
+    assert!(e.message.contains("needs protocol sasl_ssl"), "{e}");
+    let e = with_env(
+        &KAFKA.replace("        username: ${KAFKA_USER}\n", ""),
+        &env,
+    )
+    .unwrap_err();
+    assert!(e.message.contains("needs username and password"), "{e}");
+    let e = with_env(
+        &KAFKA.replace(
+            "      protocol: sasl_ssl",
+            "      protocol: ssl\n      ca_file: /nonexistent/ca.pem",
+        ),
+        &env,
+    )
+    .unwrap_err();
+    assert!(e.message.contains("cannot read ca_file"), "{e}");
+    let e = with_env(
+        &KAFKA.replace("mechanism: SCRAM-SHA-512", "mechanism: GSSAPI"),
+        &env,
+    );
+    if !cfg!(feature = "gssapi") {
+        assert!(e.unwrap_err().message.contains("gssapi feature"));
+    }
+}
+
+#[test]
+fn start_policies_brokers_and_urls_are_checked_before_running() {
+    let env = [
+        ("KAFKA_USER", "u"),
+        ("KAFKA_PASSWORD", "p"),
+        ("REDIS_PASSWORD", "r"),
+    ];
+    let at = "    group_id: rill-g\n";
+    for (start, ok) in [
+        ("earliest", true),
+        ("latest", true),
+        ("{ timestamp: 2024-01-01T00:00:00Z }", true),
+        ("yesterday", false),
+        ("{ timestamp: yesterday }", false),
+        ("{ offset: 5 }", false),
+        ("3", false),
+    ] {
+        let y = KAFKA.replace(at, &format!("{at}    start: {start}\n"));
+        let r = with_env(&y, &env);
+        assert_eq!(r.is_ok(), ok, "{start}: {:?}", r.err());
+        if let Err(e) = r {
+            assert_eq!((e.line, e.column), (8, 12), "{e}");
+        }
+    }
+    let p = with_env(
+        &KAFKA.replace(at, &format!("{at}    start: latest\n")),
+        &env,
+    )
+    .unwrap();
+    assert_eq!(p.kafka.unwrap().start, StartPolicy::Latest);
+    for brokers in [
+        "",
+        "broker",
+        "broker:x",
+        "broker:0",
+        "a:1,,b:2",
+        "bad host:9092",
+    ] {
+        let y = KAFKA.replace(
+            "brokers: broker-1.example.com:9093,broker-2.example.com:9093",
+            &format!("brokers: \"{brokers}\""),
+        );
+        let e = with_env(&y, &env).expect_err(brokers);
+        assert_eq!(e.line, 5, "{brokers}: {e}");
+    }
+    for url in ["http://cache:6379", "redis://cache:notaport", "cache:6379"] {
+        let y = KAFKA.replace(
+            "rediss://default:${REDIS_PASSWORD}@cache.example.com:6380",
+            url,
+        );
+        let e = with_env(&y, &env).expect_err(url);
+        assert_eq!(e.line, 23, "{url}: {e}");
+        assert!(e.message.contains("invalid Redis URL"), "{e}");
+    }
+    // A bad URL's message does not repeat its password.
+    let y = KAFKA.replace(
+        "rediss://default:${REDIS_PASSWORD}@cache.example.com:6380",
+        "redis://default:${REDIS_PASSWORD}@cache:badport",
+    );
+    let e = with_env(
+        &y,
+        &env[..2]
+            .iter()
+            .chain([("REDIS_PASSWORD", "pw-leak-check")].iter())
+            .cloned()
+            .collect::<Vec<_>>(),
+    )
+    .unwrap_err();
+    assert!(!e.to_string().contains("pw-leak-check"), "{e}");
+    // Paths: a sink directory that is a file is refused.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let y = format!(
+        "{BASE}sinks:\n  offline:\n    parquet: {{ path: {} }}\n",
+        file.path().display()
+    );
+    let e = with_env(&y, &[]).unwrap_err();
+    assert!(e.message.contains("is not a directory"), "{e}");
+    assert_eq!(e.line, 12, "{e}");
+}
+
+#[test]
+fn names_follow_a_grammar_safe_in_paths_keys_and_urls() {
+    for bad in [
+        "user/spend",
+        "a b",
+        "_private",
+        "1st",
+        "a:b",
+        "a{b}",
+        "é",
+        &"x".repeat(65),
+    ] {
+        let e = err(&BASE.replace("name: g", &format!("name: \"{bad}\"")));
+        assert!(e.message.contains("invalid name"), "{bad}: {e}");
+    }
+    for bad in ["n-1", "a.b", "1n", "a:b"] {
+        let e = err(&BASE.replace("{ name: n,", &format!("{{ name: \"{bad}\",")));
+        assert!(e.message.contains("invalid feature name"), "{bad}: {e}");
+    }
+    let y = format!(
+        "{BASE}sinks:\n  online:\n    redis: {{ url: \"redis://h:1\", key_prefix: \"a:{{b\" }}\n"
+    );
+    assert!(err(&y).message.contains("invalid key_prefix"));
+}
+
+#[test]
+fn hostile_yaml_is_refused_quickly() {
+    // A billion laughs under a field that takes any value: ten levels of
+    // ten aliases each.
+    let mut y = String::from(
+        "version: 1\nname: g\nsource:\n  kafka:\n    brokers: a:1\n    topic: t\n    group_id: g\n    start:\n      a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+    );
+    for i in 1..10 {
+        let prev = format!("*a{}", i - 1);
+        let list = vec![prev.as_str(); 10].join(", ");
+        y.push_str(&format!("      a{i}: &a{i} [{list}]\n"));
+    }
+    y.push_str(&BASE["version: 1\nname: g\nsource:\n".len()..]);
+    let started = std::time::Instant::now();
+    let e = err(&y);
+    let took = started.elapsed();
+    assert!(e.line >= 1, "{e}");
+    assert!(
+        e.message.contains("budget") || e.message.contains("alias") || e.message.contains("limit"),
+        "{e}"
+    );
+    // Not a timing assertion on speed: a refusal within a minute rather
+    // than an expansion that never ends.
+    assert!(took < std::time::Duration::from_secs(60));
+    // Deep nesting.
+    let deep = format!(
+        "version: 1\nname: g\nsource:\n  kafka:\n    brokers: a:1\n    topic: t\n    group_id: g\n    start: {}x{}\n{}",
+        "[".repeat(200),
+        "]".repeat(200),
+        &BASE["version: 1\nname: g\nsource:\n".len()..]
+    );
+    let e = err(&deep);
+    assert!(
+        e.message.contains("depth") || e.message.contains("nest") || e.message.contains("limit"),
+        "{e}"
+    );
+    // Size.
+    let big = format!("{BASE}description: {}\n", "x".repeat(MAX_FILE_BYTES));
+    assert!(err(&big).message.contains("at most"));
+}

@@ -42,7 +42,10 @@ async fn metrics_text(
         )
     } else {
         (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             m.render_classic(),
         )
     }

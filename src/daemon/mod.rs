@@ -100,11 +100,15 @@ pub async fn run(
         let pm = metrics.pipeline(&p.name);
         // With an embedded store (the demo) only an explicit URL means Redis.
         let url = match &opts.embedded {
-            Some(_) => opts.redis_url.clone(),
+            Some(_) => opts
+                .redis_url
+                .clone()
+                .map(crate::config::RedisEndpoint::from_url),
             None => opts
                 .redis_url
                 .clone()
-                .or_else(|| p.redis.as_ref().map(|r| r.url.clone())),
+                .map(crate::config::RedisEndpoint::from_url)
+                .or_else(|| p.redis.as_ref().map(|r| r.endpoint.clone())),
         };
         let layout = online_layout(p);
         let online = url.map(|url| {

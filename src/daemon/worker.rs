@@ -19,7 +19,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -30,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::{Checkpoint, Store, CHECKPOINT_VERSION};
-use crate::config::Pipeline;
+use crate::config::{Pipeline, StartPolicy};
 use crate::engine::{PaneBuf, PartitionedEngine, ProcessingTime};
 use crate::event::{Decoder, Reason, Refusal};
 use crate::metrics::PipelineMetrics;
@@ -273,19 +272,10 @@ impl Worker {
             .clone()
             .ok_or_else(|| anyhow::anyhow!("pipeline {} has no kafka source", p.name))?;
         let brokers = opts.brokers.clone().unwrap_or(kafka.brokers.clone());
-        let (reset, start_ts) = match &kafka.start {
-            None => ("earliest", None),
-            Some(serde_json::Value::String(s)) if s == "earliest" => ("earliest", None),
-            Some(serde_json::Value::String(s)) if s == "latest" => ("latest", None),
-            Some(serde_json::Value::Object(o)) => {
-                let t = o
-                    .get("timestamp")
-                    .and_then(|v| v.as_str())
-                    .and_then(|s| crate::time::parse_rfc3339(s).ok())
-                    .ok_or_else(|| anyhow::anyhow!("start.timestamp must be an RFC 3339 time"))?;
-                ("earliest", Some(t / 1000))
-            }
-            Some(other) => anyhow::bail!("unknown start policy {other}"),
+        let (reset, start_ts) = match kafka.start {
+            StartPolicy::Earliest => ("earliest", None),
+            StartPolicy::Latest => ("latest", None),
+            StartPolicy::Timestamp(t) => ("earliest", Some(t / 1000)),
         };
         let store = Store::new(&opts.state_dir, &p.name, &kafka.topic);
         let ctx = Ctx {
@@ -297,9 +287,8 @@ impl Worker {
             fatal: Mutex::new(None),
             high_watermarks: Mutex::new(HashMap::new()),
         };
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &brokers)
-            .set("group.id", &kafka.group_id)
+        let mut cfg = crate::source::kafka::client_config(&kafka, &brokers);
+        cfg.set("group.id", &kafka.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
@@ -312,6 +301,7 @@ impl Worker {
             .set("partition.assignment.strategy", "range")
             // Statistics carry each partition's high watermark (for the lag).
             .set("statistics.interval.ms", "1000");
+        // The pipeline's own properties override rill's defaults.
         for (k, v) in &kafka.properties {
             cfg.set(k, v);
         }
@@ -322,9 +312,7 @@ impl Worker {
         let parquet_root = opts.data_dir.clone().or(p.parquet_path.clone());
         let dead = match &p.dead_letter_topic {
             Some(t) => DeadLetters::Topic {
-                producer: ClientConfig::new()
-                    .set("bootstrap.servers", &brokers)
-                    .create()?,
+                producer: crate::source::kafka::client_config(&kafka, &brokers).create()?,
                 topic: t.clone(),
             },
             None => {

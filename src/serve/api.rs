@@ -32,7 +32,7 @@ pub enum Store {
 
 #[derive(Clone)]
 pub struct RedisTarget {
-    pub url: String,
+    pub endpoint: crate::config::RedisEndpoint,
     /// Reconnects by itself after Redis restarts.
     pub conn: redis::aio::ConnectionManager,
 }
@@ -47,26 +47,26 @@ impl Store {
         let mut targets: Vec<RedisTarget> = Vec::new();
         let mut group_target = Vec::with_capacity(pipelines.len());
         for p in pipelines {
-            let url = match (override_url, &p.redis) {
-                (Some(u), _) => u.to_string(),
-                (None, Some(r)) => r.url.clone(),
+            let endpoint = match (override_url, &p.redis) {
+                (Some(u), _) => crate::config::RedisEndpoint::from_url(u),
+                (None, Some(r)) => r.endpoint.clone(),
                 (None, None) => {
                     group_target.push(usize::MAX);
                     continue;
                 }
             };
-            let i = match targets.iter().position(|t| t.url == url) {
+            let i = match targets.iter().position(|t| t.endpoint == endpoint) {
                 Some(i) => i,
                 None => {
-                    let client = crate::sink::redis::client(url.as_str())
-                        .map_err(|e| anyhow::anyhow!("redis URL {url:?}: {e}"))?;
+                    let client = crate::sink::redis::client(&endpoint)
+                        .map_err(|e| anyhow::anyhow!("redis {}: {e}", endpoint.display()))?;
                     let config = redis::aio::ConnectionManagerConfig::new()
                         .set_number_of_retries(1)
                         .set_connection_timeout(Some(std::time::Duration::from_millis(500)))
                         .set_response_timeout(Some(std::time::Duration::from_secs(2)));
                     let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-                        .map_err(|e| anyhow::anyhow!("redis {url}: {e}"))?;
-                    targets.push(RedisTarget { url, conn });
+                        .map_err(|e| anyhow::anyhow!("redis {}: {e}", endpoint.display()))?;
+                    targets.push(RedisTarget { endpoint, conn });
                     targets.len() - 1
                 }
             };
@@ -618,7 +618,7 @@ impl ReadApi {
                 }
                 let query = |t: usize, pipe: redis::Pipeline, slots: Vec<usize>| {
                     let mut conn = targets[t].conn.clone();
-                    let url = targets[t].url.clone();
+                    let url = targets[t].endpoint.display();
                     async move {
                         let r: redis::RedisResult<Vec<Vec<Option<String>>>> =
                             pipe.query_async(&mut conn).await;
@@ -645,10 +645,7 @@ impl ReadApi {
                     let got = r.map_err(|e| {
                         ApiError::new(
                             StatusCode::SERVICE_UNAVAILABLE,
-                            format!(
-                                "online store {} unavailable: {e}",
-                                super::registry::redact_url(&url)
-                            ),
+                            format!("online store {url} unavailable: {e}"),
                         )
                     })?;
                     for (slot, row) in slots.into_iter().zip(got) {

@@ -688,7 +688,7 @@ pub fn describe(p: &Pipeline) -> GroupInfo {
                     p.name
                 )
             }),
-            online_url: p.redis.as_ref().map(|r| redact_url(&r.url)),
+            online_url: p.redis.as_ref().map(|r| r.endpoint.display()),
             online_ttl: p.redis.as_ref().and_then(|r| r.ttl.map(format_duration)),
             online_max_age: p
                 .redis
@@ -703,19 +703,7 @@ pub fn describe(p: &Pipeline) -> GroupInfo {
     }
 }
 
-/// A URL without its password.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+pub use crate::config::redact_url;
 
 /// A difference between two versions of a group.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::aggregate::Value;
+use crate::config::RedisEndpoint;
 use crate::engine::{PaneBuf, PaneMeta};
 use crate::event::{EncodedKey, KeyPart};
 
@@ -84,15 +85,71 @@ end
 return written
 "#;
 
-/// A client for `url` whose connections set `TCP_NODELAY`: pipelined
+/// A client for `endpoint` whose connections set `TCP_NODELAY`: pipelined
 /// commands from concurrent callers are sent at once instead of waiting
-/// for the previous reply's ACK (Nagle).
-pub fn client(url: &str) -> redis::RedisResult<redis::Client> {
+/// for the previous reply's ACK (Nagle). The endpoint's user and password
+/// replace the URL's; a `rediss://` URL uses TLS (through the system's
+/// OpenSSL) with the endpoint's CA file and client certificate when given,
+/// else the system's trust store. Errors never hold the password.
+pub fn client(endpoint: &RedisEndpoint) -> redis::RedisResult<redis::Client> {
     use redis::IntoConnectionInfo;
-    let info = url
-        .into_connection_info()?
+    let mut info = endpoint
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| redacted_error(e, endpoint))?
         .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    redis::Client::open(info)
+    let mut redis_info = info.redis_settings().clone();
+    if let Some(u) = &endpoint.username {
+        redis_info = redis_info.set_username(u);
+    }
+    if let Some(p) = &endpoint.password {
+        redis_info = redis_info.set_password(p.expose());
+    }
+    info = info.set_redis_settings(redis_info);
+    let tls_files = endpoint.ca_file.is_some() || endpoint.cert_file.is_some();
+    if !tls_files {
+        return redis::Client::open(info);
+    }
+    let read = |f: &std::path::Path| {
+        std::fs::read(f).map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "cannot read a TLS file",
+                format!("{}: {e}", f.display()),
+            ))
+        })
+    };
+    let root_cert = endpoint.ca_file.as_deref().map(read).transpose()?;
+    let client_tls = match (&endpoint.cert_file, &endpoint.key_file) {
+        (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
+            client_cert: read(c)?,
+            client_key: read(k)?,
+        }),
+        _ => None,
+    };
+    redis::Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+}
+
+/// The client library's error with any trace of the URL's password removed.
+fn redacted_error(e: redis::RedisError, endpoint: &RedisEndpoint) -> redis::RedisError {
+    let text = e.to_string();
+    let safe = match endpoint.password.as_ref() {
+        Some(p) if !p.expose().is_empty() => text.replace(p.expose(), "***"),
+        _ => text,
+    }
+    .replace(&endpoint.url, &endpoint.display());
+    redis::RedisError::from((
+        redis::ErrorKind::InvalidClientConfig,
+        "invalid Redis URL",
+        safe,
+    ))
 }
 
 /// The Redis key of an entity's hash in a group.
@@ -244,7 +301,7 @@ pub const MAX_COALESCE: usize = 65_536;
 
 /// Runs the writer until the channel closes.
 pub async fn run_writer(
-    url: String,
+    endpoint: RedisEndpoint,
     layout: OnlineLayout,
     mut rx: mpsc::Receiver<OnlineMsg>,
     obs: std::sync::Arc<dyn OnlineObserver>,
@@ -255,6 +312,7 @@ pub async fn run_writer(
     let mut rows = 0usize;
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
     let mut closed = false;
+    let mut outage: Option<Instant> = None;
     loop {
         if pending.is_empty() && flushes.is_empty() {
             if closed {
@@ -278,7 +336,17 @@ pub async fn run_writer(
         }
         if !pending.is_empty() {
             let chosen = newest_per_key(&pending);
-            write_all(&url, &mut conn, &script, &layout, &pending, &chosen, &*obs).await;
+            write_all(
+                &endpoint,
+                &mut conn,
+                &mut outage,
+                &script,
+                &layout,
+                &pending,
+                &chosen,
+                &*obs,
+            )
+            .await;
             let done = Instant::now();
             // Rows a newer pane of their key replaced were not written
             // themselves: they count as written when their batch is done.
@@ -364,9 +432,11 @@ const MAX_IN_FLIGHT: usize = 4;
 /// the end of the write). On a failure it reconnects and goes on, with
 /// exponential backoff, from the first round trip not acknowledged (writes
 /// are idempotent under the compare-and-set). Returns once every row is in.
+#[allow(clippy::too_many_arguments)]
 async fn write_all(
-    url: &str,
+    endpoint: &RedisEndpoint,
     conn: &mut Option<redis::aio::MultiplexedConnection>,
+    outage: &mut Option<Instant>,
     script: &redis::Script,
     layout: &OnlineLayout,
     pending: &[OnlineBatch],
@@ -382,17 +452,21 @@ async fn write_all(
         tokio::task::JoinHandle<redis::RedisResult<()>>,
     )> = std::collections::VecDeque::new();
     let mut next = 0;
-    let fail = |e: &redis::RedisError, backoff: Duration| {
+    // An outage is logged when it starts and when it ends, not per retry.
+    let fail = |e: &redis::RedisError, outage: &mut Option<Instant>| {
         obs.failed(&e.to_string());
-        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis write failed, retrying");
+        if outage.is_none() {
+            tracing::warn!(redis = %endpoint.display(), error = %e, "redis unavailable: writes wait and retry (the engine pauses its partitions)");
+            *outage = Some(Instant::now());
+        }
     };
     while at < rows.len() {
         // Keep the pipe full.
         while next < rows.len() && in_flight.len() < MAX_IN_FLIGHT {
-            let c = match connect(url, conn, script).await {
+            let c = match connect(endpoint, conn, script).await {
                 Ok(c) => c.clone(),
                 Err(e) => {
-                    fail(&e, backoff);
+                    fail(&e, outage);
                     break;
                 }
             };
@@ -444,9 +518,12 @@ async fn write_all(
                 }
                 at = end;
                 backoff = Duration::from_millis(50);
+                if let Some(since) = outage.take() {
+                    tracing::info!(redis = %endpoint.display(), lasted_s = since.elapsed().as_secs_f64(), "redis available again");
+                }
             }
             Err(e) => {
-                fail(&e, backoff);
+                fail(&e, outage);
                 // Later round trips may have landed too; they are written
                 // again (the compare-and-set makes that harmless).
                 for (_, _, _, t) in in_flight.drain(..) {
@@ -463,12 +540,12 @@ async fn write_all(
 
 /// The connection, opened (and the script loaded) when there is none.
 async fn connect<'c>(
-    url: &str,
+    endpoint: &RedisEndpoint,
     conn: &'c mut Option<redis::aio::MultiplexedConnection>,
     script: &redis::Script,
 ) -> redis::RedisResult<&'c mut redis::aio::MultiplexedConnection> {
     if conn.is_none() {
-        let client = client(url)?;
+        let client = client(endpoint)?;
         let mut c = tokio::time::timeout(
             Duration::from_secs(5),
             client.get_multiplexed_async_connection(),

@@ -1,4 +1,6 @@
-//! Sources of events: bounded files for replay (`file`). The daemon reads
-//! Kafka itself (`daemon::worker`).
+//! Sources of events: bounded files for replay (`file`) and the Kafka
+//! client settings (`kafka`; the daemon's consumer loop is
+//! `daemon::worker`).
 
 pub mod file;
+pub mod kafka;

@@ -763,7 +763,13 @@ fn redis_compare_and_set_orders_by_window_generation_and_pane() {
             .await
             .expect("send");
             drop(tx);
-            run_writer(redis.url(), layout.clone(), rx, std::sync::Arc::new(Quiet)).await;
+            run_writer(
+                rill::config::RedisEndpoint::from_url(redis.url()),
+                layout.clone(),
+                rx,
+                std::sync::Arc::new(Quiet),
+            )
+            .await;
         });
     };
     let mut c = redis.conn();
@@ -977,5 +983,9 @@ fn metrics_with_three_pipelines_pass_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(text.matches("# HELP rill_events_total ").count(), 1, "{text}");
+    assert_eq!(
+        text.matches("# HELP rill_events_total ").count(),
+        1,
+        "{text}"
+    );
 }
