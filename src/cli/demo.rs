@@ -115,7 +115,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .redis
         .is_none()
         .then(|| Arc::new(EmbeddedStore::default()));
-    let http = a.http.parse()?;
+    let http: std::net::SocketAddr = a.http.parse()?;
+    // The demo serves open: only on loopback.
+    rill::serve::http::check_bind(http, false, false)?;
     let opts = RunOptions {
         pipelines: pipelines.clone(),
         worker: WorkerOptions {
@@ -128,6 +130,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         },
         redis_url: a.redis.clone(),
         http: Some(http),
+        http_options: Default::default(),
         drain_deadline: Duration::from_secs(30),
         embedded: embedded.clone(),
         read_api: true,

@@ -46,6 +46,8 @@ pub struct Args {
     /// Time allowed for the final flush and checkpoint after a signal.
     #[arg(long, default_value = "30s")]
     pub drain_deadline: String,
+    #[command(flatten)]
+    pub http_security: super::serve::HttpArgs,
 }
 
 /// Reads pipeline files and directories.
@@ -113,6 +115,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("--http {:?} is not an address", a.http))?,
         )
     };
+    let http_options = match http {
+        Some(addr) => a.http_security.options(addr)?,
+        None => Default::default(),
+    };
     let opts = RunOptions {
         pipelines: runnable,
         worker: WorkerOptions {
@@ -129,6 +135,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         },
         redis_url: a.redis,
         http,
+        http_options,
         drain_deadline: Duration::from_micros(dd as u64),
         embedded: None,
         read_api: a.read_api,

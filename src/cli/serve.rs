@@ -32,6 +32,40 @@ pub struct Args {
     /// Runtime worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// Who may use the HTTP port and how it is encrypted (`rill serve`, `rill run`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpArgs {
+    /// API keys, one per line (or `sha256:<hex>` of a key): every route
+    /// but /healthz, /readyz and /metrics then needs `Authorization:
+    /// Bearer <key>`.
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
+    /// Serve a non-loopback address without API keys.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS #8) of --tls-cert.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl HttpArgs {
+    /// The server options, after refusing an open non-loopback address.
+    pub fn options(&self, addr: SocketAddr) -> anyhow::Result<rill::serve::http::HttpOptions> {
+        let opts = rill::serve::http::HttpOptions::load(
+            self.api_key_file.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+        )?;
+        rill::serve::http::check_bind(addr, opts.keys.is_some(), self.insecure_no_auth)?;
+        Ok(opts)
+    }
 }
 
 /// Builds the service of `rill serve` (also used by `rill bench serve`).
@@ -63,6 +97,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .parse()
             .with_context(|| format!("--listen {:?} is not an address", a.listen))?,
     };
+    let http = a.http.options(addr)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(a.threads.max(1))
         .enable_all()
@@ -77,17 +112,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        tracing::info!(addr = %local, groups = svc.registry().pipelines().len(), "serving");
-        eprintln!("rill serve: listening on http://{local}/ (catalog at /, API at /v1/features, /openapi.json)");
+        tracing::info!(
+            addr = %local,
+            groups = svc.registry().pipelines().len(),
+            tls = http.tls.is_some(),
+            api_keys = http.keys.is_some(),
+            "serving"
+        );
+        eprintln!(
+            "rill serve: listening on {}://{local}/ (catalog at /, API at /v1/features, /openapi.json){}",
+            http.scheme(),
+            if http.keys.is_some() { "; API keys required" } else { "" }
+        );
         let token = CancellationToken::new();
         rill::daemon::install_signals(token.clone());
         let app = routes::router(svc, true).route("/healthz", axum::routing::get(|| async { "ok\n" }));
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await?;
+        rill::serve::http::serve(listener, app, http, token).await?;
         anyhow::Ok(())
     })
 }

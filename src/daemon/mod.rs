@@ -37,6 +37,8 @@ pub struct RunOptions {
     /// Overrides every pipeline's Redis URL.
     pub redis_url: Option<String>,
     pub http: Option<SocketAddr>,
+    /// Keys, TLS and limits of the HTTP port.
+    pub http_options: crate::serve::http::HttpOptions,
     pub drain_deadline: Duration,
     /// The in-process online store for pipelines without Redis (`rill demo`).
     pub embedded: Option<Arc<EmbeddedStore>>,
@@ -72,10 +74,12 @@ pub async fn run(
     ));
     if let Some(addr) = opts.http {
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        tracing::info!(addr = %listener.local_addr()?, "http listening");
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            tls = opts.http_options.tls.is_some(),
+            api_keys = opts.http_options.keys.is_some(),
+            "http listening"
+        );
         let service = crate::serve::routes::Service {
             api: Arc::new(crate::serve::api::ReadApi {
                 registry: registry.clone(),
@@ -88,10 +92,9 @@ pub async fn run(
         let app = http::router(metrics.clone())
             .merge(crate::serve::routes::router(service, opts.read_api));
         let stop = shutdown.clone();
+        let http_options = opts.http_options.clone();
         http_task = Some(tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
+            let _ = crate::serve::http::serve(listener, app, http_options, stop).await;
         }));
     }
     let mut workers = Vec::new();

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod freshness;
+pub mod http;
 pub mod openapi;
 pub mod page;
 pub mod registry;

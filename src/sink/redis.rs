@@ -173,13 +173,22 @@ pub fn online_key_text(prefix: &str, group: &str, parts: &[String]) -> String {
     s
 }
 
+/// Percent-encodes `%`, `|` (the separator of key values), `{` and `}`
+/// (the hash tag's braces) and control characters (newlines among them),
+/// so that the entity part is injective: two entities never share a key,
+/// and a key never spans lines in `redis-cli` or a log. `:` stays as it
+/// is: the braces delimit the entity, and IDs like `user:42` are common.
 fn escape_into(t: &str, s: &mut String) {
+    use std::fmt::Write as _;
     for c in t.chars() {
         match c {
             '%' => s.push_str("%25"),
             '|' => s.push_str("%7C"),
             '{' => s.push_str("%7B"),
             '}' => s.push_str("%7D"),
+            c if c.is_ascii_control() => {
+                let _ = write!(s, "%{:02X}", c as u8);
+            }
             c => s.push(c),
         }
     }
@@ -635,4 +644,52 @@ fn push_key(prefix: &str, group: &str, key: &EncodedKey, s: &mut String) {
     }
     s.push_str("}:");
     s.push_str(group);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entity() -> impl Strategy<Value = Vec<String>> {
+        let part = proptest::collection::vec(
+            prop_oneof![
+                Just('a'),
+                Just(':'),
+                Just('{'),
+                Just('}'),
+                Just('|'),
+                Just('%'),
+                Just('\n'),
+                Just('\r'),
+                Just('\u{0}'),
+                Just('7'),
+                Just('C'),
+                Just('é'),
+            ],
+            0..6,
+        )
+        .prop_map(|cs| cs.into_iter().collect::<String>());
+        proptest::collection::vec(part, 1..3)
+    }
+
+    proptest! {
+        /// Two different entities (of the same number of key fields) never
+        /// share a Redis key, and no key holds a line break.
+        #[test]
+        fn entity_keys_are_injective(a in entity(), b in entity()) {
+            let ka = online_key_text("rill", "g", &a);
+            let kb = online_key_text("rill", "g", &b);
+            prop_assert!(!ka.contains('\n') && !ka.contains('\r'));
+            if a.len() == b.len() && a != b {
+                prop_assert_ne!(ka, kb);
+            }
+        }
+    }
+
+    #[test]
+    fn keys_with_separators_and_newlines_are_encoded() {
+        let k = online_key_text("rill", "g", &["a|b".into(), "{x}\n:y%".into()]);
+        assert_eq!(k, "rill:{a%7Cb|%7Bx%7D%0A:y%25}:g");
+    }
 }
