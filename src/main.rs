@@ -24,7 +24,8 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| default.into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match args.log_format {
         cli::LogFormat::Json => logs.json().flatten_event(true).init(),
         cli::LogFormat::Text => logs.init(),

@@ -109,6 +109,10 @@ pub struct PipelineMetrics {
     pub freshness_breached: Gauge,
     /// Wall time since the last pane reached each sink (`sink` label).
     pub since_last_write: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// 1 while consumption is paused because the online store is behind.
+    pub consumer_paused: Gauge,
+    /// Times consumption was paused for the online store.
+    pub backpressure_pauses: Counter,
 }
 
 /// Every metric of the process.
@@ -229,6 +233,16 @@ impl Metrics {
             "seconds_since_last_write",
             "Wall time since the last pane reached the sink",
             m.since_last_write.clone(),
+        );
+        r.register(
+            "consumer_paused",
+            "1 while the consumer's partitions are paused because the online store is behind",
+            m.consumer_paused.clone(),
+        );
+        r.register(
+            "backpressure_pauses",
+            "Times consumption was paused because the online store was behind",
+            m.backpressure_pauses.clone(),
         );
         m.watermark_us.store(i64::MIN, Ordering::Relaxed);
         self.pipelines

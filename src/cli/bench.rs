@@ -114,6 +114,7 @@ fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
         checkpoint_interval: Duration::from_micros(ci as u64),
         max_file_rows: 1_000_000,
         instance: "bench".into(),
+        group_instance_id: None,
     };
     let w = Worker::new(rill::plan::Plan::new(&p), opts, Some(tx), pm.clone())?;
     let t = Instant::now();

@@ -127,6 +127,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             checkpoint_interval: Duration::from_secs(5),
             max_file_rows: 1_000_000,
             instance: format!("demo-{}", std::process::id()),
+            group_instance_id: None,
         },
         redis_url: a.redis.clone(),
         http: Some(http),

@@ -46,6 +46,11 @@ pub struct Args {
     /// Time allowed for the final flush and checkpoint after a signal.
     #[arg(long, default_value = "30s")]
     pub drain_deadline: String,
+    /// Kafka static membership: a stable id per instance (`group.instance.id`)
+    /// lets a restarted instance take its partitions back without a
+    /// rebalance. Default: the POD_NAME environment variable when set.
+    #[arg(long, env = "POD_NAME")]
+    pub group_instance_id: Option<String>,
     #[command(flatten)]
     pub http_security: super::serve::HttpArgs,
 }
@@ -132,6 +137,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 std::process::id(),
                 rill::time::Clock::now(&rill::time::SystemClock) / 1000
             ),
+            group_instance_id: a.group_instance_id,
         },
         redis_url: a.redis,
         http,

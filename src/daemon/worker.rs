@@ -54,6 +54,8 @@ pub struct WorkerOptions {
     pub max_file_rows: usize,
     /// Names this process in dead-letter files.
     pub instance: String,
+    /// Kafka static membership (`group.instance.id`), stable across restarts.
+    pub group_instance_id: Option<String>,
 }
 
 /// A rebalance, as seen by the worker after `poll` returns.
@@ -257,6 +259,18 @@ pub struct Worker {
     clock: SystemClock,
     /// Fed from a file (benchmarks): no group, no commits.
     file_mode: bool,
+    /// Online messages the writer had no room for, in order. While any
+    /// wait, the assigned partitions are paused and the loop keeps polling
+    /// (rebalances and the group's liveness go on).
+    stash: std::collections::VecDeque<OnlineMsg>,
+    paused: bool,
+    /// Set while a checkpoint waits for the writer's flush.
+    in_checkpoint: bool,
+    /// Set once a shutdown began: no more records are taken.
+    stopping: bool,
+    runtime: Option<tokio::runtime::Handle>,
+    last_tick: Instant,
+    last_lag: Instant,
 }
 
 impl Worker {
@@ -295,12 +309,18 @@ impl Worker {
             .set("auto.offset.reset", reset)
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
-            // Backpressure blocks the loop while Redis is down; the group
-            // must not evict the consumer for that.
-            .set("max.poll.interval.ms", "86400000")
+            // The loop polls at least every 50 ms, paused or not (a slow
+            // online store pauses the partitions, it does not block the
+            // loop), so the group's default bound holds.
+            .set("max.poll.interval.ms", "300000")
             .set("partition.assignment.strategy", "range")
             // Statistics carry each partition's high watermark (for the lag).
             .set("statistics.interval.ms", "1000");
+        // Static membership: a restarted instance with the same id takes
+        // its partitions back without a rebalance.
+        if let Some(id) = &opts.group_instance_id {
+            cfg.set("group.instance.id", id);
+        }
         // The pipeline's own properties override rill's defaults.
         for (k, v) in &kafka.properties {
             cfg.set(k, v);
@@ -348,6 +368,13 @@ impl Worker {
             metrics,
             clock: SystemClock,
             file_mode: false,
+            stash: std::collections::VecDeque::new(),
+            paused: false,
+            in_checkpoint: false,
+            stopping: false,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            last_tick: Instant::now(),
+            last_lag: Instant::now(),
         })
     }
 
@@ -414,87 +441,232 @@ impl Worker {
     /// Runs until `shutdown` fires, then checkpoints and returns.
     pub fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         self.consumer.subscribe(&[&self.topic])?;
-        let mut last_tick = Instant::now();
         let mut last_ckpt = Instant::now();
-        let mut last_lag = Instant::now();
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
-            let polled = match self.consumer.poll(Duration::from_millis(20)) {
-                None => Polled::Nothing,
-                Some(Ok(msg)) => {
-                    // Copied into a reused buffer: the message borrows the
-                    // consumer, which rebalance handling needs next.
-                    self.record.clear();
-                    if let Some(b) = msg.payload() {
-                        self.record.extend_from_slice(b);
-                    }
-                    Polled::Record {
-                        p: msg.partition(),
-                        offset: msg.offset(),
-                        ts: msg.timestamp().to_millis().map(|ms| ms * 1000),
-                        has_payload: msg.payload().is_some(),
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(p))) => Polled::Eof(p),
-                Some(Err(e)) => Polled::Error(e),
-            };
-            // Rebalance callbacks ran inside poll: apply them before the record.
-            self.handle_rebalances()?;
-            match polled {
-                Polled::Nothing => self.send_online(true)?,
-                Polled::Record {
-                    p,
-                    offset,
-                    ts,
-                    has_payload,
-                } => {
-                    let buf = std::mem::take(&mut self.record);
-                    let r = self.on_record(p, offset, ts, has_payload.then_some(buf.as_slice()));
-                    self.record = buf;
-                    r?
-                }
-                Polled::Eof(p) => {
-                    if let Some(part) = self.parts.get_mut(&p) {
-                        part.at_eof = true;
-                    }
-                    self.engine.set_end_of_log(p as u32, true, &mut self.out);
-                }
-                Polled::Error(e) => {
-                    tracing::warn!(pipeline = %self.p.name, error = %e, "kafka error");
-                }
-            }
-            if last_tick.elapsed() >= Duration::from_millis(50) {
-                last_tick = Instant::now();
-                let now = self.clock.now();
-                self.engine.set_wall_clock(now);
-                self.engine.set_processing_time(now, &mut self.out);
-                let w = self.engine.watermark();
-                self.metrics
-                    .watermark_us
-                    .store(w, std::sync::atomic::Ordering::Relaxed);
-                if w > i64::MIN && w < i64::MAX {
-                    self.metrics.watermark.set(w as f64 / 1e6);
-                    self.metrics.watermark_lag.set((now - w) as f64 / 1e6);
-                }
-            }
-            self.route()?;
-            if last_lag.elapsed() >= Duration::from_secs(2) {
-                last_lag = Instant::now();
-                self.update_lag();
-            }
-            if last_ckpt.elapsed() >= self.opts.checkpoint_interval {
-                self.checkpoint()?;
+            self.step()?;
+            if last_ckpt.elapsed() >= self.opts.checkpoint_interval && self.checkpoint()? {
                 last_ckpt = Instant::now();
             }
         }
-        // Drain: what the engine holds stays in the checkpoint; the sinks
-        // get everything emitted so far.
+        // Drain: take no more records; what the engine holds stays in the
+        // checkpoint, and the sinks get everything emitted so far.
+        self.stopping = true;
+        self.pause_all();
         self.route()?;
+        while !self.stash.is_empty() {
+            self.step()?;
+        }
         self.checkpoint()?;
         tracing::info!(pipeline = %self.p.name, "stopped after a final checkpoint");
         Ok(())
+    }
+
+    /// One turn of the consume loop: give the writer what waits for it,
+    /// poll (records, end of partition, rebalances), and on time: the
+    /// processing-time clock, the watermark gauges and the lag.
+    fn step(&mut self) -> anyhow::Result<()> {
+        if !self.stash.is_empty() {
+            self.wait_for_writer(Duration::from_millis(50));
+            self.retry_stash()?;
+        }
+        // Paused, the poll only serves rebalances and errors: do not wait in it.
+        let wait = if self.paused {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(20)
+        };
+        let polled = match self.consumer.poll(wait) {
+            None => Polled::Nothing,
+            Some(Ok(msg)) => {
+                // Copied into a reused buffer: the message borrows the
+                // consumer, which rebalance handling needs next.
+                self.record.clear();
+                if let Some(b) = msg.payload() {
+                    self.record.extend_from_slice(b);
+                }
+                Polled::Record {
+                    p: msg.partition(),
+                    offset: msg.offset(),
+                    ts: msg.timestamp().to_millis().map(|ms| ms * 1000),
+                    has_payload: msg.payload().is_some(),
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => Polled::Eof(p),
+            Some(Err(e)) => Polled::Error(e),
+        };
+        // Rebalance callbacks ran inside poll: apply them before the record.
+        self.handle_rebalances()?;
+        match polled {
+            Polled::Nothing => self.send_online(true)?,
+            Polled::Record {
+                p,
+                offset,
+                ts,
+                has_payload,
+            } => {
+                let buf = std::mem::take(&mut self.record);
+                let r = self.on_record(p, offset, ts, has_payload.then_some(buf.as_slice()));
+                self.record = buf;
+                r?
+            }
+            Polled::Eof(p) => {
+                if let Some(part) = self.parts.get_mut(&p) {
+                    part.at_eof = true;
+                }
+                self.engine.set_end_of_log(p as u32, true, &mut self.out);
+            }
+            Polled::Error(e) => {
+                tracing::warn!(pipeline = %self.p.name, error = %e, "kafka error");
+            }
+        }
+        if self.last_tick.elapsed() >= Duration::from_millis(50) {
+            self.last_tick = Instant::now();
+            let now = self.clock.now();
+            self.engine.set_wall_clock(now);
+            self.engine.set_processing_time(now, &mut self.out);
+            let w = self.engine.watermark();
+            self.metrics
+                .watermark_us
+                .store(w, std::sync::atomic::Ordering::Relaxed);
+            if w > i64::MIN && w < i64::MAX {
+                self.metrics.watermark.set(w as f64 / 1e6);
+                self.metrics.watermark_lag.set((now - w) as f64 / 1e6);
+            }
+        }
+        self.route()?;
+        if self.last_lag.elapsed() >= Duration::from_secs(2) {
+            self.last_lag = Instant::now();
+            self.update_lag();
+        }
+        Ok(())
+    }
+
+    /// Pauses every assigned partition (backpressure, or draining).
+    fn pause_all(&mut self) {
+        if self.file_mode {
+            return;
+        }
+        self.pause_assigned();
+        if !self.paused {
+            self.paused = true;
+            self.metrics.consumer_paused.set(1);
+            if !self.stopping {
+                self.metrics.backpressure_pauses.inc();
+                tracing::debug!(pipeline = %self.p.name, "online store behind: partitions paused");
+            }
+        }
+    }
+
+    fn pause_assigned(&mut self) {
+        let mut tpl = TopicPartitionList::new();
+        for &p in self.parts.keys() {
+            tpl.add_partition(&self.topic, p);
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.pause(&tpl) {
+                tracing::warn!(pipeline = %self.p.name, error = %e, "pausing partitions");
+            }
+        }
+    }
+
+    /// Resumes the assigned partitions once the writer took everything.
+    fn resume_all(&mut self) {
+        if !self.paused || self.stopping {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for &p in self.parts.keys() {
+            tpl.add_partition(&self.topic, p);
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.resume(&tpl) {
+                tracing::warn!(pipeline = %self.p.name, error = %e, "resuming partitions");
+                return;
+            }
+        }
+        self.paused = false;
+        self.metrics.consumer_paused.set(0);
+        tracing::debug!(pipeline = %self.p.name, "online store caught up: partitions resumed");
+    }
+
+    /// Hands `msg` to the online writer. Benchmarks fed from a file block
+    /// when the writer is full; the consumer stashes the message, pauses
+    /// its partitions and goes on polling.
+    fn offer_online(&mut self, msg: OnlineMsg) -> anyhow::Result<()> {
+        let Some(tx) = &self.online else {
+            return Ok(());
+        };
+        if self.file_mode {
+            return tx
+                .blocking_send(msg)
+                .map_err(|_| anyhow::anyhow!("the redis writer stopped"));
+        }
+        if !self.stash.is_empty() {
+            self.stash.push_back(msg);
+            return Ok(());
+        }
+        match tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                self.stash.push_back(msg);
+                self.pause_all();
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                anyhow::bail!("the redis writer stopped")
+            }
+        }
+    }
+
+    /// Moves stashed messages to the writer while it has room; resumes
+    /// consumption when none is left.
+    fn retry_stash(&mut self) -> anyhow::Result<()> {
+        let Some(tx) = &self.online else {
+            self.stash.clear();
+            return Ok(());
+        };
+        while let Some(msg) = self.stash.pop_front() {
+            match tx.try_send(msg) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(msg)) => {
+                    self.stash.push_front(msg);
+                    return Ok(());
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    anyhow::bail!("the redis writer stopped")
+                }
+            }
+        }
+        self.resume_all();
+        Ok(())
+    }
+
+    /// Waits at most `limit` for the writer to have room (returns at once
+    /// when it has).
+    fn wait_for_writer(&mut self, limit: Duration) {
+        let (Some(tx), Some(rt)) = (&self.online, &self.runtime) else {
+            std::thread::sleep(Duration::from_millis(5));
+            return;
+        };
+        let Some(msg) = self.stash.pop_front() else {
+            return;
+        };
+        let tx = tx.clone();
+        let sent = rt.block_on(async move {
+            match tokio::time::timeout(limit, tx.reserve()).await {
+                Ok(Ok(permit)) => {
+                    permit.send(msg);
+                    None
+                }
+                _ => Some(msg),
+            }
+        });
+        if let Some(msg) = sent {
+            self.stash.push_front(msg);
+        }
     }
 
     fn handle_rebalances(&mut self) -> anyhow::Result<()> {
@@ -519,6 +691,11 @@ impl Worker {
                 Reb::Assign(list) => {
                     for (p, c) in list {
                         self.load_partition(p, c)?;
+                    }
+                    // New partitions start fetching: hold them too while
+                    // the writer is behind or the worker drains.
+                    if self.paused {
+                        self.pause_assigned();
                     }
                 }
             }
@@ -761,9 +938,9 @@ impl Worker {
     /// Hands the buffered online panes to the writer when there are enough
     /// of them, when the oldest waited 2 ms, or when `force`d.
     fn send_online(&mut self, force: bool) -> anyhow::Result<()> {
-        let Some(tx) = &self.online else {
+        if self.online.is_none() {
             return Ok(());
-        };
+        }
         let b = &self.online_buf;
         if b.panes.is_empty()
             || !(force || b.panes.len() >= 2048 || b.emitted.elapsed() >= Duration::from_millis(2))
@@ -778,27 +955,34 @@ impl Worker {
                 emitted: Instant::now(),
             },
         );
-        // A full channel blocks here: consumption pauses until Redis
-        // catches up (backpressure).
-        tx.blocking_send(OnlineMsg::Panes(batch))
-            .map_err(|_| anyhow::anyhow!("the redis writer stopped"))?;
-        Ok(())
+        self.offer_online(OnlineMsg::Panes(batch))
     }
 
     /// Flush sinks, write checkpoints, publish files, commit offsets.
-    pub fn checkpoint(&mut self) -> anyhow::Result<()> {
+    ///
+    /// The state of every partition is taken first (its epoch ends there),
+    /// then the online writer flushes everything emitted up to that point
+    /// while the loop goes on polling (a slow Redis pauses the partitions
+    /// but never stops the group's liveness), and only then are the
+    /// checkpoints stored and their files published. A partition revoked
+    /// meanwhile keeps its last stored checkpoint and its new files are
+    /// removed. Returns false, checkpointing nothing, while the writer is
+    /// behind (the online store is slow or down): the next turn tries again.
+    pub fn checkpoint(&mut self) -> anyhow::Result<bool> {
+        if self.in_checkpoint {
+            return Ok(false);
+        }
         self.route()?;
         self.send_online(true)?;
-        if let Some(tx) = &self.online {
-            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-            tx.blocking_send(OnlineMsg::Flush(done_tx))
-                .map_err(|_| anyhow::anyhow!("the redis writer stopped"))?;
-            done_rx
-                .blocking_recv()
-                .map_err(|_| anyhow::anyhow!("the redis writer stopped"))?;
+        if !self.stash.is_empty() {
+            return Ok(false);
         }
-        self.flush_dead_letters()?;
-        let mut commit = TopicPartitionList::new();
+        struct Taken {
+            generation: u64,
+            ck: Checkpoint,
+            pending: Vec<(PathBuf, PathBuf)>,
+        }
+        let mut taken = Vec::new();
         let ps: Vec<i32> = self.parts.keys().copied().collect();
         for p in ps {
             let state = self
@@ -825,8 +1009,6 @@ impl Worker {
                 state: Some(state),
                 pending_files: pending.clone(),
             };
-            self.store.store(&ck)?;
-            ParquetSink::publish(&pending)?;
             let next_run = run_id(p, part.epoch, part.next_offset);
             if let Some(s) = &mut part.sink {
                 s.set_run_id(&next_run);
@@ -834,7 +1016,51 @@ impl Worker {
             if let DeadLetters::Files { dir } = &self.dead {
                 part.dead = Some(DeadLetterWriter::new(dir, &self.p.name, &next_run));
             }
-            if let Some(o) = part.next_offset {
+            taken.push(Taken {
+                generation: part.generation,
+                ck,
+                pending,
+            });
+        }
+        if self.online.is_some() {
+            let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+            self.offer_online(OnlineMsg::Flush(done_tx))?;
+            self.in_checkpoint = true;
+            let waited = loop {
+                match done_rx.try_recv() {
+                    Ok(()) => break Ok(()),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                        break Err(anyhow::anyhow!("the redis writer stopped"))
+                    }
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                        if self.file_mode {
+                            std::thread::sleep(Duration::from_millis(1));
+                        } else if let Err(e) = self.step() {
+                            break Err(e);
+                        }
+                    }
+                }
+            };
+            self.in_checkpoint = false;
+            waited?;
+        }
+        self.flush_dead_letters()?;
+        let mut commit = TopicPartitionList::new();
+        for t in taken {
+            let p = t.ck.partition;
+            let still_ours = self
+                .parts
+                .get(&p)
+                .is_some_and(|part| part.generation == t.generation);
+            if !still_ours {
+                for (tmp, _) in &t.pending {
+                    let _ = std::fs::remove_file(tmp);
+                }
+                continue;
+            }
+            self.store.store(&t.ck)?;
+            ParquetSink::publish(&t.pending)?;
+            if let Some(o) = t.ck.next_offset {
                 commit.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
             }
         }
@@ -844,7 +1070,7 @@ impl Worker {
             }
         }
         self.metrics.checkpoints.inc();
-        Ok(())
+        Ok(true)
     }
 
     /// Flushes the dead-letter topic's producer (file dead letters are

@@ -989,3 +989,86 @@ fn metrics_with_three_pipelines_pass_promtool() {
         "{text}"
     );
 }
+
+/// Whether a daemon's log says it was assigned a partition.
+fn log_has(dir: &Path, d: &Daemon, what: &str) -> bool {
+    std::fs::read_to_string(dir.join(format!("daemon-{}.log", d.http)))
+        .is_ok_and(|l| l.contains(what))
+}
+
+#[test]
+fn a_rebalance_completes_while_redis_is_down() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut redis = RedisServer::start(&tmp.path().join("redis"));
+    let kafka = Kafka::start();
+    let evs = events(4000, 29);
+    let (a, b) = evs.split_at(2000);
+    kafka.produce(a);
+    let d1 = Daemon::start(tmp.path(), &kafka.brokers(), &redis.url(), &[]);
+    wait_for(120, "the first batch consumed", || {
+        d1.metric("rill_events_total") >= 2000.0
+    });
+    wait_for(120, "a checkpoint", || {
+        d1.metric("rill_checkpoints_total") >= 1.0
+    });
+    // Redis goes away while panes are waiting to be written: the first
+    // instance's writer retries, its checkpoints wait for the flush, and
+    // its consumer must keep serving the group all the same.
+    redis.stop();
+    kafka.produce(b);
+    kafka.sentinels(end_of(&evs));
+    wait_for(120, "failed redis writes", || {
+        d1.metric("rill_redis_errors_total") >= 1.0
+    });
+    let d2 = Daemon::start(tmp.path(), &kafka.brokers(), &redis.url(), &[]);
+    wait_for(120, "the second instance to own a partition while Redis is down", || {
+        log_has(tmp.path(), &d2, "partition assigned")
+    });
+    assert!(
+        d1.metric("rill_redis_errors_total") >= 1.0,
+        "Redis was still down during the rebalance"
+    );
+    redis.restart();
+    let want = group_by(&evs);
+    wait_for_finals(tmp.path(), &want);
+    let (s1, _) = d1.stop();
+    let (s2, _) = d2.stop();
+    assert!(s1.success() && s2.success(), "{s1:?} {s2:?}");
+    assert_same(&final_rows(tmp.path()).expect("no doubled rows"), &want);
+    check_redis(&redis, &want);
+}
+
+#[test]
+fn kill_9_and_an_immediate_restart_resume_within_the_session_timeout() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let kafka = Kafka::start();
+    let evs = events(3000, 31);
+    let (a, b) = evs.split_at(1500);
+    kafka.produce(a);
+    // Static membership as a StatefulSet gives it (librdkafka's mock
+    // cluster does not implement the replacement of a static member, so
+    // here the restart waits for the killed member's 10 s session).
+    let id = ["--group-instance-id", "rill-test-0"];
+    let d1 = Daemon::start(tmp.path(), &kafka.brokers(), &redis.url(), &id);
+    wait_for(120, "the first batch consumed", || {
+        d1.metric("rill_events_total") >= 1500.0
+    });
+    wait_for(120, "a checkpoint", || {
+        d1.metric("rill_checkpoints_total") >= 1.0
+    });
+    d1.kill9();
+    let d2 = Daemon::start(tmp.path(), &kafka.brokers(), &redis.url(), &id);
+    let t = Instant::now();
+    while !log_has(tmp.path(), &d2, "partition assigned") {
+        if t.elapsed() > Duration::from_secs(120) {
+            let log = std::fs::read_to_string(tmp.path().join(format!("daemon-{}.log", d2.http)));
+            panic!("the restarted instance owns nothing after 120 s:\n{log:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kafka.produce(b);
+    kafka.sentinels(end_of(&evs));
+    let want = group_by(&evs);
+    drain_and_check(d2, tmp.path(), &redis, &want);
+}
