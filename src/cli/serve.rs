@@ -53,16 +53,30 @@ pub struct HttpArgs {
     /// PEM private key (PKCS #8) of --tls-cert.
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
+    /// Time a client has to send a request's headers (and a TLS handshake).
+    #[arg(long, default_value = "10s")]
+    pub header_timeout: String,
+    /// Time within which a whole request, its body included, is answered;
+    /// later: 408.
+    #[arg(long, default_value = "30s")]
+    pub request_timeout: String,
 }
 
 impl HttpArgs {
     /// The server options, after refusing an open non-loopback address.
     pub fn options(&self, addr: SocketAddr) -> anyhow::Result<rill::serve::http::HttpOptions> {
-        let opts = rill::serve::http::HttpOptions::load(
+        let mut opts = rill::serve::http::HttpOptions::load(
             self.api_key_file.as_deref(),
             self.tls_cert.as_deref(),
             self.tls_key.as_deref(),
         )?;
+        let secs = |s: &str, flag: &str| -> anyhow::Result<std::time::Duration> {
+            let us = rill::time::parse_duration(s).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+            anyhow::ensure!(us > 0, "{flag}: expected a duration above zero");
+            Ok(std::time::Duration::from_micros(us as u64))
+        };
+        opts.limits.header_timeout = secs(&self.header_timeout, "--header-timeout")?;
+        opts.limits.request_timeout = secs(&self.request_timeout, "--request-timeout")?;
         rill::serve::http::check_bind(addr, opts.keys.is_some(), self.insecure_no_auth)?;
         Ok(opts)
     }

@@ -53,6 +53,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut http_task = None;
+    let names: Vec<&str> = opts.pipelines.iter().map(|p| p.name.as_str()).collect();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        pipelines = %names.join(","),
+        state_dir = %opts.worker.state_dir.display(),
+        group_instance_id = opts.worker.group_instance_id.as_deref().unwrap_or("-"),
+        "rill run starting"
+    );
     let registry = Arc::new(
         crate::serve::registry::Registry::new(opts.pipelines.clone())
             .map_err(|e| anyhow::anyhow!(e))?,

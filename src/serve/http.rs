@@ -180,7 +180,8 @@ impl HttpOptions {
 }
 
 fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_native_tls::TlsAcceptor> {
-    let c = std::fs::read(cert).map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", cert.display()))?;
+    let c =
+        std::fs::read(cert).map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", cert.display()))?;
     let k = std::fs::read(key).map_err(|e| anyhow::anyhow!("--tls-key {}: {e}", key.display()))?;
     let id = tokio_native_tls::native_tls::Identity::from_pkcs8(&c, &k).map_err(|e| {
         anyhow::anyhow!(
@@ -213,21 +214,25 @@ pub fn protect(app: Router, opts: &HttpOptions) -> Router {
     let keys = opts.keys.clone();
     let timeout = opts.limits.request_timeout;
     let app = match keys {
-        Some(keys) => app.layer(axum::middleware::from_fn(move |req: Request, next: Next| {
-            let keys = keys.clone();
-            async move { authorize(&keys, req, next).await }
-        })),
+        Some(keys) => app.layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let keys = keys.clone();
+                async move { authorize(&keys, req, next).await }
+            },
+        )),
         None => app,
     };
-    app.layer(axum::middleware::from_fn(move |req: Request, next: Next| async move {
-        match tokio::time::timeout(timeout, next.run(req)).await {
-            Ok(r) => r,
-            Err(_) => error(
-                StatusCode::REQUEST_TIMEOUT,
-                &format!("request not answered within {}s", timeout.as_secs()),
-            ),
-        }
-    }))
+    app.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| async move {
+            match tokio::time::timeout(timeout, next.run(req)).await {
+                Ok(r) => r,
+                Err(_) => error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!("request not answered within {}s", timeout.as_secs()),
+                ),
+            }
+        },
+    ))
 }
 
 async fn authorize(keys: &ApiKeys, req: Request, next: Next) -> Response {
@@ -377,7 +382,10 @@ mod tests {
         assert!(check_bind(lo, false, false).is_ok());
         assert!(check_bind(v6, false, false).is_ok());
         let e = check_bind(any, false, false).unwrap_err().to_string();
-        assert!(e.contains("--api-key-file") && e.contains("--insecure-no-auth"), "{e}");
+        assert!(
+            e.contains("--api-key-file") && e.contains("--insecure-no-auth"),
+            "{e}"
+        );
         assert!(check_bind(any, true, false).is_ok());
         assert!(check_bind(any, false, true).is_ok());
     }

@@ -9,6 +9,7 @@ mod golden;
 mod join;
 mod registry;
 mod replay;
+mod security;
 mod serve;
 mod util;
 mod validate;

@@ -303,10 +303,21 @@ pub fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, String) {
 
 /// [`http`], or `None` when nothing that speaks HTTP answers.
 pub fn try_http(port: u16, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
+    try_http_with(port, method, path, "", body)
+}
+
+/// [`try_http`] with extra header lines (each ending in `\r\n`).
+pub fn try_http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).ok()?;

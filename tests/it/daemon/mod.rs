@@ -1021,9 +1021,11 @@ fn a_rebalance_completes_while_redis_is_down() {
         d1.metric("rill_redis_errors_total") >= 1.0
     });
     let d2 = Daemon::start(tmp.path(), &kafka.brokers(), &redis.url(), &[]);
-    wait_for(120, "the second instance to own a partition while Redis is down", || {
-        log_has(tmp.path(), &d2, "partition assigned")
-    });
+    wait_for(
+        120,
+        "the second instance to own a partition while Redis is down",
+        || log_has(tmp.path(), &d2, "partition assigned"),
+    );
     assert!(
         d1.metric("rill_redis_errors_total") >= 1.0,
         "Redis was still down during the rebalance"
