@@ -221,3 +221,56 @@ fn sessions_count_their_pages_and_time_on_page() {
         }
     }
 }
+
+/// `rill demo` carries its pipelines: it writes them from any directory,
+/// and they validate.
+#[test]
+fn demo_pipelines_come_from_the_binary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("mine");
+    let out = crate::util::rill()
+        .current_dir(dir.path())
+        .args(["demo", "--write-pipelines"])
+        .arg(&out_dir)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut names: Vec<String> = std::fs::read_dir(&out_dir)
+        .expect("written")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 4, "{names:?}");
+    for n in &names {
+        let ours = std::fs::read_to_string(out_dir.join(n)).expect("read");
+        let repo = std::fs::read_to_string(crate::util::repo(&format!("pipelines/{n}"))).expect("repo copy");
+        assert_eq!(ours, repo, "{n} is the repository's example");
+    }
+    crate::util::run_ok(crate::util::rill().current_dir(dir.path()).arg("validate").arg(&out_dir));
+}
+
+/// `rill demo` started outside the repository runs the built-in pipelines.
+#[test]
+fn demo_runs_from_any_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let child = rill()
+        .current_dir(dir.path())
+        .args(["demo", "--events", "2000", "--rate", "2000"])
+        .args(["--http", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("rill demo");
+    let mut demo = ChildGuard(child);
+    wait_for(120, "the demo to be ready", || {
+        assert!(demo.0.try_wait().expect("wait").is_none(), "rill demo exited");
+        try_http(port, "GET", "/readyz", b"").is_some_and(|(s, _)| s == 200)
+    });
+    let (status, body) = http(port, "GET", "/v1/registry", b"");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["groups"].as_array().map(Vec::len), Some(4), "{v}");
+}
