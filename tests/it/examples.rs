@@ -234,7 +234,11 @@ fn demo_pipelines_come_from_the_binary() {
         .arg(&out_dir)
         .output()
         .expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut names: Vec<String> = std::fs::read_dir(&out_dir)
         .expect("written")
         .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
@@ -243,10 +247,16 @@ fn demo_pipelines_come_from_the_binary() {
     assert_eq!(names.len(), 4, "{names:?}");
     for n in &names {
         let ours = std::fs::read_to_string(out_dir.join(n)).expect("read");
-        let repo = std::fs::read_to_string(crate::util::repo(&format!("pipelines/{n}"))).expect("repo copy");
+        let repo = std::fs::read_to_string(crate::util::repo(&format!("pipelines/{n}")))
+            .expect("repo copy");
         assert_eq!(ours, repo, "{n} is the repository's example");
     }
-    crate::util::run_ok(crate::util::rill().current_dir(dir.path()).arg("validate").arg(&out_dir));
+    crate::util::run_ok(
+        crate::util::rill()
+            .current_dir(dir.path())
+            .arg("validate")
+            .arg(&out_dir),
+    );
 }
 
 /// `rill demo` started outside the repository runs the built-in pipelines.
@@ -266,7 +276,10 @@ fn demo_runs_from_any_directory() {
         .expect("rill demo");
     let mut demo = ChildGuard(child);
     wait_for(120, "the demo to be ready", || {
-        assert!(demo.0.try_wait().expect("wait").is_none(), "rill demo exited");
+        assert!(
+            demo.0.try_wait().expect("wait").is_none(),
+            "rill demo exited"
+        );
         try_http(port, "GET", "/readyz", b"").is_some_and(|(s, _)| s == 200)
     });
     let (status, body) = http(port, "GET", "/v1/registry", b"");

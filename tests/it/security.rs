@@ -636,7 +636,7 @@ sinks:
         if finals.len() >= want.len() {
             break finals;
         }
-        if t.elapsed() > Duration::from_secs(180) {
+        if t.elapsed() > Duration::from_secs(400) {
             panic!(
                 "no final panes over TLS after 180 s; daemon log:\n{}\nstunnel log:\n{}",
                 std::fs::read_to_string(tmp.path().join("daemon.log")).unwrap_or_default(),

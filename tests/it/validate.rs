@@ -78,7 +78,8 @@ fn two_groups_with_one_name_are_refused() {
 fn validate_refuses_what_run_would_refuse() {
     let dir = tempfile::tempdir().expect("tempdir");
     let good = std::fs::read_to_string(repo("pipelines/user_spend_5m.yaml")).expect("example");
-    let kafka = r#"kafka: { brokers: "localhost:9092", topic: transactions, group_id: rill-user-spend }"#;
+    let kafka =
+        r#"kafka: { brokers: "localhost:9092", topic: transactions, group_id: rill-user-spend }"#;
     assert!(good.contains(kafka));
     let file = dir.path().join("a-file");
     std::fs::write(&file, "x").expect("write");
