@@ -834,3 +834,71 @@ fn api_keys_tls_bind_refusal_and_limits_on_the_http_port() {
         "plain HTTP on the TLS port gets no HTTP answer"
     );
 }
+
+/// A SASL login the broker cannot take (the mock cluster has no SASL):
+/// the daemon reports the failure, and neither its log nor its registry
+/// shows the password.
+#[test]
+fn a_failing_sasl_login_never_shows_the_password() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("tx", 1, 1).expect("topic");
+    let password = "kafka-Pa55-not-for-logs";
+    let pipe = tmp.path().join("sasl.yaml");
+    std::fs::write(
+        &pipe,
+        format!(
+            r#"version: 1
+name: sasl_spend
+source:
+  kafka:
+    brokers: {}
+    topic: tx
+    group_id: rill-sasl
+    security:
+      protocol: sasl_plaintext
+      sasl:
+        mechanism: SCRAM-SHA-256
+        username: rill
+        password: ${{RILL_TEST_KAFKA_PASSWORD}}
+  format: json
+  key: [user_id]
+  event_time: {{ field: ts, format: epoch_millis }}
+window: {{ tumbling: {{ size: 5m }} }}
+features:
+  - {{ name: n, agg: count }}
+"#,
+            cluster.bootstrap_servers()
+        ),
+    )
+    .expect("pipeline");
+    let http = free_port();
+    let log = tmp.path().join("daemon.log");
+    let child = rill()
+        .arg("run")
+        .arg(&pipe)
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .env("RILL_TEST_KAFKA_PASSWORD", password)
+        .env("RILL_LOG", "debug")
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("rill run");
+    let mut daemon = ChildGuard(child);
+    wait_for(60, "the daemon to report the failed login", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("ERROR") || l.contains("error"))
+    });
+    for path in ["/v1/registry", "/v1/registry/sasl_spend", "/", "/groups/sasl_spend", "/metrics"] {
+        if let Some((_, body)) = try_http_with(http, "GET", path, "", b"") {
+            assert!(!body.contains(password), "{path} shows the password");
+        }
+    }
+    crate::util::unsafe_kill(daemon.0.id(), "TERM");
+    let _ = daemon.0.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.is_empty());
+    assert!(!text.contains(password), "the log shows the password:\n{text}");
+}
