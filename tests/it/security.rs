@@ -889,7 +889,7 @@ features:
         .expect("rill run");
     let mut daemon = ChildGuard(child);
     wait_for(60, "the daemon to report the failed login", || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("ERROR") || l.contains("error"))
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("SASL") && l.contains("Authentication"))
     });
     for path in ["/v1/registry", "/v1/registry/sasl_spend", "/", "/groups/sasl_spend", "/metrics"] {
         if let Some((_, body)) = try_http_with(http, "GET", path, "", b"") {
