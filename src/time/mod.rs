@@ -314,8 +314,17 @@ pub fn parse_rfc3339_cached(s: &str, cache: &mut DateCache) -> Result<Micros, Ti
     };
     // A leap second (:60) lands on the first second of the next minute.
     let secs = minute_secs + second as i64 - offset_secs;
+    // In UTC the time must stay within years 0000 to 9999, the times RFC
+    // 3339 can write (a leap second or an offset could carry it out).
+    if !(RFC3339_FIRST_SEC..RFC3339_END_SEC).contains(&secs) {
+        return Err(err());
+    }
     Ok(secs * MICROS_PER_SEC + frac)
 }
+
+/// 0000-01-01T00:00:00Z and 10000-01-01T00:00:00Z in seconds since the epoch.
+const RFC3339_FIRST_SEC: i64 = -62_167_219_200;
+const RFC3339_END_SEC: i64 = 253_402_300_800;
 
 /// Formats micros as RFC 3339 UTC with microseconds trimmed to what is needed
 /// (`2024-01-01T00:00:00Z`, `...00.123Z`, `...00.123456Z`).
@@ -535,9 +544,16 @@ mod tests {
             "2024-01-01T00:00:00",
             "2024-01-01T00:00:00.Z",
             "2024-01-01T00:00:00Zjunk",
+            // Found by the fuzzer: a leap second or an offset carrying the
+            // time past the years RFC 3339 can write.
+            "9999-12-31T23:59:60Z",
+            "9999-12-31T23:00:00-01:00",
+            "0000-01-01T00:00:00+00:01",
         ] {
             assert!(parse_rfc3339(s).is_err(), "{s}");
         }
+        assert!(parse_rfc3339("9999-12-31T23:59:59.999999Z").is_ok());
+        assert!(parse_rfc3339("0000-01-01T00:00:00Z").is_ok());
     }
 
     proptest::proptest! {

@@ -5,6 +5,7 @@ mod catalog;
 mod daemon;
 mod docker;
 mod examples;
+mod fuzz_corpus;
 mod golden;
 mod join;
 mod registry;

@@ -889,9 +889,16 @@ features:
         .expect("rill run");
     let mut daemon = ChildGuard(child);
     wait_for(60, "the daemon to report the failed login", || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("SASL") && l.contains("Authentication"))
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("SASL") && l.contains("Authentication"))
     });
-    for path in ["/v1/registry", "/v1/registry/sasl_spend", "/", "/groups/sasl_spend", "/metrics"] {
+    for path in [
+        "/v1/registry",
+        "/v1/registry/sasl_spend",
+        "/",
+        "/groups/sasl_spend",
+        "/metrics",
+    ] {
         if let Some((_, body)) = try_http_with(http, "GET", path, "", b"") {
             assert!(!body.contains(password), "{path} shows the password");
         }
@@ -900,5 +907,8 @@ features:
     let _ = daemon.0.wait();
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!text.is_empty());
-    assert!(!text.contains(password), "the log shows the password:\n{text}");
+    assert!(
+        !text.contains(password),
+        "the log shows the password:\n{text}"
+    );
 }
