@@ -580,6 +580,35 @@ impl Ctx<'_> {
         }
     }
 
+    /// The CA, certificate and key files of a TLS client: each readable,
+    /// the certificate and key together, and none at all when `not_tls`
+    /// says why TLS is off.
+    #[allow(clippy::type_complexity)]
+    fn tls_files(
+        &self,
+        ca: &Option<Spanned<String>>,
+        cert: &Option<Spanned<String>>,
+        key: &Option<Spanned<String>>,
+        not_tls: Option<String>,
+    ) -> Result<(Option<PathBuf>, Option<PathBuf>, Option<PathBuf>), ConfigError> {
+        if let (Some(why), Some(f)) = (&not_tls, [ca, cert, key].into_iter().flatten().next()) {
+            return Err(self.err(&f.referenced, why.clone()));
+        }
+        match (cert, key) {
+            (Some(c), None) => return Err(self.err(&c.referenced, "cert_file needs key_file")),
+            (None, Some(k)) => return Err(self.err(&k.referenced, "key_file needs cert_file")),
+            _ => {}
+        }
+        let read = |f: &Option<Spanned<String>>, what: &str| {
+            f.as_ref().map(|f| self.readable_file(f, what)).transpose()
+        };
+        Ok((
+            read(ca, "ca_file")?,
+            read(cert, "cert_file")?,
+            read(key, "key_file")?,
+        ))
+    }
+
     /// A directory rill creates when missing; refused when it names a file.
     fn dir_path(&self, p: &Spanned<String>, what: &str) -> Result<PathBuf, ConfigError> {
         if p.value.trim().is_empty() {
@@ -1347,40 +1376,14 @@ fn kafka_security(
         },
     };
     let at = sec.protocol.as_ref().map(|p| p.referenced);
-    for f in [&sec.ca_file, &sec.cert_file, &sec.key_file]
-        .into_iter()
-        .flatten()
-    {
-        if !protocol.uses_tls() {
-            return Err(cx.err(
-                &f.referenced,
-                format!(
-                    "TLS files need protocol ssl or sasl_ssl, not {}",
-                    protocol.as_str()
-                ),
-            ));
-        }
-    }
-    let ca_file = sec
-        .ca_file
-        .as_ref()
-        .map(|f| cx.readable_file(f, "ca_file"))
-        .transpose()?;
-    let cert_file = sec
-        .cert_file
-        .as_ref()
-        .map(|f| cx.readable_file(f, "cert_file"))
-        .transpose()?;
-    let key_file = sec
-        .key_file
-        .as_ref()
-        .map(|f| cx.readable_file(f, "key_file"))
-        .transpose()?;
-    match (&sec.cert_file, &sec.key_file) {
-        (Some(c), None) => return Err(cx.err(&c.referenced, "cert_file needs key_file")),
-        (None, Some(k)) => return Err(cx.err(&k.referenced, "key_file needs cert_file")),
-        _ => {}
-    }
+    let not_tls = (!protocol.uses_tls()).then(|| {
+        format!(
+            "TLS files need protocol ssl or sasl_ssl, not {}",
+            protocol.as_str()
+        )
+    });
+    let (ca_file, cert_file, key_file) =
+        cx.tls_files(&sec.ca_file, &sec.cert_file, &sec.key_file, not_tls)?;
     let key_password = cx.secret(sec.key_password, sec.key_password_file, "key_password")?;
     let sasl = match sec.sasl {
         None => {
@@ -1461,40 +1464,18 @@ fn kafka_security(
 fn redis_endpoint(cx: &Ctx<'_>, r: RedisSpec) -> Result<RedisEndpoint, ConfigError> {
     let url = &r.url.value;
     check_redis_url(url).map_err(|e| cx.err(&r.url.referenced, e))?;
-    let tls = url.starts_with("rediss://");
-    for f in [&r.ca_file, &r.cert_file, &r.key_file]
-        .into_iter()
-        .flatten()
-    {
-        if !tls {
-            return Err(cx.err(&f.referenced, "TLS files need a rediss:// URL"));
-        }
-    }
-    match (&r.cert_file, &r.key_file) {
-        (Some(c), None) => return Err(cx.err(&c.referenced, "cert_file needs key_file")),
-        (None, Some(k)) => return Err(cx.err(&k.referenced, "key_file needs cert_file")),
-        _ => {}
-    }
+    let not_tls =
+        (!url.starts_with("rediss://")).then(|| "TLS files need a rediss:// URL".to_string());
+    let (ca_file, cert_file, key_file) =
+        cx.tls_files(&r.ca_file, &r.cert_file, &r.key_file, not_tls)?;
     let password = cx.secret(r.password, r.password_file, "password")?;
     Ok(RedisEndpoint {
         url: r.url.value.clone(),
         username: r.username.map(|u| u.value),
         password,
-        ca_file: r
-            .ca_file
-            .as_ref()
-            .map(|f| cx.readable_file(f, "ca_file"))
-            .transpose()?,
-        cert_file: r
-            .cert_file
-            .as_ref()
-            .map(|f| cx.readable_file(f, "cert_file"))
-            .transpose()?,
-        key_file: r
-            .key_file
-            .as_ref()
-            .map(|f| cx.readable_file(f, "key_file"))
-            .transpose()?,
+        ca_file,
+        cert_file,
+        key_file,
     })
 }
 

@@ -363,22 +363,28 @@ mod tests {
         let keys = ApiKeys::parse(&format!(
             "# team keys\nfirst-key-0123456789\n\nsha256:{hex}  # rotated in\n"
         ))
-        .unwrap();
+        .expect("a valid key file");
         assert!(keys.accepts("first-key-0123456789"));
         assert!(keys.accepts("second-key-0123456789"));
         assert!(!keys.accepts("first-key-012345678"));
         assert!(!keys.accepts(""));
         assert_eq!(format!("{keys:?}"), "ApiKeys(2 keys)");
-        assert_eq!(ApiKeys::parse("short\n").err().unwrap().0, 1);
-        assert_eq!(ApiKeys::parse("\n\nsha256:abc\n").err().unwrap().0, 3);
+        assert_eq!(ApiKeys::parse("short\n").err().expect("too short").0, 1);
+        assert_eq!(
+            ApiKeys::parse("\n\nsha256:abc\n")
+                .err()
+                .expect("bad hash")
+                .0,
+            3
+        );
         assert!(ApiKeys::parse("# none\n").is_err());
     }
 
     #[test]
     fn open_addresses_need_keys_or_an_explicit_choice() {
-        let lo: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
-        let v6: SocketAddr = "[::1]:8080".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:8080".parse().expect("address");
+        let any: SocketAddr = "0.0.0.0:8080".parse().expect("address");
+        let v6: SocketAddr = "[::1]:8080".parse().expect("address");
         assert!(check_bind(lo, false, false).is_ok());
         assert!(check_bind(v6, false, false).is_ok());
         let e = check_bind(any, false, false).unwrap_err().to_string();
