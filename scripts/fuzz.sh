@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs each fuzz target for a fixed time (FUZZ_SECONDS, default 20) on
+# Runs each fuzz target for a fixed time (FUZZ_SECONDS, default 20; seed
+# FUZZ_SEED, default 1, so a run is repeatable) on
 # stable Rust (`-s none`: coverage-guided, without a sanitizer), starting
 # from fuzz/corpus/<target>. A crash stops the script with the input saved
 # under fuzz/artifacts/<target>/: copy it to fuzz/regressions/<target>/
@@ -19,7 +20,7 @@ for t in json_decoder rfc3339 yaml_loader expr_parser; do
   cp -r "corpus/$t/." "$work/"
   status=0
   "../$VENV/bin/cargo-fuzz" run -s none "$t" "$work" -- \
-    -max_total_time="$SECONDS_EACH" -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 \
+    -seed="${FUZZ_SEED:-1}" -max_total_time="$SECONDS_EACH" -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 \
     > "$work.log" 2>&1 || status=$?
   grep -E "^(stat::number_of_executed_units|SUMMARY|==[0-9]+==)" "$work.log" || true
   rm -rf "$work"

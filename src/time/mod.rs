@@ -266,7 +266,11 @@ pub fn parse_rfc3339_cached(s: &str, cache: &mut DateCache) -> Result<Micros, Ti
     // most loggers write them), read at fixed places.
     if let Ok(tail) = <[u8; 8]>::try_from(&b[16..]) {
         if let Some((second, millis)) = seconds_millis_utc(u64::from_le_bytes(tail)) {
-            return Ok((minute_secs + second) * MICROS_PER_SEC + millis * 1000);
+            let secs = minute_secs + second;
+            if !(RFC3339_FIRST_SEC..RFC3339_END_SEC).contains(&secs) {
+                return Err(err());
+            }
+            return Ok(secs * MICROS_PER_SEC + millis * 1000);
         }
     }
     if b[16] != b':' {
@@ -547,6 +551,7 @@ mod tests {
             // Found by the fuzzer: a leap second or an offset carrying the
             // time past the years RFC 3339 can write.
             "9999-12-31T23:59:60Z",
+            "9999-12-31T23:59:60.900Z",
             "9999-12-31T23:00:00-01:00",
             "0000-01-01T00:00:00+00:01",
         ] {
