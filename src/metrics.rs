@@ -113,6 +113,12 @@ pub struct PipelineMetrics {
     pub consumer_paused: Gauge,
     /// Times consumption was paused for the online store.
     pub backpressure_pauses: Counter,
+    /// Failed writes of Parquet files, dead letters or checkpoints.
+    pub storage_errors: Counter,
+    /// 1 while storage writes fail (partitions rewound and paused).
+    pub storage_failing: Gauge,
+    /// Panes written again to an online store that lost its data.
+    pub online_rewrites: Counter,
 }
 
 /// Every metric of the process.
@@ -243,6 +249,21 @@ impl Metrics {
             "backpressure_pauses",
             "Times consumption was paused because the online store was behind",
             m.backpressure_pauses.clone(),
+        );
+        r.register(
+            "storage_errors",
+            "Failed writes of Parquet files, dead letters or checkpoints (each rewinds the partitions to their last checkpoint)",
+            m.storage_errors.clone(),
+        );
+        r.register(
+            "storage_failing",
+            "1 while writes of Parquet files, dead letters or checkpoints fail and the partitions wait to be reloaded",
+            m.storage_failing.clone(),
+        );
+        r.register(
+            "online_rewrites",
+            "Latest panes written again to an online store that lost its data (its marker key was gone)",
+            m.online_rewrites.clone(),
         );
         m.watermark_us.store(i64::MIN, Ordering::Relaxed);
         self.pipelines

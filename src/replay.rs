@@ -77,6 +77,7 @@ impl OnlineFeed {
 
     fn empty(width: usize) -> crate::sink::redis::OnlineBatch {
         crate::sink::redis::OnlineBatch {
+            rewrite: false,
             panes: crate::engine::PaneBuf::new(width),
             generations: Vec::new(),
             emitted: Instant::now(),

@@ -38,6 +38,12 @@ pub struct Checkpoint {
     pub state: Option<PartitionState>,
     /// (temporary, final) paths of the Parquet files this checkpoint publishes.
     pub pending_files: Vec<(PathBuf, PathBuf)>,
+    /// The latest online pane of each key (`sink::redis::recovery`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub online_image: Vec<crate::sink::redis::recovery::ImageEntry>,
+    /// The online store's marker token the image was last written under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

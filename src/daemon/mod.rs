@@ -10,6 +10,7 @@
 //! the process exits at once (the last checkpoint still holds).
 
 pub mod checkpoint;
+pub mod crash_points;
 pub mod http;
 pub mod produce;
 pub mod worker;
@@ -122,14 +123,21 @@ pub async fn run(
                 .or_else(|| p.redis.as_ref().map(|r| r.endpoint.clone())),
         };
         let layout = online_layout(p);
+        let marker = url.as_ref().map(|_| {
+            Arc::new(crate::sink::redis::recovery::LossMarker::new(
+                &layout.prefix,
+                &layout.group,
+            ))
+        });
         let online = url.map(|url| {
             // Full: the worker blocks in `blocking_send` and stops reading.
             let (tx, rx) = mpsc::channel(ONLINE_QUEUE);
-            writers.push(tokio::spawn(crate::sink::redis::run_writer(
+            writers.push(tokio::spawn(crate::sink::redis::run_writer_with_marker(
                 url,
                 layout.clone(),
                 rx,
                 pm.clone(),
+                marker.clone(),
             )));
             tx
         });
@@ -151,7 +159,10 @@ pub async fn run(
             .find(|x| x.pipeline.name == p.name)
             .expect("the registry holds every pipeline")
             .clone();
-        let w = worker::Worker::new(plan, opts.worker.clone(), online, pm)?;
+        let mut w = worker::Worker::new(plan, opts.worker.clone(), online, pm)?;
+        if let Some(m) = marker {
+            w = w.with_marker(m);
+        }
         let token = shutdown.clone();
         let name = p.name.clone();
         let failed = shutdown.clone();

@@ -36,6 +36,7 @@ use crate::metrics::PipelineMetrics;
 use crate::plan::PlanRef;
 use crate::sink::dead_letter::{dead_letter_json, DeadLetterWriter, Position};
 use crate::sink::parquet::ParquetSink;
+use crate::sink::redis::recovery::{LossMarker, OnlineImage};
 use crate::sink::redis::{OnlineBatch, OnlineMsg};
 use crate::time::{Clock, Micros, SystemClock};
 
@@ -222,6 +223,41 @@ struct Part {
     dead: Option<DeadLetterWriter>,
     at_eof: bool,
     high_watermark: Option<i64>,
+    /// First offset read since the partition was loaded.
+    first_offset: Option<i64>,
+    /// The latest online pane of each key, and the store token it was
+    /// written under (kept only with a marker, see `sink::redis::recovery`).
+    image: OnlineImage,
+    image_token: Option<String>,
+}
+
+/// A write to the offline store, the dead letters or the checkpoint store
+/// failed (a full disk, a lost mount). The worker does not stop: it drops
+/// what its partitions computed since their last stored checkpoint,
+/// pauses them, and later reloads them from those checkpoints and reads
+/// again from their offsets (the path of a crash, without the restart).
+#[derive(Debug)]
+struct StorageFailure(anyhow::Error);
+
+impl std::fmt::Display for StorageFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for StorageFailure {}
+
+fn storage(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    anyhow::Error::new(StorageFailure(e.into()))
+}
+
+/// Partitions rewound after a storage failure, waiting to be reloaded.
+struct Rewound {
+    /// Partition -> first offset read since its last load (where to read
+    /// again when its checkpoint holds no offset).
+    parts: BTreeMap<i32, Option<i64>>,
+    retry_at: Instant,
+    backoff: Duration,
 }
 
 /// Where dead letters go: files per partition and checkpoint epoch,
@@ -271,6 +307,16 @@ pub struct Worker {
     runtime: Option<tokio::runtime::Handle>,
     last_tick: Instant,
     last_lag: Instant,
+    /// Set while storage fails: the rewound partitions and when to retry.
+    rewound: Option<Rewound>,
+    /// Since when storage fails (logged once at the start and at the end).
+    storage_failing_since: Option<Instant>,
+    /// The online store's marker (a store that lost its data gets every
+    /// partition's image again), and the version of it last acted on.
+    marker: Option<Arc<LossMarker>>,
+    marker_seen: u64,
+    /// When a backpressure pause was last logged at info.
+    pause_logged: Option<Instant>,
 }
 
 impl Worker {
@@ -350,6 +396,7 @@ impl Worker {
                 panes: PaneBuf::new(p.features.len()),
                 generations: Vec::new(),
                 emitted: Instant::now(),
+                rewrite: false,
             },
             feature_names: p.features.iter().map(|f| f.name.clone()).collect(),
             topic: kafka.topic,
@@ -375,7 +422,58 @@ impl Worker {
             runtime: tokio::runtime::Handle::try_current().ok(),
             last_tick: Instant::now(),
             last_lag: Instant::now(),
+            rewound: None,
+            storage_failing_since: None,
+            marker: None,
+            marker_seen: 0,
+            pause_logged: None,
         })
+    }
+
+    /// Keeps each partition's latest online panes and writes them again
+    /// when `marker` shows the store lost them.
+    pub fn with_marker(mut self, marker: Arc<LossMarker>) -> Worker {
+        self.marker = Some(marker);
+        self
+    }
+
+    /// Writes the image of every partition whose token is not the store's
+    /// current one (the store lost its data, or the partition was restored
+    /// from a checkpoint taken before it did).
+    fn rewrite_images(&mut self) -> anyhow::Result<()> {
+        let Some(m) = &self.marker else {
+            return Ok(());
+        };
+        let (version, token) = m.current();
+        self.marker_seen = version;
+        let Some(token) = token else {
+            return Ok(());
+        };
+        let now = self.clock.now();
+        let ttl = self.p.redis.as_ref().and_then(|r| r.ttl).unwrap_or(0);
+        let width = self.feature_names.len();
+        let mut batches = Vec::new();
+        for (&p, part) in self.parts.iter_mut() {
+            if part.image_token.as_deref() == Some(token.as_str()) {
+                continue;
+            }
+            part.image_token = Some(token.clone());
+            if part.image.is_empty() {
+                continue;
+            }
+            tracing::info!(pipeline = %self.p.name, partition = p, keys = part.image.len(), "writing the partition's latest online panes again");
+            batches.extend(part.image.batches(width, p as u32, now, ttl, 2048));
+        }
+        for (panes, generations) in batches {
+            self.metrics.online_rewrites.inc_by(panes.len() as u64);
+            self.offer_online(OnlineMsg::Panes(OnlineBatch {
+                panes,
+                generations,
+                emitted: Instant::now(),
+                rewrite: true,
+            }))?;
+        }
+        Ok(())
     }
 
     /// Feeds the records of a JSON-lines file through the same path as
@@ -446,9 +544,15 @@ impl Worker {
             if shutdown.is_cancelled() {
                 break;
             }
-            self.step()?;
-            if last_ckpt.elapsed() >= self.opts.checkpoint_interval && self.checkpoint()? {
-                last_ckpt = Instant::now();
+            let turn = self.step().and_then(|()| {
+                if last_ckpt.elapsed() >= self.opts.checkpoint_interval && self.checkpoint()? {
+                    last_ckpt = Instant::now();
+                }
+                Ok(())
+            });
+            match turn {
+                Err(e) if e.downcast_ref::<StorageFailure>().is_some() => self.storage_failed(e),
+                other => other?,
             }
         }
         // Drain: take no more records; what the engine holds stays in the
@@ -468,6 +572,20 @@ impl Worker {
     /// poll (records, end of partition, rebalances), and on time: the
     /// processing-time clock, the watermark gauges and the lag.
     fn step(&mut self) -> anyhow::Result<()> {
+        if self
+            .rewound
+            .as_ref()
+            .is_some_and(|r| r.retry_at <= Instant::now())
+        {
+            self.reload_rewound()?;
+        }
+        if self
+            .marker
+            .as_ref()
+            .is_some_and(|m| m.current().0 != self.marker_seen)
+        {
+            self.rewrite_images()?;
+        }
         if !self.stash.is_empty() {
             self.wait_for_writer(Duration::from_millis(50));
             self.retry_stash()?;
@@ -555,7 +673,16 @@ impl Worker {
             self.metrics.consumer_paused.set(1);
             if !self.stopping {
                 self.metrics.backpressure_pauses.inc();
-                tracing::debug!(pipeline = %self.p.name, "online store behind: partitions paused");
+                // At most one line a minute: a slow store pauses often.
+                if self
+                    .pause_logged
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                {
+                    self.pause_logged = Some(Instant::now());
+                    tracing::info!(pipeline = %self.p.name, pauses = self.metrics.backpressure_pauses.get(), "online store behind: partitions paused until the writer catches up");
+                } else {
+                    tracing::debug!(pipeline = %self.p.name, "online store behind: partitions paused");
+                }
             }
         }
     }
@@ -685,11 +812,17 @@ impl Worker {
                 Reb::Revoke(ps) => {
                     self.route()?;
                     for p in ps {
+                        if let Some(r) = &mut self.rewound {
+                            r.parts.remove(&p);
+                        }
                         self.drop_partition(p);
                     }
                 }
                 Reb::Assign(list) => {
                     for (p, c) in list {
+                        if let Some(r) = &mut self.rewound {
+                            r.parts.remove(&p);
+                        }
                         self.load_partition(p, c)?;
                     }
                     // New partitions start fetching: hold them too while
@@ -729,6 +862,13 @@ impl Worker {
             Some(c) => (c.generation + 1, c.epoch, c.next_offset),
             None => (1, 0, None),
         };
+        let (image, image_token) = match &c {
+            Some(c) if self.marker.is_some() => (
+                OnlineImage::from_entries(&c.online_image),
+                c.online_token.clone(),
+            ),
+            _ => (OnlineImage::default(), None),
+        };
         let prefix = format!("p{p}o");
         let mut sink = self.parquet_root.as_ref().map(|root| {
             ParquetSink::new(root, &self.plan, &run_id(p, epoch, next_offset))
@@ -737,7 +877,7 @@ impl Worker {
         if let Some(c) = &c {
             // Roll forward what the checkpoint published (a crash may have
             // come between writing it and renaming the files).
-            ParquetSink::publish(&c.pending_files)?;
+            ParquetSink::publish(&c.pending_files).map_err(storage)?;
         }
         let mut removed = 0;
         if let Some(s) = &mut sink {
@@ -774,10 +914,16 @@ impl Worker {
             generation,
             next_offset,
             epoch,
+            online_image: image.entries(),
+            online_token: image_token.clone(),
             state: c.and_then(|c| c.state),
             pending_files: Vec::new(),
         };
-        self.store.store(&ck)?;
+        if let Err(e) = self.store.store(&ck) {
+            self.engine.revoke(p as u32, &mut self.out);
+            self.out.clear();
+            return Err(storage(e));
+        }
         self.parts.insert(
             p,
             Part {
@@ -788,8 +934,15 @@ impl Worker {
                 dead,
                 at_eof: false,
                 high_watermark: None,
+                first_offset: None,
+                image,
+                image_token,
             },
         );
+        // Restored from before the store lost its data: write it again.
+        if self.marker.is_some() {
+            self.rewrite_images()?;
+        }
         tracing::info!(pipeline = %self.p.name, partition = p, generation, ?next_offset, "partition assigned");
         Ok(())
     }
@@ -809,6 +962,7 @@ impl Worker {
             return Ok(()); // already in the restored state
         }
         part.next_offset = Some(offset + 1);
+        part.first_offset.get_or_insert(offset);
         self.metrics.records.inc();
         if part.at_eof {
             part.at_eof = false;
@@ -869,7 +1023,7 @@ impl Worker {
         match &mut self.dead {
             DeadLetters::Files { .. } => {
                 if let Some(w) = self.parts.get_mut(&p).and_then(|x| x.dead.as_mut()) {
-                    w.write(r, pos, raw)?;
+                    w.write(r, pos, raw).map_err(storage)?;
                 }
             }
             DeadLetters::Topic { producer, topic } => {
@@ -916,7 +1070,7 @@ impl Worker {
                 continue;
             };
             if let Some(s) = &mut part.sink {
-                s.write_row(m, values)?;
+                s.write_row(m, values).map_err(storage)?;
             }
             if online && !m.retraction {
                 if self.online_buf.panes.is_empty() {
@@ -924,6 +1078,9 @@ impl Worker {
                 }
                 self.online_buf.panes.push(m.clone(), values);
                 self.online_buf.generations.push(part.generation);
+                if self.marker.is_some() {
+                    part.image.note(m, values, part.generation);
+                }
             }
         }
         self.out.clear();
@@ -953,6 +1110,7 @@ impl Worker {
                 panes: PaneBuf::new(self.feature_names.len()),
                 generations: Vec::new(),
                 emitted: Instant::now(),
+                rewrite: false,
             },
         );
         self.offer_online(OnlineMsg::Panes(batch))
@@ -991,13 +1149,17 @@ impl Worker {
                 .expect("every partition of the worker has an engine");
             let part = self.parts.get_mut(&p).expect("listed");
             let mut pending = match &mut part.sink {
-                Some(s) => s.take_pending()?,
+                Some(s) => s.take_pending().map_err(storage)?,
                 None => Vec::new(),
             };
             if let Some(d) = &mut part.dead {
-                pending.extend(d.close_deferred()?);
+                pending.extend(d.close_deferred().map_err(storage)?);
             }
             part.epoch += 1;
+            if self.marker.is_some() {
+                let ttl = self.p.redis.as_ref().and_then(|r| r.ttl).unwrap_or(0);
+                part.image.expire(self.clock.now(), ttl);
+            }
             let ck = Checkpoint {
                 version: CHECKPOINT_VERSION,
                 pipeline: self.p.name.clone(),
@@ -1008,6 +1170,8 @@ impl Worker {
                 epoch: part.epoch,
                 state: Some(state),
                 pending_files: pending.clone(),
+                online_image: part.image.entries(),
+                online_token: part.image_token.clone(),
             };
             let next_run = run_id(p, part.epoch, part.next_offset);
             if let Some(s) = &mut part.sink {
@@ -1022,6 +1186,7 @@ impl Worker {
                 pending,
             });
         }
+        super::crash_points::point("checkpoint.taken");
         if self.online.is_some() {
             let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
             self.offer_online(OnlineMsg::Flush(done_tx))?;
@@ -1058,19 +1223,113 @@ impl Worker {
                 }
                 continue;
             }
-            self.store.store(&t.ck)?;
-            ParquetSink::publish(&t.pending)?;
+            self.store.store(&t.ck).map_err(storage)?;
+            super::crash_points::point("checkpoint.stored");
+            ParquetSink::publish(&t.pending).map_err(storage)?;
             if let Some(o) = t.ck.next_offset {
                 commit.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
             }
         }
+        super::crash_points::point("checkpoint.published");
         if commit.count() > 0 && !self.file_mode {
             if let Err(e) = self.consumer.commit(&commit, CommitMode::Async) {
                 tracing::warn!(pipeline = %self.p.name, error = %e, "offset commit failed (the checkpoint holds the offsets)");
             }
         }
         self.metrics.checkpoints.inc();
+        if self.rewound.is_none() {
+            if let Some(since) = self.storage_failing_since.take() {
+                self.metrics.storage_failing.set(0);
+                tracing::info!(pipeline = %self.p.name, lasted_s = since.elapsed().as_secs_f64(), "storage writable again: checkpoint stored");
+            }
+        }
         Ok(true)
+    }
+
+    /// A storage write failed: every partition goes back to its last
+    /// stored checkpoint (what it computed since is dropped, its temporary
+    /// files removed, its Redis panes superseded by the recomputation's
+    /// higher generation) and is paused until [`Worker::reload_rewound`].
+    fn storage_failed(&mut self, e: anyhow::Error) {
+        self.metrics.storage_errors.inc();
+        self.metrics.storage_failing.set(1);
+        if self.storage_failing_since.is_none() {
+            self.storage_failing_since = Some(Instant::now());
+            tracing::warn!(pipeline = %self.p.name, error = %format!("{e:#}"), "storage write failed (full disk?): partitions rewound to their last checkpoint and paused; retrying");
+        } else {
+            tracing::debug!(pipeline = %self.p.name, error = %format!("{e:#}"), "storage write failed again");
+        }
+        let backoff = self
+            .rewound
+            .as_ref()
+            .map_or(Duration::from_millis(500), |r| {
+                (r.backoff * 2).min(Duration::from_secs(10))
+            });
+        let mut rewound = self.rewound.take().map(|r| r.parts).unwrap_or_default();
+        let mut tpl = TopicPartitionList::new();
+        let ps: Vec<i32> = self.parts.keys().copied().collect();
+        for p in ps {
+            let Some(mut part) = self.parts.remove(&p) else {
+                continue;
+            };
+            self.engine.revoke(p as u32, &mut self.out);
+            let prefix = format!("p{p}o");
+            if let Some(s) = part.sink.take() {
+                s.remove_unpublished(&prefix, &[]);
+            }
+            if let Some(d) = &mut part.dead {
+                d.discard();
+            }
+            rewound.insert(p, part.first_offset);
+            tpl.add_partition(&self.topic, p);
+        }
+        // Panes of the dropped epochs: the recomputation emits them again.
+        self.out.clear();
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.pause(&tpl) {
+                tracing::warn!(pipeline = %self.p.name, error = %e, "pausing partitions");
+            }
+        }
+        self.rewound = Some(Rewound {
+            parts: rewound,
+            retry_at: Instant::now() + backoff,
+            backoff,
+        });
+    }
+
+    /// Reloads the rewound partitions from their stored checkpoints and
+    /// reads them again from the checkpoints' offsets.
+    fn reload_rewound(&mut self) -> anyhow::Result<()> {
+        let Some(r) = &self.rewound else {
+            return Ok(());
+        };
+        let todo: Vec<(i32, Option<i64>)> = r.parts.iter().map(|(&p, &o)| (p, o)).collect();
+        for (p, first) in todo {
+            let c = self.store.load(p).map_err(storage)?;
+            let from = c.as_ref().and_then(|c| c.next_offset).or(first);
+            if let Some(o) = from {
+                self.consumer
+                    .seek(&self.topic, p, Offset::Offset(o), Duration::from_secs(10))
+                    .map_err(|e| {
+                        storage(anyhow::anyhow!(
+                            "seeking partition {p} back to offset {o}: {e}"
+                        ))
+                    })?;
+            }
+            self.load_partition(p, c)?;
+            if let Some(r) = &mut self.rewound {
+                r.parts.remove(&p);
+            }
+            if !self.paused {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&self.topic, p);
+                if let Err(e) = self.consumer.resume(&tpl) {
+                    tracing::warn!(pipeline = %self.p.name, error = %e, "resuming partitions");
+                }
+            }
+        }
+        self.rewound = None;
+        Ok(())
     }
 
     /// Flushes the dead-letter topic's producer (file dead letters are

@@ -274,6 +274,24 @@ impl RedisServer {
         }
     }
 
+    /// Kills the server (SIGKILL) and restarts it on the same port with
+    /// nothing on disk: a Redis without persistence that lost its data.
+    pub fn lose_data_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+        self.restart();
+    }
+
     pub fn conn(&self) -> redis::Connection {
         redis::Client::open(self.url().as_str())
             .expect("url")
@@ -435,4 +453,67 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
             .args(["topic", "create", "--broker", &format!("tcp://{brokers}")])
             .args(["--partitions", &partitions.to_string(), topic]),
     );
+}
+
+/// A TCP proxy in front of `upstream` that holds every chunk of the
+/// server's replies for the current delay (a slow Redis: its commands run,
+/// their answers come late). Set the delay to 0 to end the fault.
+pub struct SlowProxy {
+    pub port: u16,
+    pub delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SlowProxy {
+    pub fn start(upstream: u16, delay_ms: u64) -> SlowProxy {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let delay = Arc::new(AtomicU64::new(delay_ms));
+        let d = delay.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (mut c_read, mut s_write) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_read, &mut s_write);
+                    let _ = s_write.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut s_read, mut c_write) = (server, client);
+                let d = d.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match s_read.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let ms = d.load(Ordering::Relaxed);
+                        if ms > 0 {
+                            std::thread::sleep(Duration::from_millis(ms));
+                        }
+                        if c_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_write.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        SlowProxy {
+            port,
+            delay_ms: delay,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
 }

@@ -16,6 +16,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
+mod faults;
 mod rebalance;
 
 use crate::util::{
@@ -196,6 +197,17 @@ impl Daemon {
     }
 
     fn start_with(dir: &Path, yaml: &str, brokers: &str, redis: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_env(dir, yaml, brokers, redis, extra, &[])
+    }
+
+    fn start_env(
+        dir: &Path,
+        yaml: &str,
+        brokers: &str,
+        redis: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let http = free_port();
         let pipe = dir.join("spend.yaml");
         if !pipe.exists() {
@@ -216,6 +228,7 @@ impl Daemon {
                 &["--checkpoint-interval", "300ms"][..]
             })
             .args(extra)
+            .envs(env.iter().copied())
             .env("RILL_LOG", "info")
             .stderr(std::fs::File::create(dir.join(format!("daemon-{http}.log"))).expect("log"))
             .spawn()
@@ -759,6 +772,7 @@ fn redis_compare_and_set_orders_by_window_generation_and_pane() {
                 panes,
                 generations,
                 emitted: Instant::now(),
+                rewrite: false,
             }))
             .await
             .expect("send");

@@ -31,6 +31,9 @@
 //! the engine thread blocks on it: consumption pauses and memory stays
 //! bounded.
 
+pub mod recovery;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -246,6 +249,9 @@ pub struct OnlineBatch {
     pub generations: Vec<u64>,
     /// When the panes were emitted (latency).
     pub emitted: Instant,
+    /// Panes written again to a store that lost them ([`recovery`]): the
+    /// TTL is what was left of it since the pane was emitted.
+    pub rewrite: bool,
 }
 
 /// How a group's rows are written.
@@ -312,8 +318,20 @@ pub const MAX_COALESCE: usize = 65_536;
 pub async fn run_writer(
     endpoint: RedisEndpoint,
     layout: OnlineLayout,
+    rx: mpsc::Receiver<OnlineMsg>,
+    obs: std::sync::Arc<dyn OnlineObserver>,
+) {
+    run_writer_with_marker(endpoint, layout, rx, obs, None).await
+}
+
+/// Runs the writer until the channel closes, keeping `marker` in the store
+/// (checked on every new connection and at every flush, see [`recovery`]).
+pub async fn run_writer_with_marker(
+    endpoint: RedisEndpoint,
+    layout: OnlineLayout,
     mut rx: mpsc::Receiver<OnlineMsg>,
     obs: std::sync::Arc<dyn OnlineObserver>,
+    marker: Option<Arc<recovery::LossMarker>>,
 ) {
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     let script = redis::Script::new(CAS_SCRIPT);
@@ -354,6 +372,7 @@ pub async fn run_writer(
                 &pending,
                 &chosen,
                 &*obs,
+                marker.as_deref(),
             )
             .await;
             let done = Instant::now();
@@ -370,6 +389,25 @@ pub async fn run_writer(
             }
             pending.clear();
             rows = 0;
+        }
+        if !flushes.is_empty() {
+            if let Some(m) = &marker {
+                // A store that lost its data while idle shows it here; an
+                // unreachable one is checked again on reconnection.
+                let checked = async {
+                    let c = connect(&endpoint, &mut conn, &script, None).await?;
+                    m.check(c, &layout.group).await
+                };
+                if let Ok(Err(e)) | Err(e) = tokio::time::timeout(Duration::from_secs(2), checked)
+                    .await
+                    .map_err(|_| {
+                        redis::RedisError::from((redis::ErrorKind::Io, "marker check timed out"))
+                    })
+                {
+                    tracing::debug!(error = %e, "online store marker not checked");
+                    conn = None;
+                }
+            }
         }
         for f in flushes.drain(..) {
             let _ = f.send(());
@@ -451,6 +489,7 @@ async fn write_all(
     pending: &[OnlineBatch],
     rows: &[(u32, u32)],
     obs: &dyn OnlineObserver,
+    marker: Option<&recovery::LossMarker>,
 ) {
     let mut backoff = Duration::from_millis(50);
     let mut at = 0;
@@ -472,7 +511,14 @@ async fn write_all(
     while at < rows.len() {
         // Keep the pipe full.
         while next < rows.len() && in_flight.len() < MAX_IN_FLIGHT {
-            let c = match connect(endpoint, conn, script).await {
+            let c = match connect(
+                endpoint,
+                conn,
+                script,
+                marker.map(|m| (m, layout.group.as_str())),
+            )
+            .await
+            {
                 Ok(c) => c.clone(),
                 Err(e) => {
                     fail(&e, outage);
@@ -514,6 +560,9 @@ async fn write_all(
                 debug_assert_eq!(start, at);
                 let done = Instant::now();
                 obs.written_latency(done - started);
+                if done - started >= SLOW_WRITE {
+                    log_slow_write(endpoint, done - started);
+                }
                 // Report per batch: rows are sorted by batch.
                 let mut i = start;
                 while i < end {
@@ -547,11 +596,32 @@ async fn write_all(
     }
 }
 
+/// A round trip this long is reported as a slow store.
+const SLOW_WRITE: Duration = Duration::from_secs(1);
+
+/// Logs a slow round trip, at most once a minute per process.
+fn log_slow_write(endpoint: &RedisEndpoint, took: Duration) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    if (last == 0 || now >= last + 60)
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(redis = %endpoint.display(), took_s = took.as_secs_f64(), "redis slow: one write round trip took over a second (rill_redis_write_seconds has the distribution)");
+    }
+}
+
 /// The connection, opened (and the script loaded) when there is none.
 async fn connect<'c>(
     endpoint: &RedisEndpoint,
     conn: &'c mut Option<redis::aio::MultiplexedConnection>,
     script: &redis::Script,
+    marker: Option<(&recovery::LossMarker, &str)>,
 ) -> redis::RedisResult<&'c mut redis::aio::MultiplexedConnection> {
     if conn.is_none() {
         let client = client(endpoint)?;
@@ -568,6 +638,10 @@ async fn connect<'c>(
             .query_async(&mut c)
             .await?;
         debug_assert_eq!(loaded, script.get_hash());
+        // A new connection may reach a restarted, emptied store.
+        if let Some((m, group)) = marker {
+            m.check(&mut c, group).await?;
+        }
         *conn = Some(c);
     }
     Ok(conn.as_mut().expect("connected above"))
@@ -598,10 +672,18 @@ fn pipeline(
             let (m, values) = batch.panes.get(r as usize);
             nulls.clear();
             let set = values.iter().filter(|v| !matches!(v, Value::Null)).count();
+            let ttl = if batch.rewrite && layout.ttl_ms > 0 {
+                let age_ms = (crate::time::Clock::now(&crate::time::SystemClock) - m.emitted_at)
+                    .max(0) as u64
+                    / 1000;
+                layout.ttl_ms.saturating_sub(age_ms).max(1)
+            } else {
+                layout.ttl_ms
+            };
             cmd.arg(m.window_end)
                 .arg(batch.generations[r as usize])
                 .arg(m.pane_index)
-                .arg(layout.ttl_ms)
+                .arg(ttl)
                 .arg(4 + 2 * set)
                 .arg(values.len() - set)
                 .arg("_window_start")
