@@ -311,6 +311,9 @@ pub struct Worker {
     rewound: Option<Rewound>,
     /// Since when storage fails (logged once at the start and at the end).
     storage_failing_since: Option<Instant>,
+    /// The offsets the partitions had read when storage failed: the fault
+    /// is over once a checkpoint stores offsets as far.
+    storage_reached: BTreeMap<i32, i64>,
     /// The online store's marker (a store that lost its data gets every
     /// partition's image again), and the version of it last acted on.
     marker: Option<Arc<LossMarker>>,
@@ -424,6 +427,7 @@ impl Worker {
             last_lag: Instant::now(),
             rewound: None,
             storage_failing_since: None,
+            storage_reached: BTreeMap::new(),
             marker: None,
             marker_seen: 0,
             pause_logged: None,
@@ -1211,6 +1215,7 @@ impl Worker {
         }
         self.flush_dead_letters()?;
         let mut commit = TopicPartitionList::new();
+        let mut stored = BTreeMap::new();
         for t in taken {
             let p = t.ck.partition;
             let still_ours = self
@@ -1225,6 +1230,7 @@ impl Worker {
             }
             self.store.store(&t.ck).map_err(storage)?;
             super::crash_points::point("checkpoint.stored");
+            stored.insert(p, t.ck.next_offset.unwrap_or(-1));
             ParquetSink::publish(&t.pending).map_err(storage)?;
             if let Some(o) = t.ck.next_offset {
                 commit.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
@@ -1237,7 +1243,12 @@ impl Worker {
             }
         }
         self.metrics.checkpoints.inc();
-        if self.rewound.is_none() {
+        let caught_up = self
+            .storage_reached
+            .iter()
+            .all(|(p, &o)| !self.parts.contains_key(p) || stored.get(p).is_some_and(|&s| s >= o));
+        if self.rewound.is_none() && caught_up {
+            self.storage_reached.clear();
             if let Some(since) = self.storage_failing_since.take() {
                 self.metrics.storage_failing.set(0);
                 tracing::info!(pipeline = %self.p.name, lasted_s = since.elapsed().as_secs_f64(), "storage writable again: checkpoint stored");
@@ -1281,6 +1292,10 @@ impl Worker {
                 d.discard();
             }
             rewound.insert(p, part.first_offset);
+            if let Some(o) = part.next_offset {
+                let r = self.storage_reached.entry(p).or_insert(o);
+                *r = (*r).max(o);
+            }
             tpl.add_partition(&self.topic, p);
         }
         // Panes of the dropped epochs: the recomputation emits them again.

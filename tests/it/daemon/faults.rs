@@ -385,6 +385,9 @@ fn a_slow_redis_pauses_consumption_reports_it_and_loses_nothing() {
         d.metric("rill_backpressure_pauses_total") >= 1.0
     });
     // The slow writes show in the write latency.
+    wait_for(60, "a slow write acknowledged", || {
+        d.metric("rill_redis_write_seconds_count") >= 1.0
+    });
     let m = d.metrics();
     let sum = d.metric("rill_redis_write_seconds_sum");
     let count = d.metric("rill_redis_write_seconds_count");
