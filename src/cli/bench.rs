@@ -67,6 +67,10 @@ pub struct DaemonArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Run without the online image the daemon keeps to rewrite a Redis
+    /// that lost its data (to measure what it costs).
+    #[arg(long)]
+    pub without_online_image: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -90,11 +94,19 @@ fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
         .build()?;
     let (tx, rx) = tokio::sync::mpsc::channel(rill::daemon::ONLINE_QUEUE);
     let layout = rill::daemon::online_layout(&p);
-    let writer = rt.spawn(rill::sink::redis::run_writer(
+    // As `rill run` does: a marker in Redis and each partition's image.
+    let marker = (!a.without_online_image).then(|| {
+        Arc::new(rill::sink::redis::recovery::LossMarker::new(
+            &layout.prefix,
+            &layout.group,
+        ))
+    });
+    let writer = rt.spawn(rill::sink::redis::run_writer_with_marker(
         rill::config::RedisEndpoint::from_url(a.redis.clone()),
         layout,
         rx,
         pm.clone(),
+        marker.clone(),
     ));
     let mut p = p;
     if p.kafka.is_none() {
@@ -116,7 +128,10 @@ fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
         instance: "bench".into(),
         group_instance_id: None,
     };
-    let w = Worker::new(rill::plan::Plan::new(&p), opts, Some(tx), pm.clone())?;
+    let mut w = Worker::new(rill::plan::Plan::new(&p), opts, Some(tx), pm.clone())?;
+    if let Some(m) = marker {
+        w = w.with_marker(m);
+    }
     let t = Instant::now();
     let n = w.run_file(&a.input, a.rate)?;
     rt.block_on(writer)?;
