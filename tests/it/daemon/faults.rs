@@ -577,10 +577,16 @@ fn soak_one_hour_at_a_steady_rate() {
     };
     let started = Instant::now();
     let mut samples = Vec::new();
+    let mut second = 0u64;
     for (m, chunk) in all.chunks(per_minute as usize).enumerate() {
         for part in chunk.chunks(100) {
             log.produce(&kafka, part);
-            std::thread::sleep(Duration::from_secs(1));
+            // Paced by the wall clock: 100 events every second.
+            second += 1;
+            let due = started + Duration::from_secs(second);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
         }
         let kib = rss(d.child.id());
         eprintln!("soak minute {}: RSS {} MiB", m + 1, kib / 1024);
