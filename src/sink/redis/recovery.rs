@@ -19,7 +19,6 @@
 //! left. The checkpoint stores the new token only after that rewrite is
 //! acknowledged, so a crash in between rewrites again.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -31,20 +30,28 @@ use crate::engine::{PaneBuf, PaneMeta, Timing};
 use crate::event::EncodedKey;
 use crate::time::Micros;
 
-/// The latest online pane of each key of one partition.
+/// The latest online pane of each key of one partition: rows and their
+/// values in two flat vectors (a short key is inline in its row), found
+/// through an index of row numbers, so that noting a pane touches the
+/// index, one row and one run of values.
 #[derive(Debug, Default, Clone)]
 pub struct OnlineImage {
-    rows: HashMap<Vec<u8>, ImageRow, rustc_hash::FxBuildHasher>,
+    index: hashbrown::HashTable<u32>,
+    rows: Vec<ImageRow>,
+    /// `width` values per row.
+    values: Vec<Value>,
+    width: usize,
 }
 
 #[derive(Debug, Clone)]
 struct ImageRow {
+    hash: u64,
+    key: EncodedKey,
     window_start: Micros,
     window_end: Micros,
     emitted_at: Micros,
     generation: u64,
     pane: u32,
-    values: Vec<Value>,
 }
 
 impl ImageRow {
@@ -66,36 +73,60 @@ pub struct ImageEntry {
     pub values: Vec<Value>,
 }
 
+fn hash_of(key: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(key)
+}
+
 impl OnlineImage {
     /// Keeps `m` if it is not older than the key's row (the order of the
     /// compare-and-set).
     pub fn note(&mut self, m: &PaneMeta, values: &[Value], generation: u64) {
-        let rank = (m.window_end, generation, m.pane_index);
-        match self.rows.get_mut(m.key.bytes()) {
-            Some(r) => {
-                if rank >= r.rank() {
+        let key = m.key.bytes();
+        let h = hash_of(key);
+        let rows = &self.rows;
+        let found = self
+            .index
+            .find(h, |&i| {
+                let r = &rows[i as usize];
+                r.hash == h && r.key.bytes() == key
+            })
+            .copied();
+        match found {
+            Some(i) => {
+                let r = &mut self.rows[i as usize];
+                if (m.window_end, generation, m.pane_index) >= r.rank() {
                     r.window_start = m.window_start;
                     r.window_end = m.window_end;
                     r.emitted_at = m.emitted_at;
                     r.generation = generation;
                     r.pane = m.pane_index;
-                    r.values.clone_from_slice(values);
+                    let w = self.width;
+                    self.values[i as usize * w..(i as usize + 1) * w].clone_from_slice(values);
                 }
             }
-            None => {
-                self.rows.insert(
-                    m.key.bytes().to_vec(),
-                    ImageRow {
-                        window_start: m.window_start,
-                        window_end: m.window_end,
-                        emitted_at: m.emitted_at,
-                        generation,
-                        pane: m.pane_index,
-                        values: values.to_vec(),
-                    },
-                );
-            }
+            None => self.push(h, m.key.clone(), m, values, generation),
         }
+    }
+
+    fn push(&mut self, h: u64, key: EncodedKey, m: &PaneMeta, values: &[Value], generation: u64) {
+        if self.rows.is_empty() {
+            self.width = values.len();
+        }
+        debug_assert_eq!(values.len(), self.width);
+        let i = self.rows.len() as u32;
+        self.rows.push(ImageRow {
+            hash: h,
+            key,
+            window_start: m.window_start,
+            window_end: m.window_end,
+            emitted_at: m.emitted_at,
+            generation,
+            pane: m.pane_index,
+        });
+        self.values.extend_from_slice(values);
+        let rows = &self.rows;
+        self.index.insert_unique(h, i, |&j| rows[j as usize].hash);
     }
 
     pub fn len(&self) -> usize {
@@ -108,9 +139,43 @@ impl OnlineImage {
 
     /// Forgets the keys whose TTL (µs, 0: none) ran out by `now`.
     pub fn expire(&mut self, now: Micros, ttl: Micros) {
-        if ttl > 0 {
-            self.rows
-                .retain(|_, r| r.emitted_at.saturating_add(ttl) > now);
+        if ttl == 0
+            || self
+                .rows
+                .iter()
+                .all(|r| r.emitted_at.saturating_add(ttl) > now)
+        {
+            return;
+        }
+        let w = self.width;
+        let mut kept = OnlineImage::default();
+        for (i, r) in self.rows.iter().enumerate() {
+            if r.emitted_at.saturating_add(ttl) > now {
+                let meta = self.meta(r, 0);
+                kept.push(
+                    r.hash,
+                    r.key.clone(),
+                    &meta,
+                    &self.values[i * w..(i + 1) * w],
+                    r.generation,
+                );
+            }
+        }
+        *self = kept;
+    }
+
+    fn meta(&self, r: &ImageRow, partition: u32) -> PaneMeta {
+        PaneMeta {
+            key: r.key.clone(),
+            window_start: r.window_start,
+            window_end: r.window_end,
+            pane_index: r.pane,
+            timing: Timing::OnTime,
+            is_final: false,
+            retraction: false,
+            partition,
+            emitted_at: r.emitted_at,
+            watermark: None,
         }
     }
 
@@ -127,27 +192,13 @@ impl OnlineImage {
         let mut out = Vec::new();
         let mut panes = PaneBuf::new(width);
         let mut gens = Vec::new();
-        let mut keys: Vec<&Vec<u8>> = self.rows.keys().collect();
-        keys.sort_unstable();
-        for k in keys {
-            let r = &self.rows[k];
+        for (i, r) in self.rows.iter().enumerate() {
             if ttl > 0 && r.emitted_at.saturating_add(ttl) <= now {
                 continue;
             }
             panes.push(
-                PaneMeta {
-                    key: EncodedKey::new(k),
-                    window_start: r.window_start,
-                    window_end: r.window_end,
-                    pane_index: r.pane,
-                    timing: Timing::OnTime,
-                    is_final: false,
-                    retraction: false,
-                    partition,
-                    emitted_at: r.emitted_at,
-                    watermark: None,
-                },
-                &r.values,
+                self.meta(r, partition),
+                &self.values[i * self.width..(i + 1) * self.width],
             );
             gens.push(r.generation);
             if panes.len() >= chunk {
@@ -166,24 +217,27 @@ impl OnlineImage {
     /// The rows for a checkpoint, sorted by key.
     pub fn entries(&self) -> Vec<ImageEntry> {
         let b64 = base64::engine::general_purpose::STANDARD;
+        let w = self.width;
         let mut v: Vec<ImageEntry> = self
             .rows
             .iter()
-            .map(|(k, r)| ImageEntry {
-                key: b64.encode(k),
+            .enumerate()
+            .map(|(i, r)| ImageEntry {
+                key: b64.encode(r.key.bytes()),
                 window_start: r.window_start,
                 window_end: r.window_end,
                 emitted_at: r.emitted_at,
                 generation: r.generation,
                 pane: r.pane,
-                values: r.values.clone(),
+                values: self.values[i * w..(i + 1) * w].to_vec(),
             })
             .collect();
         v.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         v
     }
 
-    /// The image of a checkpoint's rows (entries that do not decode are skipped).
+    /// The image of a checkpoint's rows (entries that do not decode, or
+    /// whose width differs from the first's, are skipped).
     pub fn from_entries(entries: &[ImageEntry]) -> OnlineImage {
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut img = OnlineImage::default();
@@ -191,19 +245,75 @@ impl OnlineImage {
             let Ok(k) = b64.decode(&e.key) else {
                 continue;
             };
-            img.rows.insert(
-                k,
-                ImageRow {
-                    window_start: e.window_start,
-                    window_end: e.window_end,
-                    emitted_at: e.emitted_at,
-                    generation: e.generation,
-                    pane: e.pane,
-                    values: e.values.clone(),
-                },
-            );
+            if !img.rows.is_empty() && e.values.len() != img.width {
+                continue;
+            }
+            let key = EncodedKey::new(&k);
+            let meta = PaneMeta {
+                key: key.clone(),
+                window_start: e.window_start,
+                window_end: e.window_end,
+                pane_index: e.pane,
+                timing: Timing::OnTime,
+                is_final: false,
+                retraction: false,
+                partition: 0,
+                emitted_at: e.emitted_at,
+                watermark: None,
+            };
+            img.note(&meta, &e.values, e.generation);
         }
         img
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pane(key: &str, end: Micros, pane: u32, emitted_at: Micros) -> PaneMeta {
+        PaneMeta {
+            key: EncodedKey::new(key.as_bytes()),
+            window_start: end - 10,
+            window_end: end,
+            pane_index: pane,
+            timing: Timing::OnTime,
+            is_final: true,
+            retraction: false,
+            partition: 0,
+            emitted_at,
+            watermark: None,
+        }
+    }
+
+    #[test]
+    fn the_image_keeps_the_newest_pane_per_key_and_survives_a_checkpoint() {
+        let mut img = OnlineImage::default();
+        img.note(&pane("a", 20, 0, 1), &[Value::Int(1)], 1);
+        img.note(&pane("a", 10, 0, 2), &[Value::Int(2)], 1); // older window: ignored
+        img.note(&pane("b", 10, 0, 3), &[Value::Int(3)], 1);
+        img.note(&pane("a", 20, 0, 4), &[Value::Int(4)], 2); // later generation wins
+        let back = OnlineImage::from_entries(&img.entries());
+        let rows = |i: &OnlineImage| {
+            let (p, g) = i.batches(1, 0, 0, 0, 10).remove(0);
+            let mut v: Vec<(Vec<u8>, Micros, Vec<Value>, u64)> = p
+                .iter()
+                .zip(g)
+                .map(|((m, v), g)| (m.key.bytes().to_vec(), m.window_end, v.to_vec(), g))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let want = vec![
+            (b"a".to_vec(), 20, vec![Value::Int(4)], 2),
+            (b"b".to_vec(), 10, vec![Value::Int(3)], 1),
+        ];
+        assert_eq!(rows(&img), want);
+        assert_eq!(rows(&back), want);
+        // TTL: b, emitted at 3, is gone at 3 + 5.
+        img.expire(8, 5);
+        assert_eq!(img.len(), 1);
+        assert_eq!(rows(&img)[0].0, b"a".to_vec());
     }
 }
 
