@@ -811,10 +811,23 @@ impl Worker {
         }
         let events: Vec<Reb> =
             std::mem::take(&mut *self.consumer.context().events.lock().expect("lock"));
+        // A storage failure does not stop the rebalance: every partition is
+        // still dropped or taken (a partition that could not be loaded
+        // waits among the rewound ones), and the failure is returned last.
+        let mut failed: Option<anyhow::Error> = None;
+        let mut keep = |r: anyhow::Result<()>| -> anyhow::Result<()> {
+            match r {
+                Err(e) if e.downcast_ref::<StorageFailure>().is_some() => {
+                    failed.get_or_insert(e);
+                    Ok(())
+                }
+                other => other,
+            }
+        };
         for ev in events {
             match ev {
                 Reb::Revoke(ps) => {
-                    self.route()?;
+                    keep(self.route())?;
                     for p in ps {
                         if let Some(r) = &mut self.rewound {
                             r.parts.remove(&p);
@@ -827,7 +840,7 @@ impl Worker {
                         if let Some(r) = &mut self.rewound {
                             r.parts.remove(&p);
                         }
-                        self.load_partition(p, c)?;
+                        keep(self.load_partition(p, c))?;
                     }
                     // New partitions start fetching: hold them too while
                     // the writer is behind or the worker drains.
@@ -837,7 +850,10 @@ impl Worker {
                 }
             }
         }
-        Ok(())
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn drop_partition(&mut self, p: i32) {
@@ -858,7 +874,30 @@ impl Worker {
         tracing::info!(pipeline = %self.p.name, partition = p, "partition revoked");
     }
 
+    /// Takes partition `p` from its checkpoint. When storage fails on the
+    /// way, the partition waits among the rewound ones (paused) and is
+    /// loaded again with them.
     fn load_partition(&mut self, p: i32, c: Option<Checkpoint>) -> anyhow::Result<()> {
+        let r = self.load_partition_now(p, c);
+        if let Err(e) = &r {
+            if e.downcast_ref::<StorageFailure>().is_some() && !self.parts.contains_key(&p) {
+                let rewound = self.rewound.get_or_insert_with(|| Rewound {
+                    parts: BTreeMap::new(),
+                    retry_at: Instant::now(),
+                    backoff: Duration::from_millis(500),
+                });
+                rewound.parts.entry(p).or_insert(None);
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&self.topic, p);
+                if let Err(e) = self.consumer.pause(&tpl) {
+                    tracing::warn!(pipeline = %self.p.name, error = %e, "pausing partitions");
+                }
+            }
+        }
+        r
+    }
+
+    fn load_partition_now(&mut self, p: i32, c: Option<Checkpoint>) -> anyhow::Result<()> {
         if self.parts.contains_key(&p) {
             return Ok(());
         }
