@@ -586,7 +586,7 @@ impl Worker {
         if self
             .marker
             .as_ref()
-            .is_some_and(|m| m.current().0 != self.marker_seen)
+            .is_some_and(|m| m.version() != self.marker_seen)
         {
             self.rewrite_images()?;
         }

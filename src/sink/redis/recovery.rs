@@ -335,6 +335,12 @@ impl LossMarker {
         }
     }
 
+    /// Changes each time the token does (one atomic load: the worker asks
+    /// on every turn of its loop).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
     /// (version, token): the version changes each time the token does.
     pub fn current(&self) -> (u64, Option<String>) {
         let t = self.token.lock().map(|t| t.clone()).unwrap_or(None);
