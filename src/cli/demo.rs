@@ -135,6 +135,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         drain_deadline: Duration::from_secs(30),
         embedded: embedded.clone(),
         read_api: true,
+        online_queue: rill::daemon::ONLINE_QUEUE,
     };
     println!(
         "rill demo: broker {brokers} (in-process), topics {}, {} events at {}/s",

@@ -46,6 +46,10 @@ pub struct Args {
     /// Time allowed for the final flush and checkpoint after a signal.
     #[arg(long, default_value = "30s")]
     pub drain_deadline: String,
+    /// Batches of online rows (up to 2,048 each) that may wait for a slow
+    /// Redis before the daemon pauses its partitions.
+    #[arg(long, default_value_t = rill::daemon::ONLINE_QUEUE)]
+    pub online_queue: usize,
     /// Kafka static membership: a stable id per instance (`group.instance.id`)
     /// lets a restarted instance take its partitions back without a
     /// rebalance. Default: the POD_NAME environment variable when set.
@@ -145,6 +149,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         drain_deadline: Duration::from_micros(dd as u64),
         embedded: None,
         read_api: a.read_api,
+        online_queue: a.online_queue,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

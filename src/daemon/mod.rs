@@ -27,7 +27,8 @@ use crate::metrics::Metrics;
 use crate::sink::embedded::EmbeddedStore;
 pub use worker::WorkerOptions;
 
-/// Batches of online rows buffered per pipeline before the engine waits.
+/// Batches of online rows buffered per pipeline before the engine waits
+/// (`rill run --online-queue`).
 pub const ONLINE_QUEUE: usize = 64;
 
 /// What `rill run` needs.
@@ -45,6 +46,9 @@ pub struct RunOptions {
     pub embedded: Option<Arc<EmbeddedStore>>,
     /// Serve `/v1/features` on the HTTP port too.
     pub read_api: bool,
+    /// Batches of online rows waiting for the writer before consumption
+    /// pauses (default [`ONLINE_QUEUE`]).
+    pub online_queue: usize,
 }
 
 /// Runs until `shutdown` is cancelled (or a worker fails), then drains.
@@ -131,7 +135,7 @@ pub async fn run(
         });
         let online = url.map(|url| {
             // Full: the worker blocks in `blocking_send` and stops reading.
-            let (tx, rx) = mpsc::channel(ONLINE_QUEUE);
+            let (tx, rx) = mpsc::channel(opts.online_queue.max(1));
             writers.push(tokio::spawn(crate::sink::redis::run_writer_with_marker(
                 url,
                 layout.clone(),
@@ -143,7 +147,7 @@ pub async fn run(
         });
         let online = online.or_else(|| {
             opts.embedded.clone().map(|store| {
-                let (tx, rx) = mpsc::channel(ONLINE_QUEUE);
+                let (tx, rx) = mpsc::channel(opts.online_queue.max(1));
                 writers.push(tokio::spawn(crate::sink::embedded::run_writer(
                     store,
                     layout.clone(),
