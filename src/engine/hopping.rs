@@ -492,6 +492,11 @@ impl Engine {
             // Opened late: its panes are late ones.
             Some(slot) if self.slab[slot as usize].past_on_time => {}
             Some(slot) => self.fire_on_time(slot, out),
+            // Final at once (no lateness to wait for): the pane straight
+            // from the tiles, with no window in the slab.
+            None if g.at(m).saturating_add(self.allowed_lateness) <= self.wm.current() => {
+                self.emit_final_hop(h, m, out)
+            }
             None => {
                 let slot = self.open_hop_window(h, m, false);
                 self.fire_on_time(slot, out);
@@ -501,6 +506,37 @@ impl Engine {
             self.hop_schedule(h, next);
         }
         self.hop_cleanup(h);
+    }
+
+    /// The one pane of window `m` of key `h`, on time and final: what
+    /// opening the window, firing it and removing it would emit.
+    fn emit_final_hop(&mut self, h: u32, m: i64, out: &mut PaneBuf) {
+        let (start, end) = self.grid().bounds(m);
+        let watermark = self.visible_watermark();
+        // As a window opened and closed: the ids after it are the same.
+        self.next_window_id += 1;
+        self.stats.windows_opened += 1;
+        self.stats.panes += 1;
+        self.hop_value(h, m, Via::OnTime);
+        out.meta.push(super::PaneMeta {
+            key: self.hops[h as usize].key.clone(),
+            window_start: start,
+            window_end: end,
+            pane_index: 0,
+            timing: Timing::OnTime,
+            is_final: true,
+            retraction: false,
+            partition: self.partition,
+            emitted_at: self.now,
+            watermark,
+        });
+        self.plan.write_values(
+            &self.scratch.words,
+            &self.scratch.heavy,
+            start,
+            end,
+            &mut out.values,
+        );
     }
 
     /// After a restore: schedules the key's next window.

@@ -674,6 +674,14 @@ impl Engine {
                 };
                 match found {
                     Some(s) => s,
+                    // Without early panes nothing reads an open tile before
+                    // it closes: the event goes straight to its key's tiles
+                    // and the window it completes fires from a timer of the
+                    // key (open tiles in the slab are only left by a
+                    // checkpoint that has them).
+                    None if self.early_every.is_none() => {
+                        return self.process_hop(ev, hash, out)
+                    }
                     None => self.open_tile(ev.key, hash, start, end),
                 }
             }
