@@ -11,7 +11,7 @@ use super::{to_input, Engine, PaneBuf, TimerKind, Timing, Via, WinRef, NO_HOP};
 
 /// The start that marks a key's reference to its hopping state (open tiles'
 /// references carry their starts).
-const HOP_REF: Micros = i64::MIN;
+pub(super) const HOP_REF: Micros = i64::MIN;
 use crate::config::{Accumulation, LateTrigger};
 use crate::event::{short_eq, EventRef, Reason, Refusal};
 use crate::time::watermark::WATERMARK_MAX;
@@ -40,7 +40,17 @@ impl Engine {
     /// key's first entry, marked by a start of `i64::MIN` (open tiles follow).
     pub(super) fn hop_of(&mut self, hash: u64, key: &[u8]) -> u32 {
         let found = match self.keys.find(hash, |e| short_eq(e.key.bytes(), key)) {
-            Some(e) => e.windows.first().copied().filter(|r| r.start == HOP_REF),
+            Some(e) => Some(e.windows.first().copied().filter(|r| r.start == HOP_REF)),
+            None => None,
+        };
+        self.hop_from(found, hash, key)
+    }
+
+    /// [`Engine::hop_of`] after the key's lookup: `found` is `None` for a
+    /// key not in the table, else its hopping reference if it has one.
+    pub(super) fn hop_from(&mut self, found: Option<Option<WinRef>>, hash: u64, key: &[u8]) -> u32 {
+        let found = match found {
+            Some(f) => f,
             None => {
                 self.new_key(hash, key);
                 None
@@ -356,6 +366,7 @@ impl Engine {
         &mut self,
         ev: &EventRef<'_>,
         hash: u64,
+        found: Option<Option<WinRef>>,
         out: &mut PaneBuf,
     ) -> Result<(), Refusal> {
         let g = self.grid();
@@ -369,7 +380,7 @@ impl Engine {
             return Err(self.too_late(t, start, end));
         }
         let missed = (kept - (n + 1)).clamp(0, g.k);
-        let h = self.hop_of(hash, ev.key);
+        let h = self.hop_from(found, hash, ev.key);
         let (pos, new_tile) = {
             let row = &self.plan.row;
             let key = &mut self.hops[h as usize];

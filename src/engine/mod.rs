@@ -13,6 +13,7 @@
 //! merge emits no further pane.
 
 mod hopping;
+use hopping::HOP_REF;
 mod keys;
 mod partitioned;
 mod snapshot;
@@ -665,13 +666,18 @@ impl Engine {
                 // with its key's other tiles, and events into it are late.
                 let start = self.last_tumbling.start(t, slide, offset);
                 let end = start.saturating_add(slide);
-                if w >= end {
-                    return self.process_hop(ev, hash, out);
-                }
-                let found = match self.keys.find(hash, |e| short_eq(e.key.bytes(), ev.key)) {
-                    Some(e) => e.windows.iter().find(|r| r.start == start).map(|r| r.slot),
-                    None => None,
+                // One lookup: the key's open tile for `start` (if in the
+                // slab) and its hopping reference (its first entry).
+                let (found, hop) = match self.keys.find(hash, |e| short_eq(e.key.bytes(), ev.key)) {
+                    Some(e) => (
+                        e.windows.iter().find(|r| r.start == start).map(|r| r.slot),
+                        Some(e.windows.first().copied().filter(|r| r.start == HOP_REF)),
+                    ),
+                    None => (None, None),
                 };
+                if w >= end {
+                    return self.process_hop(ev, hash, hop, out);
+                }
                 match found {
                     Some(s) => s,
                     // Without early panes nothing reads an open tile before
@@ -680,7 +686,7 @@ impl Engine {
                     // key (open tiles in the slab are only left by a
                     // checkpoint that has them).
                     None if self.early_every.is_none() => {
-                        return self.process_hop(ev, hash, out)
+                        return self.process_hop(ev, hash, hop, out)
                     }
                     None => self.open_tile(ev.key, hash, start, end),
                 }

@@ -110,10 +110,11 @@ impl HopKey {
         let Some(a) = after else {
             return idx.first().map(|n| n + 1);
         };
-        // Newest tile n with n + 1 > a, and tile n leaving with n + 1 + k > a.
-        let first_new = idx.get(idx.partition_point(|&n| n < a)).map(|n| n + 1);
+        // Newest tile n with n + 1 > a (near the newest end), and tile n
+        // leaving with n + 1 + k > a (near the oldest tile kept).
+        let first_new = idx.get(self.tiles.first_from_back(a)).map(|n| n + 1);
         let first_left = idx
-            .get(idx.partition_point(|&n| n < a - k))
+            .get(self.tiles.first_from_front(a - k))
             .map(|n| n + 1 + k);
         match (first_new, first_left) {
             (Some(x), Some(y)) => Some(x.min(y)),

@@ -165,9 +165,36 @@ impl Tiles {
         a..b.max(a)
     }
 
+    /// The position of the first tile numbered `n` or more, searched from
+    /// the oldest tile outwards (what callers look for is near it).
+    #[inline]
+    pub fn first_from_front(&self, n: i64) -> usize {
+        gallop(&self.idx, n)
+    }
+
+    /// The position of the first tile numbered `n` or more, searched from
+    /// the newest tile back (what callers look for is near it).
+    #[inline]
+    pub fn first_from_back(&self, n: i64) -> usize {
+        let idx = &self.idx;
+        let mut p = idx.len();
+        let mut step = 1;
+        // Back in growing steps to a tile below `n`, then a search in the last step.
+        while p > 0 && idx[p - 1] >= n {
+            let lo = p.saturating_sub(step);
+            if idx[lo] >= n {
+                p = lo;
+                step *= 2;
+            } else {
+                return lo + idx[lo..p].partition_point(|&x| x < n);
+            }
+        }
+        p
+    }
+
     /// Drops the tiles numbered below `n`.
     pub fn drop_before(&mut self, l: &RowLayout, n: i64) {
-        let cut = self.idx.partition_point(|&x| x < n);
+        let cut = gallop(&self.idx, n);
         if cut > 0 {
             self.idx.drain(..cut);
             self.words.drain(..cut * l.words());
@@ -184,6 +211,23 @@ impl Tiles {
     }
 }
 
+/// The first position of `idx` (ascending) holding `n` or more, found in
+/// growing steps from the front.
+#[inline]
+fn gallop(idx: &[i64], n: i64) -> usize {
+    let mut lo = 0;
+    let mut step = 1;
+    while lo < idx.len() && idx[lo] < n {
+        let hi = (lo + step).min(idx.len());
+        if hi == idx.len() || idx[hi] >= n {
+            return lo + 1 + idx[lo + 1..hi].partition_point(|&x| x < n);
+        }
+        lo = hi;
+        step *= 2;
+    }
+    lo
+}
+
 /// The partials a cursor keeps: the suffixes of one chunk and a running
 /// prefix of another. See the module documentation.
 #[derive(Debug, Clone, Default)]
@@ -196,6 +240,8 @@ pub struct Cursor {
     p_chunk: Option<i64>,
     p_upto: i64,
     p: Row,
+    /// Whether `p` folds any tile.
+    p_any: bool,
 }
 
 impl Cursor {
@@ -246,6 +292,23 @@ pub fn window_value(
     let c = i0.div_euclid(k);
     let split = (c + 1) * k;
     let i1 = i0 + k;
+    if how == Use::Advance {
+        // The chunk's suffixes (made once per chunk, empty or not) say
+        // where the left part starts; the prefix takes the tiles since the
+        // last window from the newest end. No search of the key's tiles.
+        if cur.s_chunk != Some(c) {
+            fill_suffixes(tiles, l, k, c, cur);
+        }
+        let at = cur.s.idx.partition_point(|&x| x < i0);
+        if at == cur.s.idx.len() {
+            l.reset(&mut out.words, &mut out.heavy);
+        } else {
+            let (w, h) = cur.s.row(l, at);
+            out.copy_from(w, h);
+        }
+        advance_prefix(tiles, l, c + 1, split, i1, cur, out);
+        return;
+    }
     // Left part: S_c(first tile at or after i0).
     let left = tiles.range(i0, split.min(i1));
     if left.is_empty() {
@@ -266,6 +329,43 @@ pub fn window_value(
         out.copy_from(w, h);
     }
     right_part(tiles, l, c + 1, split, i1, cur, how, out);
+}
+
+/// Extends the running prefix of `chunk` to `P_{chunk}(i1)` (tiles
+/// numbered `[split, i1)`) and merges it into `out` (windows in end order).
+fn advance_prefix(
+    tiles: &Tiles,
+    l: &RowLayout,
+    chunk: i64,
+    split: i64,
+    i1: i64,
+    cur: &mut Cursor,
+    out: &mut Row,
+) {
+    if i1 <= split {
+        return;
+    }
+    if !(cur.p_chunk == Some(chunk) && cur.p_upto <= i1) {
+        cur.p_chunk = Some(chunk);
+        cur.p_upto = split;
+        cur.p_any = false;
+        if cur.p.words.len() == l.words() && cur.p.heavy.len() == l.heavies() {
+            l.reset(&mut cur.p.words, &mut cur.p.heavy);
+        } else {
+            cur.p = Row::empty(l);
+        }
+    }
+    let b = tiles.first_from_back(i1);
+    let a = b.min(tiles.first_from_back(cur.p_upto));
+    for pos in a..b {
+        let (w, h) = tiles.row(l, pos);
+        cur.p.merge_from(l, w, h);
+    }
+    cur.p_any |= a < b;
+    cur.p_upto = i1;
+    if cur.p_any {
+        out.merge_from(l, &cur.p.words, &cur.p.heavy);
+    }
 }
 
 /// Merges `P_{chunk}(i1)` (tiles numbered `[split, i1)`) into `out`.
@@ -394,6 +494,20 @@ mod tests {
     }
 
     proptest! {
+        /// The searches from either end find what a binary search finds.
+        #[test]
+        fn searches_from_either_end_agree_with_a_binary_search(
+            mut idx in prop::collection::vec(-50i64..50, 0..40),
+            n in -60i64..60,
+        ) {
+            idx.sort();
+            idx.dedup();
+            let t = Tiles { idx, ..Default::default() };
+            let want = t.idx.partition_point(|&x| x < n);
+            prop_assert_eq!(t.first_from_front(n), want);
+            prop_assert_eq!(t.first_from_back(n), want);
+        }
+
         /// Every way of evaluating a window (advancing, peeking, with cold
         /// or warm partials, after late changes) gives the same bits, and the
         /// count and sum of the tiles in it.
