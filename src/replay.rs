@@ -162,6 +162,8 @@ const ENTRY_AHEAD: usize = 8;
 /// How many events ahead a hopping key's state is fetched (its entry
 /// arrived by then).
 const WINDOWS_AHEAD: usize = 4;
+/// Step four (hopping windows): the newest end of the key's tiles.
+const TILES_AHEAD: usize = 2;
 
 /// Records between progress reports and wall-clock updates.
 const TICK_RECORDS: u64 = 65_536;
@@ -407,6 +409,9 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
                             }
                             if e + WINDOWS_AHEAD < events.len() {
                                 engine.prefetch_key_windows(events.hash(e + WINDOWS_AHEAD));
+                            }
+                            if e + TILES_AHEAD < events.len() {
+                                engine.prefetch_key_tiles(events.hash(e + TILES_AHEAD));
                             }
                             let r = engine
                                 .process_hashed(&events.get(e), events.hash(e), &mut out)

@@ -133,6 +133,33 @@ impl Engine {
     #[inline]
     pub(super) fn prefetch_tile_close(&self, timers: &[super::Timer], i: usize) {
         use super::prefetch_read as fetch;
+        // A key's next window (events go straight to the tiles without
+        // early panes): its state, then its tiles' newest end and partials.
+        if let Some(t) = timers.get(i + 8) {
+            if t.kind == TimerKind::HopNext {
+                if let Some(k) = self.hops.get(t.slot as usize) {
+                    let p = (k as *const HopKey).cast::<u8>();
+                    fetch(p);
+                    fetch(p.wrapping_add(64));
+                    fetch(p.wrapping_add(128));
+                }
+            }
+        }
+        if let Some(t) = timers.get(i + 3) {
+            if t.kind == TimerKind::HopNext {
+                if let Some(k) = self.hops.get(t.slot as usize) {
+                    let n = k.tiles.idx.len();
+                    fetch(k.tiles.idx.as_ptr().wrapping_add(n.saturating_sub(1)));
+                    fetch(
+                        k.tiles
+                            .words
+                            .as_ptr()
+                            .wrapping_add(k.tiles.words.len().saturating_sub(1)),
+                    );
+                    fetch(k.on_time.prefix_ptr());
+                }
+            }
+        }
         if let Some(t) = timers.get(i + 12) {
             if t.kind != TimerKind::HopNext {
                 fetch(&self.slab[t.slot as usize]);

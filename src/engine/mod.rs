@@ -567,9 +567,20 @@ impl Engine {
         }
         if let Some(e) = self.keys.peek_tagged(hash) {
             for r in e.windows.iter().take(3) {
-                if r.start == i64::MIN {
+                if r.start == HOP_REF {
                     if let Some(h) = self.hops.get(r.slot as usize) {
+                        // The state spans several cache lines.
                         prefetch_read(h);
+                        prefetch_read(
+                            (h as *const crate::window::hopping::HopKey)
+                                .cast::<u8>()
+                                .wrapping_add(64),
+                        );
+                        prefetch_read(
+                            (h as *const crate::window::hopping::HopKey)
+                                .cast::<u8>()
+                                .wrapping_add(128),
+                        );
                     }
                 } else if (r.slot as usize) < self.slab.len() {
                     prefetch_read(&self.slab[r.slot as usize]);
@@ -577,6 +588,28 @@ impl Engine {
                         self.words
                             .as_ptr()
                             .wrapping_add(r.slot as usize * self.row_words),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Look-ahead, step four for hopping windows (after step three): fetch
+    /// the newest end of the key's tiles, where its event goes.
+    #[inline]
+    pub fn prefetch_key_tiles(&self, hash: u64) {
+        if self.grid.is_none() {
+            return;
+        }
+        if let Some(e) = self.keys.peek_tagged(hash) {
+            if let Some(r) = e.windows.first().filter(|r| r.start == HOP_REF) {
+                if let Some(h) = self.hops.get(r.slot as usize) {
+                    let t = &h.tiles;
+                    prefetch_read(t.idx.as_ptr().wrapping_add(t.idx.len().saturating_sub(1)));
+                    prefetch_read(
+                        t.words
+                            .as_ptr()
+                            .wrapping_add(t.words.len().saturating_sub(1)),
                     );
                 }
             }

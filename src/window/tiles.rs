@@ -236,6 +236,9 @@ pub struct Cursor {
     /// tile number it starts at.
     s_chunk: Option<i64>,
     s: Tiles,
+    /// Where in `s` the last window's left part started (windows in end
+    /// order start there or after).
+    s_at: usize,
     /// Chunk of the running prefix, which folds its tiles numbered below `p_upto`.
     p_chunk: Option<i64>,
     p_upto: i64,
@@ -299,7 +302,12 @@ pub fn window_value(
         if cur.s_chunk != Some(c) {
             fill_suffixes(tiles, l, k, c, cur);
         }
-        let at = cur.s.idx.partition_point(|&x| x < i0);
+        let idx = &cur.s.idx;
+        if cur.s_at > 0 && idx.get(cur.s_at - 1).is_none_or(|&x| x >= i0) {
+            cur.s_at = 0;
+        }
+        let at = cur.s_at + gallop(&idx[cur.s_at..], i0);
+        cur.s_at = at;
         if at == cur.s.idx.len() {
             l.reset(&mut out.words, &mut out.heavy);
         } else {
@@ -423,6 +431,7 @@ fn fill_suffixes(tiles: &Tiles, l: &RowLayout, k: i64, c: i64, cur: &mut Cursor)
     let r = tiles.range(c * k, (c + 1) * k);
     let (ww, hh) = (l.words(), l.heavies());
     cur.s_chunk = Some(c);
+    cur.s_at = 0;
     let s = &mut cur.s;
     s.idx.clear();
     s.idx.extend_from_slice(&tiles.idx[r.clone()]);
