@@ -149,6 +149,8 @@ impl Engine {
             if t.kind == TimerKind::HopNext {
                 if let Some(k) = self.hops.get(t.slot as usize) {
                     let n = k.tiles.idx.len();
+                    // The oldest tile too: the next window may be where it leaves.
+                    fetch(k.tiles.idx.as_ptr());
                     fetch(k.tiles.idx.as_ptr().wrapping_add(n.saturating_sub(1)));
                     fetch(
                         k.tiles
