@@ -39,10 +39,10 @@ impl Engine {
     /// The hopping state of a key, created when new. Its reference is the
     /// key's first entry, marked by a start of `i64::MIN` (open tiles follow).
     pub(super) fn hop_of(&mut self, hash: u64, key: &[u8]) -> u32 {
-        let found = match self.keys.find(hash, |e| short_eq(e.key.bytes(), key)) {
-            Some(e) => Some(e.windows.first().copied().filter(|r| r.start == HOP_REF)),
-            None => None,
-        };
+        let found = self
+            .keys
+            .find(hash, |e| short_eq(e.key.bytes(), key))
+            .map(|e| e.windows.first().copied().filter(|r| r.start == HOP_REF));
         self.hop_from(found, hash, key)
     }
 
@@ -133,6 +133,17 @@ impl Engine {
     #[inline]
     pub(super) fn prefetch_tile_close(&self, timers: &[super::Timer], i: usize) {
         use super::prefetch_read as fetch;
+        // A key's newest tile (number and row) and its running prefix.
+        fn fetch_newest(k: &HopKey) {
+            let t = &k.tiles;
+            fetch(t.idx.as_ptr().wrapping_add(t.idx.len().saturating_sub(1)));
+            fetch(
+                t.words
+                    .as_ptr()
+                    .wrapping_add(t.words.len().saturating_sub(1)),
+            );
+            fetch(k.on_time.prefix_ptr());
+        }
         // A key's next window (events go straight to the tiles without
         // early panes): its state, then its tiles' newest end and partials.
         if let Some(t) = timers.get(i + 8) {
@@ -148,17 +159,9 @@ impl Engine {
         if let Some(t) = timers.get(i + 3) {
             if t.kind == TimerKind::HopNext {
                 if let Some(k) = self.hops.get(t.slot as usize) {
-                    let n = k.tiles.idx.len();
                     // The oldest tile too: the next window may be where it leaves.
                     fetch(k.tiles.idx.as_ptr());
-                    fetch(k.tiles.idx.as_ptr().wrapping_add(n.saturating_sub(1)));
-                    fetch(
-                        k.tiles
-                            .words
-                            .as_ptr()
-                            .wrapping_add(k.tiles.words.len().saturating_sub(1)),
-                    );
-                    fetch(k.on_time.prefix_ptr());
+                    fetch_newest(k);
                 }
             }
         }
@@ -184,16 +187,7 @@ impl Engine {
             if t.kind != TimerKind::HopNext {
                 let win = &self.slab[t.slot as usize];
                 if win.tile_of != NO_HOP {
-                    let k = &self.hops[win.tile_of as usize];
-                    let n = k.tiles.idx.len();
-                    fetch(k.tiles.idx.as_ptr().wrapping_add(n.saturating_sub(1)));
-                    fetch(
-                        k.tiles
-                            .words
-                            .as_ptr()
-                            .wrapping_add(k.tiles.words.len().saturating_sub(1)),
-                    );
-                    fetch(k.on_time.prefix_ptr());
+                    fetch_newest(&self.hops[win.tile_of as usize]);
                 }
             }
         }
@@ -570,13 +564,7 @@ impl Engine {
             emitted_at: self.now,
             watermark,
         });
-        self.plan.write_values(
-            &self.scratch.words,
-            &self.scratch.heavy,
-            start,
-            end,
-            &mut out.values,
-        );
+        self.write_scratch(start, end, out);
     }
 
     /// After a restore: schedules the key's next window.

@@ -1092,13 +1092,7 @@ impl Engine {
             // The window's events are its tiles' (in discarding mode, only
             // its first pane: later ones hold what came since, in its row).
             self.hop_value(hop, hop_m, via);
-            self.plan.write_values(
-                &self.scratch.words,
-                &self.scratch.heavy,
-                start,
-                end,
-                &mut out.values,
-            );
+            self.write_scratch(start, end, out);
         } else {
             self.plan.write_values(
                 &self.words[wr.clone()],
@@ -1125,6 +1119,17 @@ impl Engine {
                 .row
                 .reset(&mut self.words[wr], &mut self.heavy[hr]);
         }
+    }
+
+    /// The values of a hopping window read into `self.scratch`, as a pane's.
+    fn write_scratch(&mut self, start: Micros, end: Micros, out: &mut PaneBuf) {
+        self.plan.write_values(
+            &self.scratch.words,
+            &self.scratch.heavy,
+            start,
+            end,
+            &mut out.values,
+        );
     }
 
     /// Drops a window that emitted its final pane (its key's list entry goes stale).

@@ -317,26 +317,23 @@ pub fn window_value(
         advance_prefix(tiles, l, c + 1, split, i1, cur, out);
         return;
     }
-    // Left part: S_c(first tile at or after i0).
+    // Peek: S_c(first tile at or after i0), from the cursor's suffixes
+    // when they are of this chunk, else computed aside.
     let left = tiles.range(i0, split.min(i1));
     if left.is_empty() {
         l.reset(&mut out.words, &mut out.heavy);
     } else {
         let first = tiles.idx[left.start];
         if cur.s_chunk != Some(c) {
-            if how == Use::Advance {
-                fill_suffixes(tiles, l, k, c, cur);
-            } else {
-                suffix_aside(tiles, l, tiles.range(first, split), out);
-                right_part(tiles, l, c + 1, split, i1, cur, how, out);
-                return;
-            }
+            suffix_aside(tiles, l, tiles.range(first, split), out);
+            peek_right_part(tiles, l, c + 1, split, i1, cur, out);
+            return;
         }
         let at = cur.s.idx.partition_point(|&x| x < first);
         let (w, h) = cur.s.row(l, at);
         out.copy_from(w, h);
     }
-    right_part(tiles, l, c + 1, split, i1, cur, how, out);
+    peek_right_part(tiles, l, c + 1, split, i1, cur, out);
 }
 
 /// Extends the running prefix of `chunk` to `P_{chunk}(i1)` (tiles
@@ -376,53 +373,31 @@ fn advance_prefix(
     }
 }
 
-/// Merges `P_{chunk}(i1)` (tiles numbered `[split, i1)`) into `out`.
-#[allow(clippy::too_many_arguments)]
-fn right_part(
+/// Merges `P_{chunk}(i1)` (tiles numbered `[split, i1)`) into `out`,
+/// leaving the cursor as it is (any window, any order).
+fn peek_right_part(
     tiles: &Tiles,
     l: &RowLayout,
     chunk: i64,
     split: i64,
     i1: i64,
-    cur: &mut Cursor,
-    how: Use,
+    cur: &Cursor,
     out: &mut Row,
 ) {
     if i1 <= split || tiles.range(split, i1).is_empty() {
         return;
     }
-    let cached = cur.p_chunk == Some(chunk) && cur.p_upto <= i1;
-    match (how, cached) {
-        (Use::Advance, _) => {
-            if !cached {
-                cur.p_chunk = Some(chunk);
-                cur.p_upto = split;
-                cur.p = Row::empty(l);
-            }
-            for pos in tiles.range(cur.p_upto, i1) {
-                let (w, h) = tiles.row(l, pos);
-                cur.p.merge_from(l, w, h);
-            }
-            cur.p_upto = i1;
-            out.merge_from(l, &cur.p.words, &cur.p.heavy);
-        }
-        (Use::Peek, true) => {
-            let mut p = cur.p.clone();
-            for pos in tiles.range(cur.p_upto, i1) {
-                let (w, h) = tiles.row(l, pos);
-                p.merge_from(l, w, h);
-            }
-            out.merge_from(l, &p.words, &p.heavy);
-        }
-        (Use::Peek, false) => {
-            let mut p = Row::empty(l);
-            for pos in tiles.range(split, i1) {
-                let (w, h) = tiles.row(l, pos);
-                p.merge_from(l, w, h);
-            }
-            out.merge_from(l, &p.words, &p.heavy);
-        }
+    // From the cached prefix when it covers no more than the window.
+    let (mut p, from) = if cur.p_chunk == Some(chunk) && cur.p_upto <= i1 {
+        (cur.p.clone(), cur.p_upto)
+    } else {
+        (Row::empty(l), split)
+    };
+    for pos in tiles.range(from, i1) {
+        let (w, h) = tiles.row(l, pos);
+        p.merge_from(l, w, h);
     }
+    out.merge_from(l, &p.words, &p.heavy);
 }
 
 /// Computes the suffixes of chunk `c` into the cursor: the chunk's tiles,
