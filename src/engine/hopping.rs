@@ -19,6 +19,27 @@ use crate::time::Micros;
 use crate::window::hopping::{Grid, HopKey};
 use crate::window::tiles::{window_value, Use};
 
+/// Look-ahead: the lines of a key's hopping state (it spans several).
+#[inline]
+pub(super) fn fetch_hop_key(k: &HopKey) {
+    let p = (k as *const HopKey).cast::<u8>();
+    super::prefetch_read(p);
+    super::prefetch_read(p.wrapping_add(64));
+    super::prefetch_read(p.wrapping_add(128));
+}
+
+/// Look-ahead: the newest tile's number and row, where events and the
+/// window it completes go.
+#[inline]
+pub(super) fn fetch_newest_tile(t: &crate::window::tiles::Tiles) {
+    super::prefetch_read(t.idx.as_ptr().wrapping_add(t.idx.len().saturating_sub(1)));
+    super::prefetch_read(
+        t.words
+            .as_ptr()
+            .wrapping_add(t.words.len().saturating_sub(1)),
+    );
+}
+
 impl Engine {
     fn grid(&self) -> Grid {
         self.grid.expect("a hopping pipeline has a grid")
@@ -133,15 +154,9 @@ impl Engine {
     #[inline]
     pub(super) fn prefetch_tile_close(&self, timers: &[super::Timer], i: usize) {
         use super::prefetch_read as fetch;
-        // A key's newest tile (number and row) and its running prefix.
+        // A key's newest tile and its running prefix.
         fn fetch_newest(k: &HopKey) {
-            let t = &k.tiles;
-            fetch(t.idx.as_ptr().wrapping_add(t.idx.len().saturating_sub(1)));
-            fetch(
-                t.words
-                    .as_ptr()
-                    .wrapping_add(t.words.len().saturating_sub(1)),
-            );
+            fetch_newest_tile(&k.tiles);
             fetch(k.on_time.prefix_ptr());
         }
         // A key's next window (events go straight to the tiles without
@@ -149,10 +164,7 @@ impl Engine {
         if let Some(t) = timers.get(i + 8) {
             if t.kind == TimerKind::HopNext {
                 if let Some(k) = self.hops.get(t.slot as usize) {
-                    let p = (k as *const HopKey).cast::<u8>();
-                    fetch(p);
-                    fetch(p.wrapping_add(64));
-                    fetch(p.wrapping_add(128));
+                    fetch_hop_key(k);
                 }
             }
         }

@@ -569,18 +569,7 @@ impl Engine {
             for r in e.windows.iter().take(3) {
                 if r.start == HOP_REF {
                     if let Some(h) = self.hops.get(r.slot as usize) {
-                        // The state spans several cache lines.
-                        prefetch_read(h);
-                        prefetch_read(
-                            (h as *const crate::window::hopping::HopKey)
-                                .cast::<u8>()
-                                .wrapping_add(64),
-                        );
-                        prefetch_read(
-                            (h as *const crate::window::hopping::HopKey)
-                                .cast::<u8>()
-                                .wrapping_add(128),
-                        );
+                        hopping::fetch_hop_key(h);
                     }
                 } else if (r.slot as usize) < self.slab.len() {
                     prefetch_read(&self.slab[r.slot as usize]);
@@ -604,13 +593,7 @@ impl Engine {
         if let Some(e) = self.keys.peek_tagged(hash) {
             if let Some(r) = e.windows.first().filter(|r| r.start == HOP_REF) {
                 if let Some(h) = self.hops.get(r.slot as usize) {
-                    let t = &h.tiles;
-                    prefetch_read(t.idx.as_ptr().wrapping_add(t.idx.len().saturating_sub(1)));
-                    prefetch_read(
-                        t.words
-                            .as_ptr()
-                            .wrapping_add(t.words.len().saturating_sub(1)),
-                    );
+                    hopping::fetch_newest_tile(&h.tiles);
                 }
             }
         }
