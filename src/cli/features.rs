@@ -130,10 +130,11 @@ fn live_freshness(reg: &Registry, group: &str, redis: Option<&str>) -> Option<Fr
     let prefix = p.redis.as_ref().map_or("rill", |r| r.key_prefix.as_str());
     let key = freshness::status_key(prefix, &p.name);
     let read = || -> redis::RedisResult<Vec<String>> {
-        let client = rill::sink::redis::client(&url)?;
-        let mut c = client.get_connection_with_timeout(Duration::from_secs(1))?;
-        c.set_read_timeout(Some(Duration::from_secs(1)))?;
-        redis::cmd("HVALS").arg(&key).query(&mut c)
+        rill::sink::redis::conn::blocking(&url, Duration::from_secs(1), {
+            let mut cmd = redis::cmd("HVALS");
+            cmd.arg(&key);
+            cmd
+        })
     };
     let now = rill::time::Clock::now(&rill::time::SystemClock);
     match read() {

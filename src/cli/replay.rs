@@ -148,14 +148,13 @@ pub fn run(args: Args) -> anyhow::Result<ReplaySummary> {
 /// Fails fast when Redis does not answer, rather than retrying forever.
 fn check_redis(endpoint: &rill::config::RedisEndpoint) -> anyhow::Result<()> {
     let shown = endpoint.display();
-    let client = rill::sink::redis::client(endpoint)
-        .with_context(|| format!("--online: bad Redis URL {shown}"))?;
-    let mut c = client
-        .get_connection_with_timeout(std::time::Duration::from_secs(2))
-        .with_context(|| format!("--online: cannot connect to {shown}"))?;
-    redis::cmd("PING")
-        .query::<String>(&mut c)
-        .with_context(|| format!("--online: {shown} does not answer PING"))?;
+    rill::sink::redis::conn::blocking(
+        endpoint,
+        std::time::Duration::from_secs(2),
+        redis::cmd("PING"),
+    )
+    .map(|_: String| ())
+    .with_context(|| format!("--online: {shown} does not answer"))?;
     Ok(())
 }
 

@@ -293,6 +293,12 @@ impl RedisEndpoint {
     pub fn display(&self) -> String {
         redact_url(&self.url)
     }
+
+    /// The seed nodes' URLs when this is a Redis Cluster
+    /// (`redis+cluster://` or `rediss+cluster://`).
+    pub fn cluster_nodes(&self) -> Option<Result<Vec<String>, String>> {
+        cluster_nodes(&self.url)
+    }
 }
 
 /// A URL without its password (`scheme://user:***@host`).
@@ -1170,15 +1176,15 @@ pub fn validate(spec: PipelineSpec, file: &str) -> Result<Pipeline, ConfigError>
     let mut parquet_compression = ParquetCompression::default();
     if let Some(s) = spec.sinks {
         if let Some(o) = s.online {
-            let ttl = match &o.redis.ttl {
+            let ttl = match &o.redis.value.ttl {
                 Some(t) => Some(cx.positive_duration(t, "redis ttl")?),
                 None => None,
             };
-            let max_age = match &o.redis.max_age {
+            let max_age = match &o.redis.value.max_age {
                 Some(t) => Some(cx.positive_duration(t, "redis max_age")?),
                 None => None,
             };
-            let key_prefix = match &o.redis.key_prefix {
+            let key_prefix = match &o.redis.value.key_prefix {
                 Some(k) => {
                     if !is_safe_token(&k.value) {
                         return Err(cx.err(
@@ -1461,16 +1467,50 @@ fn kafka_security(
     })
 }
 
-fn redis_endpoint(cx: &Ctx<'_>, r: RedisSpec) -> Result<RedisEndpoint, ConfigError> {
-    let url = &r.url.value;
-    check_redis_url(url).map_err(|e| cx.err(&r.url.referenced, e))?;
-    let not_tls =
-        (!url.starts_with("rediss://")).then(|| "TLS files need a rediss:// URL".to_string());
+fn redis_endpoint(cx: &Ctx<'_>, spec: Spanned<RedisSpec>) -> Result<RedisEndpoint, ConfigError> {
+    let at = spec.referenced;
+    let r = spec.value;
+    let url = match (r.url, r.cluster) {
+        (Some(u), None) => {
+            check_redis_url(&u.value).map_err(|e| cx.err(&u.referenced, e))?;
+            u.value
+        }
+        (None, Some(nodes)) => {
+            let mut urls = Vec::with_capacity(nodes.value.len());
+            for n in &nodes.value {
+                check_redis_url(&n.value).map_err(|e| cx.err(&n.referenced, e))?;
+                urls.push(n.value.as_str());
+            }
+            cluster_url(&urls).map_err(|e| cx.err(&nodes.referenced, e))?
+        }
+        (Some(u), Some(_)) => {
+            return Err(cx.err(
+                &u.referenced,
+                "give either url or cluster, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(cx.err(
+                &at,
+                "redis needs url (one server, or redis+cluster://host:port,host:port) or cluster (a list of seed node URLs)",
+            ))
+        }
+    };
+    let tls = url.starts_with("rediss://") || url.starts_with("rediss+cluster://");
+    let not_tls = (!tls).then(|| "TLS files need a rediss:// URL".to_string());
+    if url.starts_with("rediss+cluster://") {
+        if let Some(f) = r.ca_file.as_ref().or(r.cert_file.as_ref()) {
+            return Err(cx.err(
+                &f.referenced,
+                "ca_file and cert_file are not supported with a Redis Cluster: put its CA in the system trust store",
+            ));
+        }
+    }
     let (ca_file, cert_file, key_file) =
         cx.tls_files(&r.ca_file, &r.cert_file, &r.key_file, not_tls)?;
     let password = cx.secret(r.password, r.password_file, "password")?;
     Ok(RedisEndpoint {
-        url: r.url.value.clone(),
+        url,
         username: r.username.map(|u| u.value),
         password,
         ca_file,
@@ -1479,15 +1519,107 @@ fn redis_endpoint(cx: &Ctx<'_>, r: RedisSpec) -> Result<RedisEndpoint, ConfigErr
     })
 }
 
+/// The `redis+cluster://` URL of seed nodes given one URL each: one scheme
+/// (`redis` or `rediss`), one user and password, no database index.
+fn cluster_url(nodes: &[&str]) -> Result<String, String> {
+    if nodes.is_empty() {
+        return Err("cluster: expected at least one seed node URL".into());
+    }
+    let mut scheme = None;
+    let mut userinfo = None;
+    let mut hosts = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        let Some((s, rest)) = n.split_once("://") else {
+            return Err(format!("cluster: invalid node URL {}", redact_url(n)));
+        };
+        if !matches!(s, "redis" | "rediss") {
+            return Err(format!(
+                "cluster: node URL {} must be redis:// or rediss://",
+                redact_url(n)
+            ));
+        }
+        let (ui, host) = match rest.rsplit_once('@') {
+            Some((ui, h)) => (Some(ui), h),
+            None => (None, rest),
+        };
+        let host = host.trim_end_matches('/');
+        if host.contains('/') {
+            return Err(format!(
+                "cluster: node URL {}: a Redis Cluster has no database index",
+                redact_url(n)
+            ));
+        }
+        if *scheme.get_or_insert(s) != s {
+            return Err("cluster: every node URL needs the same scheme".into());
+        }
+        if *userinfo.get_or_insert(ui) != ui {
+            return Err("cluster: every node URL needs the same user and password".into());
+        }
+        hosts.push(host);
+    }
+    let ui = userinfo
+        .flatten()
+        .map_or(String::new(), |u| format!("{u}@"));
+    Ok(format!(
+        "{}+cluster://{ui}{}",
+        scheme.unwrap_or("redis"),
+        hosts.join(",")
+    ))
+}
+
+/// The seed node URLs of a `redis+cluster://[user:password@]host:port,...`
+/// or `rediss+cluster://` URL (`None`: not a cluster URL). A database index
+/// is refused: a Redis Cluster has only database 0.
+pub fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, String>> {
+    let (scheme, rest) = url.split_once("://")?;
+    let base = match scheme {
+        "redis+cluster" => "redis",
+        "rediss+cluster" => "rediss",
+        _ => return None,
+    };
+    let (ui, hosts) = match rest.rsplit_once('@') {
+        Some((ui, h)) => (format!("{ui}@"), h),
+        None => (String::new(), rest),
+    };
+    let hosts = hosts.strip_suffix('/').unwrap_or(hosts);
+    if let Some((_, db)) = hosts.split_once('/') {
+        if db != "0" {
+            return Some(Err(format!(
+                "invalid Redis URL {}: a Redis Cluster has no database index (only 0)",
+                redact_url(url)
+            )));
+        }
+    }
+    let hosts = hosts.split('/').next().unwrap_or("");
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("{base}://{ui}{h}"))
+        .collect();
+    if nodes.is_empty() {
+        return Some(Err(format!(
+            "invalid Redis URL {}: expected redis+cluster://host:port[,host:port...]",
+            redact_url(url)
+        )));
+    }
+    Some(Ok(nodes))
+}
+
 /// A Redis URL the client accepts: `redis://`, `rediss://` or
 /// `redis+unix://`/`unix://`, parsed by the client itself. The message
 /// never repeats the URL (it may hold a password).
 pub fn check_redis_url(url: &str) -> Result<(), String> {
     use redis::IntoConnectionInfo;
+    if let Some(nodes) = cluster_nodes(url) {
+        for n in nodes? {
+            check_redis_url(&n).map_err(|e| e.replace(&redact_url(&n), &redact_url(url)))?;
+        }
+        return Ok(());
+    }
     let scheme = url.split_once("://").map(|(s, _)| s);
     if !matches!(scheme, Some("redis" | "rediss" | "redis+unix" | "unix")) {
         return Err(format!(
-            "invalid Redis URL {}: expected redis://host:port[/db] or rediss:// (TLS)",
+            "invalid Redis URL {}: expected redis://host:port[/db], rediss:// (TLS) or redis+cluster://host:port,host:port",
             redact_url(url)
         ));
     }

@@ -356,16 +356,23 @@ pub struct SinksSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OnlineSpec {
-    /// A Redis server.
-    pub redis: RedisSpec,
+    /// A Redis server, or a Redis Cluster.
+    pub redis: Spanned<RedisSpec>,
 }
 
 /// Redis sink settings.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSpec {
-    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
-    pub url: Spanned<String>,
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS;
+    /// `redis+cluster://host:port[,host:port...]` (or `rediss+cluster://`)
+    /// for a Redis Cluster.
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+    /// A Redis Cluster's seed nodes (instead of `url`): `redis://host:port`
+    /// or `rediss://host:port` each.
+    #[serde(default)]
+    pub cluster: Option<Spanned<Vec<Spanned<String>>>>,
     /// ACL user (instead of the URL's).
     #[serde(default)]
     pub username: Option<Spanned<String>>,

@@ -281,19 +281,23 @@ async fn freshness_monitor(
                 let prefix = p.redis.as_ref().map_or("rill", |r| r.key_prefix.as_str());
                 let key = status_key(prefix, &p.name);
                 let value = serde_json::to_string(&report).expect("json");
-                let mut conn = t.conn.clone();
-                let r: redis::RedisResult<()> = redis::pipe()
-                    .cmd("HSET")
-                    .arg(&key)
-                    .arg(&instance)
-                    .arg(value)
-                    .ignore()
-                    .cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(86_400_000)
-                    .ignore()
-                    .query_async(&mut conn)
-                    .await;
+                let conn = t.conn.clone();
+                // One key: one slot, also on a cluster.
+                let r: redis::RedisResult<()> = async {
+                    redis::pipe()
+                        .cmd("HSET")
+                        .arg(&key)
+                        .arg(&instance)
+                        .arg(value)
+                        .ignore()
+                        .cmd("PEXPIRE")
+                        .arg(&key)
+                        .arg(86_400_000)
+                        .ignore()
+                        .query_async(&mut conn.get().await?)
+                        .await
+                }
+                .await;
                 if let Err(e) = r {
                     tracing::debug!(pipeline = %p.name, error = %e, "publishing freshness");
                 }

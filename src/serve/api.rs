@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use super::registry::Registry;
 use crate::config::{Pipeline, ValueType};
 use crate::sink::embedded::EmbeddedStore;
+use crate::sink::redis::conn::Slot;
 use crate::sink::redis::online_key_text;
 use crate::time::{parse_duration, Micros};
 
@@ -33,8 +34,9 @@ pub enum Store {
 #[derive(Clone)]
 pub struct RedisTarget {
     pub endpoint: crate::config::RedisEndpoint,
-    /// Reconnects by itself after Redis restarts.
-    pub conn: redis::aio::ConnectionManager,
+    /// Reconnects by itself after Redis restarts (a cluster: after a
+    /// failover too).
+    pub conn: crate::sink::redis::conn::StoreConn,
 }
 
 impl Store {
@@ -58,13 +60,7 @@ impl Store {
             let i = match targets.iter().position(|t| t.endpoint == endpoint) {
                 Some(i) => i,
                 None => {
-                    let client = crate::sink::redis::client(&endpoint)
-                        .map_err(|e| anyhow::anyhow!("redis {}: {e}", endpoint.display()))?;
-                    let config = redis::aio::ConnectionManagerConfig::new()
-                        .set_number_of_retries(1)
-                        .set_connection_timeout(Some(std::time::Duration::from_millis(500)))
-                        .set_response_timeout(Some(std::time::Duration::from_secs(2)));
-                    let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+                    let conn = crate::sink::redis::conn::StoreConn::new(&endpoint)
                         .map_err(|e| anyhow::anyhow!("redis {}: {e}", endpoint.display()))?;
                     targets.push(RedisTarget { endpoint, conn });
                     targets.len() - 1
@@ -595,8 +591,10 @@ impl ReadApi {
                 targets,
                 group_target,
             } => {
-                // One pipeline per server, all sent at once.
-                let mut per_target: HashMap<usize, (redis::Pipeline, Vec<usize>)> = HashMap::new();
+                // One pipeline per server (on a cluster, per hash slot),
+                // all sent at once.
+                let mut per_target: HashMap<usize, (Vec<(Slot, redis::Cmd)>, Vec<usize>)> =
+                    HashMap::new();
                 for (e, ks) in keys.iter().enumerate() {
                     for (g, k) in ks.iter().enumerate() {
                         let t = group_target[plan.groups[g]];
@@ -609,19 +607,19 @@ impl ReadApi {
                                 ),
                             ));
                         }
-                        let (pipe, slots) = per_target
-                            .entry(t)
-                            .or_insert_with(|| (redis::pipe(), Vec::new()));
-                        pipe.cmd("HMGET").arg(k).arg(&plan.fields[g]);
+                        let (cmds, slots) = per_target.entry(t).or_default();
+                        let mut cmd = redis::cmd("HMGET");
+                        cmd.arg(k).arg(&plan.fields[g]);
+                        cmds.push((crate::sink::redis::conn::slot_of(k.as_bytes()), cmd));
                         slots.push(e * ng + g);
                     }
                 }
-                let query = |t: usize, pipe: redis::Pipeline, slots: Vec<usize>| {
-                    let mut conn = targets[t].conn.clone();
+                let query = |t: usize, cmds: Vec<(Slot, redis::Cmd)>, slots: Vec<usize>| {
+                    let conn = targets[t].conn.clone();
                     let url = targets[t].endpoint.display();
                     async move {
                         let r: redis::RedisResult<Vec<Vec<Option<String>>>> =
-                            pipe.query_async(&mut conn).await;
+                            async { conn.get().await?.query_all(cmds).await }.await;
                         (url, slots, r)
                     }
                 };

@@ -73,19 +73,22 @@ impl Service {
                 let pipelines = self.registry().pipelines();
                 let mut out = HashMap::new();
                 for (t, target) in targets.iter().enumerate() {
-                    let mut pipe = redis::pipe();
+                    let mut cmds = Vec::new();
                     let mut names = Vec::new();
                     for (i, p) in pipelines.iter().enumerate() {
                         if group_target[i] == t {
                             let prefix = p.redis.as_ref().map_or("rill", |r| r.key_prefix.as_str());
-                            pipe.cmd("HVALS")
-                                .arg(freshness::status_key(prefix, &p.name));
+                            let key = freshness::status_key(prefix, &p.name);
+                            let slot = crate::sink::redis::conn::slot_of(key.as_bytes());
+                            let mut cmd = redis::cmd("HVALS");
+                            cmd.arg(key);
+                            cmds.push((slot, cmd));
                             names.push(p.name.clone());
                         }
                     }
-                    let mut conn = target.conn.clone();
+                    let conn = target.conn.clone();
                     let got: redis::RedisResult<Vec<Vec<String>>> =
-                        pipe.query_async(&mut conn).await;
+                        async { conn.get().await?.query_all(cmds).await }.await;
                     match got {
                         Ok(v) => {
                             for (name, values) in names.into_iter().zip(v) {

@@ -2,6 +2,7 @@
 //! with the parquet crate. One test binary, one module per area.
 
 mod catalog;
+mod cluster_util;
 mod daemon;
 mod docker;
 mod examples;

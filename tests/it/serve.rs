@@ -135,6 +135,15 @@ fn setup(
     redis: &RedisServer,
     extra: &[&str],
 ) -> (crate::util::ChildGuard, u16, Expect, i64) {
+    setup_url(dir, &redis.url(), extra)
+}
+
+/// [`setup`] with the store's URL (a server or a cluster).
+fn setup_url(
+    dir: &Path,
+    redis_url: &str,
+    extra: &[&str],
+) -> (crate::util::ChildGuard, u16, Expect, i64) {
     let now = now_us();
     let (evs, base) = events(now);
     let pipes = dir.join("pipelines");
@@ -160,12 +169,11 @@ fn setup(
                 .arg(&input)
                 .arg("--output")
                 .arg(dir.join("out"))
-                .args(["--online", "--redis", &redis.url()]),
+                .args(["--online", "--redis", redis_url]),
         );
     }
     let mut args = vec![pipes.to_str().expect("utf-8"), "--redis"];
-    let url = redis.url();
-    args.push(&url);
+    args.push(redis_url);
     args.extend_from_slice(extra);
     let (guard, port) = start_serve(&args);
     (guard, port, expected(&evs), base)
@@ -182,6 +190,33 @@ fn values_statuses_defaults_and_expiry_match_a_group_by() {
     let dir = tempfile::tempdir().expect("tmp");
     let redis = RedisServer::start(&dir.path().join("redis"));
     let (_serve, port, want, _) = setup(dir.path(), &redis, &[]);
+    check_values(port, &want);
+}
+
+/// The same reads against a Redis Cluster (three primaries, three
+/// replicas): the entities' hashes spread over the nodes, and every value
+/// is the group-by's.
+#[test]
+fn values_match_a_group_by_on_a_redis_cluster() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cluster = crate::cluster_util::RedisCluster::start(&dir.path().join("cluster"));
+    let (_serve, port, want, _) = setup_url(dir.path(), &cluster.url(), &[]);
+    let primaries: std::collections::BTreeSet<u16> = want
+        .keys()
+        .map(|u| cluster.primary_of(&format!("rill:{{{u}}}:spend")))
+        .collect();
+    assert!(primaries.len() >= 2, "the entities span several primaries");
+    // Every hash is where the cluster says its slot is, and it is whole.
+    for u in want.keys() {
+        let h = cluster.hgetall(&format!("rill:{{{u}}}:spend"));
+        assert_eq!(h.get("n"), Some(&want[u].0.to_string()), "{u}: {h:?}");
+    }
+    check_values(port, &want);
+}
+
+/// Reads every user's features (and a missing entity's) and compares them
+/// with the group-by.
+fn check_values(port: u16, want: &Expect) {
     let users: Vec<String> = want.keys().cloned().collect();
     let mut entities: Vec<Value> = users.iter().map(|u| json!({ "user_id": u })).collect();
     entities.push(json!({ "user_id": "nobody" }));

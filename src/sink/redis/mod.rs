@@ -31,6 +31,7 @@
 //! the engine thread blocks on it: consumption pauses and memory stays
 //! bounded.
 
+pub mod conn;
 pub mod recovery;
 
 use std::sync::Arc;
@@ -51,8 +52,7 @@ pub const ROWS_PER_CALL: usize = 128;
 /// field/value arguments to set, the number of fields to delete (features
 /// that are null now), then those arguments. Fields are updated in place
 /// (no delete and re-create of the hash). Returns how many hashes were
-/// written. (On Redis Cluster the keys of one call must share
-/// a slot; this writer talks to one node.)
+/// written. (On a Redis Cluster the keys of one call share a slot.)
 pub const CAS_SCRIPT: &str = r#"
 local i = 1
 local written = 0
@@ -141,7 +141,7 @@ pub fn client(endpoint: &RedisEndpoint) -> redis::RedisResult<redis::Client> {
 }
 
 /// The client library's error with any trace of the URL's password removed.
-fn redacted_error(e: redis::RedisError, endpoint: &RedisEndpoint) -> redis::RedisError {
+pub(crate) fn redacted_error(e: redis::RedisError, endpoint: &RedisEndpoint) -> redis::RedisError {
     let text = e.to_string();
     let safe = match endpoint.password.as_ref() {
         Some(p) if !p.expose().is_empty() => text.replace(p.expose(), "***"),
@@ -333,7 +333,7 @@ pub async fn run_writer_with_marker(
     obs: std::sync::Arc<dyn OnlineObserver>,
     marker: Option<Arc<recovery::LossMarker>>,
 ) {
-    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+    let mut conn: Option<conn::OnlineConn> = None;
     let script = redis::Script::new(CAS_SCRIPT);
     let mut pending: Vec<OnlineBatch> = Vec::new();
     let mut rows = 0usize;
@@ -482,7 +482,7 @@ const MAX_IN_FLIGHT: usize = 4;
 #[allow(clippy::too_many_arguments)]
 async fn write_all(
     endpoint: &RedisEndpoint,
-    conn: &mut Option<redis::aio::MultiplexedConnection>,
+    conn: &mut Option<conn::OnlineConn>,
     outage: &mut Option<Instant>,
     script: &redis::Script,
     layout: &OnlineLayout,
@@ -526,11 +526,11 @@ async fn write_all(
                 }
             };
             let end = (next + ROWS_PER_PIPELINE).min(rows.len());
-            let pipe = pipeline(script, layout, pending, &rows[next..end]);
+            let cmds = calls(script, layout, pending, &rows[next..end], c.is_cluster());
             let started = Instant::now();
             let task = tokio::spawn(async move {
                 let mut c = c;
-                let fut = pipe.query_async::<Vec<i64>>(&mut c);
+                let fut = c.query_all::<i64>(cmds);
                 tokio::time::timeout(Duration::from_secs(30), fut)
                     .await
                     .map_err(|_| {
@@ -616,21 +616,16 @@ fn log_slow_write(endpoint: &RedisEndpoint, took: Duration) {
     }
 }
 
-/// The connection, opened (and the script loaded) when there is none.
+/// The connection, opened (and the script loaded: on a cluster, on every
+/// node) when there is none.
 async fn connect<'c>(
     endpoint: &RedisEndpoint,
-    conn: &'c mut Option<redis::aio::MultiplexedConnection>,
+    conn: &'c mut Option<conn::OnlineConn>,
     script: &redis::Script,
     marker: Option<(&recovery::LossMarker, &str)>,
-) -> redis::RedisResult<&'c mut redis::aio::MultiplexedConnection> {
+) -> redis::RedisResult<&'c mut conn::OnlineConn> {
     if conn.is_none() {
-        let client = client(endpoint)?;
-        let mut c = tokio::time::timeout(
-            Duration::from_secs(5),
-            client.get_multiplexed_async_connection(),
-        )
-        .await
-        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
+        let mut c = conn::connect(endpoint, Duration::from_secs(5)).await?;
         // Loaded once per connection (a restarted Redis has lost it).
         let loaded: String = redis::cmd("SCRIPT")
             .arg("LOAD")
@@ -649,61 +644,88 @@ async fn connect<'c>(
 
 use crate::sink::write_value_text as write_value;
 
-/// The script calls that write `rows`.
-fn pipeline(
+/// The script calls that write `rows`, each with the slot of its keys: on
+/// a single server, calls of [`ROWS_PER_CALL`] rows in order; on a cluster,
+/// the rows of one hash slot together (a script's keys must share a slot),
+/// in calls of at most [`ROWS_PER_CALL`].
+fn calls(
     script: &redis::Script,
     layout: &OnlineLayout,
     pending: &[OnlineBatch],
     rows: &[(u32, u32)],
-) -> redis::Pipeline {
-    let mut pipe = redis::pipe();
+    cluster: bool,
+) -> Vec<(conn::Slot, redis::Cmd)> {
     let mut buf = String::with_capacity(64);
-    let mut nulls: Vec<usize> = Vec::new();
-    for chunk in rows.chunks(ROWS_PER_CALL) {
-        let cmd = pipe.cmd("EVALSHA").arg(script.get_hash()).arg(chunk.len());
-        for &(b, r) in chunk {
-            let (m, _) = pending[b as usize].panes.get(r as usize);
-            buf.clear();
-            push_key(&layout.prefix, &layout.group, &m.key, &mut buf);
-            cmd.arg(buf.as_bytes());
+    let key_of = |&(b, r): &(u32, u32), buf: &mut String| {
+        let (m, _) = pending[b as usize].panes.get(r as usize);
+        buf.clear();
+        push_key(&layout.prefix, &layout.group, &m.key, buf);
+    };
+    let mut groups: Vec<(conn::Slot, Vec<(u32, u32)>)> = Vec::new();
+    if cluster {
+        let mut at: std::collections::HashMap<conn::Slot, usize> = Default::default();
+        for row in rows {
+            key_of(row, &mut buf);
+            let slot = conn::slot_of(buf.as_bytes());
+            let i = *at.entry(slot).or_insert_with(|| {
+                groups.push((slot, Vec::new()));
+                groups.len() - 1
+            });
+            groups[i].1.push(*row);
         }
-        for &(b, r) in chunk {
-            let batch = &pending[b as usize];
-            let (m, values) = batch.panes.get(r as usize);
-            nulls.clear();
-            let set = values.iter().filter(|v| !matches!(v, Value::Null)).count();
-            let ttl = if batch.rewrite && layout.ttl_ms > 0 {
-                let age_ms = (crate::time::Clock::now(&crate::time::SystemClock) - m.emitted_at)
-                    .max(0) as u64
-                    / 1000;
-                layout.ttl_ms.saturating_sub(age_ms).max(1)
-            } else {
-                layout.ttl_ms
-            };
-            cmd.arg(m.window_end)
-                .arg(batch.generations[r as usize])
-                .arg(m.pane_index)
-                .arg(ttl)
-                .arg(4 + 2 * set)
-                .arg(values.len() - set)
-                .arg("_window_start")
-                .arg(m.window_start)
-                .arg("_emitted_at")
-                .arg(m.emitted_at);
-            for (i, v) in values.iter().enumerate() {
-                buf.clear();
-                if write_value(v, &mut buf) {
-                    cmd.arg(layout.names[i].as_str()).arg(buf.as_bytes());
+    } else if let Some(first) = rows.first() {
+        key_of(first, &mut buf);
+        groups.push((conn::slot_of(buf.as_bytes()), rows.to_vec()));
+    }
+    let mut out = Vec::new();
+    let mut nulls: Vec<usize> = Vec::new();
+    for (slot, group) in &groups {
+        for chunk in group.chunks(ROWS_PER_CALL) {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(script.get_hash()).arg(chunk.len());
+            for row in chunk {
+                key_of(row, &mut buf);
+                cmd.arg(buf.as_bytes());
+            }
+            for &(b, r) in chunk {
+                let batch = &pending[b as usize];
+                let (m, values) = batch.panes.get(r as usize);
+                nulls.clear();
+                let set = values.iter().filter(|v| !matches!(v, Value::Null)).count();
+                let ttl = if batch.rewrite && layout.ttl_ms > 0 {
+                    let age_ms = (crate::time::Clock::now(&crate::time::SystemClock) - m.emitted_at)
+                        .max(0) as u64
+                        / 1000;
+                    layout.ttl_ms.saturating_sub(age_ms).max(1)
                 } else {
-                    nulls.push(i);
+                    layout.ttl_ms
+                };
+                cmd.arg(m.window_end)
+                    .arg(batch.generations[r as usize])
+                    .arg(m.pane_index)
+                    .arg(ttl)
+                    .arg(4 + 2 * set)
+                    .arg(values.len() - set)
+                    .arg("_window_start")
+                    .arg(m.window_start)
+                    .arg("_emitted_at")
+                    .arg(m.emitted_at);
+                for (i, v) in values.iter().enumerate() {
+                    buf.clear();
+                    if write_value(v, &mut buf) {
+                        cmd.arg(layout.names[i].as_str()).arg(buf.as_bytes());
+                    } else {
+                        nulls.push(i);
+                    }
+                }
+                for &i in &nulls {
+                    cmd.arg(layout.names[i].as_str());
                 }
             }
-            for &i in &nulls {
-                cmd.arg(layout.names[i].as_str());
-            }
+            out.push((*slot, cmd));
         }
     }
-    pipe
+    out
 }
 
 /// Appends the Redis key of `key` in `group` to `s`.

@@ -348,29 +348,27 @@ impl LossMarker {
     }
 
     /// Reads the marker, creating it when missing; publishes a changed token.
+    /// On a Redis Cluster there is one marker per range of slots (so one
+    /// on each primary at least), and the token is theirs together: a
+    /// shard that lost its data shows as a changed token too.
     pub async fn check(
         &self,
-        conn: &mut redis::aio::MultiplexedConnection,
+        conn: &mut super::conn::OnlineConn,
         group: &str,
     ) -> redis::RedisResult<()> {
-        let mut got: Option<String> = redis::cmd("GET").arg(&self.key).query_async(conn).await?;
-        let created = got.is_none();
-        if created {
-            let fresh = new_token();
-            let _: Option<String> = redis::cmd("SET")
-                .arg(&self.key)
-                .arg(&fresh)
-                .arg("NX")
-                .query_async(conn)
-                .await?;
-            got = redis::cmd("GET").arg(&self.key).query_async(conn).await?;
-        }
-        let Some(now) = got else {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "the marker key vanished right after it was set",
-            )));
+        let keys = if conn.is_cluster() {
+            cluster_marker_keys(conn, &self.key).await?
+        } else {
+            vec![self.key.clone()]
         };
+        let mut created = false;
+        let mut parts = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let (c, token) = read_or_create(conn, key).await?;
+            created |= c;
+            parts.push(token);
+        }
+        let now = parts.join(",");
         let mut cur = self
             .token
             .lock()
@@ -386,6 +384,71 @@ impl LossMarker {
         }
         Ok(())
     }
+}
+
+/// The marker's token at `key`, set first when missing (`true`: it was).
+async fn read_or_create(
+    conn: &mut super::conn::OnlineConn,
+    key: &str,
+) -> redis::RedisResult<(bool, String)> {
+    let mut got: Option<String> = redis::cmd("GET").arg(key).query_async(conn).await?;
+    let created = got.is_none();
+    if created {
+        let _: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(new_token())
+            .arg("NX")
+            .query_async(conn)
+            .await?;
+        got = redis::cmd("GET").arg(key).query_async(conn).await?;
+    }
+    match got {
+        Some(t) => Ok((created, t)),
+        None => Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "the marker key vanished right after it was set",
+        ))),
+    }
+}
+
+/// One marker key per slot range of the cluster (`CLUSTER SLOTS`), in the
+/// range's first slot: the `%marker` hash tag of `key` becomes `%marker<n>`
+/// with the smallest `n` that hashes to that slot.
+async fn cluster_marker_keys(
+    conn: &mut super::conn::OnlineConn,
+    key: &str,
+) -> redis::RedisResult<Vec<String>> {
+    let ranges: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    let mut starts: Vec<i64> = ranges
+        .iter()
+        .filter_map(|r| match r {
+            redis::Value::Array(v) => match v.first() {
+                Some(redis::Value::Int(s)) => Some(*s),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    starts.sort_unstable();
+    if starts.is_empty() {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "the cluster reports no slots",
+        )));
+    }
+    let (head, tail) = key
+        .split_once("{%marker}")
+        .expect("a marker key holds the {%marker} tag");
+    Ok(starts
+        .into_iter()
+        .filter_map(|start| redis::cluster_routing::Slot::new(u16::try_from(start).ok()?))
+        .map(|want| {
+            let n = (0u32..)
+                .find(|n| super::conn::slot_of(format!("%marker{n}").as_bytes()) == want)
+                .expect("every slot has a tag");
+            format!("{head}{{%marker{n}}}{tail}")
+        })
+        .collect())
 }
 
 /// A token unlikely to repeat: wall time in ns, the process id, a counter.

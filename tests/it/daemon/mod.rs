@@ -16,6 +16,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
+mod cluster;
 mod faults;
 mod rebalance;
 
@@ -347,6 +348,25 @@ fn assert_same(
 
 /// Every user's hash in Redis holds its latest window's values.
 fn check_redis(r: &RedisServer, want: &BTreeMap<(String, i64), (i64, f64, f64)>) {
+    let mut c = r.conn();
+    check_hashes(
+        |key| {
+            let h = redis::cmd("HGETALL")
+                .arg(key)
+                .query(&mut c)
+                .expect("hgetall");
+            let ttl: i64 = redis::cmd("TTL").arg(key).query(&mut c).expect("ttl");
+            (h, ttl)
+        },
+        want,
+    );
+}
+
+/// [`check_redis`] through `get`, which gives a key's fields and TTL.
+fn check_hashes(
+    mut get: impl FnMut(&str) -> (BTreeMap<String, String>, i64),
+    want: &BTreeMap<(String, i64), (i64, f64, f64)>,
+) {
     let mut latest: BTreeMap<&str, (i64, (i64, f64, f64))> = BTreeMap::new();
     for ((u, s), v) in want {
         let e = latest.entry(u.as_str()).or_insert((*s, *v));
@@ -354,13 +374,9 @@ fn check_redis(r: &RedisServer, want: &BTreeMap<(String, i64), (i64, f64, f64)>)
             *e = (*s, *v);
         }
     }
-    let mut c = r.conn();
     for (u, (start, v)) in latest {
         let key = format!("rill:{{{u}}}:spend");
-        let h: BTreeMap<String, String> = redis::cmd("HGETALL")
-            .arg(&key)
-            .query(&mut c)
-            .expect("hgetall");
+        let (h, ttl) = get(&key);
         assert_eq!(
             h.get("_window_start").map(String::as_str),
             Some(start.to_string().as_str()),
@@ -378,7 +394,6 @@ fn check_redis(r: &RedisServer, want: &BTreeMap<(String, i64), (i64, f64, f64)>)
             "{key}: {sum} vs {}",
             v.1
         );
-        let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut c).expect("ttl");
         assert!(ttl > 29 * 86400 && ttl <= 30 * 86400, "{key} ttl {ttl}");
     }
 }
