@@ -8,6 +8,8 @@ need_apt=()
 # A C toolchain and make: the rdkafka crate builds librdkafka from source.
 { command -v cc && command -v make && command -v perl; } >/dev/null 2>&1 || need_apt+=(build-essential perl)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# redis-cli --cluster create: the tests' six-node Redis Cluster.
+command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 # OpenSSL headers and pkg-config: librdkafka is built with TLS and SASL.
 { command -v pkg-config && pkg-config --exists openssl; } >/dev/null 2>&1 || need_apt+=(pkg-config libssl-dev)
 # Cyrus SASL headers: librdkafka's SCRAM and PLAIN need none, GSSAPI (a cargo feature) does.

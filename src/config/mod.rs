@@ -1481,7 +1481,10 @@ fn redis_endpoint(cx: &Ctx<'_>, spec: Spanned<RedisSpec>) -> Result<RedisEndpoin
                 check_redis_url(&n.value).map_err(|e| cx.err(&n.referenced, e))?;
                 urls.push(n.value.as_str());
             }
-            cluster_url(&urls).map_err(|e| cx.err(&nodes.referenced, e))?
+            cluster_url(&urls).map_err(|(i, e)| {
+                let at = i.map_or(&nodes.referenced, |i| &nodes.value[i].referenced);
+                cx.err(at, e)
+            })?
         }
         (Some(u), Some(_)) => {
             return Err(cx.err(
@@ -1521,21 +1524,26 @@ fn redis_endpoint(cx: &Ctx<'_>, spec: Spanned<RedisSpec>) -> Result<RedisEndpoin
 
 /// The `redis+cluster://` URL of seed nodes given one URL each: one scheme
 /// (`redis` or `rediss`), one user and password, no database index.
-fn cluster_url(nodes: &[&str]) -> Result<String, String> {
+/// An error names the node it is about (`Some(index)`) or the whole list.
+fn cluster_url(nodes: &[&str]) -> Result<String, (Option<usize>, String)> {
     if nodes.is_empty() {
-        return Err("cluster: expected at least one seed node URL".into());
+        return Err((None, "cluster: expected at least one seed node URL".into()));
     }
     let mut scheme = None;
     let mut userinfo = None;
     let mut hosts = Vec::with_capacity(nodes.len());
-    for n in nodes {
+    for (i, n) in nodes.iter().enumerate() {
+        let at = Some(i);
         let Some((s, rest)) = n.split_once("://") else {
-            return Err(format!("cluster: invalid node URL {}", redact_url(n)));
+            return Err((at, format!("cluster: invalid node URL {}", redact_url(n))));
         };
         if !matches!(s, "redis" | "rediss") {
-            return Err(format!(
-                "cluster: node URL {} must be redis:// or rediss://",
-                redact_url(n)
+            return Err((
+                at,
+                format!(
+                    "cluster: node URL {} must be redis:// or rediss://",
+                    redact_url(n)
+                ),
             ));
         }
         let (ui, host) = match rest.rsplit_once('@') {
@@ -1544,16 +1552,22 @@ fn cluster_url(nodes: &[&str]) -> Result<String, String> {
         };
         let host = host.trim_end_matches('/');
         if host.contains('/') {
-            return Err(format!(
-                "cluster: node URL {}: a Redis Cluster has no database index",
-                redact_url(n)
+            return Err((
+                at,
+                format!(
+                    "cluster: node URL {}: a Redis Cluster has no database index",
+                    redact_url(n)
+                ),
             ));
         }
         if *scheme.get_or_insert(s) != s {
-            return Err("cluster: every node URL needs the same scheme".into());
+            return Err((at, "cluster: every node URL needs the same scheme".into()));
         }
         if *userinfo.get_or_insert(ui) != ui {
-            return Err("cluster: every node URL needs the same user and password".into());
+            return Err((
+                at,
+                "cluster: every node URL needs the same user and password".into(),
+            ));
         }
         hosts.push(host);
     }

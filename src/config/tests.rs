@@ -556,3 +556,85 @@ fn hostile_yaml_is_refused_quickly() {
     let big = format!("{BASE}description: {}\n", "x".repeat(MAX_FILE_BYTES));
     assert!(err(&big).message.contains("at most"));
 }
+
+#[test]
+fn a_redis_cluster_is_given_by_seed_nodes_and_refuses_a_database_index() {
+    let online = |redis: &str| format!("{BASE}sinks:\n  online:\n    redis: {redis}\n");
+    // A list of seed nodes and the equivalent cluster URL.
+    let p = Pipeline::from_yaml(
+        &online("{ cluster: [\"redis://u:pw@h1:7000\", \"redis://u:pw@h2:7001/\"] }"),
+        "p.yaml",
+    )
+    .unwrap();
+    let ep = &p.redis.as_ref().unwrap().endpoint;
+    assert_eq!(ep.url, "redis+cluster://u:pw@h1:7000,h2:7001");
+    assert_eq!(
+        ep.cluster_nodes().unwrap().unwrap(),
+        ["redis://u:pw@h1:7000", "redis://u:pw@h2:7001"]
+    );
+    let p = Pipeline::from_yaml(
+        &online("{ url: \"rediss+cluster://h1:7000,h2:7001\" }"),
+        "p.yaml",
+    )
+    .unwrap();
+    let ep = &p.redis.as_ref().unwrap().endpoint;
+    assert_eq!(
+        ep.cluster_nodes().unwrap().unwrap(),
+        ["rediss://h1:7000", "rediss://h2:7001"]
+    );
+    // A single server is not a cluster.
+    let p = Pipeline::from_yaml(&online("{ url: \"redis://h1:6379/2\" }"), "p.yaml").unwrap();
+    assert!(p.redis.as_ref().unwrap().endpoint.cluster_nodes().is_none());
+    // Refusals, located at the offending value.
+    for (redis, line, col, says) in [
+        (
+            "{ cluster: [\"redis://h1:7000/3\"] }",
+            12,
+            24,
+            "no database index",
+        ),
+        (
+            "{ url: \"redis+cluster://h1:7000,h2:7001/1\" }",
+            12,
+            19,
+            "no database index",
+        ),
+        ("{ cluster: [] }", 12, 23, "at least one seed node"),
+        (
+            "{ cluster: [\"redis://h1:7000\", \"rediss://h2:7001\"] }",
+            12,
+            43,
+            "same scheme",
+        ),
+        (
+            "{ cluster: [\"redis://a:x@h1:7000\", \"redis://b:y@h2:7001\"] }",
+            12,
+            47,
+            "same user",
+        ),
+        (
+            "{ cluster: [\"http://h1:7000\"] }",
+            12,
+            24,
+            "invalid Redis URL",
+        ),
+        (
+            "{ url: \"redis://h:1\", cluster: [\"redis://h:2\"] }",
+            12,
+            19,
+            "not both",
+        ),
+        ("{ key_prefix: r }", 12, 12, "needs url"),
+        (
+            "{ cluster: [\"rediss://h1:7000\"], ca_file: /etc/hostname }",
+            12,
+            54,
+            "not supported with a Redis Cluster",
+        ),
+    ] {
+        let e = err(&online(redis));
+        assert!(e.message.contains(says), "{redis}: {e}");
+        assert!(!e.to_string().contains(":y@"), "{e}");
+        assert_eq!((e.line, e.column), (line, col), "{redis}: {e}");
+    }
+}
