@@ -132,10 +132,13 @@ fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
     if let Some(m) = marker {
         w = w.with_marker(m);
     }
+    let before = server_cost(&a.redis)?;
     let t = Instant::now();
     let n = w.run_file(&a.input, a.rate)?;
     rt.block_on(writer)?;
     let secs = t.elapsed().as_secs_f64();
+    let after = server_cost(&a.redis)?;
+    let panes = pm.online_rows.get().max(1) as f64;
     let (p50, p99, p999, max, count) = pm.event_to_online.quantiles();
     let (_, w99, _, _, _) = pm.redis_write.quantiles();
     let out = serde_json::json!({
@@ -147,6 +150,13 @@ fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
         "checkpoints": pm.checkpoints.get(),
         "emit_to_online_us": { "p50": p50, "p99": p99, "p999": p999, "max": max, "rows": count },
         "redis_write_p99_us": w99,
+        // Redis' own accounting, summed over the primaries: the time spent
+        // inside the write commands (INFO commandstats), and the server's
+        // CPU time (user + system), each per pane written.
+        "redis_command_us_per_pane": (after.command_us - before.command_us) / panes,
+        "redis_cpu_us_per_pane": (after.cpu_us - before.cpu_us) / panes,
+        "redis_hashes_written": after.hsets - before.hsets,
+        "redis_cpu_us_per_hash_written": (after.cpu_us - before.cpu_us) / (after.hsets - before.hsets).max(1.0),
         "peak_memory_bytes": rill::replay::peak_memory_bytes(),
     });
     if a.json {
@@ -155,6 +165,76 @@ fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(())
+}
+
+/// What the Redis primaries behind `url` have spent so far.
+struct ServerCost {
+    /// Microseconds inside `EVALSHA` and `FCALL` (INFO commandstats).
+    command_us: f64,
+    /// The servers' CPU time, user plus system, in microseconds.
+    cpu_us: f64,
+    /// `HSET` calls: the hashes written (the writer sends only the newest
+    /// pane of each key it has gathered, and the compare-and-set refuses
+    /// older ones).
+    hsets: f64,
+}
+
+/// The cost counters of every primary behind `url` (one server, or every
+/// primary a cluster's first seed node lists).
+fn server_cost(url: &str) -> anyhow::Result<ServerCost> {
+    let urls = match rill::config::cluster_nodes(url) {
+        None => vec![url.to_string()],
+        Some(nodes) => {
+            let nodes = nodes.map_err(|e| anyhow::anyhow!(e))?;
+            let seed = nodes
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("no seed node"))?;
+            let mut c = redis::Client::open(seed.as_str())?.get_connection()?;
+            let listing: String = redis::cmd("CLUSTER").arg("NODES").query(&mut c)?;
+            let scheme = seed.split_once("://").map_or("redis", |(s, _)| s);
+            listing
+                .lines()
+                .filter(|l| l.split(' ').nth(2).is_some_and(|f| f.contains("master")))
+                .filter_map(|l| l.split(' ').nth(1))
+                .map(|addr| format!("{scheme}://{}", addr.split('@').next().unwrap_or(addr)))
+                .collect()
+        }
+    };
+    let mut cost = ServerCost {
+        command_us: 0.0,
+        cpu_us: 0.0,
+        hsets: 0.0,
+    };
+    for u in urls {
+        let mut c = redis::Client::open(u.as_str())?.get_connection()?;
+        let info: String = redis::cmd("INFO").arg("all").query(&mut c)?;
+        for line in info.lines() {
+            let line = line.trim();
+            if let Some(rest) = line
+                .strip_prefix("cmdstat_evalsha:")
+                .or_else(|| line.strip_prefix("cmdstat_fcall:"))
+            {
+                let usec = rest
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix("usec="))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+                cost.command_us += usec;
+            } else if let Some(rest) = line.strip_prefix("cmdstat_hset:") {
+                cost.hsets += rest
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix("calls="))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+            } else if let Some(v) = line
+                .strip_prefix("used_cpu_user:")
+                .or_else(|| line.strip_prefix("used_cpu_sys:"))
+            {
+                cost.cpu_us += v.parse::<f64>().unwrap_or(0.0) * 1e6;
+            }
+        }
+    }
+    Ok(cost)
 }
 
 /// Logs librdkafka's errors as the daemon does (the end of a partition is expected).

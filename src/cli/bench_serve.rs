@@ -88,11 +88,13 @@ fn populate(p: &Pipeline, url: &str, population: usize) -> anyhow::Result<()> {
                 };
                 fields.push((f.name.clone(), v));
             }
+            let mut v = String::new();
+            rill::sink::redis::version_field(end, 0, 0, None, &mut v);
+            fields.push(("_v".into(), v));
             fields.push(("_window_start".into(), (end - 300_000_000).to_string()));
             fields.push(("_window_end".into(), end.to_string()));
             fields.push(("_emitted_at".into(), end.to_string()));
             fields.push(("_pane".into(), "0".into()));
-            fields.push(("_gen".into(), "0".into()));
             pipe.hset_multiple(&key, &fields).ignore();
         }
         pipe.query::<()>(&mut c)?;

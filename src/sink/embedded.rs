@@ -21,18 +21,30 @@ impl EmbeddedStore {
     /// Applies one row under the compare-and-set of the Redis script.
     pub fn apply(&self, r: &OnlineRow) -> bool {
         let mut m = self.map.lock().expect("store lock");
+        let new = (r.window_end, r.generation, r.pane);
         if let Some(cur) = m.get(&r.key) {
-            let num = |k: &str| cur.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-            let stored = (num("_window_end"), num("_gen"), num("_pane"));
-            if stored > (r.window_end, r.generation as i64, i64::from(r.pane)) {
+            let stored = cur
+                .get("_v")
+                .and_then(|v| super::redis::parse_version(v))
+                .unwrap_or_else(|| {
+                    let num = |k: &str| cur.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+                    (
+                        num("_window_end"),
+                        num("_gen").max(0) as u64,
+                        num("_pane").clamp(0, i64::from(u32::MAX)) as u32,
+                    )
+                });
+            if stored > new {
                 return false;
             }
         }
         let mut h: BTreeMap<String, String> = r.fields.iter().cloned().collect();
+        let mut v = String::with_capacity(40);
+        super::redis::version_field(r.window_end, r.generation, r.pane, None, &mut v);
+        h.insert("_v".into(), v);
         h.insert("_window_start".into(), r.window_start.to_string());
         h.insert("_window_end".into(), r.window_end.to_string());
         h.insert("_emitted_at".into(), r.emitted_at.to_string());
-        h.insert("_gen".into(), r.generation.to_string());
         h.insert("_pane".into(), r.pane.to_string());
         m.insert(r.key.clone(), h);
         true

@@ -177,10 +177,16 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    args: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start(dir: &Path) -> RedisServer {
+        RedisServer::start_with(dir, &[])
+    }
+
+    /// A server given extra command-line settings.
+    pub fn start_with(dir: &Path, args: &[&str]) -> RedisServer {
         // Tests run in parallel: another one may take the chosen port before
         // this server binds it. Then this server exits (or a PING reaches
         // the other one, whose `dir` differs): try another port.
@@ -189,6 +195,7 @@ impl RedisServer {
                 port: free_port(),
                 dir: dir.to_path_buf(),
                 child: None,
+                args: args.iter().map(|a| a.to_string()).collect(),
             };
             if r.try_start() {
                 return r;
@@ -225,6 +232,7 @@ impl RedisServer {
             ])
             .args(["--appendonly", "yes", "--dir"])
             .arg(&self.dir)
+            .args(&self.args)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/test.sh installs it)");

@@ -47,46 +47,221 @@ use crate::event::{EncodedKey, KeyPart};
 /// Rows per script call.
 pub const ROWS_PER_CALL: usize = 128;
 
-/// The compare-and-set over several hashes: KEYS are the hashes; ARGV holds,
-/// per key, window_end, gen, pane, ttl in ms (0: none), the number of
-/// field/value arguments to set, the number of fields to delete (features
-/// that are null now), then those arguments. Fields are updated in place
-/// (no delete and re-create of the hash). Returns how many hashes were
-/// written. (On a Redis Cluster the keys of one call share a slot.)
-pub const CAS_SCRIPT: &str = r#"
-local i = 1
+/// The compare-and-set over several hashes (layout 2): KEYS are the
+/// hashes; ARGV starts with the number of features `n` and their names
+/// (sent once per call), then holds per key: the version field `_v`
+/// ([`version_field`]), `_window_start`, `_window_end`, `_emitted_at`,
+/// `_pane`, the TTL in ms (`0`: none) and the values of the features that are not null,
+/// in feature order. A key is written when its stored version is not newer
+/// (byte order of the 40-digit prefix; a hash of layout 1, without `_v`, is
+/// compared by its `_window_end`, `_gen`, `_pane` and migrated: `_gen` is
+/// deleted). Fields are updated in place; the fields of features
+/// that are null now are deleted unless the stored `_v` says the hash
+/// already lacks exactly those. Returns how many hashes were written. (On
+/// a Redis Cluster the keys of one call share a slot.)
+pub const CAS_BODY: &str = r#"
+local n = tonumber(ARGV[1])
+local names = {}
+for j = 1, n do names[j] = ARGV[1 + j] end
+local shapes = {}
+local function shape(mask)
+  local s = shapes[mask]
+  if s then return s end
+  local t = {'_v', '', '_window_start', '', '_window_end', '', '_emitted_at', '', '_pane', ''}
+  local d = {}
+  for j = 1, n do
+    if string.byte(mask, j) == 49 then d[#d + 1] = names[j]
+    else t[#t + 1] = names[j]; t[#t + 1] = '' end
+  end
+  s = {t, (#t - 10) / 2, d}
+  shapes[mask] = s
+  return s
+end
+local i = n + 2
 local written = 0
 for k = 1, #KEYS do
-  local key = KEYS[k]
-  local we = tonumber(ARGV[i])
-  local nset, ndel = tonumber(ARGV[i+4]), tonumber(ARGV[i+5])
-  local first = i + 6
-  local ok = true
-  local existed = false
-  local cwe = redis.call('HGET', key, '_window_end')
-  if cwe then
-    existed = true
-    cwe = tonumber(cwe)
-    if cwe > we then ok = false
-    elseif cwe == we then
-      local cur = redis.call('HMGET', key, '_gen', '_pane')
-      local gen, pane = tonumber(ARGV[i+1]), tonumber(ARGV[i+2])
-      local cgen, cpane = tonumber(cur[1]) or 0, tonumber(cur[2]) or 0
-      if cgen > gen then ok = false
-      elseif cgen == gen and cpane > pane then ok = false end
+  local key, v = KEYS[k], ARGV[i]
+  local s
+  if #v == 40 then s = shape('') else s = shape(string.sub(v, 49)) end
+  local t, nv, d = s[1], s[2], s[3]
+  local cur = redis.call('HGET', key, '_v')
+  local ok, legacy = true, false
+  if cur then
+    if cur > v and string.sub(cur, 1, 40) ~= string.sub(v, 1, 40) then ok = false end
+  else
+    local cwe = redis.call('HGET', key, '_window_end')
+    if cwe then
+      legacy = true
+      cwe = tonumber(cwe)
+      local we = tonumber(ARGV[i + 2])
+      if cwe > we then ok = false
+      elseif cwe == we then
+        local c = redis.call('HMGET', key, '_gen', '_pane')
+        local gen = tonumber(string.sub(v, 17, 32), 16)
+        local pane = tonumber(string.sub(v, 33, 40), 16)
+        local cgen, cpane = tonumber(c[1]) or 0, tonumber(c[2]) or 0
+        if cgen > gen or (cgen == gen and cpane > pane) then ok = false end
+      end
     end
   end
   if ok then
-    redis.call('HSET', key, '_window_end', ARGV[i], '_gen', ARGV[i+1], '_pane', ARGV[i+2], unpack(ARGV, first, first + nset - 1))
-    if existed and ndel > 0 then redis.call('HDEL', key, unpack(ARGV, first + nset, first + nset + ndel - 1)) end
-    local ttl = tonumber(ARGV[i+3])
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+    t[2] = v; t[4] = ARGV[i + 1]; t[6] = ARGV[i + 2]; t[8] = ARGV[i + 3]; t[10] = ARGV[i + 4]
+    for j = 1, nv do t[10 + 2 * j] = ARGV[i + 5 + j] end
+    redis.call('HSET', key, unpack(t))
+    if legacy then
+      redis.call('HDEL', key, '_gen', unpack(d))
+    elseif cur and #d > 0 and string.sub(cur, 41) ~= string.sub(v, 41) then
+      redis.call('HDEL', key, unpack(d))
+    end
+    local ttl = ARGV[i + 5]
+    if ttl ~= '0' then redis.call('PEXPIRE', key, ttl) end
     written = written + 1
   end
-  i = first + nset + ndel
+  i = i + 6 + nv
 end
 return written
 "#;
+
+/// The compare-and-set as Redis calls it: a Redis Function (Redis 7 and
+/// later: stored, replicated and persisted by the server, so a promoted
+/// replica or a restarted server has it), else a script (`EVALSHA`). The
+/// library and function names carry a digest of the body, so rill versions
+/// with different bodies can share a server.
+#[derive(Debug)]
+pub struct Cas {
+    sha: String,
+    library: String,
+    function: String,
+    /// Whether the server took the function (set on each connection).
+    functions: std::sync::atomic::AtomicBool,
+}
+
+impl Cas {
+    pub fn new() -> Cas {
+        let sha = redis::Script::new(CAS_BODY).get_hash().to_string();
+        Cas {
+            library: format!("rill_{}", &sha[..12]),
+            function: format!("rill_cas_{}", &sha[..12]),
+            sha,
+            functions: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// The library source for `FUNCTION LOAD`.
+    fn library_code(&self) -> String {
+        format!(
+            "#!lua name={}\nlocal function cas(KEYS, ARGV)\n{CAS_BODY}\nend\nredis.register_function('{}', cas)\n",
+            self.library, self.function
+        )
+    }
+
+    /// Loads the function (or, on a server without functions, the script)
+    /// on every primary behind `c`.
+    async fn load(&self, c: &mut conn::OnlineConn) -> redis::RedisResult<()> {
+        use std::sync::atomic::Ordering;
+        let loaded: redis::RedisResult<redis::Value> = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(self.library_code())
+            .query_async(c)
+            .await;
+        match loaded {
+            Ok(_) => {
+                self.functions.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(e) if is_unknown_command(&e) => {
+                let sha: String = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(CAS_BODY)
+                    .query_async(c)
+                    .await?;
+                debug_assert_eq!(sha, self.sha);
+                self.functions.store(false, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A call of the compare-and-set over `nkeys` keys (the keys and
+    /// arguments follow).
+    fn cmd(&self, nkeys: usize) -> redis::Cmd {
+        let mut c = if self.functions.load(std::sync::atomic::Ordering::Acquire) {
+            let mut c = redis::cmd("FCALL");
+            c.arg(&self.function);
+            c
+        } else {
+            let mut c = redis::cmd("EVALSHA");
+            c.arg(&self.sha);
+            c
+        };
+        c.arg(nkeys);
+        c
+    }
+}
+
+impl Default for Cas {
+    fn default() -> Self {
+        Cas::new()
+    }
+}
+
+/// A server without `FUNCTION` (before Redis 7, or the command renamed
+/// away).
+fn is_unknown_command(e: &redis::RedisError) -> bool {
+    let t = e.to_string().to_ascii_lowercase();
+    t.contains("unknown command") || t.contains("unknown subcommand")
+}
+
+/// The version field `_v` of a pane: 40 hexadecimal digits whose byte
+/// order is the order of `(window_end, generation, pane)` (16 digits of the
+/// window end in microseconds with its sign bit flipped, 16 of the
+/// generation, 8 of the pane index); when some features are null, followed
+/// by 8 digits naming the feature list ([`names_digest`]) and one `0` or
+/// `1` per feature (`1`: null, so the field is absent).
+pub fn version_field(
+    window_end: i64,
+    generation: u64,
+    pane: u32,
+    nulls: Option<(&str, &[bool])>,
+    out: &mut String,
+) {
+    use std::fmt::Write as _;
+    let _ = write!(
+        out,
+        "{:016x}{:016x}{:08x}",
+        (window_end as u64) ^ (1 << 63),
+        generation,
+        pane
+    );
+    if let Some((digest, mask)) = nulls {
+        out.push_str(digest);
+        out.extend(mask.iter().map(|&n| if n { '1' } else { '0' }));
+    }
+}
+
+/// `(window_end, generation, pane)` of a version field.
+pub fn parse_version(v: &str) -> Option<(i64, u64, u32)> {
+    let hex = |r: std::ops::Range<usize>| v.get(r);
+    let we = u64::from_str_radix(hex(0..16)?, 16).ok()? ^ (1 << 63);
+    let generation = u64::from_str_radix(hex(16..32)?, 16).ok()?;
+    let pane = u32::from_str_radix(hex(32..40)?, 16).ok()?;
+    Some((we as i64, generation, pane))
+}
+
+/// 8 hexadecimal digits naming a feature list (FNV-1a over the names, each
+/// ended by a zero byte): a null mask is only comparable under the same list.
+pub fn names_digest(names: &[String]) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for n in names {
+        for &b in n.as_bytes().iter().chain(&[0u8]) {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    }
+    format!("{h:08x}")
+}
 
 /// A client for `endpoint` whose connections set `TCP_NODELAY`: pipelined
 /// commands from concurrent callers are sent at once instead of waiting
@@ -334,7 +509,7 @@ pub async fn run_writer_with_marker(
     marker: Option<Arc<recovery::LossMarker>>,
 ) {
     let mut conn: Option<conn::OnlineConn> = None;
-    let script = redis::Script::new(CAS_SCRIPT);
+    let script = Cas::new();
     let mut pending: Vec<OnlineBatch> = Vec::new();
     let mut rows = 0usize;
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
@@ -484,7 +659,7 @@ async fn write_all(
     endpoint: &RedisEndpoint,
     conn: &mut Option<conn::OnlineConn>,
     outage: &mut Option<Instant>,
-    script: &redis::Script,
+    script: &Cas,
     layout: &OnlineLayout,
     pending: &[OnlineBatch],
     rows: &[(u32, u32)],
@@ -616,23 +791,19 @@ fn log_slow_write(endpoint: &RedisEndpoint, took: Duration) {
     }
 }
 
-/// The connection, opened (and the script loaded: on a cluster, on every
-/// node) when there is none.
+/// The connection, opened (and the compare-and-set loaded: on a cluster,
+/// on every primary) when there is none.
 async fn connect<'c>(
     endpoint: &RedisEndpoint,
     conn: &'c mut Option<conn::OnlineConn>,
-    script: &redis::Script,
+    script: &Cas,
     marker: Option<(&recovery::LossMarker, &str)>,
 ) -> redis::RedisResult<&'c mut conn::OnlineConn> {
     if conn.is_none() {
         let mut c = conn::connect(endpoint, Duration::from_secs(5)).await?;
-        // Loaded once per connection (a restarted Redis has lost it).
-        let loaded: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(CAS_SCRIPT)
-            .query_async(&mut c)
-            .await?;
-        debug_assert_eq!(loaded, script.get_hash());
+        // Loaded on every new connection: a server without functions that
+        // restarted has lost the script.
+        script.load(&mut c).await?;
         // A new connection may reach a restarted, emptied store.
         if let Some((m, group)) = marker {
             m.check(&mut c, group).await?;
@@ -644,12 +815,12 @@ async fn connect<'c>(
 
 use crate::sink::write_value_text as write_value;
 
-/// The script calls that write `rows`, each with the slot of its keys: on
-/// a single server, calls of [`ROWS_PER_CALL`] rows in order; on a cluster,
-/// the rows of one hash slot together (a script's keys must share a slot),
-/// in calls of at most [`ROWS_PER_CALL`].
+/// The compare-and-set calls that write `rows`, each with the slot of its
+/// keys: on a single server, calls of [`ROWS_PER_CALL`] rows in order; on a
+/// cluster, the rows of one hash slot together (a call's keys must share a
+/// slot), in calls of at most [`ROWS_PER_CALL`].
 fn calls(
-    script: &redis::Script,
+    script: &Cas,
     layout: &OnlineLayout,
     pending: &[OnlineBatch],
     rows: &[(u32, u32)],
@@ -677,21 +848,23 @@ fn calls(
         key_of(first, &mut buf);
         groups.push((conn::slot_of(buf.as_bytes()), rows.to_vec()));
     }
+    let digest = names_digest(&layout.names);
     let mut out = Vec::new();
-    let mut nulls: Vec<usize> = Vec::new();
+    let mut nulls: Vec<bool> = Vec::new();
     for (slot, group) in &groups {
         for chunk in group.chunks(ROWS_PER_CALL) {
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(script.get_hash()).arg(chunk.len());
+            let mut cmd = script.cmd(chunk.len());
             for row in chunk {
                 key_of(row, &mut buf);
                 cmd.arg(buf.as_bytes());
             }
+            cmd.arg(layout.names.len());
+            for n in &layout.names {
+                cmd.arg(n.as_str());
+            }
             for &(b, r) in chunk {
                 let batch = &pending[b as usize];
                 let (m, values) = batch.panes.get(r as usize);
-                nulls.clear();
-                let set = values.iter().filter(|v| !matches!(v, Value::Null)).count();
                 let ttl = if batch.rewrite && layout.ttl_ms > 0 {
                     let age_ms = (crate::time::Clock::now(&crate::time::SystemClock) - m.emitted_at)
                         .max(0) as u64
@@ -700,26 +873,29 @@ fn calls(
                 } else {
                     layout.ttl_ms
                 };
-                cmd.arg(m.window_end)
-                    .arg(batch.generations[r as usize])
-                    .arg(m.pane_index)
-                    .arg(ttl)
-                    .arg(4 + 2 * set)
-                    .arg(values.len() - set)
-                    .arg("_window_start")
+                nulls.clear();
+                nulls.extend(values.iter().map(|v| matches!(v, Value::Null)));
+                buf.clear();
+                version_field(
+                    m.window_end,
+                    batch.generations[r as usize],
+                    m.pane_index,
+                    nulls
+                        .contains(&true)
+                        .then_some((digest.as_str(), &nulls[..])),
+                    &mut buf,
+                );
+                cmd.arg(buf.as_bytes())
                     .arg(m.window_start)
-                    .arg("_emitted_at")
-                    .arg(m.emitted_at);
-                for (i, v) in values.iter().enumerate() {
+                    .arg(m.window_end)
+                    .arg(m.emitted_at)
+                    .arg(m.pane_index)
+                    .arg(ttl);
+                for v in values.iter() {
                     buf.clear();
                     if write_value(v, &mut buf) {
-                        cmd.arg(layout.names[i].as_str()).arg(buf.as_bytes());
-                    } else {
-                        nulls.push(i);
+                        cmd.arg(buf.as_bytes());
                     }
-                }
-                for &i in &nulls {
-                    cmd.arg(layout.names[i].as_str());
                 }
             }
             out.push((*slot, cmd));
@@ -788,6 +964,26 @@ mod tests {
             if a.len() == b.len() && a != b {
                 prop_assert_ne!(ka, kb);
             }
+        }
+    }
+
+    proptest! {
+        /// The byte order of version fields is the order of (window end,
+        /// generation, pane), before 1970 too, and they parse back.
+        #[test]
+        fn version_fields_order_as_their_tuples(
+            a in (any::<i64>(), any::<u64>(), any::<u32>()),
+            b in (any::<i64>(), any::<u64>(), any::<u32>()),
+            mask in proptest::collection::vec(any::<bool>(), 1..5),
+        ) {
+            let (mut va, mut vb) = (String::new(), String::new());
+            version_field(a.0, a.1, a.2, None, &mut va);
+            version_field(b.0, b.1, b.2, Some(("0badcafe", &mask)), &mut vb);
+            prop_assert_eq!(va.len(), 40);
+            prop_assert_eq!(vb.len(), 48 + mask.len());
+            prop_assert_eq!(va[..40].cmp(&vb[..40]), a.cmp(&b));
+            prop_assert_eq!(parse_version(&va), Some(a));
+            prop_assert_eq!(parse_version(&vb), Some(b));
         }
     }
 

@@ -722,12 +722,38 @@ fn sigterm_drains_within_the_deadline_and_checkpoints() {
     assert_eq!(next, 1000);
 }
 
-/// The compare-and-set script against a real redis-server: newer windows
-/// win, an older window never replaces a newer one, a later generation wins
-/// within a window whatever its pane number, a null feature removes its
-/// field, and rows of one key superseded in a batch are not written.
+/// `(window_end, generation, pane)` of a hash's `_v` field: 16 hex digits
+/// of the window end with its sign bit flipped, 16 of the generation, 8 of
+/// the pane (README, Output).
+fn version_of(h: &BTreeMap<String, String>) -> (i64, u64, u32) {
+    let v = &h["_v"];
+    let hex = |a: usize, b: usize| u64::from_str_radix(&v[a..b], 16).expect("hex");
+    (
+        (hex(0, 16) ^ (1 << 63)) as i64,
+        hex(16, 32),
+        hex(32, 40) as u32,
+    )
+}
+
+/// The compare-and-set against a real redis-server, as a Redis Function:
+/// newer windows win, an older window never replaces a newer one, a later
+/// generation wins within a window whatever its pane number, a null feature
+/// removes its field, rows of one key superseded in a batch are not
+/// written, and a hash of the old layout is compared by its own fields and
+/// migrated.
 #[test]
 fn redis_compare_and_set_orders_by_window_generation_and_pane() {
+    compare_and_set_rules(&[]);
+}
+
+/// The same rules on a server without Redis Functions (`FUNCTION` renamed
+/// away, as on Redis 6): the writer falls back to a script.
+#[test]
+fn redis_compare_and_set_without_functions_falls_back_to_a_script() {
+    compare_and_set_rules(&["--rename-command", "FUNCTION", ""]);
+}
+
+fn compare_and_set_rules(server_args: &[&str]) {
     use rill::aggregate::Value;
     use rill::engine::{PaneBuf, PaneMeta, Timing};
     use rill::sink::redis::{run_writer, OnlineBatch, OnlineLayout, OnlineMsg, OnlineObserver};
@@ -740,7 +766,7 @@ fn redis_compare_and_set_orders_by_window_generation_and_pane() {
         }
     }
     let tmp = tempfile::tempdir().expect("tmp");
-    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let redis = RedisServer::start_with(&tmp.path().join("redis"), server_args);
     let layout = OnlineLayout {
         prefix: "rill".into(),
         group: "g".into(),
@@ -831,10 +857,8 @@ fn redis_compare_and_set_orders_by_window_generation_and_pane() {
     // Same window, lower pane number but a later generation: wins.
     send(vec![(row(100, 1, 5, Some(0.5)), 2)]);
     let h = get(&mut c);
-    assert_eq!(
-        (h["n"].as_str(), h["_gen"].as_str(), h["_pane"].as_str()),
-        ("5", "2", "1")
-    );
+    assert_eq!((h["n"].as_str(), version_of(&h)), ("5", (100, 2, 1)));
+    assert_eq!(h["sd"], "0.5");
     // Same window and generation, lower pane: refused.
     send(vec![(row(100, 0, 6, None), 2)]);
     assert_eq!(get(&mut c)["n"], "5");
@@ -849,10 +873,72 @@ fn redis_compare_and_set_orders_by_window_generation_and_pane() {
         (
             h["n"].as_str(),
             h["_window_end"].as_str(),
-            h["_pane"].as_str()
+            h["_pane"].as_str(),
+            version_of(&h)
         ),
-        ("9", "300", "1")
+        ("9", "300", "1", (300, 2, 1))
     );
+    assert!(!h.contains_key("sd"), "{h:?}");
+    // A null again: the field stays absent; a value again: it is back.
+    send(vec![(row(400, 0, 10, None), 2)]);
+    let h = get(&mut c);
+    assert_eq!(h["n"], "10");
+    assert!(!h.contains_key("sd"), "{h:?}");
+    send(vec![(row(500, 0, 11, Some(4.0)), 2)]);
+    assert_eq!(get(&mut c)["sd"], "4");
+    send(vec![(row(600, 0, 12, None), 2)]);
+    assert!(!get(&mut c).contains_key("sd"));
+    // A hash of the old layout (no `_v`; `_window_end`, `_gen`, `_pane`):
+    // compared by its own fields, then migrated when written.
+    let legacy = |c: &mut redis::Connection, end: i64, generation: u64, pane: u32| {
+        let _: () = redis::cmd("DEL").arg(redis_key).query(c).expect("del");
+        let _: () = redis::cmd("HSET")
+            .arg(redis_key)
+            .arg(&["n", "70", "sd", "7.5", "_window_start", "0"])
+            .arg("_window_end")
+            .arg(end)
+            .arg("_emitted_at")
+            .arg(1)
+            .arg("_gen")
+            .arg(generation)
+            .arg("_pane")
+            .arg(pane)
+            .query(c)
+            .expect("hset");
+    };
+    legacy(&mut c, 700, 3, 2);
+    send(vec![(row(600, 9, 13, Some(1.0)), 9)]); // older window
+    send(vec![(row(700, 1, 14, Some(1.0)), 3)]); // same window, older pane
+    send(vec![(row(700, 9, 15, Some(1.0)), 2)]); // same window, older generation
+    let h = get(&mut c);
+    assert_eq!((h["n"].as_str(), h["_gen"].as_str()), ("70", "3"), "{h:?}");
+    assert!(!h.contains_key("_v"));
+    send(vec![(row(700, 2, 16, None), 3)]); // the same version: written
+    let h = get(&mut c);
+    assert_eq!(h["n"], "16");
+    assert_eq!((version_of(&h), h["_pane"].as_str()), ((700, 3, 2), "2"));
+    for gone in ["sd", "_gen"] {
+        assert!(!h.contains_key(gone), "{gone}: {h:?}");
+    }
+    legacy(&mut c, 700, 3, 2);
+    send(vec![(row(800, 0, 17, Some(2.5)), 1)]); // a newer window
+    let h = get(&mut c);
+    assert_eq!((h["n"].as_str(), h["sd"].as_str()), ("17", "2.5"));
+    assert!(!h.contains_key("_gen"), "{h:?}");
+    assert_eq!(h["_pane"], "0");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(redis_key)
+        .query(&mut c)
+        .expect("pttl");
+    assert!(ttl > 50_000 && ttl <= 60_000, "ttl {ttl}");
+    // The writes went through a function where the server has them.
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut c)
+        .expect("info");
+    let functions = server_args.is_empty();
+    assert_eq!(stats.contains("cmdstat_fcall:"), functions, "{stats}");
+    assert_eq!(stats.contains("cmdstat_evalsha:"), !functions, "{stats}");
 }
 
 /// A partition that gets no new records while the watermark, moved by the
