@@ -49,9 +49,18 @@ pub struct ConsumeArgs {
 pub struct DaemonArgs {
     /// Pipeline file (its Kafka settings are not used).
     pub pipeline: PathBuf,
-    /// JSON-lines input.
-    #[arg(long)]
-    pub input: PathBuf,
+    /// JSON-lines input (or `--live`).
+    #[arg(long, required_unless_present = "live")]
+    pub input: Option<PathBuf>,
+    /// Instead of a file, generate events for this long (`3m`) at
+    /// `--rate` events/s (10,000 unless given), their event time the wall
+    /// clock, over `--keys` entities chosen at random: a real-time pace.
+    /// Windows still open at the end are not closed.
+    #[arg(long, conflicts_with = "input")]
+    pub live: Option<String>,
+    /// Entities of a `--live` run (`user_id` u0 to u<keys-1>).
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u64,
     /// Redis URL (a real redis-server).
     #[arg(long)]
     pub redis: String,
@@ -134,7 +143,15 @@ fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
     }
     let before = server_cost(&a.redis)?;
     let t = Instant::now();
-    let n = w.run_file(&a.input, a.rate)?;
+    let n = match (&a.input, &a.live) {
+        (Some(input), _) => w.run_file(input, a.rate)?,
+        (None, Some(live)) => {
+            let d = rill::time::parse_duration(live).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let rate = if a.rate == 0 { 10_000 } else { a.rate };
+            w.run_lines(live_events(Duration::from_micros(d as u64), a.keys), rate, false)?
+        }
+        (None, None) => anyhow::bail!("give --input or --live"),
+    };
     rt.block_on(writer)?;
     let secs = t.elapsed().as_secs_f64();
     let after = server_cost(&a.redis)?;
@@ -165,6 +182,37 @@ fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(())
+}
+
+/// Events of the standard data set's shape for `for_how_long`, their
+/// event time the wall clock, each for one of `keys` entities at random.
+fn live_events(
+    for_how_long: Duration,
+    keys: u64,
+) -> impl FnMut(&mut Vec<u8>) -> anyhow::Result<bool> {
+    use std::io::Write as _;
+    let end = Instant::now() + for_how_long;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let keys = keys.max(1);
+    move |buf| {
+        if Instant::now() >= end {
+            return Ok(false);
+        }
+        // xorshift64*: cheap and reproducible.
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        write!(
+            buf,
+            r#"{{"user_id":"u{}","event_type":"purchase","amount":{}.{:02},"event_time":"{now}"}}"#,
+            (r >> 16) % keys,
+            r % 500,
+            (r >> 8) % 100
+        )?;
+        Ok(true)
+    }
 }
 
 /// What the Redis primaries behind `url` have spent so far.

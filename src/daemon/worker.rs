@@ -486,30 +486,53 @@ impl Worker {
     /// window fires and a final checkpoint is written. Returns the number
     /// of records read (benchmarks of the daemon's own path). `rate` caps
     /// the records per second (0: as fast as the path goes).
-    pub fn run_file(mut self, path: &std::path::Path, rate: u64) -> anyhow::Result<u64> {
-        self.file_mode = true;
-        let c = self.store.load(0)?;
-        self.load_partition(0, c)?;
+    pub fn run_file(self, path: &std::path::Path, rate: u64) -> anyhow::Result<u64> {
         let opened = crate::source::file::open(path, 4096, &[])?;
         let crate::source::file::Input::Lines(mut lines) = opened.input else {
             anyhow::bail!("the daemon benchmark reads JSON lines");
         };
+        self.run_lines(
+            |buf| {
+                let Some(line) = lines.next_line()? else {
+                    return Ok(false);
+                };
+                buf.extend_from_slice(line.bytes);
+                Ok(true)
+            },
+            rate,
+            true,
+        )
+    }
+
+    /// Like [`Self::run_file`], with records from `next` (which appends one
+    /// to the buffer, or returns false at the end). `finish`: close every
+    /// window at the end, as the end of a bounded input does (else what is
+    /// open is only checkpointed).
+    pub fn run_lines(
+        mut self,
+        mut next: impl FnMut(&mut Vec<u8>) -> anyhow::Result<bool>,
+        rate: u64,
+        finish: bool,
+    ) -> anyhow::Result<u64> {
+        self.file_mode = true;
+        let c = self.store.load(0)?;
+        self.load_partition(0, c)?;
         let started = Instant::now();
         let mut last_tick = Instant::now();
         let mut last_ckpt = Instant::now();
         let mut n: i64 = 0;
         let mut buf = Vec::new();
         loop {
-            {
-                let Some(line) = lines.next_line()? else {
-                    break;
-                };
-                buf.clear();
-                buf.extend_from_slice(line.bytes);
+            buf.clear();
+            if !next(&mut buf)? {
+                break;
             }
             self.on_record(0, n, None, Some(&buf))?;
             n += 1;
-            if n % 1024 == 0 {
+            // Slow paced runs look at the clock more often (at 10,000
+            // records/s, 1,024 records are a tenth of a second).
+            let every = if rate > 0 && rate < 100_000 { 64 } else { 1024 };
+            if n % every == 0 {
                 if rate > 0 {
                     let due = Duration::from_secs_f64(n as f64 / rate as f64);
                     let el = started.elapsed();
@@ -534,7 +557,9 @@ impl Worker {
             }
             self.route()?;
         }
-        self.engine.finish(&mut self.out);
+        if finish {
+            self.engine.finish(&mut self.out);
+        }
         self.route()?;
         self.checkpoint()?;
         Ok(n as u64)

@@ -509,6 +509,7 @@ pub async fn run_writer_with_marker(
     marker: Option<Arc<recovery::LossMarker>>,
 ) {
     let mut conn: Option<conn::OnlineConn> = None;
+    let cluster = endpoint.cluster_nodes().is_some();
     let script = Cas::new();
     let mut pending: Vec<OnlineBatch> = Vec::new();
     let mut rows = 0usize;
@@ -537,7 +538,12 @@ pub async fn run_writer_with_marker(
             }
         }
         if !pending.is_empty() {
-            let chosen = newest_per_key(&pending);
+            let mut chosen = newest_per_key(&pending);
+            if cluster {
+                // A call's keys must share a slot: ordered by slot, a round
+                // trip's calls carry several keys each instead of one.
+                by_slot(&layout, &pending, &mut chosen);
+            }
             write_all(
                 &endpoint,
                 &mut conn,
@@ -641,13 +647,34 @@ fn newest_per_key(pending: &[OnlineBatch]) -> Vec<(u32, u32)> {
     out
 }
 
+/// Groups `rows` by the hash slot of their keys: the slots in the order
+/// of their first row, each slot's rows in emission order.
+fn by_slot(layout: &OnlineLayout, pending: &[OnlineBatch], rows: &mut [(u32, u32)]) {
+    let mut buf = String::with_capacity(64);
+    let mut at: std::collections::HashMap<conn::Slot, usize> = Default::default();
+    let mut groups: Vec<Vec<(u32, u32)>> = Vec::new();
+    for &(b, r) in rows.iter() {
+        let (m, _) = pending[b as usize].panes.get(r as usize);
+        buf.clear();
+        push_key(&layout.prefix, &layout.group, &m.key, &mut buf);
+        let i = *at.entry(conn::slot_of(buf.as_bytes())).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[i].push((b, r));
+    }
+    for (dst, row) in rows.iter_mut().zip(groups.into_iter().flatten()) {
+        *dst = row;
+    }
+}
+
 /// Rows per pipelined round trip.
 const ROWS_PER_PIPELINE: usize = 2 * ROWS_PER_CALL;
 
 /// Round trips in flight at once on the multiplexed connection.
 const MAX_IN_FLIGHT: usize = 4;
 
-/// Writes `rows` (sorted by batch and row) in round trips of
+/// Writes `rows` (by batch and row, or by slot on a cluster) in round trips of
 /// [`ROWS_PER_PIPELINE`], several in flight: Redis works on one while the
 /// next is formatted, and each round trip's rows are reported as soon as it
 /// is acknowledged (a window's panes become readable in order, not all at
@@ -738,7 +765,7 @@ async fn write_all(
                 if done - started >= SLOW_WRITE {
                     log_slow_write(endpoint, done - started);
                 }
-                // Report per batch: rows are sorted by batch.
+                // Report per run of rows of one batch.
                 let mut i = start;
                 while i < end {
                     let b = rows[i].0;
