@@ -148,7 +148,11 @@ fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
         (None, Some(live)) => {
             let d = rill::time::parse_duration(live).map_err(|e| anyhow::anyhow!("{e}"))?;
             let rate = if a.rate == 0 { 10_000 } else { a.rate };
-            w.run_lines(live_events(Duration::from_micros(d as u64), a.keys), rate, false)?
+            w.run_lines(
+                live_events(Duration::from_micros(d as u64), a.keys),
+                rate,
+                false,
+            )?
         }
         (None, None) => anyhow::bail!("give --input or --live"),
     };

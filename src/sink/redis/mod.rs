@@ -124,7 +124,8 @@ return written
 
 /// The compare-and-set as Redis calls it: a Redis Function (Redis 7 and
 /// later: stored, replicated and persisted by the server, so a promoted
-/// replica or a restarted server has it), else a script (`EVALSHA`). The
+/// replica or a restarted server has it), else (no `FUNCTION` command, or
+/// an ACL user not allowed `FUNCTION LOAD`) a script (`EVALSHA`). The
 /// library and function names carry a digest of the body, so rill versions
 /// with different bodies can share a server.
 #[derive(Debug)]
@@ -170,7 +171,7 @@ impl Cas {
                 self.functions.store(true, Ordering::Release);
                 Ok(())
             }
-            Err(e) if is_unknown_command(&e) => {
+            Err(e) if is_unknown_command(&e) || is_no_permission(&e) => {
                 let sha: String = redis::cmd("SCRIPT")
                     .arg("LOAD")
                     .arg(CAS_BODY)
@@ -205,6 +206,11 @@ impl Default for Cas {
     fn default() -> Self {
         Cas::new()
     }
+}
+
+/// A user whose ACL allows scripts but not `FUNCTION LOAD`.
+fn is_no_permission(e: &redis::RedisError) -> bool {
+    e.to_string().to_ascii_lowercase().contains("noperm")
 }
 
 /// A server without `FUNCTION` (before Redis 7, or the command renamed
