@@ -217,31 +217,31 @@ impl RedisCluster {
         }
     }
 
-    /// Every field of `key`, read through a cluster connection.
-    pub fn hgetall(&self, key: &str) -> BTreeMap<String, String> {
+    /// A connection to the cluster through its live nodes.
+    fn connection(&self) -> redis::cluster::ClusterConnection {
         let nodes: Vec<String> = self
             .live_ports()
             .iter()
             .map(|p| format!("redis://127.0.0.1:{p}"))
             .collect();
         let client = redis::cluster::ClusterClient::new(nodes).expect("cluster client");
-        let mut c = client.get_connection().expect("cluster connection");
+        client.get_connection().expect("cluster connection")
+    }
+
+    /// Every field of `key`, read through a cluster connection.
+    pub fn hgetall(&self, key: &str) -> BTreeMap<String, String> {
         redis::cmd("HGETALL")
             .arg(key)
-            .query(&mut c)
+            .query(&mut self.connection())
             .expect("hgetall")
     }
 
     /// The remaining time to live of `key` in seconds.
     pub fn ttl(&self, key: &str) -> i64 {
-        let nodes: Vec<String> = self
-            .live_ports()
-            .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
-            .collect();
-        let client = redis::cluster::ClusterClient::new(nodes).expect("cluster client");
-        let mut c = client.get_connection().expect("cluster connection");
-        redis::cmd("TTL").arg(key).query(&mut c).expect("ttl")
+        redis::cmd("TTL")
+            .arg(key)
+            .query(&mut self.connection())
+            .expect("ttl")
     }
 
     /// The keys of every primary, sorted.
