@@ -593,8 +593,8 @@ impl ReadApi {
             } => {
                 // One pipeline per server (on a cluster, per hash slot),
                 // all sent at once.
-                let mut per_target: HashMap<usize, (Vec<(Slot, redis::Cmd)>, Vec<usize>)> =
-                    HashMap::new();
+                type Calls = Vec<(Slot, redis::Cmd)>;
+                let mut per_target: HashMap<usize, (Calls, Vec<usize>)> = HashMap::new();
                 for (e, ks) in keys.iter().enumerate() {
                     for (g, k) in ks.iter().enumerate() {
                         let t = group_target[plan.groups[g]];
@@ -614,7 +614,7 @@ impl ReadApi {
                         slots.push(e * ng + g);
                     }
                 }
-                let query = |t: usize, cmds: Vec<(Slot, redis::Cmd)>, slots: Vec<usize>| {
+                let query = |t: usize, cmds: Calls, slots: Vec<usize>| {
                     let conn = targets[t].conn.clone();
                     let url = targets[t].endpoint.display();
                     async move {

@@ -19,7 +19,7 @@ fn free_cluster_port(taken: &[u16]) -> u16 {
     loop {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let p = l.local_addr().expect("addr").port();
-        if p > 55_000 || p < 1024 || taken.contains(&p) {
+        if !(1024..=55_000).contains(&p) || taken.contains(&p) {
             continue;
         }
         if TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {

@@ -176,12 +176,9 @@ fn cluster_client(
             what,
         ))
     };
+    // (ca_file and cert_file are refused with a cluster when the pipeline
+    // is validated.)
     let nodes = nodes.map_err(invalid)?;
-    if endpoint.ca_file.is_some() || endpoint.cert_file.is_some() {
-        return Err(invalid(
-            "ca_file and cert_file are not supported with a Redis Cluster: put the CA in the system trust store".into(),
-        ));
-    }
     let mut b = redis::cluster::ClusterClientBuilder::new(nodes)
         .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
         .connection_timeout(timeout)

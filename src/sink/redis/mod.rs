@@ -849,9 +849,9 @@ async fn connect<'c>(
 use crate::sink::write_value_text as write_value;
 
 /// The compare-and-set calls that write `rows`, each with the slot of its
-/// keys: on a single server, calls of [`ROWS_PER_CALL`] rows in order; on a
-/// cluster, the rows of one hash slot together (a call's keys must share a
-/// slot), in calls of at most [`ROWS_PER_CALL`].
+/// keys: calls of at most [`ROWS_PER_CALL`] rows in order; on a cluster a
+/// call also ends where the slot changes (a call's keys must share a slot:
+/// the writer has grouped the rows by slot, see [`by_slot`]).
 fn calls(
     script: &Cas,
     layout: &OnlineLayout,
@@ -859,80 +859,83 @@ fn calls(
     rows: &[(u32, u32)],
     cluster: bool,
 ) -> Vec<(conn::Slot, redis::Cmd)> {
-    let mut buf = String::with_capacity(64);
-    let key_of = |&(b, r): &(u32, u32), buf: &mut String| {
-        let (m, _) = pending[b as usize].panes.get(r as usize);
-        buf.clear();
-        push_key(&layout.prefix, &layout.group, &m.key, buf);
-    };
-    let mut groups: Vec<(conn::Slot, Vec<(u32, u32)>)> = Vec::new();
-    if cluster {
-        let mut at: std::collections::HashMap<conn::Slot, usize> = Default::default();
-        for row in rows {
-            key_of(row, &mut buf);
-            let slot = conn::slot_of(buf.as_bytes());
-            let i = *at.entry(slot).or_insert_with(|| {
-                groups.push((slot, Vec::new()));
-                groups.len() - 1
-            });
-            groups[i].1.push(*row);
-        }
-    } else if let Some(first) = rows.first() {
-        key_of(first, &mut buf);
-        groups.push((conn::slot_of(buf.as_bytes()), rows.to_vec()));
-    }
     let digest = names_digest(&layout.names);
     let mut out = Vec::new();
     let mut nulls: Vec<bool> = Vec::new();
-    for (slot, group) in &groups {
-        for chunk in group.chunks(ROWS_PER_CALL) {
-            let mut cmd = script.cmd(chunk.len());
-            for row in chunk {
-                key_of(row, &mut buf);
-                cmd.arg(buf.as_bytes());
+    let mut buf = String::with_capacity(64);
+    // The keys of the call being built, one after the other.
+    let mut keys = String::new();
+    let mut ends: Vec<usize> = Vec::with_capacity(ROWS_PER_CALL);
+    let mut rest = rows;
+    while !rest.is_empty() {
+        keys.clear();
+        ends.clear();
+        let mut slot = None;
+        for &(b, r) in rest.iter().take(ROWS_PER_CALL) {
+            let (m, _) = pending[b as usize].panes.get(r as usize);
+            let start = keys.len();
+            push_key(&layout.prefix, &layout.group, &m.key, &mut keys);
+            let this = conn::slot_of(&keys.as_bytes()[start..]);
+            match slot {
+                None => slot = Some(this),
+                Some(s) if cluster && s != this => {
+                    keys.truncate(start);
+                    break;
+                }
+                Some(_) => {}
             }
-            cmd.arg(layout.names.len());
-            for n in &layout.names {
-                cmd.arg(n.as_str());
-            }
-            for &(b, r) in chunk {
-                let batch = &pending[b as usize];
-                let (m, values) = batch.panes.get(r as usize);
-                let ttl = if batch.rewrite && layout.ttl_ms > 0 {
-                    let age_ms = (crate::time::Clock::now(&crate::time::SystemClock) - m.emitted_at)
-                        .max(0) as u64
-                        / 1000;
-                    layout.ttl_ms.saturating_sub(age_ms).max(1)
-                } else {
-                    layout.ttl_ms
-                };
-                nulls.clear();
-                nulls.extend(values.iter().map(|v| matches!(v, Value::Null)));
+            ends.push(keys.len());
+        }
+        let (chunk, after) = rest.split_at(ends.len());
+        rest = after;
+        let mut cmd = script.cmd(chunk.len());
+        let mut start = 0;
+        for &end in &ends {
+            cmd.arg(&keys.as_bytes()[start..end]);
+            start = end;
+        }
+        cmd.arg(layout.names.len());
+        for n in &layout.names {
+            cmd.arg(n.as_str());
+        }
+        for &(b, r) in chunk {
+            let batch = &pending[b as usize];
+            let (m, values) = batch.panes.get(r as usize);
+            let ttl = if batch.rewrite && layout.ttl_ms > 0 {
+                let age_ms = (crate::time::Clock::now(&crate::time::SystemClock) - m.emitted_at)
+                    .max(0) as u64
+                    / 1000;
+                layout.ttl_ms.saturating_sub(age_ms).max(1)
+            } else {
+                layout.ttl_ms
+            };
+            nulls.clear();
+            nulls.extend(values.iter().map(|v| matches!(v, Value::Null)));
+            buf.clear();
+            version_field(
+                m.window_end,
+                batch.generations[r as usize],
+                m.pane_index,
+                nulls
+                    .contains(&true)
+                    .then_some((digest.as_str(), &nulls[..])),
+                &mut buf,
+            );
+            cmd.arg(buf.as_bytes())
+                .arg(m.window_start)
+                .arg(m.window_end)
+                .arg(m.emitted_at)
+                .arg(m.pane_index)
+                .arg(ttl);
+            for v in values.iter() {
                 buf.clear();
-                version_field(
-                    m.window_end,
-                    batch.generations[r as usize],
-                    m.pane_index,
-                    nulls
-                        .contains(&true)
-                        .then_some((digest.as_str(), &nulls[..])),
-                    &mut buf,
-                );
-                cmd.arg(buf.as_bytes())
-                    .arg(m.window_start)
-                    .arg(m.window_end)
-                    .arg(m.emitted_at)
-                    .arg(m.pane_index)
-                    .arg(ttl);
-                for v in values.iter() {
-                    buf.clear();
-                    if write_value(v, &mut buf) {
-                        cmd.arg(buf.as_bytes());
-                    }
+                if write_value(v, &mut buf) {
+                    cmd.arg(buf.as_bytes());
                 }
             }
-            out.push((*slot, cmd));
         }
+        let Some(slot) = slot else { break };
+        out.push((slot, cmd));
     }
     out
 }
