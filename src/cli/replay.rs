@@ -36,6 +36,21 @@ pub struct Args {
     /// Print the summary as JSON on standard output.
     #[arg(long)]
     pub json: bool,
+    /// Engine threads (default: one per core). Keys are split over them by
+    /// a stable hash; the rows equal a one-thread replay's.
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub threads: usize,
+    /// Compute only shard I of N (0-based), e.g. `--shard 2/8` for one job
+    /// of a Kubernetes indexed job: together the N shards equal one run.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<rill::replay::Shard>,
+    /// Bytes of JSON lines per parallel chunk (tests).
+    #[arg(long, hide = true)]
+    pub chunk_bytes: Option<usize>,
+}
+
+fn parse_shard(s: &str) -> Result<rill::replay::Shard, String> {
+    rill::replay::Shard::parse(s)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ReplaySummary> {
@@ -128,6 +143,9 @@ pub fn run(args: Args) -> anyhow::Result<ReplaySummary> {
         wall_clock: Arc::new(SystemClock),
         progress,
         online,
+        threads: args.threads,
+        shard: args.shard,
+        chunk_bytes: args.chunk_bytes,
     });
     if let (Some(rt), Some(w)) = (&rt, writer) {
         // The replay dropped its sender: the writer flushes what is left and ends.
@@ -169,7 +187,11 @@ fn print_summary(s: &ReplaySummary) {
     for (r, n) in &s.dead_letters {
         eprintln!("    {r:<18} {n}");
     }
-    if let Some(f) = &s.dead_letter_file {
+    if s.dead_letter_files.len() > 1 {
+        for f in &s.dead_letter_files {
+            eprintln!("    written to {f}");
+        }
+    } else if let Some(f) = &s.dead_letter_file {
         eprintln!("    written to {f}");
     }
     eprintln!(
@@ -185,8 +207,15 @@ fn print_summary(s: &ReplaySummary) {
         s.files.len()
     );
     eprintln!(
-        "  time           {:.2}s, {:.0} events/s",
-        s.seconds, s.events_per_second
+        "  time           {:.2}s, {:.0} events/s on {} thread{}{}",
+        s.seconds,
+        s.events_per_second,
+        s.threads,
+        if s.threads == 1 { "" } else { "s" },
+        s.shard
+            .as_deref()
+            .map(|t| format!(", shard {t}"))
+            .unwrap_or_default()
     );
     if let Some(n) = s.online_rows {
         eprintln!("  online         {n} panes written to Redis");

@@ -624,26 +624,7 @@ impl Engine {
     ) -> Result<(), Refusal> {
         debug_assert_eq!(hash, key_hash(ev.key));
         let t = ev.time;
-        if t > self.wall.saturating_add(self.max_future) {
-            return Err(Refusal::new(
-                Reason::FutureTimestamp,
-                format!(
-                    "event time {} is more than max_future ahead of the wall clock",
-                    crate::time::format_rfc3339(t)
-                ),
-            ));
-        }
-        // Filters and value checks, before any state changes.
-        for (i, f) in self.plan.filters.iter().enumerate() {
-            self.filter_bits[i] = f.eval(&|s| to_val(ev.field(s))).truthy();
-        }
-        let bits = &self.filter_bits;
-        if let Some((s, what)) = self.plan.row.check(|s| to_input(ev.field(s)), |f| bits[f]) {
-            return Err(Refusal::new(
-                Reason::BadValue,
-                format!("field {:?} is not {what}", self.field_name(s)),
-            ));
-        }
+        self.admit(ev, self.wall)?;
         if self.mode == ProcessingTime::StreamTime && t > self.now {
             self.set_processing_time(t, out);
         }
@@ -775,6 +756,54 @@ impl Engine {
             self.fire_timers(out);
         }
         Ok(())
+    }
+
+    /// The checks that do not depend on any key's state: the event time
+    /// against `wall + max_future`, then the `where:` filters and the value
+    /// types. `Err` is the record's dead letter; nothing changed. Parallel
+    /// replay runs them where it decodes, once per event, and gives the
+    /// engines a wall clock that refuses nothing.
+    pub fn admit(&mut self, ev: &EventRef<'_>, wall: Micros) -> Result<(), Refusal> {
+        let t = ev.time;
+        if t > wall.saturating_add(self.max_future) {
+            return Err(Refusal::new(
+                Reason::FutureTimestamp,
+                format!(
+                    "event time {} is more than max_future ahead of the wall clock",
+                    crate::time::format_rfc3339(t)
+                ),
+            ));
+        }
+        // Filters and value checks, before any state changes.
+        for (i, f) in self.plan.filters.iter().enumerate() {
+            self.filter_bits[i] = f.eval(&|s| to_val(ev.field(s))).truthy();
+        }
+        let bits = &self.filter_bits;
+        if let Some((s, what)) = self.plan.row.check(|s| to_input(ev.field(s)), |f| bits[f]) {
+            return Err(Refusal::new(
+                Reason::BadValue,
+                format!("field {:?} is not {what}", self.field_name(s)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// An admitted event ([`Engine::admit`]) of a key another engine holds
+    /// (parallel or sharded replay): it moves this engine's clock exactly as
+    /// [`Engine::process`] would (processing time in stream-time mode, then
+    /// the watermark), and fires what that completes, without touching any
+    /// key. The result equals one engine's: an event the owner refuses as
+    /// too late is older than the greatest time already seen, so observing
+    /// it moves nothing either way (docs/semantics.md, section 2).
+    #[inline]
+    pub fn observe_foreign(&mut self, t: Micros, out: &mut PaneBuf) {
+        if self.mode == ProcessingTime::StreamTime && t > self.now {
+            self.set_processing_time(t, out);
+        }
+        let now = self.now;
+        if self.wm.observe(t, now) {
+            self.fire_timers(out);
+        }
     }
 
     fn field_name(&self, slot: usize) -> &str {

@@ -667,6 +667,12 @@ impl EventBatch {
         self.times.is_empty()
     }
 
+    /// The event time of event `i`.
+    #[inline]
+    pub fn time(&self, i: usize) -> Micros {
+        self.times[i]
+    }
+
     /// Copies `ev` in, with the hash of its key.
     pub fn push(&mut self, ev: &EventRef<'_>, hash: u64) {
         if self.times.is_empty() {

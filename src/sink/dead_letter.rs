@@ -125,6 +125,39 @@ impl DeadLetterWriter {
     }
 }
 
+/// Removes the dead-letter files of replay run `run_id` in
+/// `<dir>/<pipeline>/` that are not in `keep`: `part-<run_id>.jsonl` and
+/// `part-<run_id>-*.jsonl`, or with `shard` only `part-<run_id>-<shard>-*.jsonl`
+/// (a shard cleans up only its own). Returns how many were removed.
+pub fn remove_stale(
+    dir: &Path,
+    pipeline: &str,
+    run_id: &str,
+    shard: Option<&str>,
+    keep: &[PathBuf],
+) -> std::io::Result<usize> {
+    let d = dir.join(pipeline);
+    let Ok(entries) = std::fs::read_dir(&d) else {
+        return Ok(0);
+    };
+    let whole = format!("part-{run_id}.jsonl");
+    let prefix = match shard {
+        Some(s) => format!("part-{run_id}-{s}-"),
+        None => format!("part-{run_id}-"),
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = (shard.is_none() && name == whole)
+            || (name.starts_with(&prefix) && name.ends_with(".jsonl"));
+        if ours && !keep.contains(&e.path()) {
+            std::fs::remove_file(e.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Removes the unpublished files of `<dir>/<pipeline>/` whose run
 /// identifier starts with `prefix` and that are not in `keep` (left by a
 /// crashed or revoked run). Returns how many were removed.

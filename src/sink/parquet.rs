@@ -521,13 +521,20 @@ impl ParquetSink {
     /// Removes files of this run's identifier that this run did not write
     /// (left by an earlier, longer run over the same input).
     pub fn remove_stale(&self) -> Result<usize, ParquetSinkError> {
-        let prefix = format!("part-{}-", self.run_id);
+        self.remove_stale_except(&format!("{}-", self.run_id), &self.written)
+    }
+
+    /// Removes the files `part-<prefix>*.parquet` of this sink's group not
+    /// in `keep` (a parallel replay: what its threads wrote together).
+    pub fn remove_stale_except(
+        &self,
+        prefix: &str,
+        keep: &[PathBuf],
+    ) -> Result<usize, ParquetSinkError> {
+        let prefix = format!("part-{prefix}");
         let mut removed = 0;
         for (path, name) in self.day_files() {
-            if name.starts_with(&prefix)
-                && name.ends_with(".parquet")
-                && !self.written.contains(&path)
-            {
+            if name.starts_with(&prefix) && name.ends_with(".parquet") && !keep.contains(&path) {
                 std::fs::remove_file(&path).map_err(|source| ParquetSinkError::Io {
                     path: path.clone(),
                     source,

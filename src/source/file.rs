@@ -77,7 +77,7 @@ pub struct Line<'a> {
 /// Reads lines: slices of a memory-mapped file, or copies into a reused
 /// buffer for streams (compressed files, standard input).
 pub struct LineReader {
-    inner: Box<dyn BufRead>,
+    inner: Box<dyn BufRead + Send>,
     buf: Vec<u8>,
     spans: Vec<LineSpan>,
     number: u64,
@@ -100,7 +100,7 @@ struct Mapped {
 const RELEASE_STEP: usize = 64 << 20;
 
 impl LineReader {
-    fn buffered(inner: Box<dyn BufRead>, path: &Path) -> LineReader {
+    fn buffered(inner: Box<dyn BufRead + Send>, path: &Path) -> LineReader {
         LineReader {
             inner,
             buf: Vec::with_capacity(4096),
@@ -154,6 +154,11 @@ impl LineReader {
             m.base = m.pos;
             m.progress.store(m.pos as u64, Ordering::Relaxed);
         }
+    }
+
+    /// The whole of a memory-mapped file; `None` for a stream.
+    pub fn mapped_all(&self) -> Option<&[u8]> {
+        self.mapped.as_ref().map(|m| &m.map[..])
     }
 
     /// The unread rest of a memory-mapped file; `None` for a stream.
@@ -347,13 +352,14 @@ pub fn open(path: &Path, batch_rows: usize, columns: &[String]) -> Result<Opened
         path: path.to_path_buf(),
         source,
     };
-    let (reader, size, name): (Box<dyn Read>, Option<u64>, String) = if path == Path::new("-") {
-        (Box::new(std::io::stdin()), None, "-".to_string())
-    } else {
-        let f = File::open(path).map_err(open_err)?;
-        let size = f.metadata().ok().map(|m| m.len());
-        (Box::new(f), size, path.display().to_string())
-    };
+    let (reader, size, name): (Box<dyn Read + Send>, Option<u64>, String) =
+        if path == Path::new("-") {
+            (Box::new(std::io::stdin()), None, "-".to_string())
+        } else {
+            let f = File::open(path).map_err(open_err)?;
+            let size = f.metadata().ok().map(|m| m.len());
+            (Box::new(f), size, path.display().to_string())
+        };
     let mut buffered = BufReader::with_capacity(
         1 << 20,
         Counting {
@@ -437,6 +443,49 @@ pub fn open(path: &Path, batch_rows: usize, columns: &[String]) -> Result<Opened
     })
 }
 
+/// Rows `rows` (counted within the group) of row group `group` of a
+/// Parquet file; `first_row` is the 1-based number of its first row in the file.
+#[derive(Debug, Clone)]
+pub struct ParquetPart {
+    pub group: usize,
+    pub rows: std::ops::Range<usize>,
+    pub first_row: u64,
+}
+
+/// The number of rows of each row group of a Parquet file (of `bytes` when
+/// given: standard input read into memory).
+pub fn parquet_row_groups(
+    path: &Path,
+    bytes: Option<&bytes::Bytes>,
+) -> Result<Vec<u64>, InputError> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let perr = |source| InputError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = match bytes {
+        Some(b) => SerializedFileReader::new(b.clone())
+            .map_err(perr)?
+            .metadata()
+            .clone(),
+        None => {
+            let f = File::open(path).map_err(|source| InputError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            SerializedFileReader::new(f)
+                .map_err(perr)?
+                .metadata()
+                .clone()
+        }
+    };
+    Ok(meta
+        .row_groups()
+        .iter()
+        .map(|g| g.num_rows() as u64)
+        .collect())
+}
+
 /// One needed column of the current batch, cast to a canonical type.
 enum Col {
     Str(arrow_array::StringArray),
@@ -457,6 +506,8 @@ pub type DecodedRow<'d> = (u64, Result<EventRef<'d>, Refusal>);
 pub struct ParquetRows {
     reader: ParquetRecordBatchReader,
     path: PathBuf,
+    /// The file's bytes when read from standard input.
+    bytes: Option<bytes::Bytes>,
     batch: Option<RecordBatch>,
     cols: Vec<Col>,
     /// The column of a one-column key.
@@ -484,6 +535,20 @@ impl ParquetRows {
         progress: Arc<AtomicU64>,
         columns: &[String],
     ) -> Result<ParquetRows, InputError> {
+        Self::open_part(path, bytes, batch_rows, progress, columns, None)
+    }
+
+    /// The rows of one part of a file ([`ParquetPart`]), or of the whole file.
+    pub fn open_part(
+        path: &Path,
+        bytes: Option<bytes::Bytes>,
+        batch_rows: usize,
+        progress: Arc<AtomicU64>,
+        columns: &[String],
+        part: Option<&ParquetPart>,
+    ) -> Result<ParquetRows, InputError> {
+        let first_row = part.map_or(1, |p| p.first_row);
+        let groups = part.cloned();
         let perr = |source| InputError::Parquet {
             path: path.to_path_buf(),
             source,
@@ -496,10 +561,14 @@ impl ParquetRows {
             input: T,
             columns: &[String],
             batch_rows: usize,
+            groups: Option<ParquetPart>,
         ) -> Result<(ParquetRecordBatchReader, u64), parquet::errors::ParquetError> {
             use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
             let meta = ArrowReaderMetadata::load(&input, ArrowReaderOptions::new())?;
-            let rows = meta.metadata().file_metadata().num_rows() as u64;
+            let rows = match &groups {
+                None => meta.metadata().file_metadata().num_rows() as u64,
+                Some(p) => p.rows.len() as u64,
+            };
             let schema = meta.schema().clone();
             let parquet_schema = meta.metadata().file_metadata().schema_descr();
             let first_group = meta.metadata().row_groups().first();
@@ -539,6 +608,19 @@ impl ParquetRows {
             };
             let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(input, meta);
             let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+            let builder = match groups {
+                Some(p) => {
+                    use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+                    let sel = RowSelection::from(vec![
+                        RowSelector::skip(p.rows.start),
+                        RowSelector::select(p.rows.len()),
+                    ]);
+                    builder
+                        .with_row_groups(vec![p.group])
+                        .with_row_selection(sel)
+                }
+                None => builder,
+            };
             Ok((
                 builder
                     .with_projection(mask)
@@ -547,10 +629,11 @@ impl ParquetRows {
                 rows,
             ))
         }
+        let kept = bytes.clone();
         let (reader, file_size, total_rows) = match bytes {
             Some(b) => {
                 let size = b.len() as u64;
-                let (r, rows) = build(b, columns, batch_rows).map_err(perr)?;
+                let (r, rows) = build(b, columns, batch_rows, groups).map_err(perr)?;
                 (r, size, rows)
             }
             None => {
@@ -559,20 +642,21 @@ impl ParquetRows {
                     source,
                 })?;
                 let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-                let (r, rows) = build(f, columns, batch_rows).map_err(perr)?;
+                let (r, rows) = build(f, columns, batch_rows, groups).map_err(perr)?;
                 (r, size, rows)
             }
         };
         Ok(ParquetRows {
             reader,
             path: path.to_path_buf(),
+            bytes: kept,
             batch: None,
             cols: Vec::new(),
             key_col: None,
             dict_hashes: Vec::new(),
             hashed_dict: None,
             row_in_batch: 0,
-            row: 0,
+            row: first_row - 1,
             file_size,
             total_rows,
             progress,
@@ -581,6 +665,12 @@ impl ParquetRows {
 
     /// The next row's index in the current batch.
     #[inline]
+    /// Where the rows come from: the file, and its bytes when it was read
+    /// from standard input.
+    pub fn source(&self) -> (&Path, Option<&bytes::Bytes>) {
+        (&self.path, self.bytes.as_ref())
+    }
+
     pub fn row_in_batch(&self) -> usize {
         self.row_in_batch
     }

@@ -9,6 +9,7 @@ mod examples;
 mod fuzz_corpus;
 mod golden;
 mod join;
+mod parallel_replay;
 mod registry;
 mod replay;
 mod security;

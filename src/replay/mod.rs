@@ -21,6 +21,9 @@ use crate::sink::parquet::{ParquetSink, ParquetSinkError};
 use crate::source::file::{self, Input, InputError};
 use crate::time::{Clock, Micros};
 
+mod parallel;
+pub use parallel::{owner, split_hash, Shard, CHUNK_BYTES};
+
 /// Errors that stop a replay (bad records never do).
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -35,6 +38,9 @@ pub enum ReplayError {
     },
     #[error("online store: {0}")]
     Online(String),
+    /// Another thread of a parallel replay failed (its error is reported).
+    #[error("replay stopped")]
+    Stopped,
 }
 
 /// A progress callback: (bytes read, input size if known, records).
@@ -56,6 +62,34 @@ pub struct ReplayOptions {
     /// Also hand every pane (retractions aside) to an online writer
     /// (`--online`: the Redis writer of the daemon, same compare-and-set).
     pub online: Option<tokio::sync::mpsc::Sender<crate::sink::redis::OnlineMsg>>,
+    /// Engine threads (`--threads`; 0: one per core). With one thread and
+    /// no shard the replay runs on the calling thread.
+    pub threads: usize,
+    /// Compute only this shard's keys (`--shard I/N`).
+    pub shard: Option<Shard>,
+    /// Bytes of JSON lines per chunk of a parallel replay (default
+    /// [`parallel::CHUNK_BYTES`]; tests make it small).
+    pub chunk_bytes: Option<usize>,
+}
+
+impl ReplayOptions {
+    /// Options with the defaults: the whole input, the system clock, one
+    /// thread per core, no progress callback, no online store.
+    pub fn new(pipeline: Pipeline, input: PathBuf, output: PathBuf) -> ReplayOptions {
+        ReplayOptions {
+            pipeline,
+            input,
+            output,
+            from: None,
+            to: None,
+            wall_clock: Arc::new(crate::time::SystemClock),
+            progress: None,
+            online: None,
+            threads: 0,
+            shard: None,
+            chunk_bytes: None,
+        }
+    }
 }
 
 /// Panes on their way to the online writer, sent in batches.
@@ -148,6 +182,15 @@ pub struct ReplaySummary {
     pub tiles_held: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tile_state_bytes: Option<u64>,
+    /// A parallel replay: every dead-letter file written (one per thread
+    /// that refused something; `dead_letter_file` is the first).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dead_letter_files: Vec<String>,
+    /// The engine threads used.
+    pub threads: u32,
+    /// The shard computed (`s<I>of<N>`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
 }
 
 /// Rows per step of the key look-ahead on Parquet input.
@@ -285,8 +328,29 @@ pub fn peak_memory_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Runs a replay to the end of its input.
-pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
+/// The engine threads a replay with `threads` (0: one per core) uses.
+pub fn threads_for(threads: usize) -> u32 {
+    let n = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    };
+    n.clamp(1, 1024) as u32
+}
+
+/// Runs a replay to the end of its input: on the calling thread, or over
+/// several engine threads ([`parallel`]) with the same rows as one.
+pub fn run(opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
+    let threads = threads_for(opts.threads);
+    if threads == 1 && opts.shard.is_none() {
+        return run_single(opts);
+    }
+    let shard = opts.shard.unwrap_or(Shard { index: 0, count: 1 });
+    parallel::run(opts, threads, shard)
+}
+
+/// A replay on the calling thread, with one engine.
+fn run_single(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     let started = Instant::now();
     let p = &opts.pipeline;
     let rid = run_id(&p.name, &opts.input, opts.from, opts.to);
@@ -504,6 +568,13 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     sink.finish()?;
     sink.remove_stale()?;
     dl.finish().map_err(dl_err(dl.path()))?;
+    // Letters of an earlier parallel run of the same input are stale too.
+    let keep: Vec<PathBuf> = (dl.total() > 0)
+        .then(|| dl.path().to_path_buf())
+        .into_iter()
+        .collect();
+    crate::sink::dead_letter::remove_stale(&dl_dir, &p.name, &rid, None, &keep)
+        .map_err(dl_err(&dl_dir))?;
     if let Some(f) = opts.progress.as_mut() {
         f(
             opened.progress.load(Ordering::Relaxed),
@@ -536,6 +607,7 @@ pub fn run(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     }
     s.dead_letters_total = dl.total();
     s.dead_letter_file = (dl.total() > 0).then(|| dl.path().display().to_string());
+    s.threads = 1;
     s.seconds = elapsed.as_secs_f64();
     s.events_per_second = s.records as f64 / s.seconds;
     s.peak_memory_bytes = peak_memory_bytes();
