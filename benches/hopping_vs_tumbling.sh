@@ -22,7 +22,7 @@ for i in $(seq "$RUNS"); do
   for p in "${PIPES[@]}"; do
     rm -rf "$DATA/hop_out"
     cat "$DATA/events.jsonl" > /dev/null
-    out=$(taskset -c 0 $RILL replay "benches/pipelines/$p.yaml" --input "$DATA/events.jsonl" --output "$DATA/hop_out" --json)
+    out=$(taskset -c 0 $RILL replay "benches/pipelines/$p.yaml" --input "$DATA/events.jsonl" --output "$DATA/hop_out" --threads 1 --json)
     s=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['seconds'])" "$out")
     m=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['peak_memory_bytes']>>20)" "$out")
     echo "run $i $p: ${s}s ${m}MiB"

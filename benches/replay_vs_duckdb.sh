@@ -47,7 +47,7 @@ rill_run() { # $1 = input file, prints seconds
   rm -rf "$DATA/rill_out"
   warm "$1"
   local s
-  s=$(taskset -c 0 $RILL replay "$PIPE" --input "$1" --output "$DATA/rill_out" --json)
+  s=$(taskset -c 0 $RILL replay "$PIPE" --input "$1" --output "$DATA/rill_out" --threads 1 --json)
   python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(f\"{d['seconds']:.3f} {d['peak_memory_bytes']/2**20:.0f}MiB {d['rows']}rows\")" "$s"
 }
 

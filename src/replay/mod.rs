@@ -38,6 +38,18 @@ pub enum ReplayError {
     },
     #[error("online store: {0}")]
     Online(String),
+    /// A sharded replay found files of the same run written by a run split
+    /// otherwise (unsharded, or into a different number of shards): its
+    /// rows would be doubled.
+    #[error(
+        "{dir} holds {file}, written by an unsharded replay or one with another shard count of the same input; \
+         --shard {shard} would double its rows: remove the earlier output, or replay without --shard"
+    )]
+    ShardConflict {
+        dir: PathBuf,
+        file: String,
+        shard: String,
+    },
     /// Another thread of a parallel replay failed (its error is reported).
     #[error("replay stopped")]
     Stopped,

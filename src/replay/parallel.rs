@@ -2,7 +2,8 @@
 //!
 //! The input is cut into chunks in order: about [`CHUNK_BYTES`] of whole
 //! lines of JSON (a range of the memory-mapped file, or lines copied from a
-//! stream), or one row group of Parquet. Each of the `N` worker threads
+//! stream), or a part of at most 65,536 rows of one Parquet row group
+//! (read through the offset index when the file has one). Each of the `N` worker threads
 //! decodes every `N`th chunk, and then reads every chunk in input order with
 //! its own engine:
 //!
@@ -245,6 +246,9 @@ struct Board<'a> {
     state: Mutex<BoardState>,
     changed: Condvar,
     cutter: Mutex<Cutter<'a>>,
+    /// The memory-mapped input, whose pages are handed back to the kernel
+    /// once every thread is done with their chunk.
+    mapped: Option<file::MappedPages<'a>>,
 }
 
 struct BoardState {
@@ -256,19 +260,23 @@ struct BoardState {
     end: Option<usize>,
     /// A thread failed: the others stop.
     failed: bool,
+    /// The mapped byte range of the chunk removed last.
+    removed: Option<(usize, usize)>,
 }
 
 impl<'a> Board<'a> {
-    fn new(cutter: Cutter<'a>) -> Board<'a> {
+    fn new(cutter: Cutter<'a>, mapped: Option<file::MappedPages<'a>>) -> Board<'a> {
         Board {
             state: Mutex::new(BoardState {
                 chunks: BTreeMap::new(),
                 next_cut: 0,
                 end: None,
                 failed: false,
+                removed: None,
             }),
             changed: Condvar::new(),
             cutter: Mutex::new(cutter),
+            mapped,
         }
     }
 
@@ -328,6 +336,18 @@ impl<'a> Board<'a> {
                 *left -= 1;
                 if *left == 0 {
                     st.chunks.remove(&c);
+                    // Chunks are removed in order, once every thread took
+                    // them: every thread is past the chunk removed before
+                    // this one, so its pages can go (the process's resident
+                    // memory stays a few chunks, not the file).
+                    let now = match chunk.raw {
+                        Raw::Mapped(start) => Some((start, chunk.progress as usize)),
+                        _ => None,
+                    };
+                    if let (Some(r), Some((a, b))) = (self.mapped, st.removed) {
+                        r.release(a, b);
+                    }
+                    st.removed = now;
                 }
                 return Some(chunk);
             }
@@ -756,6 +776,45 @@ fn work(
 }
 
 /// Runs a replay over `threads` engine threads (and one shard of several).
+/// Refuses a sharded run over output of the same run identifier split
+/// otherwise: a shard removes only its own files, so an unsharded run's
+/// files (or those of another shard count) would stay beside it and double
+/// its rows (docs/semantics.md, section 7).
+fn check_split(
+    opts: &ReplayOptions,
+    plan: &PlanRef,
+    rid: &str,
+    sd: Shard,
+) -> Result<(), ReplayError> {
+    let ours = |rest: &str| -> bool {
+        // `s<I>of<N>-...` with this run's N.
+        let Some(r) = rest.strip_prefix('s') else {
+            return false;
+        };
+        let Some((i, r)) = r.split_once("of") else {
+            return false;
+        };
+        let Some((n, _)) = r.split_once('-') else {
+            return false;
+        };
+        i.parse::<u32>().is_ok() && n.parse::<u32>().ok() == Some(sd.count)
+    };
+    let sink = ParquetSink::new(&opts.output, plan, rid);
+    let head = format!("part-{rid}-");
+    if let Some(f) = sink
+        .published(&format!("{rid}-"))
+        .into_iter()
+        .find(|f| !ours(&f[head.len()..]))
+    {
+        return Err(ReplayError::ShardConflict {
+            dir: opts.output.clone(),
+            file: f,
+            shard: format!("{}/{}", sd.index, sd.count),
+        });
+    }
+    Ok(())
+}
+
 pub(super) fn run(
     mut opts: ReplayOptions,
     threads: u32,
@@ -764,16 +823,23 @@ pub(super) fn run(
     let started = Instant::now();
     let rid = run_id(&opts.pipeline.name, &opts.input, opts.from, opts.to);
     let plan = crate::plan::Plan::new(&opts.pipeline);
+    if let Some(sd) = opts.shard {
+        check_split(&opts, &plan, &rid, sd)?;
+    }
     let columns: Vec<String> = plan.decode.fields.iter().map(|(n, _)| n.clone()).collect();
     let mut opened = file::open(&opts.input, 8192, &columns)?;
     let name = opened.name.clone();
     let size = opened.size;
     let mut progress = opts.progress.take();
     let online = opts.online.take();
-    let (mapped, parquet, cutter) = match &mut opened.input {
-        Input::Lines(reader) => match reader.mapped_all() {
-            Some(data) => (Some(data), None, Cutter::Mapped { data, at: 0 }),
-            None => (None, None, Cutter::Stream(reader)),
+    let (mapped, parquet, cutter, release) = match &mut opened.input {
+        Input::Lines(reader) => match reader.mapped_all().is_some() {
+            true => {
+                let r: &LineReader = reader;
+                let data = r.mapped_all().expect("a mapped input");
+                (Some(data), None, Cutter::Mapped { data, at: 0 }, r.pages())
+            }
+            false => (None, None, Cutter::Stream(reader), None),
         },
         Input::Parquet(rows) => {
             let (path, bytes) = rows.source();
@@ -787,6 +853,7 @@ pub(super) fn run(
                     next: (0, 0),
                     size,
                 },
+                None,
             )
         }
     };
@@ -798,7 +865,7 @@ pub(super) fn run(
         to: opts.to,
         wall: opts.wall_clock.as_ref(),
         sharded: opts.shard.is_some(),
-        board: Board::new(cutter),
+        board: Board::new(cutter, release),
         name: name.clone(),
         rid: rid.clone(),
         threads,

@@ -524,6 +524,20 @@ impl ParquetSink {
         self.remove_stale_except(&format!("{}-", self.run_id), &self.written)
     }
 
+    /// The names of the published files `part-<prefix>*.parquet` of this
+    /// sink's group.
+    pub fn published(&self, prefix: &str) -> Vec<String> {
+        let prefix = format!("part-{prefix}");
+        let mut out: Vec<String> = self
+            .day_files()
+            .into_iter()
+            .map(|(_, name)| name)
+            .filter(|name| name.starts_with(&prefix) && name.ends_with(".parquet"))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Removes the files `part-<prefix>*.parquet` of this sink's group not
     /// in `keep` (a parallel replay: what its threads wrote together).
     pub fn remove_stale_except(

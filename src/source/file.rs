@@ -85,6 +85,30 @@ pub struct LineReader {
     mapped: Option<Mapped>,
 }
 
+/// The pages of a memory-mapped input ([`LineReader::pages`]), shared by
+/// the threads that read it.
+#[derive(Clone, Copy)]
+pub struct MappedPages<'a>(&'a memmap2::Mmap);
+
+impl MappedPages<'_> {
+    /// Hands the whole pages within `from..to` back to the kernel: for
+    /// readers that are done with that range. They are read back from the
+    /// file if touched again.
+    pub fn release(&self, from: usize, to: usize) {
+        let a = (from + 4095) & !4095;
+        let b = to.min(self.0.len()) & !4095;
+        if a < b {
+            // SAFETY: a read-only mapping of a file: pages dropped from it
+            // are read back from the file if touched, so a slice into the
+            // range that is still alive sees the same bytes.
+            let _ = unsafe {
+                self.0
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, b - a)
+            };
+        }
+    }
+}
+
 struct Mapped {
     map: memmap2::Mmap,
     pos: usize,
@@ -154,6 +178,12 @@ impl LineReader {
             m.base = m.pos;
             m.progress.store(m.pos as u64, Ordering::Relaxed);
         }
+    }
+
+    /// A handle that hands pages of a memory-mapped file back to the
+    /// kernel; `None` for a stream.
+    pub fn pages(&self) -> Option<MappedPages<'_>> {
+        self.mapped.as_ref().map(|m| MappedPages(&m.map))
     }
 
     /// The whole of a memory-mapped file; `None` for a stream.
@@ -564,7 +594,17 @@ impl ParquetRows {
             groups: Option<ParquetPart>,
         ) -> Result<(ParquetRecordBatchReader, u64), parquet::errors::ParquetError> {
             use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-            let meta = ArrowReaderMetadata::load(&input, ArrowReaderOptions::new())?;
+            use parquet::file::metadata::PageIndexPolicy;
+            // A part of a row group is read through the offset index when
+            // the file has one, so that the rows before the part are skipped
+            // a page at a time instead of decompressed and decoded.
+            let index = if groups.is_some() {
+                PageIndexPolicy::Optional
+            } else {
+                PageIndexPolicy::Skip
+            };
+            let options = ArrowReaderOptions::new().with_offset_index_policy(index);
+            let meta = ArrowReaderMetadata::load(&input, options)?;
             let rows = match &groups {
                 None => meta.metadata().file_metadata().num_rows() as u64,
                 Some(p) => p.rows.len() as u64,
@@ -601,7 +641,9 @@ impl ParquetRows {
                 ));
                 ArrowReaderMetadata::try_new(
                     meta.metadata().clone(),
-                    ArrowReaderOptions::new().with_schema(hinted),
+                    ArrowReaderOptions::new()
+                        .with_offset_index_policy(index)
+                        .with_schema(hinted),
                 )?
             } else {
                 meta

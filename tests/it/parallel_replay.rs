@@ -320,3 +320,49 @@ fn keys_split_by_the_documented_hash() {
     assert_eq!(seen.len(), 4);
     assert!(seen.values().all(|&n| n > 350), "{seen:?}");
 }
+
+/// A shard refuses output that another split of the same run wrote (its
+/// rows would stay beside the shard's and be doubled), and leaves it as it was.
+#[test]
+fn a_shard_refuses_output_of_another_split() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("events.jsonl");
+    run_ok(
+        rill()
+            .args(["gen", "--events", "3000", "--users", "200", "--output"])
+            .arg(&input),
+    );
+    let pipeline = repo("benches/pipelines/bench_tumbling_5m.yaml");
+    let out = tmp.path().join("out");
+    let refused = |extra: &[&str]| {
+        let o = rill()
+            .args(["replay", "--json"])
+            .arg(&pipeline)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .expect("runs");
+        assert!(!o.status.success(), "{extra:?}");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    cli_replay(&pipeline, &input, &out, &["--threads", "2"]);
+    let want = rows(&out);
+    assert!(!want.is_empty());
+    let err = refused(&["--shard", "0/2"]);
+    assert!(
+        err.contains("--shard 0/2") && err.contains("double"),
+        "{err}"
+    );
+    assert_eq!(rows(&out), want);
+    // Shards of one count go together; another count is refused.
+    std::fs::remove_dir_all(&out).expect("clean");
+    cli_replay(&pipeline, &input, &out, &["--shard", "0/2"]);
+    cli_replay(&pipeline, &input, &out, &["--shard", "1/2"]);
+    assert_eq!(rows(&out), want);
+    let err = refused(&["--shard", "2/3"]);
+    assert!(err.contains("another shard count"), "{err}");
+    assert_eq!(rows(&out), want);
+}
