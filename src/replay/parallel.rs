@@ -616,7 +616,7 @@ fn work(
     } else {
         String::new()
     };
-    let mut sink = ParquetSink::new(&sh.output, &sh.plan, &format!("{}{tag}-t{me}", sh.rid));
+    let mut sink = ParquetSink::new(sh.output, &sh.plan, &format!("{}{tag}-t{me}", sh.rid));
     let dl_dir = sh.output.join("_dead_letter");
     let mut dl = DeadLetterWriter::new(&dl_dir, &p.name, &format!("{}{tag}-t{me}", sh.rid));
     let dl_err = |path: &Path| {

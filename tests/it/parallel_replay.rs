@@ -76,7 +76,7 @@ fn counts(s: &rill::replay::ReplaySummary) -> Vec<u64> {
     ]
 }
 
-fn add(a: &mut Vec<u64>, b: &[u64]) {
+fn add(a: &mut [u64], b: &[u64]) {
     for (x, y) in a.iter_mut().zip(b) {
         *x += y;
     }
