@@ -25,23 +25,7 @@ warm() { cat "$1" > /dev/null; }
 
 duck() { # $1 = input file, prints seconds
   warm "$1"
-  python3 - "$1" "$DATA/duck_out.parquet" "$CORES" <<'PY'
-import duckdb, sys, time
-src, out, cores = sys.argv[1], sys.argv[2], int(sys.argv[3])
-con = duckdb.connect()
-con.execute(f"SET threads={cores}")
-if src.endswith(".parquet"):
-    scan = f"read_parquet('{src}')"
-else:
-    scan = (f"read_json('{src}', format='newline_delimited', columns={{user_id:'VARCHAR', merchant_id:'VARCHAR', "
-            "category:'VARCHAR', event_type:'VARCHAR', amount:'DOUBLE', event_time:'TIMESTAMPTZ'})")
-t = time.perf_counter()
-con.execute(f"""COPY (SELECT user_id, time_bucket(INTERVAL '5 minutes', event_time) AS window_start,
-    count(*) AS tx_count, sum(amount) AS amount_sum, avg(amount) AS amount_mean,
-    stddev_samp(amount) AS amount_std, min(amount) AS amount_min, max(amount) AS amount_max
-  FROM {scan} GROUP BY ALL) TO '{out}' (FORMAT parquet)""")
-print(f"{time.perf_counter() - t:.3f}")
-PY
+  python3 benches/duck_tumbling_5m.py "$1" "$DATA/duck_out.parquet" "$CORES"
 }
 
 rill_run() { # $1 = input file, $2 = threads; prints seconds, memory, rows

@@ -431,59 +431,15 @@ impl Decoding<'_> {
                     };
                     let shown = full.min(file::MAX_LINE_BYTES);
                     let span = (at as u32, (at + shown) as u32);
-                    let bytes = &rest[..shown];
+                    self.line(&mut c, engine, &rest[..shown], full, line, span, wall);
                     at += advance;
-                    let oversized = full > file::MAX_LINE_BYTES;
-                    if !oversized && bytes.iter().all(|b| b.is_ascii_whitespace()) {
-                        c.blank_lines += 1;
-                        continue;
-                    }
-                    c.records += 1;
-                    if oversized {
-                        c.refused.push((oversized_refusal(full), line, span));
-                        continue;
-                    }
-                    let decoded = self.dec.decode_json(bytes);
-                    Self::stage(
-                        &mut c,
-                        engine,
-                        decoded,
-                        self.range,
-                        wall,
-                        line,
-                        span,
-                        self.shard,
-                        self.threads,
-                    );
                 }
             }
             Piece::Lines(data, lines) => {
                 for &(start, end, number, len) in &lines {
                     c.lines += 1;
-                    let bytes = &data[start..end];
                     let span = (start as u32, end as u32);
-                    let oversized = len > file::MAX_LINE_BYTES;
-                    if !oversized && bytes.iter().all(|b| b.is_ascii_whitespace()) {
-                        c.blank_lines += 1;
-                        continue;
-                    }
-                    c.records += 1;
-                    if oversized {
-                        c.refused.push((oversized_refusal(len), number, span));
-                        continue;
-                    }
-                    let decoded = self.dec.decode_json(bytes);
-                    Self::stage(
-                        &mut c,
-                        engine,
-                        decoded,
-                        self.range,
-                        wall,
-                        number,
-                        span,
-                        self.shard,
-                        self.threads,
-                    );
+                    self.line(&mut c, engine, &data[start..end], len, number, span, wall);
                 }
                 c.raw = Raw::Owned(data);
             }
@@ -515,6 +471,42 @@ impl Decoding<'_> {
             }
         }
         Ok(c)
+    }
+
+    /// A line the fast decoder did not take: blank (skipped), oversized
+    /// (`full` bytes long; refused) or decoded in full and staged.
+    #[allow(clippy::too_many_arguments)]
+    fn line(
+        &mut self,
+        c: &mut Chunk,
+        engine: &mut Engine,
+        bytes: &[u8],
+        full: usize,
+        number: u64,
+        span: (u32, u32),
+        wall: Micros,
+    ) {
+        let oversized = full > file::MAX_LINE_BYTES;
+        if !oversized && bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            c.blank_lines += 1;
+            return;
+        }
+        c.records += 1;
+        if oversized {
+            return c.refused.push((oversized_refusal(full), number, span));
+        }
+        let decoded = self.dec.decode_json(bytes);
+        Self::stage(
+            c,
+            engine,
+            decoded,
+            self.range,
+            wall,
+            number,
+            span,
+            self.shard,
+            self.threads,
+        );
     }
 
     /// Adds a decoded record to the chunk: an event when it is in range
