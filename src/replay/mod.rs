@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Pipeline;
-use crate::engine::{Engine, ProcessingTime};
+use crate::engine::{Engine, PaneBuf, ProcessingTime};
 use crate::event::{Decoder, EventBatch, Reason, Refusal};
 use crate::plan::Plan;
 use crate::sink::dead_letter::{DeadLetterWriter, Position};
@@ -105,6 +105,25 @@ impl ReplayOptions {
 }
 
 /// Panes on their way to the online writer, sent in batches.
+/// The end of the input: the engine's last panes go to the online feed
+/// (which is then sent and closed) and the sink, whose files are closed.
+fn finish(
+    engine: &mut Engine,
+    out: &mut PaneBuf,
+    mut online: Option<OnlineFeed>,
+    sink: &mut ParquetSink,
+) -> Result<(), ReplayError> {
+    engine.finish(out);
+    if let Some(o) = online.as_mut() {
+        o.push(out)?;
+        o.send()?;
+    }
+    drop(online);
+    sink.write(out)?;
+    sink.finish()?;
+    Ok(())
+}
+
 struct OnlineFeed {
     tx: tokio::sync::mpsc::Sender<crate::sink::redis::OnlineMsg>,
     batch: crate::sink::redis::OnlineBatch,
@@ -570,14 +589,7 @@ fn run_single(mut opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         }
     }
     let tiles = engine.tile_memory();
-    engine.finish(&mut out);
-    if let Some(o) = online.as_mut() {
-        o.push(&out)?;
-        o.send()?;
-    }
-    drop(online);
-    sink.write(&mut out)?;
-    sink.finish()?;
+    finish(&mut engine, &mut out, online, &mut sink)?;
     sink.remove_stale()?;
     dl.finish().map_err(dl_err(dl.path()))?;
     // Letters of an earlier parallel run of the same input are stale too.

@@ -750,14 +750,7 @@ fn work(
         return Err(ReplayError::Stopped);
     }
     d.tiles = engine.tile_memory();
-    engine.finish(&mut out);
-    if let Some(o) = online.as_mut() {
-        o.push(&out)?;
-        o.send()?;
-    }
-    drop(online);
-    sink.write(&mut out)?;
-    sink.finish()?;
+    super::finish(&mut engine, &mut out, online, &mut sink)?;
     dl.finish().map_err(dl_err(dl.path()))?;
     d.stats = engine.stats.clone();
     d.files = sink.files().to_vec();

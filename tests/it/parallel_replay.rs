@@ -6,7 +6,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
-use serde_json::Value;
 
 use crate::util::*;
 
@@ -26,21 +25,10 @@ fn rows(dir: &Path) -> Vec<String> {
 /// Every dead letter written under `dir`, sorted.
 fn letters(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    let mut stack = vec![dir.join("_dead_letter")];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "jsonl") {
-                let text = std::fs::read_to_string(&p).expect("letters");
-                // The gzip copy of an input is the same input.
-                out.extend(text.lines().map(|l| l.replace("in.jsonl.gz", "in.jsonl")));
-            }
-        }
+    for p in files_with(&dir.join("_dead_letter"), "jsonl") {
+        let text = std::fs::read_to_string(&p).expect("letters");
+        // The gzip copy of an input is the same input.
+        out.extend(text.lines().map(|l| l.replace("in.jsonl.gz", "in.jsonl")));
     }
     out.sort();
     out
@@ -203,21 +191,6 @@ proptest! {
     }
 }
 
-/// `rill replay --json` with extra arguments; its summary.
-fn cli_replay(pipeline: &Path, input: &Path, out: &Path, extra: &[&str]) -> Value {
-    let o = run_ok(
-        rill()
-            .args(["replay", "--json"])
-            .arg(pipeline)
-            .arg("--input")
-            .arg(input)
-            .arg("--output")
-            .arg(out)
-            .args(extra),
-    );
-    serde_json::from_slice(&o.stdout).expect("summary")
-}
-
 /// The standard data set (a slice of it) from JSON lines and from Parquet:
 /// `--threads 2` equals `--threads 1`, shards equal one run, and re-runs
 /// with another split leave no doubled rows.
@@ -241,11 +214,11 @@ fn parallel_replay_of_the_standard_data_set_equals_one_thread() {
         for input in [&jsonl, &parquet] {
             let what = format!("{} from {}", pipeline.display(), input.display());
             let one = tmp.path().join("one");
-            let s1 = cli_replay(&pipeline, input, &one, &["--threads", "1"]);
+            let s1 = replay_cli(&pipeline, input, &one, &["--threads", "1"]);
             let want = rows(&one);
             assert!(!want.is_empty(), "{what}");
             // Into the same store: the two-thread run replaces the first.
-            let s2 = cli_replay(
+            let s2 = replay_cli(
                 &pipeline,
                 input,
                 &one,
@@ -267,15 +240,15 @@ fn parallel_replay_of_the_standard_data_set_equals_one_thread() {
             let _ = std::fs::remove_dir_all(&sh);
             let mut rows_sum = 0;
             for i in 0..2 {
-                let s = cli_replay(&pipeline, input, &sh, &["--shard", &format!("{i}/2")]);
+                let s = replay_cli(&pipeline, input, &sh, &["--shard", &format!("{i}/2")]);
                 assert_eq!(s["shard"], format!("s{i}of2"), "{what}");
                 rows_sum += s["rows"].as_u64().expect("rows");
             }
-            cli_replay(&pipeline, input, &sh, &["--shard", "1/2", "--threads", "1"]);
+            replay_cli(&pipeline, input, &sh, &["--shard", "1/2", "--threads", "1"]);
             assert_eq!(rows_sum, s1["rows"].as_u64().expect("rows"), "{what}");
             assert_eq!(rows(&sh), want, "{what}: shards");
             // One thread again replaces every shard's files.
-            cli_replay(&pipeline, input, &sh, &["--threads", "1"]);
+            replay_cli(&pipeline, input, &sh, &["--threads", "1"]);
             assert_eq!(rows(&sh), want, "{what}: after shards");
             let _ = std::fs::remove_dir_all(&one);
         }
@@ -348,7 +321,7 @@ fn a_shard_refuses_output_of_another_split() {
         assert!(!o.status.success(), "{extra:?}");
         String::from_utf8_lossy(&o.stderr).into_owned()
     };
-    cli_replay(&pipeline, &input, &out, &["--threads", "2"]);
+    replay_cli(&pipeline, &input, &out, &["--threads", "2"]);
     let want = rows(&out);
     assert!(!want.is_empty());
     let err = refused(&["--shard", "0/2"]);
@@ -359,8 +332,8 @@ fn a_shard_refuses_output_of_another_split() {
     assert_eq!(rows(&out), want);
     // Shards of one count go together; another count is refused.
     std::fs::remove_dir_all(&out).expect("clean");
-    cli_replay(&pipeline, &input, &out, &["--shard", "0/2"]);
-    cli_replay(&pipeline, &input, &out, &["--shard", "1/2"]);
+    replay_cli(&pipeline, &input, &out, &["--shard", "0/2"]);
+    replay_cli(&pipeline, &input, &out, &["--shard", "1/2"]);
     assert_eq!(rows(&out), want);
     let err = refused(&["--shard", "2/3"]);
     assert!(err.contains("another shard count"), "{err}");

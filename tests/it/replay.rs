@@ -26,16 +26,7 @@ fn gen(dir: &Path, name: &str, n: u64) -> std::path::PathBuf {
 }
 
 fn replay_json(pipeline: &Path, input: &Path, out: &Path) -> Value {
-    let o = run_ok(
-        rill()
-            .args(["replay", "--json"])
-            .arg(pipeline)
-            .arg("--input")
-            .arg(input)
-            .arg("--output")
-            .arg(out),
-    );
-    serde_json::from_slice(&o.stdout).expect("summary")
+    replay_cli(pipeline, input, out, &[])
 }
 
 /// `rill replay --input -` over `input`; its JSON summary.

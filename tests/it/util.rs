@@ -35,6 +35,11 @@ pub fn repo(p: &str) -> PathBuf {
 
 /// Every `*.parquet` file under `dir`, sorted by path.
 pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    files_with(dir, "parquet")
+}
+
+/// Every file named `*.<ext>` under `dir` (recursively), sorted by path.
+pub fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -45,13 +50,29 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
+            } else if p.extension().is_some_and(|x| x == ext) {
                 out.push(p);
             }
         }
     }
     out.sort();
     out
+}
+
+/// `rill replay --json PIPELINE --input INPUT --output OUT` with extra
+/// arguments; its summary.
+pub fn replay_cli(pipeline: &Path, input: &Path, out: &Path, extra: &[&str]) -> Value {
+    let o = run_ok(
+        rill()
+            .args(["replay", "--json"])
+            .arg(pipeline)
+            .arg("--input")
+            .arg(input)
+            .arg("--output")
+            .arg(out)
+            .args(extra),
+    );
+    serde_json::from_slice(&o.stdout).expect("summary")
 }
 
 fn ts_text(us: i64) -> String {
