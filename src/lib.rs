@@ -4,6 +4,7 @@
 //! synchronous and does no I/O; sources, sinks and the CLI wrap it.
 
 pub mod aggregate;
+pub mod checkpoint;
 pub mod config;
 pub mod daemon;
 pub mod engine;
@@ -16,5 +17,6 @@ pub mod replay;
 pub mod serve;
 pub mod sink;
 pub mod source;
+pub mod storage;
 pub mod time;
 pub mod window;

@@ -119,6 +119,9 @@ pub struct PipelineMetrics {
     pub storage_failing: Gauge,
     /// Panes written again to an online store that lost its data.
     pub online_rewrites: Counter,
+    /// Partitions given up because another instance claimed their
+    /// checkpoint (this instance was a zombie: its writes were refused).
+    pub fenced_partitions: Counter,
 }
 
 /// Every metric of the process.
@@ -259,6 +262,11 @@ impl Metrics {
             "storage_failing",
             "1 while writes of Parquet files, dead letters or checkpoints fail and the partitions wait to be reloaded",
             m.storage_failing.clone(),
+        );
+        r.register(
+            "fenced_partitions",
+            "Partitions given up because another instance claimed their checkpoint in object storage (this instance's writes were refused)",
+            m.fenced_partitions.clone(),
         );
         r.register(
             "online_rewrites",

@@ -621,6 +621,14 @@ impl Ctx<'_> {
             return Err(self.err(&p.referenced, format!("{what}: expected a directory")));
         }
         let path = PathBuf::from(&p.value);
+        if crate::storage::is_url(&path) || p.value.contains("://") {
+            // Object storage (docs/storage.md): the form and scheme are
+            // checked here, the bucket when rill first writes.
+            return match crate::storage::check_url(p.value.trim_end_matches('/')) {
+                Ok(()) => Ok(path),
+                Err(e) => Err(self.err(&p.referenced, format!("{what}: {e}"))),
+            };
+        }
         if path.exists() && !path.is_dir() {
             return Err(self.err(
                 &p.referenced,

@@ -9,7 +9,6 @@
 //! checkpoint and commits. Past the drain deadline, or on a second signal,
 //! the process exits at once (the last checkpoint still holds).
 
-pub mod checkpoint;
 pub mod crash_points;
 pub mod http;
 pub mod produce;

@@ -28,7 +28,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::checkpoint::{Checkpoint, Store, CHECKPOINT_VERSION};
+use crate::checkpoint::{Checkpoint, CheckpointError, Store, CHECKPOINT_VERSION};
 use crate::config::{Pipeline, StartPolicy};
 use crate::engine::{PaneBuf, PartitionedEngine, ProcessingTime};
 use crate::event::{Decoder, Reason, Refusal};
@@ -36,6 +36,7 @@ use crate::metrics::PipelineMetrics;
 use crate::plan::PlanRef;
 use crate::sink::dead_letter::{dead_letter_json, DeadLetterWriter, Position};
 use crate::sink::parquet::ParquetSink;
+use crate::storage::Mirror;
 use crate::sink::redis::recovery::{LossMarker, OnlineImage};
 use crate::sink::redis::{OnlineBatch, OnlineMsg};
 use crate::time::{Clock, Micros, SystemClock};
@@ -291,6 +292,12 @@ pub struct Worker {
     feature_names: Vec<String>,
     parquet_root: Option<PathBuf>,
     dead: DeadLetters,
+    /// Object storage behind the Parquet root and the dead-letter
+    /// directory: files are written to a local staging directory, go up
+    /// under temporary names before their checkpoint is stored and are
+    /// moved into place after it (`storage`).
+    data_mirror: Option<Mirror>,
+    dead_mirror: Option<Mirror>,
     metrics: Arc<PipelineMetrics>,
     clock: SystemClock,
     /// Fed from a file (benchmarks): no group, no commits.
@@ -379,6 +386,11 @@ impl Worker {
         let dec = Decoder::new(plan.decode.clone());
         let out = PaneBuf::new(p.features.len());
         let parquet_root = opts.data_dir.clone().or(p.parquet_path.clone());
+        let data_mirror = match &parquet_root {
+            Some(r) => Mirror::of(r)?,
+            None => None,
+        };
+        let mut dead_mirror = None;
         let dead = match &p.dead_letter_topic {
             Some(t) => DeadLetters::Topic {
                 producer: crate::source::kafka::client_config(&kafka, &brokers).create()?,
@@ -390,10 +402,18 @@ impl Worker {
                     .clone()
                     .or_else(|| parquet_root.as_ref().map(|r| r.join("_dead_letter")))
                     .unwrap_or_else(|| opts.state_dir.join("_dead_letter"));
+                dead_mirror = Mirror::of(&dir)?;
+                let dir = dead_mirror.as_ref().map_or(dir, |m| m.local.clone());
                 DeadLetters::Files { dir }
             }
         };
+        let parquet_root = match &data_mirror {
+            Some(m) => Some(m.local.clone()),
+            None => parquet_root,
+        };
         Ok(Worker {
+            data_mirror,
+            dead_mirror,
             record: Vec::with_capacity(4096),
             online_buf: OnlineBatch {
                 panes: PaneBuf::new(p.features.len()),
@@ -899,6 +919,21 @@ impl Worker {
         tracing::info!(pipeline = %self.p.name, partition = p, "partition revoked");
     }
 
+    /// Another instance claimed partition `p` (its checkpoint in object
+    /// storage moved past the version this worker knew): this worker is a
+    /// zombie for it. The partition's unpublished epoch is dropped and it
+    /// stays paused until the group assigns it here again.
+    fn fenced(&mut self, p: i32, e: &CheckpointError) {
+        self.metrics.fenced_partitions.inc();
+        tracing::warn!(pipeline = %self.p.name, partition = p, error = %e, "partition claimed by another instance: its unpublished work is dropped and it is paused");
+        self.drop_partition(p);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, p);
+        if let Err(e) = self.consumer.pause(&tpl) {
+            tracing::warn!(pipeline = %self.p.name, error = %e, "pausing partitions");
+        }
+    }
+
     /// Takes partition `p` from its checkpoint. When storage fails on the
     /// way, the partition waits among the rewound ones (paused) and is
     /// loaded again with them.
@@ -922,39 +957,84 @@ impl Worker {
         r
     }
 
-    fn load_partition_now(&mut self, p: i32, c: Option<Checkpoint>) -> anyhow::Result<()> {
+    fn load_partition_now(&mut self, p: i32, mut c: Option<Checkpoint>) -> anyhow::Result<()> {
         if self.parts.contains_key(&p) {
             return Ok(());
         }
-        let (generation, epoch, next_offset) = match &c {
-            Some(c) => (c.generation + 1, c.epoch, c.next_offset),
-            None => (1, 0, None),
+        // Claim the partition first: store its checkpoint again with a
+        // raised generation (before any pane of it reaches Redis, and, in
+        // object storage, fencing off a former owner that still runs)
+        // before touching any of its files. The claim carries the files
+        // the loaded checkpoint publishes, so a crash before they are
+        // rolled forward below leaves them listed.
+        let mut tries = 0;
+        let ck = loop {
+            let ck = Checkpoint {
+                version: CHECKPOINT_VERSION,
+                pipeline: self.p.name.clone(),
+                topic: self.topic.clone(),
+                partition: p,
+                generation: c.as_ref().map_or(1, |c| c.generation + 1),
+                next_offset: c.as_ref().and_then(|c| c.next_offset),
+                epoch: c.as_ref().map_or(0, |c| c.epoch),
+                online_image: match &c {
+                    Some(c) if self.marker.is_some() => c.online_image.clone(),
+                    _ => Vec::new(),
+                },
+                online_token: c
+                    .as_ref()
+                    .filter(|_| self.marker.is_some())
+                    .and_then(|c| c.online_token.clone()),
+                state: c.as_ref().and_then(|c| c.state.clone()),
+                pending_files: c
+                    .as_ref()
+                    .map(|c| c.pending_files.clone())
+                    .unwrap_or_default(),
+            };
+            match self.store.store(&ck) {
+                Ok(()) => break ck,
+                // Written by another instance between our load and this
+                // claim: load what it wrote and claim again.
+                Err(CheckpointError::Fenced { .. }) if tries < 3 => {
+                    tries += 1;
+                    c = self.store.load(p).map_err(storage)?;
+                }
+                Err(e @ CheckpointError::Fenced { .. }) => {
+                    self.fenced(p, &e);
+                    return Ok(());
+                }
+                Err(e) => return Err(storage(e)),
+            }
         };
-        let (image, image_token) = match &c {
-            Some(c) if self.marker.is_some() => (
-                OnlineImage::from_entries(&c.online_image),
-                c.online_token.clone(),
-            ),
-            _ => (OnlineImage::default(), None),
-        };
+        let (generation, epoch, next_offset) = (ck.generation, ck.epoch, ck.next_offset);
+        let image = OnlineImage::from_entries(&ck.online_image);
+        let image_token = ck.online_token.clone();
+        // Roll forward what the checkpoint published (a crash may have come
+        // between storing it and moving the files into place), then remove
+        // every other unpublished file of the partition.
+        crate::sink::publish(&ck.pending_files).map_err(storage)?;
         let prefix = format!("p{p}o");
         let mut sink = self.parquet_root.as_ref().map(|root| {
             ParquetSink::new(root, &self.plan, &run_id(p, epoch, next_offset))
                 .deferred(self.opts.max_file_rows)
         });
-        if let Some(c) = &c {
-            // Roll forward what the checkpoint published (a crash may have
-            // come between writing it and renaming the files).
-            ParquetSink::publish(&c.pending_files).map_err(storage)?;
-        }
         let mut removed = 0;
         if let Some(s) = &mut sink {
             removed += s.remove_unpublished(&prefix, &[]);
+        }
+        if let Some(m) = &self.data_mirror {
+            let dir = std::path::Path::new(&m.url).join(&self.p.name);
+            removed += crate::sink::remove_unpublished_objects(&dir, &prefix).map_err(storage)?;
         }
         let dead = match &self.dead {
             DeadLetters::Files { dir } => {
                 removed +=
                     crate::sink::dead_letter::remove_unpublished(dir, &self.p.name, &prefix, &[]);
+                if let Some(m) = &self.dead_mirror {
+                    let dir = std::path::Path::new(&m.url).join(&self.p.name);
+                    removed +=
+                        crate::sink::remove_unpublished_objects(&dir, &prefix).map_err(storage)?;
+                }
                 Some(DeadLetterWriter::new(
                     dir,
                     &self.p.name,
@@ -967,31 +1047,8 @@ impl Worker {
             tracing::info!(pipeline = %self.p.name, partition = p, removed, "removed unpublished files of a crashed or revoked run");
         }
         self.engine
-            .assign(
-                p as u32,
-                c.as_ref().and_then(|c| c.state.as_ref()),
-                &mut self.out,
-            )
+            .assign(p as u32, ck.state.as_ref(), &mut self.out)
             .map_err(|e| anyhow::anyhow!("checkpoint of partition {p}: {e}"))?;
-        // Record the new generation before any pane of it reaches Redis.
-        let ck = Checkpoint {
-            version: CHECKPOINT_VERSION,
-            pipeline: self.p.name.clone(),
-            topic: self.topic.clone(),
-            partition: p,
-            generation,
-            next_offset,
-            epoch,
-            online_image: image.entries(),
-            online_token: image_token.clone(),
-            state: c.and_then(|c| c.state),
-            pending_files: Vec::new(),
-        };
-        if let Err(e) = self.store.store(&ck) {
-            self.engine.revoke(p as u32, &mut self.out);
-            self.out.clear();
-            return Err(storage(e));
-        }
         self.parts.insert(
             p,
             Part {
@@ -1223,6 +1280,10 @@ impl Worker {
             if let Some(d) = &mut part.dead {
                 pending.extend(d.close_deferred().map_err(storage)?);
             }
+            // Files bound for object storage go up now, under temporary
+            // names: the checkpoint lists them where any next owner finds them.
+            let mirrors: Vec<&Mirror> = self.data_mirror.iter().chain(&self.dead_mirror).collect();
+            let pending = crate::sink::upload_pending(&mirrors, pending).map_err(storage)?;
             part.epoch += 1;
             if self.marker.is_some() {
                 let ttl = self.p.redis.as_ref().and_then(|r| r.ttl).unwrap_or(0);
@@ -1287,15 +1348,21 @@ impl Worker {
                 .get(&p)
                 .is_some_and(|part| part.generation == t.generation);
             if !still_ours {
-                for (tmp, _) in &t.pending {
-                    let _ = std::fs::remove_file(tmp);
-                }
+                crate::sink::discard(&t.pending);
                 continue;
             }
-            self.store.store(&t.ck).map_err(storage)?;
+            match self.store.store(&t.ck) {
+                Ok(()) => {}
+                Err(e @ CheckpointError::Fenced { .. }) => {
+                    crate::sink::discard(&t.pending);
+                    self.fenced(p, &e);
+                    continue;
+                }
+                Err(e) => return Err(storage(e)),
+            }
             super::crash_points::point("checkpoint.stored");
             stored.insert(p, t.ck.next_offset.unwrap_or(-1));
-            ParquetSink::publish(&t.pending).map_err(storage)?;
+            crate::sink::publish(&t.pending).map_err(storage)?;
             if let Some(o) = t.ck.next_offset {
                 commit.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
             }

@@ -21,6 +21,7 @@ use crate::sink::parquet::{ParquetSink, ParquetSinkError};
 use crate::source::file::{self, Input, InputError};
 use crate::time::{Clock, Micros};
 
+mod objects;
 mod parallel;
 pub use parallel::{owner, split_hash, Shard, CHUNK_BYTES};
 
@@ -50,6 +51,8 @@ pub enum ReplayError {
         file: String,
         shard: String,
     },
+    #[error("offline store")]
+    Storage(#[from] crate::storage::StorageError),
     /// Another thread of a parallel replay failed (its error is reported).
     #[error("replay stopped")]
     Stopped,
@@ -372,6 +375,14 @@ pub fn threads_for(threads: usize) -> u32 {
 /// Runs a replay to the end of its input: on the calling thread, or over
 /// several engine threads ([`parallel`]) with the same rows as one.
 pub fn run(opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
+    match crate::storage::Mirror::of(&opts.output)? {
+        Some(m) => objects::run(opts, m),
+        None => run_local(opts),
+    }
+}
+
+/// [`run`] into a local directory.
+fn run_local(opts: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     let threads = threads_for(opts.threads);
     if threads == 1 && opts.shard.is_none() {
         return run_single(opts);

