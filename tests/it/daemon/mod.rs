@@ -18,6 +18,7 @@ use serde_json::Value;
 
 mod cluster;
 mod faults;
+mod objects;
 mod rebalance;
 
 use crate::util::{
@@ -209,6 +210,21 @@ impl Daemon {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
+        let (state, data) = (dir.join("state"), dir.join("data"));
+        Daemon::start_stores(dir, yaml, brokers, redis, (&state, &data), extra, env)
+    }
+
+    /// A daemon with its state and data where `stores` says (directories
+    /// or object-storage URLs).
+    fn start_stores(
+        dir: &Path,
+        yaml: &str,
+        brokers: &str,
+        redis: &str,
+        (state, data): (&Path, &Path),
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let http = free_port();
         let pipe = dir.join("spend.yaml");
         if !pipe.exists() {
@@ -218,9 +234,9 @@ impl Daemon {
             .arg("run")
             .arg(&pipe)
             .arg("--state-dir")
-            .arg(dir.join("state"))
+            .arg(state)
             .arg("--data-dir")
-            .arg(dir.join("data"))
+            .arg(data)
             .args(["--brokers", brokers, "--redis", redis])
             .args(["--http", &format!("127.0.0.1:{http}")])
             .args(if extra.contains(&"--checkpoint-interval") {
