@@ -1315,7 +1315,9 @@ impl Worker {
                 pending,
             });
         }
-        super::crash_points::point("checkpoint.taken");
+        if !taken.is_empty() {
+            super::crash_points::point("checkpoint.taken");
+        }
         if self.online.is_some() {
             let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
             self.offer_online(OnlineMsg::Flush(done_tx))?;

@@ -118,3 +118,103 @@ fn a_daemon_on_object_storage_killed_between_checkpoint_and_publication_loses_no
     }
     assert_eq!(letters.len(), 1, "{letters:?}");
 }
+
+/// The generation stored in each partition's checkpoint object.
+fn generations(state: &str, partitions: i32) -> Vec<u64> {
+    (0..partitions)
+        .map(|p| {
+            let url = format!("{state}/spend/tx/partition-{p}.json");
+            rill::storage::get(&url)
+                .expect("read")
+                .map_or(0, |(body, _)| {
+                    let c: Value = serde_json::from_slice(&body).expect("checkpoint JSON");
+                    c["generation"].as_u64().expect("generation")
+                })
+        })
+        .collect()
+}
+
+/// Whether process `pid` is stopped (SIGSTOP).
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_zombie_waking_in_a_checkpoint_is_fenced_and_nothing_is_doubled() {
+    let server = s3();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let redis = RedisServer::start(&tmp.path().join("redis"));
+    let kafka = Kafka::start();
+    let evs = events(3000, 29);
+    let (a, b) = evs.split_at(1500);
+    let prefix = server.prefix("zombie");
+    let (state, data) = (format!("{prefix}/state"), format!("{prefix}/data"));
+    let stores = (Path::new(&state), Path::new(&data));
+    let env: Vec<(&str, String)> = server.env();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    kafka.produce(a);
+    // The first instance stops itself in its second checkpoint, after
+    // storing the first partition's checkpoint and before storing the
+    // second's: when it wakes up it goes straight on to that write, as an
+    // instance cut off from the group would, without learning that the
+    // group moved its partitions.
+    env.push(("RILL_STOP_AT", "checkpoint.stored:3"));
+    let zombie = Daemon::start_stores(
+        tmp.path(),
+        PIPELINE,
+        &kafka.brokers(),
+        &redis.url(),
+        stores,
+        &[],
+        &env,
+    );
+    wait_for(120, "the first instance to stop in a checkpoint", || {
+        stopped(zombie.child.id())
+    });
+    env.pop();
+    let gens = generations(&state, kafka.partitions);
+    assert!(gens.iter().all(|&g| g >= 1), "{gens:?}");
+    // A second instance takes both partitions over once the first one's
+    // session times out, and claims them.
+    let owner = Daemon::start_stores(
+        tmp.path(),
+        PIPELINE,
+        &kafka.brokers(),
+        &redis.url(),
+        stores,
+        &[],
+        &env,
+    );
+    wait_for(120, "the second instance to claim both partitions", || {
+        generations(&state, kafka.partitions)
+            .iter()
+            .zip(&gens)
+            .all(|(now, before)| now > before)
+    });
+    // The zombie wakes up where it stopped: its checkpoint writes are refused.
+    crate::util::unsafe_kill(zombie.child.id(), "CONT");
+    wait_for(120, "the zombie to be fenced", || {
+        zombie.metric("rill_fenced_partitions_total") >= 1.0
+    });
+    let log = std::fs::read_to_string(tmp.path().join(format!("daemon-{}.log", zombie.http)))
+        .unwrap_or_default();
+    assert!(
+        log.contains("partition claimed by another instance"),
+        "{log}"
+    );
+    kafka.produce(b);
+    kafka.sentinels(end_of(&evs));
+    let want = group_by(&evs);
+    let got = tmp.path().join("got");
+    wait_for(150, "every final pane in the bucket", || {
+        fetch(&prefix, &got);
+        final_rows(&got).is_ok_and(|g| g.len() >= want.len())
+    });
+    let _ = zombie.stop();
+    let _ = owner.stop();
+    fetch(&prefix, &got);
+    assert_same(&final_rows(&got).expect("no doubled rows"), &want);
+}
