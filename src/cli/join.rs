@@ -15,7 +15,9 @@ pub struct Args {
     /// A feature group, optionally with features: NAME or NAME:f1,f2. Repeatable.
     #[arg(long = "group", required = true)]
     pub groups: Vec<String>,
-    /// Root of the offline store (the groups' Parquet directories).
+    /// Root of the offline store (the groups' Parquet directories): a
+    /// directory or an object-storage URL (`s3://bucket/prefix`), whose
+    /// joined groups are fetched into a local staging directory first.
     #[arg(long)]
     pub offline: PathBuf,
     /// Output file: Parquet, or CSV when it ends in .csv.
@@ -86,7 +88,20 @@ fn flag_for<'a>(flags: &'a [String], group: &str, what: &str) -> anyhow::Result<
     Ok(None)
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
+pub fn run(mut a: Args) -> anyhow::Result<()> {
+    let _staged = match rill::storage::Mirror::of(&a.offline)? {
+        Some(m) => {
+            let _ = std::fs::remove_dir_all(&m.local);
+            let staged = Staged(m.local.clone());
+            for g in &a.groups {
+                let name = g.split_once(':').map_or(g.as_str(), |(n, _)| n);
+                rill::storage::download(&rill::storage::join(&m.url, name), &m.local_of(name))?;
+            }
+            a.offline = m.local;
+            Some(staged)
+        }
+        None => None,
+    };
     let pipelines: Vec<Pipeline> = if a.pipelines.is_dir() {
         rill::config::load_dir(&a.pipelines).map_err(|e| anyhow::anyhow!("{e}"))?
     } else {
@@ -188,4 +203,13 @@ fn features_from_files(dir: &std::path::Path, keys: &[String]) -> anyhow::Result
         .map(|f| f.name().clone())
         .filter(|n| !keys.contains(n) && !fixed.contains(&n.as_str()))
         .collect())
+}
+
+/// A local staging directory, removed when the join is done.
+struct Staged(PathBuf);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -211,6 +211,40 @@ fn replay_into_a_bucket_equals_replay_into_a_directory() {
     let got = fetch(&sharded, "shards");
     assert_eq!(rows(&got), want_rows, "shards");
     assert_eq!(letters(&got), want_letters, "shards");
+    // The join over the bucket equals the join over the directory.
+    let mut csv = String::from("user_id,event_timestamp,label\n");
+    let text = std::fs::read_to_string(&input).expect("input");
+    for (i, line) in text.lines().take(400).enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("event");
+        csv.push_str(&format!("{},{},{i}\n", v["user_id"].as_str().expect("user"), v["event_time"].as_str().expect("time")));
+    }
+    let ent = tmp.path().join("entities.csv");
+    std::fs::write(&ent, &csv).expect("csv");
+    let join = |offline: &str, out: &Path| {
+        std::fs::create_dir_all(out).expect("dir");
+        run_ok(
+            rill()
+                .args(["join", "--entities"])
+                .arg(&ent)
+                .args(["--offline", offline, "--pipelines"])
+                .arg(repo("pipelines"))
+                .args(["--group", "user_spend_5m", "--output"])
+                .arg(out.join("train.parquet"))
+                .envs(server.env()),
+        );
+        read_rows(out)
+            .into_iter()
+            .map(|mut r| {
+                r.remove("_file");
+                serde_json::to_string(&r).expect("json")
+            })
+            .collect::<Vec<_>>()
+    };
+    let from_dir = join(&local.to_string_lossy(), &tmp.path().join("train-local"));
+    let from_bucket = join(&bucket, &tmp.path().join("train-bucket"));
+    assert_eq!(from_dir.len(), 400);
+    assert_eq!(from_bucket, from_dir, "the same rows in the same order");
+
     for url in [&bucket, &sharded] {
         let listed = rill::storage::list(url).expect("list");
         assert!(
