@@ -89,6 +89,10 @@ pub enum CheckpointError {
     Fenced { path: PathBuf, partition: i32 },
 }
 
+/// The version of each partition's object last read or written
+/// (`None`: there was none), shared by the clones of a store.
+type Seen = Arc<Mutex<HashMap<i32, Option<Version>>>>;
+
 /// Where the checkpoints of one pipeline and topic live.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -96,7 +100,7 @@ pub struct Store {
     /// Object storage: the version of each partition's object this
     /// instance last read or wrote (`None`: there was none). Shared by the
     /// clones of the store (the rebalance callback loads, the worker stores).
-    seen: Option<Arc<Mutex<HashMap<i32, Option<Version>>>>>,
+    seen: Option<Seen>,
 }
 
 impl Store {

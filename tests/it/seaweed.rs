@@ -21,6 +21,8 @@ pub struct S3 {
     /// The server's data (removed when the test binary's next run starts
     /// a new one: the name carries no pid).
     _dir: PathBuf,
+    /// The server (killed with the test binary: PR_SET_PDEATHSIG).
+    _child: std::process::Child,
 }
 
 fn weed_bin() -> PathBuf {
@@ -116,7 +118,7 @@ fn start() -> S3 {
             Ok(())
         });
     }
-    cmd.spawn().expect("weed starts");
+    let child = cmd.spawn().expect("weed starts");
     let endpoint = format!("http://127.0.0.1:{s3_port}");
     let probe = format!("s3://{BUCKET}");
     rill::storage::configure(&probe, &s3_options(&endpoint)).expect("store configured");
@@ -130,6 +132,7 @@ fn start() -> S3 {
     S3 {
         endpoint,
         _dir: dir,
+        _child: child,
     }
 }
 
