@@ -17,10 +17,13 @@ pub struct Args {
     #[arg(required = true)]
     pub pipelines: Vec<PathBuf>,
     /// Checkpoints: one file per partition, in a directory every instance
-    /// of the consumer group can reach.
+    /// of the consumer group can reach, or one object per partition in
+    /// object storage (`s3://bucket/state`: conditional writes fence off a
+    /// former owner, docs/storage.md).
     #[arg(long, default_value = "./rill-state")]
     pub state_dir: PathBuf,
-    /// Root of the Parquet output (default: each pipeline's offline path).
+    /// Root of the Parquet output, a directory or an object-storage URL
+    /// (default: each pipeline's offline path).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Kafka bootstrap servers (default: each pipeline's `brokers`).
