@@ -9,34 +9,6 @@ use rill::checkpoint::{Checkpoint, CheckpointError, Store, CHECKPOINT_VERSION};
 use crate::seaweed::{s3, SECRET_KEY};
 use crate::util::*;
 
-/// Every row of the offline store under `dir`, as canonical JSON, sorted.
-fn rows(dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = read_rows(dir)
-        .into_iter()
-        .map(|mut r| {
-            r.remove("_file");
-            serde_json::to_string(&r).expect("json")
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// Every dead letter under `dir`, sorted.
-fn letters(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for p in files_with(&dir.join("_dead_letter"), "jsonl") {
-        out.extend(
-            std::fs::read_to_string(&p)
-                .expect("letters")
-                .lines()
-                .map(str::to_string),
-        );
-    }
-    out.sort();
-    out
-}
-
 fn checkpoint(partition: i32, generation: u64) -> Checkpoint {
     Checkpoint {
         version: CHECKPOINT_VERSION,

@@ -9,31 +9,6 @@ use proptest::prelude::*;
 
 use crate::util::*;
 
-/// Every row of the offline store, as canonical JSON text, sorted.
-fn rows(dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = read_rows(dir)
-        .into_iter()
-        .map(|mut r| {
-            r.remove("_file");
-            serde_json::to_string(&r).expect("json")
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// Every dead letter written under `dir`, sorted.
-fn letters(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for p in files_with(&dir.join("_dead_letter"), "jsonl") {
-        let text = std::fs::read_to_string(&p).expect("letters");
-        // The gzip copy of an input is the same input.
-        out.extend(text.lines().map(|l| l.replace("in.jsonl.gz", "in.jsonl")));
-    }
-    out.sort();
-    out
-}
-
 fn replay(
     pipeline: &Path,
     input: &Path,

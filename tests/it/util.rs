@@ -75,6 +75,32 @@ pub fn replay_cli(pipeline: &Path, input: &Path, out: &Path, extra: &[&str]) -> 
     serde_json::from_slice(&o.stdout).expect("summary")
 }
 
+/// Every row of the offline store under `dir`, as canonical JSON text
+/// (without the file it came from), sorted.
+pub fn rows(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = read_rows(dir)
+        .into_iter()
+        .map(|mut r| {
+            r.remove("_file");
+            serde_json::to_string(&r).expect("json")
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every dead letter written under `<dir>/_dead_letter`, sorted (the
+/// gzip copy of an input names the same input).
+pub fn letters(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in files_with(&dir.join("_dead_letter"), "jsonl") {
+        let text = std::fs::read_to_string(&p).expect("letters");
+        out.extend(text.lines().map(|l| l.replace("in.jsonl.gz", "in.jsonl")));
+    }
+    out.sort();
+    out
+}
+
 fn ts_text(us: i64) -> String {
     rill::time::format_rfc3339(us)
 }

@@ -16,34 +16,91 @@ fn fetch(prefix: &str, local: &Path) {
     s3().download(&format!("{prefix}/data"), &local.join("data"));
 }
 
+/// A test's parts: Redis, a broker, events, and the daemon's state and
+/// data under a fresh prefix of the bucket.
+struct Setup {
+    tmp: tempfile::TempDir,
+    redis: RedisServer,
+    kafka: Kafka,
+    evs: Vec<super::Ev>,
+    prefix: String,
+    state: String,
+    data: String,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Setup {
+    fn new(name: &str, seed: u64) -> Setup {
+        let server = s3();
+        let tmp = tempfile::tempdir().expect("tmp");
+        let redis = RedisServer::start(&tmp.path().join("redis"));
+        let prefix = server.prefix(name);
+        Setup {
+            redis,
+            kafka: Kafka::start(),
+            evs: events(3000, seed),
+            state: format!("{prefix}/state"),
+            data: format!("{prefix}/data"),
+            prefix,
+            env: server.env(),
+            tmp,
+        }
+    }
+
+    /// A daemon on the bucket, with `more` in its environment.
+    fn daemon(&self, extra: &[&str], more: &[(&str, &str)]) -> Daemon {
+        let mut env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.extend_from_slice(more);
+        Daemon::start_stores(
+            self.tmp.path(),
+            PIPELINE,
+            &self.kafka.brokers(),
+            &self.redis.url(),
+            (Path::new(&self.state), Path::new(&self.data)),
+            extra,
+            &env,
+        )
+    }
+
+    fn log(&self, d: &Daemon) -> String {
+        std::fs::read_to_string(self.tmp.path().join(format!("daemon-{}.log", d.http)))
+            .unwrap_or_default()
+    }
+
+    /// Produces the second half of the events and the sentinels, waits for
+    /// every final pane in the bucket, stops the daemons and checks each
+    /// window is there once with the group-by's values.
+    fn finish(&self, rest: &[super::Ev], daemons: Vec<Daemon>) -> std::path::PathBuf {
+        self.kafka.produce(rest);
+        self.kafka.sentinels(end_of(&self.evs));
+        let want = group_by(&self.evs);
+        let got = self.tmp.path().join("got");
+        wait_for(150, "every final pane in the bucket", || {
+            fetch(&self.prefix, &got);
+            final_rows(&got).is_ok_and(|g| g.len() >= want.len())
+        });
+        for d in daemons {
+            let (st, _) = d.stop();
+            assert!(st.success(), "clean exit on SIGTERM: {st:?}");
+        }
+        fetch(&self.prefix, &got);
+        assert_same(&final_rows(&got).expect("no doubled rows"), &want);
+        got
+    }
+}
+
 #[test]
 fn a_daemon_on_object_storage_killed_between_checkpoint_and_publication_loses_nothing() {
-    let server = s3();
-    let tmp = tempfile::tempdir().expect("tmp");
-    let redis = RedisServer::start(&tmp.path().join("redis"));
-    let kafka = Kafka::start();
-    let evs = events(3000, 23);
-    let (a, b) = evs.split_at(1500);
-    let prefix = server.prefix("daemon");
-    let (state, data) = (format!("{prefix}/state"), format!("{prefix}/data"));
-    let stores = (Path::new(&state), Path::new(&data));
-    let env: Vec<(&str, String)> = server.env();
-    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-
-    kafka.produce(a);
-    kafka.send(0, "bad", Some(b"not json at all"));
+    let t = Setup::new("daemon", 23);
+    let (a, b) = t.evs.split_at(1500);
+    t.kafka.produce(a);
+    t.kafka.send(0, "bad", Some(b"not json at all"));
     // One checkpoint only, at SIGTERM, killed once the first partition's
     // is stored: its files are uploaded under temporary names, listed by
     // the stored checkpoint and not yet moved into place.
-    env.push(("RILL_CRASH_AT", "checkpoint.stored:1"));
-    let mut d = Daemon::start_stores(
-        tmp.path(),
-        PIPELINE,
-        &kafka.brokers(),
-        &redis.url(),
-        stores,
+    let mut d = t.daemon(
         &["--checkpoint-interval", "1h"],
-        &env,
+        &[("RILL_CRASH_AT", "checkpoint.stored:1")],
     );
     wait_for(120, "the first batch consumed", || {
         d.metric("rill_events_total") >= a.len() as f64
@@ -52,25 +109,18 @@ fn a_daemon_on_object_storage_killed_between_checkpoint_and_publication_loses_no
     wait_for(120, "the crash after a stored checkpoint", || {
         d.child.try_wait().ok().flatten().is_some()
     });
-    env.pop();
-    let log = std::fs::read_to_string(tmp.path().join(format!("daemon-{}.log", d.http)))
-        .unwrap_or_default();
+    let log = t.log(&d);
     assert!(log.contains("RILL_CRASH_AT: killing the process"), "{log}");
-    assert!(
-        rill::storage::exists(&format!("{state}/spend/tx/partition-0.json")).expect("lookup"),
-        "the checkpoint is an object"
-    );
-
     // What the killed run stored but did not publish: temporary objects
     // its checkpoints list (the restart rolls them forward).
     let mut listed_pending = 0;
-    for p in 0..kafka.partitions {
-        let url = format!("{state}/spend/tx/partition-{p}.json");
+    for p in 0..t.kafka.partitions {
+        let url = format!("{}/spend/tx/partition-{p}.json", t.state);
         if let Some((body, _)) = rill::storage::get(&url).expect("read") {
             let c: Value = serde_json::from_slice(&body).expect("checkpoint JSON");
             for pair in c["pending_files"].as_array().into_iter().flatten() {
                 let tmp = pair[0].as_str().expect("url");
-                assert!(tmp.starts_with(&data), "{tmp}");
+                assert!(tmp.starts_with(&t.data), "{tmp}");
                 if rill::storage::exists(tmp).expect("lookup") {
                     listed_pending += 1;
                 }
@@ -82,28 +132,9 @@ fn a_daemon_on_object_storage_killed_between_checkpoint_and_publication_loses_no
         "the stored checkpoint lists no unpublished object"
     );
 
-    kafka.produce(b);
-    kafka.sentinels(end_of(&evs));
-    let d = Daemon::start_stores(
-        tmp.path(),
-        PIPELINE,
-        &kafka.brokers(),
-        &redis.url(),
-        stores,
-        &[],
-        &env,
-    );
-    let want = group_by(&evs);
-    let got = tmp.path().join("got");
-    wait_for(150, "every final pane in the bucket", || {
-        fetch(&prefix, &got);
-        final_rows(&got).is_ok_and(|g| g.len() >= want.len())
-    });
-    let (st, _) = d.stop();
-    assert!(st.success(), "clean exit on SIGTERM: {st:?}");
-    fetch(&prefix, &got);
-    assert_same(&final_rows(&got).expect("no doubled rows"), &want);
-    let listed = rill::storage::list(&data).expect("list");
+    let d = t.daemon(&[], &[]);
+    let got = t.finish(b, vec![d]);
+    let listed = rill::storage::list(&t.data).expect("list");
     assert!(
         listed.iter().all(|n| !n.ends_with(".tmp")),
         "unpublished objects left: {listed:?}"
@@ -144,52 +175,25 @@ fn stopped(pid: u32) -> bool {
 
 #[test]
 fn a_zombie_waking_in_a_checkpoint_is_fenced_and_nothing_is_doubled() {
-    let server = s3();
-    let tmp = tempfile::tempdir().expect("tmp");
-    let redis = RedisServer::start(&tmp.path().join("redis"));
-    let kafka = Kafka::start();
-    let evs = events(3000, 29);
-    let (a, b) = evs.split_at(1500);
-    let prefix = server.prefix("zombie");
-    let (state, data) = (format!("{prefix}/state"), format!("{prefix}/data"));
-    let stores = (Path::new(&state), Path::new(&data));
-    let env: Vec<(&str, String)> = server.env();
-    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    kafka.produce(a);
+    let t = Setup::new("zombie", 29);
+    let (a, b) = t.evs.split_at(1500);
+    t.kafka.produce(a);
     // The first instance stops itself in its second checkpoint, after
     // storing the first partition's checkpoint and before storing the
     // second's: when it wakes up it goes straight on to that write, as an
     // instance cut off from the group would, without learning that the
     // group moved its partitions.
-    env.push(("RILL_STOP_AT", "checkpoint.stored:3"));
-    let zombie = Daemon::start_stores(
-        tmp.path(),
-        PIPELINE,
-        &kafka.brokers(),
-        &redis.url(),
-        stores,
-        &[],
-        &env,
-    );
+    let zombie = t.daemon(&[], &[("RILL_STOP_AT", "checkpoint.stored:3")]);
     wait_for(120, "the first instance to stop in a checkpoint", || {
         stopped(zombie.child.id())
     });
-    env.pop();
-    let gens = generations(&state, kafka.partitions);
+    let gens = generations(&t.state, t.kafka.partitions);
     assert!(gens.iter().all(|&g| g >= 1), "{gens:?}");
     // A second instance takes both partitions over once the first one's
     // session times out, and claims them.
-    let owner = Daemon::start_stores(
-        tmp.path(),
-        PIPELINE,
-        &kafka.brokers(),
-        &redis.url(),
-        stores,
-        &[],
-        &env,
-    );
+    let owner = t.daemon(&[], &[]);
     wait_for(120, "the second instance to claim both partitions", || {
-        generations(&state, kafka.partitions)
+        generations(&t.state, t.kafka.partitions)
             .iter()
             .zip(&gens)
             .all(|(now, before)| now > before)
@@ -199,22 +203,8 @@ fn a_zombie_waking_in_a_checkpoint_is_fenced_and_nothing_is_doubled() {
     wait_for(120, "the zombie to be fenced", || {
         zombie.metric("rill_fenced_partitions_total") >= 1.0
     });
-    let log = std::fs::read_to_string(tmp.path().join(format!("daemon-{}.log", zombie.http)))
-        .unwrap_or_default();
-    assert!(
-        log.contains("partition claimed by another instance"),
-        "{log}"
-    );
-    kafka.produce(b);
-    kafka.sentinels(end_of(&evs));
-    let want = group_by(&evs);
-    let got = tmp.path().join("got");
-    wait_for(150, "every final pane in the bucket", || {
-        fetch(&prefix, &got);
-        final_rows(&got).is_ok_and(|g| g.len() >= want.len())
-    });
+    let log = t.log(&zombie);
+    assert!(log.contains("partition claimed by another instance"), "{log}");
     let _ = zombie.stop();
-    let _ = owner.stop();
-    fetch(&prefix, &got);
-    assert_same(&final_rows(&got).expect("no doubled rows"), &want);
+    t.finish(b, vec![owner]);
 }
