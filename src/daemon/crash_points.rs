@@ -22,7 +22,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-fn armed(var: &str, slot: &'static OnceLock<Option<(String, u64)>>) -> Option<&'static (String, u64)> {
+fn armed(
+    var: &str,
+    slot: &'static OnceLock<Option<(String, u64)>>,
+) -> Option<&'static (String, u64)> {
     slot.get_or_init(|| {
         let v = std::env::var(var).ok()?;
         let (point, n) = v.rsplit_once(':')?;
@@ -46,7 +49,11 @@ pub fn point(name: &str) {
             continue;
         };
         if at == name && hits.fetch_add(1, Ordering::Relaxed) + 1 == *n {
-            let what = if sig == libc::SIGKILL { "killing" } else { "stopping" };
+            let what = if sig == libc::SIGKILL {
+                "killing"
+            } else {
+                "stopping"
+            };
             tracing::warn!(point = name, "{var}: {what} the process");
             // SAFETY: kill(2) on this process's own pid, no memory involved.
             unsafe {

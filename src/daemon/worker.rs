@@ -36,9 +36,9 @@ use crate::metrics::PipelineMetrics;
 use crate::plan::PlanRef;
 use crate::sink::dead_letter::{dead_letter_json, DeadLetterWriter, Position};
 use crate::sink::parquet::ParquetSink;
-use crate::storage::Mirror;
 use crate::sink::redis::recovery::{LossMarker, OnlineImage};
 use crate::sink::redis::{OnlineBatch, OnlineMsg};
+use crate::storage::Mirror;
 use crate::time::{Clock, Micros, SystemClock};
 
 /// Largest record value accepted; bigger ones are dead letters (`oversized`).

@@ -25,9 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use object_store::path::Path as ObjPath;
-use object_store::{
-    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
-};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 
 /// Files above this size go up as multipart uploads (completed at the end).
 pub const MULTIPART_BYTES: u64 = 32 << 20;
@@ -44,7 +42,9 @@ pub const SCHEMES: &[(&str, &str)] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("{url}: unknown object store {scheme:?}: expected one of s3, s3a, gs, az, abfs, abfss")]
+    #[error(
+        "{url}: unknown object store {scheme:?}: expected one of s3, s3a, gs, az, abfs, abfss"
+    )]
     UnknownScheme { url: String, scheme: String },
     #[error("{url}: expected <scheme>://<bucket>/<path>")]
     BadUrl { url: String },
@@ -117,7 +117,11 @@ fn split(url: &str) -> Result<(&str, &str, &str), StorageError> {
 
 /// The URL of `rel` under `root` (either may end in `/`).
 pub fn join(root: &str, rel: &str) -> String {
-    format!("{}/{}", root.trim_end_matches('/'), rel.trim_start_matches('/'))
+    format!(
+        "{}/{}",
+        root.trim_end_matches('/'),
+        rel.trim_start_matches('/')
+    )
 }
 
 type Stores = Mutex<HashMap<String, Arc<dyn ObjectStore>>>;
@@ -478,10 +482,10 @@ mod tests {
     #[test]
     fn urls_split_into_bucket_and_key_and_unknown_schemes_are_refused() {
         assert_eq!(
-            split("s3://bucket/a/b/").unwrap(),
+            split("s3://bucket/a/b/").expect("a valid URL"),
             ("s3", "s3://bucket", "a/b")
         );
-        assert_eq!(split("gs://b").unwrap(), ("gs", "gs://b", ""));
+        assert_eq!(split("gs://b").expect("a valid URL"), ("gs", "gs://b", ""));
         assert!(matches!(
             split("ftp://host/x"),
             Err(StorageError::UnknownScheme { .. })
@@ -495,13 +499,21 @@ mod tests {
 
     #[test]
     fn a_mirror_maps_local_paths_to_urls() {
-        let m = Mirror::of(Path::new("s3://bucket/prefix/")).unwrap().unwrap();
-        let f = m.local.join("group").join("date=2024-01-01").join("part-x.parquet");
+        let m = Mirror::of(Path::new("s3://bucket/prefix/"))
+            .expect("a valid URL")
+            .expect("a URL has a mirror");
+        let f = m
+            .local
+            .join("group")
+            .join("date=2024-01-01")
+            .join("part-x.parquet");
         assert_eq!(
-            m.url_of(&f).unwrap(),
+            m.url_of(&f).expect("under the mirror"),
             "s3://bucket/prefix/group/date=2024-01-01/part-x.parquet"
         );
         assert_eq!(m.local_of("group/x"), m.local.join("group").join("x"));
-        assert!(Mirror::of(Path::new("/tmp/x")).unwrap().is_none());
+        assert!(Mirror::of(Path::new("/tmp/x"))
+            .expect("a local path")
+            .is_none());
     }
 }

@@ -142,7 +142,9 @@ fn replay_into_a_bucket_equals_replay_into_a_directory() {
     assert_eq!(s1["rows"], s_local["rows"]);
     let files = s1["files"].as_array().expect("files");
     assert!(
-        files.iter().all(|f| f.as_str().is_some_and(|f| f.starts_with(&bucket))),
+        files
+            .iter()
+            .all(|f| f.as_str().is_some_and(|f| f.starts_with(&bucket))),
         "the summary names the objects: {files:?}"
     );
     let got = fetch(&bucket, "one");
@@ -178,7 +180,11 @@ fn replay_into_a_bucket_equals_replay_into_a_directory() {
     let sharded = server.prefix("shards");
     for i in [0, 1, 1] {
         let out = run_into(&sharded, &["--shard", &format!("{i}/2")]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let got = fetch(&sharded, "shards");
     assert_eq!(rows(&got), want_rows, "shards");
@@ -188,7 +194,11 @@ fn replay_into_a_bucket_equals_replay_into_a_directory() {
     let text = std::fs::read_to_string(&input).expect("input");
     for (i, line) in text.lines().take(400).enumerate() {
         let v: serde_json::Value = serde_json::from_str(line).expect("event");
-        csv.push_str(&format!("{},{},{i}\n", v["user_id"].as_str().expect("user"), v["event_time"].as_str().expect("time")));
+        csv.push_str(&format!(
+            "{},{},{i}\n",
+            v["user_id"].as_str().expect("user"),
+            v["event_time"].as_str().expect("time")
+        ));
     }
     let ent = tmp.path().join("entities.csv");
     std::fs::write(&ent, &csv).expect("csv");
@@ -232,7 +242,10 @@ fn an_unknown_object_store_is_refused_with_its_position() {
     let text = std::fs::read_to_string(repo("pipelines/user_spend_5m.yaml"))
         .expect("pipeline")
         .replace("path: ./features", "path: ftp://host/features");
-    assert!(text.contains("ftp://"), "the example pipeline's parquet path moved");
+    assert!(
+        text.contains("ftp://"),
+        "the example pipeline's parquet path moved"
+    );
     let p = tmp.path().join("p.yaml");
     std::fs::write(&p, &text).expect("write");
     let line = text

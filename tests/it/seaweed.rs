@@ -72,7 +72,11 @@ fn start() -> S3 {
     );
     // One directory per test process; those of processes that are gone
     // (their server died with them) are removed.
-    for e in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+    for e in std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(pid) = name.strip_prefix("rill-test-seaweedfs-") {
             if !Path::new(&format!("/proc/{pid}")).exists() {

@@ -204,7 +204,10 @@ fn a_zombie_waking_in_a_checkpoint_is_fenced_and_nothing_is_doubled() {
         zombie.metric("rill_fenced_partitions_total") >= 1.0
     });
     let log = t.log(&zombie);
-    assert!(log.contains("partition claimed by another instance"), "{log}");
+    assert!(
+        log.contains("partition claimed by another instance"),
+        "{log}"
+    );
     let _ = zombie.stop();
     t.finish(b, vec![owner]);
 }
