@@ -934,6 +934,43 @@ impl Worker {
         }
     }
 
+    /// The checkpoint that claims partition `p` from its loaded checkpoint
+    /// `c`: the same state, offsets and files to publish, the generation
+    /// raised (1 without a checkpoint).
+    fn claim_of(&self, p: i32, c: Option<Checkpoint>) -> Checkpoint {
+        let keep_image = self.marker.is_some();
+        let fresh = Checkpoint {
+            version: CHECKPOINT_VERSION,
+            pipeline: self.p.name.clone(),
+            topic: self.topic.clone(),
+            partition: p,
+            generation: 1,
+            next_offset: None,
+            epoch: 0,
+            state: None,
+            pending_files: Vec::new(),
+            online_image: Vec::new(),
+            online_token: None,
+        };
+        match c {
+            None => fresh,
+            Some(c) => Checkpoint {
+                generation: c.generation + 1,
+                next_offset: c.next_offset,
+                epoch: c.epoch,
+                state: c.state,
+                pending_files: c.pending_files,
+                online_image: if keep_image {
+                    c.online_image
+                } else {
+                    Vec::new()
+                },
+                online_token: c.online_token.filter(|_| keep_image),
+                ..fresh
+            },
+        }
+    }
+
     /// Takes partition `p` from its checkpoint. When storage fails on the
     /// way, the partition waits among the rewound ones (paused) and is
     /// loaded again with them.
@@ -969,28 +1006,7 @@ impl Worker {
         // rolled forward below leaves them listed.
         let mut tries = 0;
         let ck = loop {
-            let ck = Checkpoint {
-                version: CHECKPOINT_VERSION,
-                pipeline: self.p.name.clone(),
-                topic: self.topic.clone(),
-                partition: p,
-                generation: c.as_ref().map_or(1, |c| c.generation + 1),
-                next_offset: c.as_ref().and_then(|c| c.next_offset),
-                epoch: c.as_ref().map_or(0, |c| c.epoch),
-                online_image: match &c {
-                    Some(c) if self.marker.is_some() => c.online_image.clone(),
-                    _ => Vec::new(),
-                },
-                online_token: c
-                    .as_ref()
-                    .filter(|_| self.marker.is_some())
-                    .and_then(|c| c.online_token.clone()),
-                state: c.as_ref().and_then(|c| c.state.clone()),
-                pending_files: c
-                    .as_ref()
-                    .map(|c| c.pending_files.clone())
-                    .unwrap_or_default(),
-            };
+            let ck = self.claim_of(p, c.take());
             match self.store.store(&ck) {
                 Ok(()) => break ck,
                 // Written by another instance between our load and this
@@ -1022,7 +1038,9 @@ impl Worker {
         if let Some(s) = &mut sink {
             removed += s.remove_unpublished(&prefix, &[]);
         }
-        if let Some(m) = &self.data_mirror {
+        // The group's directory under each store: `<root>/<pipeline>` for
+        // Parquet and for dead letters alike.
+        for m in self.data_mirror.iter().chain(&self.dead_mirror) {
             let dir = std::path::Path::new(&m.url).join(&self.p.name);
             removed += crate::sink::remove_unpublished_objects(&dir, &prefix).map_err(storage)?;
         }
@@ -1030,11 +1048,6 @@ impl Worker {
             DeadLetters::Files { dir } => {
                 removed +=
                     crate::sink::dead_letter::remove_unpublished(dir, &self.p.name, &prefix, &[]);
-                if let Some(m) = &self.dead_mirror {
-                    let dir = std::path::Path::new(&m.url).join(&self.p.name);
-                    removed +=
-                        crate::sink::remove_unpublished_objects(&dir, &prefix).map_err(storage)?;
-                }
                 Some(DeadLetterWriter::new(
                     dir,
                     &self.p.name,

@@ -167,7 +167,6 @@ pub fn remove_unpublished(
     prefix: &str,
     keep: &[(PathBuf, PathBuf)],
 ) -> usize {
-    let start = format!(".part-{prefix}");
     let mut removed = 0;
     let Ok(files) = std::fs::read_dir(dir.join(pipeline)) else {
         return 0;
@@ -175,8 +174,7 @@ pub fn remove_unpublished(
     for f in files.flatten() {
         let name = f.file_name().to_string_lossy().into_owned();
         let path = f.path();
-        if name.starts_with(&start)
-            && name.ends_with(".tmp")
+        if super::is_unpublished(&name, prefix)
             && !keep.iter().any(|(t, _)| *t == path)
             && std::fs::remove_file(&path).is_ok()
         {

@@ -79,16 +79,24 @@ pub fn upload_pending(
     Ok(out)
 }
 
-/// Removes the temporary objects under the URL `dir` (recursively) whose
-/// names start with `.part-{prefix}` (uploaded for an epoch whose
+/// Whether `name` is a file or object written but not yet published by a
+/// run whose identifier starts with `prefix` (`.part-<run>….tmp`, the
+/// temporary names of Parquet and dead-letter files).
+pub fn is_unpublished(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(".part-")
+        .is_some_and(|rest| rest.starts_with(prefix))
+        && name.ends_with(".tmp")
+}
+
+/// Removes the temporary objects under the URL `dir` (recursively) of
+/// runs whose identifiers start with `prefix` (uploaded for an epoch whose
 /// checkpoint was never stored). Returns how many were removed.
 pub fn remove_unpublished_objects(dir: &Path, prefix: &str) -> Result<usize, StorageError> {
     let url = dir.to_string_lossy();
-    let start = format!(".part-{prefix}");
     let mut removed = 0;
     for rel in storage::list(&url)? {
         let name = rel.rsplit('/').next().unwrap_or(&rel);
-        if name.starts_with(&start) && name.ends_with(".tmp") {
+        if is_unpublished(name, prefix) {
             storage::delete(&storage::join(&url, &rel))?;
             removed += 1;
         }

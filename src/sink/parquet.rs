@@ -383,24 +383,6 @@ impl ParquetSink {
         Ok(std::mem::take(&mut self.pending))
     }
 
-    /// Renames closed files into place. A file already renamed (a repeated
-    /// publication after a crash) is skipped.
-    pub fn publish(files: &[(PathBuf, PathBuf)]) -> Result<(), ParquetSinkError> {
-        for (tmp, dest) in files {
-            match std::fs::rename(tmp, dest) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && dest.exists() => {}
-                Err(source) => {
-                    return Err(ParquetSinkError::Io {
-                        path: dest.clone(),
-                        source,
-                    })
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Every file of the group's date directories, with its name.
     fn day_files(&self) -> Vec<(PathBuf, String)> {
         let mut out = Vec::new();
@@ -421,11 +403,9 @@ impl ParquetSink {
     /// Removes temporary files whose names start with `.part-{prefix}` and
     /// that are not in `keep` (left by a crashed run).
     pub fn remove_unpublished(&self, prefix: &str, keep: &[(PathBuf, PathBuf)]) -> usize {
-        let start = format!(".part-{prefix}");
         let mut removed = 0;
         for (path, name) in self.day_files() {
-            if name.starts_with(&start)
-                && name.ends_with(".tmp")
+            if super::is_unpublished(&name, prefix)
                 && !keep.iter().any(|(t, _)| *t == path)
                 && std::fs::remove_file(&path).is_ok()
             {

@@ -433,7 +433,7 @@ pub fn download(url: &str, dir: &Path) -> Result<usize, StorageError> {
 /// A local staging directory for files bound for `url`: one per process
 /// and URL, under the system's temporary directory.
 pub fn staging_dir(url: &str) -> PathBuf {
-    let h = crate::replay::fnv1a(&[url.as_bytes()]);
+    let h = xxhash_rust::xxh3::xxh3_64(url.as_bytes());
     std::env::temp_dir()
         .join(format!("rill-staging-{}", std::process::id()))
         .join(format!("{h:016x}"))
