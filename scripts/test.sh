@@ -42,6 +42,8 @@ cargo test --locked "$@"
 # Supply chain (RustSec advisories, licenses, bans; offline) and a short
 # run of every fuzz target, unless only some tests were asked for.
 if [ $# -eq 0 ]; then
+  # The Python package (python/): built in a venv, pytest, mypy, stubtest.
+  ./scripts/test_python.sh
   ./scripts/supply_chain.sh
   FUZZ_SECONDS=${FUZZ_SECONDS:-15} ./scripts/fuzz.sh
 fi

@@ -2,10 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Parser;
-use rill::config::{Accumulation, Pipeline};
-use rill::join::{FileJoinOptions, GroupSpec, JoinOptions, Mode};
+use rill::config::Pipeline;
+use rill::join::{FileJoinOptions, JoinOptions, Mode};
 
 #[derive(Debug, Parser)]
 pub struct Args {
@@ -76,18 +75,6 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mul as f64) as u64)
 }
 
-fn flag_for<'a>(flags: &'a [String], group: &str, what: &str) -> anyhow::Result<Option<&'a str>> {
-    for f in flags {
-        let (g, v) = f
-            .split_once('=')
-            .with_context(|| format!("--{what} {f:?}: expected GROUP=VALUE"))?;
-        if g == group {
-            return Ok(Some(v));
-        }
-    }
-    Ok(None)
-}
-
 pub fn run(mut a: Args) -> anyhow::Result<()> {
     let _staged = match rill::storage::Mirror::of(&a.offline)? {
         Some(m) => {
@@ -107,52 +94,14 @@ pub fn run(mut a: Args) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
-    let mut groups = Vec::new();
-    for g in &a.groups {
-        let (name, features) = match g.split_once(':') {
-            Some((n, f)) => (
-                n.to_string(),
-                Some(
-                    f.split(',')
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty())
-                        .collect::<Vec<_>>(),
-                ),
-            ),
-            None => (g.clone(), None),
-        };
-        let p = pipelines.iter().find(|p| p.name == name);
-        let keys: Vec<String> = match (flag_for(&a.keys, &name, "keys")?, p) {
-            (Some(k), _) => k.split(',').map(str::to_string).collect(),
-            (None, Some(p)) => p.key_fields.clone(),
-            (None, None) => anyhow::bail!(
-                "unknown feature group {name:?}: no pipeline file of that name in {} (known: {}); give --keys {name}=COLUMNS to join it without one",
-                a.pipelines.display(),
-                pipelines.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
-            ),
-        };
-        let ttl = match flag_for(&a.ttl, &name, "ttl")? {
-            Some("none") => None,
-            Some(d) => Some(
-                rill::time::parse_duration(d)
-                    .map_err(|e| anyhow::anyhow!("--ttl {name}={d}: {e}"))?,
-            ),
-            None => p.and_then(|p| p.redis.as_ref().and_then(|r| r.ttl)),
-        };
-        let all_features = match p {
-            Some(p) => p.features.iter().map(|f| f.name.clone()).collect(),
-            None => features_from_files(&a.offline.join(&name), &keys)?,
-        };
-        groups.push(GroupSpec {
-            name,
-            keys,
-            features,
-            all_features,
-            ttl,
-            discarding: p.is_some_and(|p| p.accumulation == Accumulation::Discarding),
-            plan: p.map(rill::plan::Plan::new),
-        });
-    }
+    let groups = rill::join::resolve_groups(
+        &a.groups,
+        &pipelines,
+        &a.pipelines,
+        &a.offline,
+        &a.keys,
+        &a.ttl,
+    )?;
     let opts = FileJoinOptions {
         entities: a.entities,
         groups,
@@ -188,23 +137,6 @@ pub fn run(mut a: Args) -> anyhow::Result<()> {
 
 /// Feature columns of a group without a pipeline file: the columns of its
 /// first Parquet file that are not keys or pane metadata.
-fn features_from_files(dir: &std::path::Path, keys: &[String]) -> anyhow::Result<Vec<String>> {
-    let files = rill::join::load_group_files(dir)?;
-    let f = files
-        .first()
-        .with_context(|| format!("no Parquet files under {}", dir.display()))?;
-    let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        std::fs::File::open(f)?,
-    )?;
-    let fixed = rill::config::PANE_COLUMNS;
-    Ok(b.schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .filter(|n| !keys.contains(n) && !fixed.contains(&n.as_str()))
-        .collect())
-}
-
 /// A local staging directory, removed when the join is done.
 struct Staged(PathBuf);
 

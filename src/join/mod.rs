@@ -15,6 +15,7 @@
 //! and composite keys are encoded with lengths, so `(1, 12)` and `(11, 2)`
 //! differ.
 
+mod groups;
 mod read;
 mod spill;
 
@@ -29,7 +30,8 @@ use rustc_hash::FxBuildHasher;
 
 use crate::time::Micros;
 
-pub use read::{join_files, FileJoinOptions, JoinSummary};
+pub use groups::resolve_groups;
+pub use read::{join_batches, join_files, FileJoinOptions, JoinSummary};
 
 /// Which feature row an entity row gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +166,12 @@ pub enum JoinError {
     },
     #[error("feature group {0:?} discards between panes: its final pane is not the whole window, so `final` mode cannot use it (use as_of_emit)")]
     Discarding(String),
+    #[error("unknown feature group {group:?}: no pipeline file of that name in {pipelines} (known: {known}); give --keys {group}=COLUMNS to join it without one")]
+    UnknownGroup {
+        group: String,
+        pipelines: String,
+        known: String,
+    },
     #[error("output column {0:?} would appear twice; use --full-names")]
     DuplicateColumn(String),
     #[error(transparent)]

@@ -555,6 +555,34 @@ pub fn join_files(o: &FileJoinOptions) -> Result<JoinSummary, JoinError> {
     })
 }
 
+/// The join in memory over entity batches already in memory (the Python
+/// package's `rill.join`): the same rows, in the same order and with the
+/// same output schema as [`join_files`] writes.
+pub fn join_batches(
+    groups: &[GroupSpec],
+    offline: &Path,
+    mode: Mode,
+    join: &JoinOptions,
+    entities: &[RecordBatch],
+    input: SchemaRef,
+) -> Result<(SchemaRef, Vec<RecordBatch>), JoinError> {
+    let prune = Prune { mode, max_ts: None };
+    let mut tables = Vec::new();
+    for g in groups {
+        let batches = read_group(offline, g, &prune)?;
+        tables.push(FeatureTable::from_batches(g.clone(), mode, &batches)?);
+    }
+    let mut joiner = Joiner::new(tables, join.clone());
+    joiner.check(&input)?;
+    let out_schema = joiner.output_schema(&input)?;
+    let mut out = Vec::with_capacity(entities.len());
+    for b in entities {
+        let joined = joiner.join_batch(b)?;
+        out.push(restore_types(joined, &out_schema)?);
+    }
+    Ok((out_schema, out))
+}
+
 /// The join past the memory budget (see `spill`).
 fn join_partitioned(o: &FileJoinOptions, parts: usize) -> Result<JoinSummary, JoinError> {
     use super::spill::{join_group, EntitySpill, Merge};
