@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_array::ffi_stream::{RecordBatchStreamReader, FFI_ArrowArrayStream};
+use arrow_array::ffi_stream::{FFI_ArrowArrayStream, RecordBatchStreamReader};
 use arrow_array::{RecordBatch, RecordBatchIterator, RecordBatchReader};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
@@ -127,7 +127,10 @@ fn run_interruptible<T: Send + 'static>(
                 tick(py)?;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(raise(Failure::new("internal", "the work's thread panicked")))
+                return Err(raise(Failure::new(
+                    "internal",
+                    "the work's thread panicked",
+                )))
             }
         }
     }
@@ -198,10 +201,9 @@ fn join<'py>(
         "as_of_emit" => Mode::AsOfEmit,
         other => {
             return Err(raise(Failure::new(
-                    "value",
-                    format!("mode {other:?}: expected \"final\" or \"as_of_emit\""),
-                ),
-            ))
+                "value",
+                format!("mode {other:?}: expected \"final\" or \"as_of_emit\""),
+            )))
         }
     };
     let (schema, batches) = read_stream(py, entities)?;
@@ -221,8 +223,10 @@ fn join<'py>(
         },
         |_| Ok(()),
     )?;
-    let reader: Box<dyn RecordBatchReader + Send> =
-        Box::new(RecordBatchIterator::new(out.into_iter().map(Ok), out_schema));
+    let reader: Box<dyn RecordBatchReader + Send> = Box::new(RecordBatchIterator::new(
+        out.into_iter().map(Ok),
+        out_schema,
+    ));
     PyCapsule::new_with_value(py, FFI_ArrowArrayStream::new(reader), STREAM)
 }
 

@@ -10,11 +10,15 @@ use super::{load_group_files, GroupSpec, JoinError};
 use crate::config::{Accumulation, Pipeline};
 
 /// The value of `NAME=VALUE` flags for `group`, if one names it.
-fn flag_for<'a>(flags: &'a [String], group: &str, what: &str) -> Result<Option<&'a str>, JoinError> {
+fn flag_for<'a>(
+    flags: &'a [String],
+    group: &str,
+    what: &str,
+) -> Result<Option<&'a str>, JoinError> {
     for f in flags {
-        let (g, v) = f.split_once('=').ok_or_else(|| {
-            JoinError::Input(format!("--{what} {f:?}: expected GROUP=VALUE"))
-        })?;
+        let (g, v) = f
+            .split_once('=')
+            .ok_or_else(|| JoinError::Input(format!("--{what} {f:?}: expected GROUP=VALUE")))?;
         if g == group {
             return Ok(Some(v));
         }
