@@ -157,7 +157,7 @@ fn load_pipelines(path: &Path) -> Result<Vec<Pipeline>, Failure> {
 fn validate(_py: Python<'_>, path: PathBuf) -> PyResult<Vec<String>> {
     load_pipelines(&path)
         .map(|ps| ps.into_iter().map(|p| p.name).collect())
-        .map_err(|f| raise(f))
+        .map_err(raise)
 }
 
 /// Reads every batch of an Arrow C stream capsule.
