@@ -2,7 +2,7 @@
 
 from typing import Callable
 
-__all__ = ["NativeError", "join", "replay", "validate", "version"]
+__all__ = ["NativeError", "join", "registry", "replay", "validate", "version"]
 
 class NativeError(Exception):
     """(kind, message, file, line, column): re-raised by rill as its own classes."""
@@ -26,4 +26,5 @@ def replay(
     threads: int,
     progress: Callable[[int, int | None, int], object] | None = None,
 ) -> str: ...
+def registry(pipelines: str, op: str, arg: str | None = None) -> str: ...
 def version() -> str: ...

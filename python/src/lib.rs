@@ -284,6 +284,46 @@ fn replay(
     })
 }
 
+/// The registry of a deployment's pipelines (`rill features`): `op` is
+/// `list`, `search` (of `arg`), `describe` or `lineage` (of `arg`, a group
+/// or `group:feature`); answers JSON text.
+#[pyfunction]
+#[pyo3(signature = (pipelines, op, arg=None))]
+fn registry(pipelines: PathBuf, op: &str, arg: Option<String>) -> PyResult<String> {
+    use rill::serve::registry::{LookupError, Registry};
+    let ps = load_pipelines(&pipelines).map_err(raise)?;
+    let reg = Registry::new(ps).map_err(|e| raise(Failure::new("validation", e)))?;
+    let arg = arg.unwrap_or_default();
+    let lookup = |e: LookupError| {
+        let kind = match e {
+            LookupError::Group(..) => "unknown_group",
+            LookupError::Feature(..) => "unknown_feature",
+        };
+        raise(Failure::new(kind, e.to_string()))
+    };
+    let v = match op {
+        "list" => serde_json::to_value(reg.list()),
+        "search" => serde_json::to_value(reg.search(&arg)),
+        "describe" => {
+            let (g, f) = reg.describe(&arg).map_err(lookup)?;
+            let mut v = serde_json::json!({ "group": g });
+            if let Some(f) = f {
+                v["feature"] = serde_json::to_value(f).unwrap_or_default();
+            }
+            Ok(v)
+        }
+        "lineage" => serde_json::to_value(reg.lineage(&arg).map_err(lookup)?),
+        other => {
+            return Err(raise(Failure::new(
+                "value",
+                format!("unknown registry call {other:?}"),
+            )))
+        }
+    };
+    v.map(|v| v.to_string())
+        .map_err(|e| raise(Failure::new("internal", e.to_string())))
+}
+
 /// The version of the rill library inside.
 #[pyfunction]
 fn version() -> &'static str {
@@ -296,6 +336,7 @@ fn _rill(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(validate, m)?)?;
     m.add_function(wrap_pyfunction!(join, m)?)?;
     m.add_function(wrap_pyfunction!(replay, m)?)?;
+    m.add_function(wrap_pyfunction!(registry, m)?)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
     Ok(())
 }

@@ -253,3 +253,21 @@ def test_the_example_runs_as_a_script(online: str, tmp_path: Path) -> None:
         env=env,
     )
     assert "training set:" in out.stdout and "online:" in out.stdout
+
+
+def test_the_registry_as_plain_objects() -> None:
+    import rill.features
+
+    groups = rill.features.list(PIPELINES)
+    names = [g["name"] for g in groups]
+    want = json.loads(cli("features", "--dir", PIPELINES, "--json", "list").stdout)
+    assert names == [g["name"] for g in want["groups"]]
+    assert "user_tx_30d" in names
+    d = rill.features.describe("user_tx_30d:days_since_last_transaction", PIPELINES)
+    assert d["group"]["name"] == "user_tx_30d" and d["feature"]["name"] == "days_since_last_transaction"
+    assert any(h for h in rill.features.search("merchant", PIPELINES))
+    assert rill.features.lineage("user_spend_5m", PIPELINES)
+    with pytest.raises(rill.UnknownGroupError):
+        rill.features.describe("nope", PIPELINES)
+    with pytest.raises(rill.UnknownFeatureError):
+        rill.features.describe("user_tx_30d:nope", PIPELINES)
