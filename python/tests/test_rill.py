@@ -185,6 +185,18 @@ def free_port() -> int:
         return port
 
 
+def wait_listening(port: int, what: str, seconds: float = 120) -> None:
+    """Waits until something accepts connections on ``port`` (generous: a busy machine)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"{what} did not start"
+            time.sleep(0.05)
+
+
 @pytest.fixture
 def online(store: dict[str, Path], tmp_path: Path) -> Iterator[str]:
     """A real redis-server filled by ``rill replay --online`` and ``rill serve`` over it."""
@@ -196,29 +208,15 @@ def online(store: dict[str, Path], tmp_path: Path) -> Iterator[str]:
     url = f"redis://127.0.0.1:{port}"
     serve: subprocess.Popen[bytes] | None = None
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
+        wait_listening(port, "redis-server")
         cli("replay", PIPELINES / "user_spend_5m.yaml", "--input", store["events"], "--output", tmp_path / "o", "--online", "--redis", url)
         http = free_port()
         serve = subprocess.Popen(
             [RILL, "serve", str(PIPELINES / "user_spend_5m.yaml"), "--redis", url, "--listen", f"127.0.0.1:{http}"],
             stderr=subprocess.DEVNULL,
         )
-        base = f"http://127.0.0.1:{http}"
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", http), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "rill serve did not start"
-                time.sleep(0.05)
-        yield base
+        wait_listening(http, "rill serve")
+        yield f"http://127.0.0.1:{http}"
     finally:
         if serve is not None:
             serve.kill()
