@@ -125,8 +125,9 @@ def _arrow(entities: Any) -> pa.Table:
         return entities.read_all()
     module = type(entities).__module__.split(".")[0]
     if module == "pandas":
-        # The index is data too (a non-default index becomes columns).
-        return pa.Table.from_pandas(entities, preserve_index=True)
+        # A named or non-default index is data: it becomes columns. The
+        # default RangeIndex (row numbers) is not, and is left out.
+        return pa.Table.from_pandas(entities, preserve_index=None)
     if hasattr(entities, "__arrow_c_stream__"):
         return pa.table(entities)
     if module == "duckdb" and hasattr(entities, "arrow"):
@@ -167,7 +168,7 @@ def join(
     """Point-in-time join of entity rows with feature groups, as ``rill join``.
 
     ``entities`` is any Arrow-compatible table: a pyarrow Table, a pandas
-    DataFrame (its index kept as columns), a Polars DataFrame or a DuckDB
+    DataFrame (a non-default index kept as columns), a Polars DataFrame or a DuckDB
     relation. ``groups`` names feature groups, ``"NAME"`` or
     ``"NAME:f1,f2"``. Every entity row gives one output row, in input order,
     with the group's features as of its ``timestamp_column`` (``mode``:

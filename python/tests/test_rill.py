@@ -107,7 +107,11 @@ def test_every_input_kind_gives_the_same_rows(store: dict[str, Path]) -> None:
     con.register("ents", base)
     rel = con.sql("select * from ents")
     same(rill.join(rel, ["user_spend_5m"], offline=store["offline"], pipelines=PIPELINES), "duckdb")
-    # pandas with a non-default index: the index is kept as a column.
+    # pandas: a default index (row numbers) is not data ...
+    plain = rill.join(df, ["user_spend_5m"], offline=store["offline"], pipelines=PIPELINES)
+    same(plain, "pandas")
+    assert plain.column_names == want.column_names
+    # ... a non-default index is, and is kept as a column.
     indexed = df.set_index(pd.Index([f"row{i}" for i in range(len(df))], name="row_id"))
     got = rill.join(indexed, ["user_spend_5m"], offline=store["offline"], pipelines=PIPELINES)
     same(got, "pandas with an index")
