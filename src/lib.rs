@@ -6,6 +6,7 @@
 pub mod aggregate;
 pub mod checkpoint;
 pub mod config;
+#[cfg(feature = "kafka")]
 pub mod daemon;
 pub mod engine;
 pub mod event;

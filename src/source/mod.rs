@@ -3,4 +3,5 @@
 //! `daemon::worker`).
 
 pub mod file;
+#[cfg(feature = "kafka")]
 pub mod kafka;
