@@ -547,6 +547,19 @@ impl KeyIndex {
     }
 }
 
+/// One offline row in the index: when it becomes visible, its rank (the
+/// latest window, then the latest pane, wins), the best position of its key
+/// up to here, and where its values are.
+#[derive(Clone, Copy)]
+struct Pos {
+    elig: Micros,
+    we: Micros,
+    pane: u32,
+    best: u32,
+    batch: u32,
+    row: u32,
+}
+
 /// One indexed feature group.
 pub struct FeatureTable {
     pub spec: GroupSpec,
@@ -559,12 +572,8 @@ pub struct FeatureTable {
     /// Interned keys; `ranges[id]` is (start, len) in the sorted arrays.
     keys: KeyIndex,
     ranges: Vec<(u32, u32)>,
-    /// Per sorted position: eligibility time.
-    elig: Vec<Micros>,
-    /// Per sorted position: the best position among those up to here (of the same key).
-    best: Vec<u32>,
-    /// Per sorted position: (batch, row) of its values.
-    refs: Vec<(u32, u32)>,
+    /// The rows, by key and then (eligibility time, window end, pane).
+    pos: Vec<Pos>,
     key_classes: Vec<Option<KeyClass>>,
     pub rows: usize,
 }
@@ -716,7 +725,9 @@ impl FeatureTable {
         }
         count.resize(interned.len(), 0);
         // Pass 2: place each row at its key's next position (a counting
-        // sort, stable: offline rows mostly come in time order).
+        // sort, stable: offline rows mostly come in time order). One
+        // 32-byte record per position, so that placing a row touches one
+        // cache line, not one per field.
         let mut ranges: Vec<(u32, u32)> = Vec::with_capacity(count.len());
         let mut total = 0u32;
         for &c in &count {
@@ -725,53 +736,51 @@ impl FeatureTable {
         }
         let n = total as usize;
         let mut at: Vec<u32> = ranges.iter().map(|r| r.0).collect();
-        let mut elig = vec![0i64; n];
-        let mut rank_we = vec![0i64; n];
-        let mut rank_pane = vec![0u32; n];
-        let mut refs = vec![(0u32, 0u32); n];
-        for (bi, rid) in row_ids.iter().enumerate() {
-            let (we, el) = (&cols_we[bi], &cols_elig[bi]);
-            let pane = cols_pane[bi].as_primitive::<Int64Type>();
-            for (i, &k) in rid.iter().enumerate() {
-                if k == u32::MAX {
-                    continue;
+        let mut pos: Vec<Pos> = Vec::with_capacity(n);
+        {
+            let spare = &mut pos.spare_capacity_mut()[..n];
+            for (bi, rid) in row_ids.iter().enumerate() {
+                let (we, el) = (&cols_we[bi], &cols_elig[bi]);
+                let pane = cols_pane[bi].as_primitive::<Int64Type>().values();
+                for (i, &k) in rid.iter().enumerate() {
+                    if k == u32::MAX {
+                        continue;
+                    }
+                    let p = at[k as usize] as usize;
+                    at[k as usize] += 1;
+                    spare[p].write(Pos {
+                        elig: el[i],
+                        we: we[i],
+                        pane: pane[i].clamp(0, u32::MAX as i64) as u32,
+                        best: 0,
+                        batch: bi as u32,
+                        row: i as u32,
+                    });
                 }
-                let p = at[k as usize] as usize;
-                at[k as usize] += 1;
-                elig[p] = el[i];
-                rank_we[p] = we[i];
-                rank_pane[p] = pane.value(i).clamp(0, u32::MAX as i64) as u32;
-                refs[p] = (bi as u32, i as u32);
             }
         }
-        drop((row_ids, cols_we, cols_elig, cols_pane));
+        // SAFETY: the counting sort wrote every position below `n` once:
+        // `at[k]` runs from the start of key k's range through its end, and
+        // the ranges tile 0..n.
+        unsafe { pos.set_len(n) };
+        drop((row_ids, cols_we, cols_elig, cols_pane, at));
         // Runs out of (time, rank) order are sorted; then the best row so
         // far of each position.
-        let mut best = vec![0u32; n];
         for &(start, len) in &ranges {
-            let (a, b) = (start as usize, (start + len) as usize);
-            let key = |j: usize| (elig[j], rank_we[j], rank_pane[j]);
-            if !(a..b.saturating_sub(1)).all(|j| key(j) <= key(j + 1)) {
-                let mut perm: Vec<usize> = (a..b).collect();
-                perm.sort_by_key(|&j| key(j));
-                let e: Vec<_> = perm.iter().map(|&j| elig[j]).collect();
-                let w: Vec<_> = perm.iter().map(|&j| rank_we[j]).collect();
-                let pn: Vec<_> = perm.iter().map(|&j| rank_pane[j]).collect();
-                let r: Vec<_> = perm.iter().map(|&j| refs[j]).collect();
-                elig[a..b].copy_from_slice(&e);
-                rank_we[a..b].copy_from_slice(&w);
-                rank_pane[a..b].copy_from_slice(&pn);
-                refs[a..b].copy_from_slice(&r);
+            let run = &mut pos[start as usize..(start + len) as usize];
+            let key = |p: &Pos| (p.elig, p.we, p.pane);
+            if !run.windows(2).all(|w| key(&w[0]) <= key(&w[1])) {
+                // Stable: rows equal in all three keep their input order.
+                run.sort_by_key(key);
             }
-            let mut top = a;
-            for j in a..b {
-                if (rank_we[j], rank_pane[j]) >= (rank_we[top], rank_pane[top]) {
+            let mut top = 0usize;
+            for j in 0..run.len() {
+                if (run[j].we, run[j].pane) >= (run[top].we, run[top].pane) {
                     top = j;
                 }
-                best[j] = top as u32;
+                run[j].best = start + top as u32;
             }
         }
-        drop((rank_we, rank_pane));
         // The no-match row.
         values.push(types.iter().map(|t| new_null_array(t, 1)).collect());
         let loaded = |name: &str| selected.iter().position(|s| s == name);
@@ -813,9 +822,7 @@ impl FeatureTable {
             values,
             keys: interned,
             ranges,
-            elig,
-            best,
-            refs,
+            pos,
             key_classes,
         })
     }
@@ -843,19 +850,18 @@ impl FeatureTable {
             let mut p = start;
             while i < order.len() && order[i].0 == id {
                 let (_, t, row) = order[i];
-                while p < end && self.elig[p] <= t {
+                while p < end && self.pos[p].elig <= t {
                     p += 1;
                 }
                 if p > start {
-                    let best = self.best[p - 1] as usize;
+                    let best = &self.pos[self.pos[p - 1].best as usize];
                     // The TTL counts from the eligibility time in both modes.
                     let fresh = match self.spec.ttl {
-                        Some(ttl) => t.saturating_sub(self.elig[best]) <= ttl,
+                        Some(ttl) => t.saturating_sub(best.elig) <= ttl,
                         None => true,
                     };
                     if fresh {
-                        let (b, r) = self.refs[best];
-                        idx[row as usize] = (b as usize, r as usize);
+                        idx[row as usize] = (best.batch as usize, best.row as usize);
                         matched += 1;
                     }
                 }
