@@ -685,8 +685,9 @@ impl FeatureTable {
                 Some(interned.intern(k))
             })?;
             let we = micros_col(b, "window_end")?;
+            // In final mode a row is eligible at its window's end.
             let elig = match mode {
-                Mode::Final => we.clone(),
+                Mode::Final => Vec::new(),
                 Mode::AsOfEmit => micros_col(b, "emitted_at")?,
             };
             let pane = arrow_cast::cast(&column(b, "pane_index")?, &DataType::Int64)?;
@@ -740,7 +741,11 @@ impl FeatureTable {
         {
             let spare = &mut pos.spare_capacity_mut()[..n];
             for (bi, rid) in row_ids.iter().enumerate() {
-                let (we, el) = (&cols_we[bi], &cols_elig[bi]);
+                let we = &cols_we[bi];
+                let el = match mode {
+                    Mode::Final => we,
+                    Mode::AsOfEmit => &cols_elig[bi],
+                };
                 let pane = cols_pane[bi].as_primitive::<Int64Type>().values();
                 for (i, &k) in rid.iter().enumerate() {
                     if k == u32::MAX {

@@ -97,14 +97,12 @@ fn for_each_group_batch(
     sink: &mut dyn FnMut(RecordBatch) -> Result<(), JoinError>,
 ) -> Result<(), JoinError> {
     let mut wanted: Vec<String> = spec.keys.clone();
-    for c in [
-        "window_end",
-        "emitted_at",
-        "pane_index",
-        "is_final",
-        "retraction",
-    ] {
+    for c in ["window_end", "pane_index", "is_final", "retraction"] {
         wanted.push(c.to_string());
+    }
+    // The emission time only decides in as-of-emit mode.
+    if prune.mode == Mode::AsOfEmit {
+        wanted.push("emitted_at".to_string());
     }
     for c in spec.columns_read() {
         if !wanted.contains(&c) {
