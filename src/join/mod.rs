@@ -547,17 +547,124 @@ impl KeyIndex {
     }
 }
 
-/// One offline row in the index: when it becomes visible, its rank (the
-/// latest window, then the latest pane, wins), the best position of its key
-/// up to here, and where its values are.
+/// One offline row in the index of a group (sorted by key, then by
+/// (eligibility time, window end, pane)).
+trait Placed: Copy {
+    fn elig(&self) -> Micros;
+    fn sort_key(&self) -> (Micros, Micros, u32);
+    /// The row's place among all rows read (see `FeatureTable::starts`).
+    fn at(&self) -> u32;
+    /// The best position of its key up to `p` (itself at `p`).
+    fn best(run: &[Self], p: usize) -> usize;
+}
+
+/// In final mode a row is eligible at its window's end, so the latest
+/// window (then pane) up to a time is the last row eligible by then: no
+/// best to keep, 16 bytes per row.
 #[derive(Clone, Copy)]
-struct Pos {
+struct FinalPos {
+    elig: Micros,
+    pane: u32,
+    at: u32,
+}
+
+impl Placed for FinalPos {
+    #[inline]
+    fn elig(&self) -> Micros {
+        self.elig
+    }
+    #[inline]
+    fn sort_key(&self) -> (Micros, Micros, u32) {
+        (self.elig, self.elig, self.pane)
+    }
+    #[inline]
+    fn at(&self) -> u32 {
+        self.at
+    }
+    #[inline]
+    fn best(_: &[Self], p: usize) -> usize {
+        p
+    }
+}
+
+/// In as-of-emit mode a row is eligible when it was emitted, and a later
+/// emission may be of an older window: the best so far is kept.
+#[derive(Clone, Copy)]
+struct EmitPos {
     elig: Micros,
     we: Micros,
     pane: u32,
     best: u32,
-    batch: u32,
-    row: u32,
+    at: u32,
+}
+
+impl Placed for EmitPos {
+    #[inline]
+    fn elig(&self) -> Micros {
+        self.elig
+    }
+    #[inline]
+    fn sort_key(&self) -> (Micros, Micros, u32) {
+        (self.elig, self.we, self.pane)
+    }
+    #[inline]
+    fn at(&self) -> u32 {
+        self.at
+    }
+    #[inline]
+    fn best(run: &[Self], p: usize) -> usize {
+        run[p].best as usize
+    }
+}
+
+/// The placed rows of a group, in the layout of its mode.
+enum Index {
+    Final(Vec<FinalPos>),
+    Emit(Vec<EmitPos>),
+}
+
+/// Places each eligible row at its key's next position (a counting sort,
+/// stable: offline rows mostly come in time order), one record written
+/// once per row, uninitialised memory before.
+fn place<P: Placed>(
+    ranges: &[(u32, u32)],
+    row_ids: &[Vec<u32>],
+    make: impl Fn(usize, usize, u32) -> P,
+) -> Vec<P> {
+    let n = ranges.last().map_or(0, |r| (r.0 + r.1) as usize);
+    let mut at: Vec<u32> = ranges.iter().map(|r| r.0).collect();
+    let mut pos: Vec<P> = Vec::with_capacity(n);
+    let spare = &mut pos.spare_capacity_mut()[..n];
+    let mut global = 0u32;
+    for (bi, rid) in row_ids.iter().enumerate() {
+        for (i, &k) in rid.iter().enumerate() {
+            if k != u32::MAX {
+                let p = at[k as usize] as usize;
+                at[k as usize] += 1;
+                spare[p].write(make(bi, i, global + i as u32));
+            }
+        }
+        global += rid.len() as u32;
+    }
+    // SAFETY: the counting sort wrote every position below `n` once:
+    // `at[k]` runs from the start of key k's range through its end, and
+    // the ranges tile 0..n.
+    unsafe { pos.set_len(n) };
+    pos
+}
+
+/// Sorts the runs that are out of order (stable: rows equal in all three
+/// keep their input order).
+fn sort_runs<P: Placed>(pos: &mut [P], ranges: &[(u32, u32)]) {
+    for &(start, len) in ranges {
+        let run = &mut pos[start as usize..(start + len) as usize];
+        if !run
+            .windows(2)
+            .all(|w| w[0].sort_key() <= w[1].sort_key())
+        {
+            run.sort_by_key(|p| p.sort_key());
+        }
+    }
 }
 
 /// One indexed feature group.
@@ -573,7 +680,9 @@ pub struct FeatureTable {
     keys: KeyIndex,
     ranges: Vec<(u32, u32)>,
     /// The rows, by key and then (eligibility time, window end, pane).
-    pos: Vec<Pos>,
+    index: Index,
+    /// Where each loaded batch starts among all rows read.
+    starts: Vec<u32>,
     key_classes: Vec<Option<KeyClass>>,
     pub rows: usize,
 }
@@ -725,67 +834,66 @@ impl FeatureTable {
             cols_pane.push(pane);
         }
         count.resize(interned.len(), 0);
-        // Pass 2: place each row at its key's next position (a counting
-        // sort, stable: offline rows mostly come in time order). One
-        // 32-byte record per position, so that placing a row touches one
-        // cache line, not one per field.
+        // Pass 2: each eligible row placed in its key's run (`place`), in
+        // the layout of the mode.
         let mut ranges: Vec<(u32, u32)> = Vec::with_capacity(count.len());
         let mut total = 0u32;
         for &c in &count {
             ranges.push((total, c));
             total += c;
         }
-        let n = total as usize;
-        let mut at: Vec<u32> = ranges.iter().map(|r| r.0).collect();
-        let mut pos: Vec<Pos> = Vec::with_capacity(n);
-        {
-            let spare = &mut pos.spare_capacity_mut()[..n];
-            for (bi, rid) in row_ids.iter().enumerate() {
-                let we = &cols_we[bi];
-                let el = match mode {
-                    Mode::Final => we,
-                    Mode::AsOfEmit => &cols_elig[bi],
-                };
-                let pane = cols_pane[bi].as_primitive::<Int64Type>().values();
-                for (i, &k) in rid.iter().enumerate() {
-                    if k == u32::MAX {
-                        continue;
+        if row_ids.iter().map(|r| r.len() as u64).sum::<u64>() >= u32::MAX as u64 {
+            return Err(JoinError::Input(format!(
+                "feature group {:?} has more than {} rows in one pass",
+                spec.name,
+                u32::MAX
+            )));
+        }
+        let mut starts = Vec::with_capacity(row_ids.len() + 1);
+        let mut next = 0u32;
+        for r in &row_ids {
+            starts.push(next);
+            next += r.len() as u32;
+        }
+        // The no-match row's batch.
+        starts.push(next);
+        let pane_of = |bi: usize, i: usize| {
+            cols_pane[bi].as_primitive::<Int64Type>().values()[i].clamp(0, u32::MAX as i64) as u32
+        };
+        let index = match mode {
+            Mode::Final => {
+                let mut pos = place(&ranges, &row_ids, |bi, i, at| FinalPos {
+                    elig: cols_we[bi][i],
+                    pane: pane_of(bi, i),
+                    at,
+                });
+                sort_runs(&mut pos, &ranges);
+                Index::Final(pos)
+            }
+            Mode::AsOfEmit => {
+                let mut pos = place(&ranges, &row_ids, |bi, i, at| EmitPos {
+                    elig: cols_elig[bi][i],
+                    we: cols_we[bi][i],
+                    pane: pane_of(bi, i),
+                    best: 0,
+                    at,
+                });
+                sort_runs(&mut pos, &ranges);
+                // The best row so far of each position.
+                for &(start, len) in &ranges {
+                    let run = &mut pos[start as usize..(start + len) as usize];
+                    let mut top = 0usize;
+                    for j in 0..run.len() {
+                        if (run[j].we, run[j].pane) >= (run[top].we, run[top].pane) {
+                            top = j;
+                        }
+                        run[j].best = start + top as u32;
                     }
-                    let p = at[k as usize] as usize;
-                    at[k as usize] += 1;
-                    spare[p].write(Pos {
-                        elig: el[i],
-                        we: we[i],
-                        pane: pane[i].clamp(0, u32::MAX as i64) as u32,
-                        best: 0,
-                        batch: bi as u32,
-                        row: i as u32,
-                    });
                 }
+                Index::Emit(pos)
             }
-        }
-        // SAFETY: the counting sort wrote every position below `n` once:
-        // `at[k]` runs from the start of key k's range through its end, and
-        // the ranges tile 0..n.
-        unsafe { pos.set_len(n) };
-        drop((row_ids, cols_we, cols_elig, cols_pane, at));
-        // Runs out of (time, rank) order are sorted; then the best row so
-        // far of each position.
-        for &(start, len) in &ranges {
-            let run = &mut pos[start as usize..(start + len) as usize];
-            let key = |p: &Pos| (p.elig, p.we, p.pane);
-            if !run.windows(2).all(|w| key(&w[0]) <= key(&w[1])) {
-                // Stable: rows equal in all three keep their input order.
-                run.sort_by_key(key);
-            }
-            let mut top = 0usize;
-            for j in 0..run.len() {
-                if (run[j].we, run[j].pane) >= (run[top].we, run[top].pane) {
-                    top = j;
-                }
-                run[j].best = start + top as u32;
-            }
-        }
+        };
+        drop((row_ids, cols_we, cols_elig, cols_pane));
         // The no-match row.
         values.push(types.iter().map(|t| new_null_array(t, 1)).collect());
         let loaded = |name: &str| selected.iter().position(|s| s == name);
@@ -820,14 +928,15 @@ impl FeatureTable {
             }
         }
         Ok(FeatureTable {
-            rows: n,
+            rows: total as usize,
             spec,
             fields,
             outputs,
             values,
             keys: interned,
             ranges,
-            pos,
+            index,
+            starts,
             key_classes,
         })
     }
@@ -837,6 +946,18 @@ impl FeatureTable {
     /// per row). Returns (batch, row) per entity, in the entities' order,
     /// and how many matched.
     fn lookup_all(&self, ids: &[Option<u32>], ts: &[Micros]) -> (Vec<(usize, usize)>, u64) {
+        match &self.index {
+            Index::Final(pos) => self.lookup_in(pos, ids, ts),
+            Index::Emit(pos) => self.lookup_in(pos, ids, ts),
+        }
+    }
+
+    fn lookup_in<P: Placed>(
+        &self,
+        pos: &[P],
+        ids: &[Option<u32>],
+        ts: &[Micros],
+    ) -> (Vec<(usize, usize)>, u64) {
         let null = self.null_ref();
         let mut idx = vec![null; ids.len()];
         let mut order: Vec<(u32, Micros, u32)> = ids
@@ -845,7 +966,9 @@ impl FeatureTable {
             .enumerate()
             .filter_map(|(i, (id, &t))| id.map(|id| (id, t, i as u32)))
             .collect();
-        order.sort_unstable();
+        // Rows of one key at one time get the same answer: their order
+        // among themselves does not matter.
+        order.sort_unstable_by_key(|o| (o.0, o.1));
         let mut matched = 0;
         let mut i = 0;
         while i < order.len() {
@@ -855,18 +978,20 @@ impl FeatureTable {
             let mut p = start;
             while i < order.len() && order[i].0 == id {
                 let (_, t, row) = order[i];
-                while p < end && self.pos[p].elig <= t {
+                while p < end && pos[p].elig() <= t {
                     p += 1;
                 }
                 if p > start {
-                    let best = &self.pos[self.pos[p - 1].best as usize];
+                    let best = &pos[P::best(pos, p - 1)];
                     // The TTL counts from the eligibility time in both modes.
                     let fresh = match self.spec.ttl {
-                        Some(ttl) => t.saturating_sub(best.elig) <= ttl,
+                        Some(ttl) => t.saturating_sub(best.elig()) <= ttl,
                         None => true,
                     };
                     if fresh {
-                        idx[row as usize] = (best.batch as usize, best.row as usize);
+                        let at = best.at();
+                        let b = self.starts.partition_point(|&s| s <= at) - 1;
+                        idx[row as usize] = (b, (at - self.starts[b]) as usize);
                         matched += 1;
                     }
                 }
