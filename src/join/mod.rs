@@ -774,8 +774,10 @@ impl FeatureTable {
         // and the number of rows per key.
         let mut row_ids: Vec<Vec<u32>> = Vec::with_capacity(batches.len());
         let mut count: Vec<u32> = Vec::new();
-        let mut cols_we: Vec<Vec<Micros>> = Vec::with_capacity(batches.len());
-        let mut cols_elig: Vec<Vec<Micros>> = Vec::with_capacity(batches.len());
+        let mut cols_we: Vec<arrow_buffer::ScalarBuffer<Micros>> =
+            Vec::with_capacity(batches.len());
+        let mut cols_elig: Vec<arrow_buffer::ScalarBuffer<Micros>> =
+            Vec::with_capacity(batches.len());
         let mut cols_pane: Vec<ArrayRef> = Vec::with_capacity(batches.len());
         for b in batches {
             for (k, name) in spec.keys.iter().enumerate() {
@@ -796,7 +798,7 @@ impl FeatureTable {
             let we = micros_col(b, "window_end")?;
             // In final mode a row is eligible at its window's end.
             let elig = match mode {
-                Mode::Final => Vec::new(),
+                Mode::Final => arrow_buffer::ScalarBuffer::from(Vec::new()),
                 Mode::AsOfEmit => micros_col(b, "emitted_at")?,
             };
             let pane = arrow_cast::cast(&column(b, "pane_index")?, &DataType::Int64)?;
@@ -857,9 +859,11 @@ impl FeatureTable {
         }
         // The no-match row's batch.
         starts.push(next);
-        let pane_of = |bi: usize, i: usize| {
-            cols_pane[bi].as_primitive::<Int64Type>().values()[i].clamp(0, u32::MAX as i64) as u32
-        };
+        let panes: Vec<&[i64]> = cols_pane
+            .iter()
+            .map(|c| c.as_primitive::<Int64Type>().values().as_ref())
+            .collect();
+        let pane_of = |bi: usize, i: usize| panes[bi][i].clamp(0, u32::MAX as i64) as u32;
         let index = match mode {
             Mode::Final => {
                 let mut pos = place(&ranges, &row_ids, |bi, i, at| FinalPos {
@@ -893,6 +897,7 @@ impl FeatureTable {
                 Index::Emit(pos)
             }
         };
+        drop(panes);
         drop((row_ids, cols_we, cols_elig, cols_pane));
         // The no-match row.
         values.push(types.iter().map(|t| new_null_array(t, 1)).collect());
@@ -1070,13 +1075,18 @@ impl FeatureTable {
     }
 }
 
-pub(crate) fn micros_col(b: &RecordBatch, name: &str) -> Result<Vec<Micros>, JoinError> {
+/// A timestamp column in microseconds (nulls as the earliest time): the
+/// column's own buffer when it already is that, without a copy.
+pub(crate) fn micros_col(
+    b: &RecordBatch,
+    name: &str,
+) -> Result<arrow_buffer::ScalarBuffer<Micros>, JoinError> {
     let c = column(b, name)?;
     if let (DataType::Timestamp(TimeUnit::Microsecond, _), 0) = (c.data_type(), c.null_count()) {
         return Ok(c
             .as_primitive::<TimestampMicrosecondType>()
             .values()
-            .to_vec());
+            .clone());
     }
     let v = timestamps_micros(&c, name)?;
     Ok(v.into_iter().map(|x| x.unwrap_or(i64::MIN)).collect())
@@ -1214,7 +1224,7 @@ impl Joiner {
         }
         let schema = self.schema.clone().expect("set above");
         let tcol = column(batch, &self.opts.timestamp_column)?;
-        let ts: Vec<Micros> = if tcol.null_count() == 0 {
+        let ts: arrow_buffer::ScalarBuffer<Micros> = if tcol.null_count() == 0 {
             micros_col(batch, &self.opts.timestamp_column)?
         } else {
             let ts = timestamps_micros(&tcol, &self.opts.timestamp_column)?;

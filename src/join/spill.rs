@@ -23,7 +23,6 @@ use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema};
 
 use super::{column, key_class, FeatureTable, GroupSpec, JoinError, KeyCols, KeyIndex, Mode};
-use crate::time::Micros;
 
 type IpcWriter = FileWriter<BufWriter<File>>;
 
@@ -259,7 +258,7 @@ pub(super) fn join_group(
         let mut cache = None;
         for b in reader {
             let b = b?;
-            let ts: Vec<Micros> = super::micros_col(&b, timestamp_column)?;
+            let ts = super::micros_col(&b, timestamp_column)?;
             let (cols, matched) = table.features_for(&b, &ts, &mut cache)?;
             out.matched += matched;
             let mut fields = vec![Field::new("__rid", DataType::UInt64, false)];
