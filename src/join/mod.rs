@@ -547,6 +547,49 @@ impl KeyIndex {
     }
 }
 
+/// The entity rows that have a key, as (key, time, row), sorted by key and
+/// time: a counting sort by key (keys are dense ids), then each key's few
+/// rows by time. Rows of one key at one time get the same answer, so their
+/// order among themselves does not matter.
+fn by_key_and_time(ids: &[Option<u32>], ts: &[Micros], keys: usize) -> Vec<(u32, Micros, u32)> {
+    if keys > 4 * ids.len() {
+        // Few rows against many keys: a comparison sort costs less than a
+        // pass over every key.
+        let mut order: Vec<(u32, Micros, u32)> = ids
+            .iter()
+            .zip(ts)
+            .enumerate()
+            .filter_map(|(i, (id, &t))| id.map(|id| (id, t, i as u32)))
+            .collect();
+        order.sort_unstable_by_key(|o| (o.0, o.1));
+        return order;
+    }
+    let mut start = vec![0u32; keys + 1];
+    for id in ids.iter().flatten() {
+        start[*id as usize + 1] += 1;
+    }
+    for k in 0..keys {
+        start[k + 1] += start[k];
+    }
+    let n = start[keys] as usize;
+    let mut at = start.clone();
+    let mut order: Vec<(u32, Micros, u32)> = vec![(0, 0, 0); n];
+    for (i, (id, &t)) in ids.iter().zip(ts).enumerate() {
+        if let Some(id) = *id {
+            let p = &mut at[id as usize];
+            order[*p as usize] = (id, t, i as u32);
+            *p += 1;
+        }
+    }
+    for k in 0..keys {
+        let run = &mut order[start[k] as usize..start[k + 1] as usize];
+        if run.len() > 1 {
+            run.sort_unstable_by_key(|o| o.1);
+        }
+    }
+    order
+}
+
 /// One offline row in the index of a group (sorted by key, then by
 /// (eligibility time, window end, pane)).
 trait Placed: Copy {
@@ -658,10 +701,7 @@ fn place<P: Placed>(
 fn sort_runs<P: Placed>(pos: &mut [P], ranges: &[(u32, u32)]) {
     for &(start, len) in ranges {
         let run = &mut pos[start as usize..(start + len) as usize];
-        if !run
-            .windows(2)
-            .all(|w| w[0].sort_key() <= w[1].sort_key())
-        {
+        if !run.windows(2).all(|w| w[0].sort_key() <= w[1].sort_key()) {
             run.sort_by_key(|p| p.sort_key());
         }
     }
@@ -965,15 +1005,7 @@ impl FeatureTable {
     ) -> (Vec<(usize, usize)>, u64) {
         let null = self.null_ref();
         let mut idx = vec![null; ids.len()];
-        let mut order: Vec<(u32, Micros, u32)> = ids
-            .iter()
-            .zip(ts)
-            .enumerate()
-            .filter_map(|(i, (id, &t))| id.map(|id| (id, t, i as u32)))
-            .collect();
-        // Rows of one key at one time get the same answer: their order
-        // among themselves does not matter.
-        order.sort_unstable_by_key(|o| (o.0, o.1));
+        let order = by_key_and_time(ids, ts, self.ranges.len());
         let mut matched = 0;
         let mut i = 0;
         while i < order.len() {
