@@ -11,6 +11,9 @@
 #
 # Needs target/release/rill and the package built in release into the venv
 # given by PY (default target/py-venv): `maturin develop --release`.
+#
+# ALL_CORES=1: nothing pinned, DuckDB with one thread per core (rill's join
+# uses one), the comparison a user makes on a whole machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-/tmp/rill-bench}
@@ -19,9 +22,13 @@ PY=${PY:-target/py-venv/bin/python}
 RILL=./target/release/rill
 benches/join_inputs.sh "$DATA"
 
+PIN=(taskset -c 0)
+DUCK_THREADS=1
+if [ "${ALL_CORES:-0}" = 1 ]; then PIN=(); DUCK_THREADS=$(nproc); fi
+export DUCK_THREADS
 one() {
-  taskset -c 0 "$PY" - "$DATA" "$1" <<'PY'
-import json, resource, subprocess, sys, time
+  "${PIN[@]}" "$PY" - "$DATA" "$1" <<'PY'
+import json, os, resource, subprocess, sys, time
 import pyarrow.parquet as pq
 d, what = sys.argv[1], sys.argv[2]
 if what == "cli":
@@ -41,7 +48,7 @@ if what == "python":
 else:
     import duckdb
     con = duckdb.connect()
-    con.execute("SET threads=1")
+    con.execute(f"SET threads={os.environ['DUCK_THREADS']}")
     con.register("l", entities)
     table = con.sql(f"""SELECT l.*, f.tx_count, f.amount_sum, f.amount_mean, f.amount_std, f.amount_min, f.amount_max
       FROM l ASOF LEFT JOIN
