@@ -175,6 +175,10 @@ def join(
     ``"final"`` the last final pane with ``window_end <= ts``,
     ``"as_of_emit"`` what the online store served at ``ts``); request-time
     (``on_read``) features are computed with ``now`` = the row's time.
+    ``offline`` is the offline store's root: a directory, or a URL in
+    object storage (``s3://bucket/prefix``, ``gs://``, ``az://``, settings
+    from the ``AWS_*``/``GOOGLE_*``/``AZURE_*`` variables), whose groups are
+    copied to a temporary local directory for the call.
     ``keys`` gives key columns of groups without a pipeline file
     (``{"g": "user_id"}``), ``ttl`` overrides TTLs (``{"g": "30d"}``,
     ``None`` for none).

@@ -210,6 +210,10 @@ fn join<'py>(
     let (out_schema, out) = run_interruptible(
         py,
         move || {
+            // An offline store in object storage is copied to a local
+            // directory of this call's own first (removed at the end).
+            let staged = rill::join::stage_offline(&offline, &groups)?;
+            let offline = staged.as_ref().map_or(offline, |s| s.dir.clone());
             let ps = load_pipelines(&pipelines)?;
             let specs =
                 rill::join::resolve_groups(&groups, &ps, &pipelines, &offline, &keys, &ttl)?;

@@ -76,19 +76,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 pub fn run(mut a: Args) -> anyhow::Result<()> {
-    let _staged = match rill::storage::Mirror::of(&a.offline)? {
-        Some(m) => {
-            let _ = std::fs::remove_dir_all(&m.local);
-            let staged = Staged(m.local.clone());
-            for g in &a.groups {
-                let name = g.split_once(':').map_or(g.as_str(), |(n, _)| n);
-                rill::storage::download(&rill::storage::join(&m.url, name), &m.local_of(name))?;
-            }
-            a.offline = m.local;
-            Some(staged)
-        }
-        None => None,
-    };
+    let staged = rill::join::stage_offline(&a.offline, &a.groups)?;
+    if let Some(s) = &staged {
+        a.offline = s.dir.clone();
+    }
     let pipelines: Vec<Pipeline> = if a.pipelines.is_dir() {
         rill::config::load_dir(&a.pipelines).map_err(|e| anyhow::anyhow!("{e}"))?
     } else {
@@ -133,15 +124,4 @@ pub fn run(mut a: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Feature columns of a group without a pipeline file: the columns of its
-/// first Parquet file that are not keys or pane metadata.
-/// A local staging directory, removed when the join is done.
-struct Staged(PathBuf);
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -16,6 +16,7 @@
 //! differ.
 
 mod groups;
+mod objects;
 mod read;
 mod spill;
 
@@ -31,6 +32,7 @@ use rustc_hash::FxBuildHasher;
 use crate::time::Micros;
 
 pub use groups::resolve_groups;
+pub use objects::{stage_offline, StagedOffline};
 pub use read::{join_batches, join_files, FileJoinOptions, JoinSummary};
 
 /// Which feature row an entity row gets.
