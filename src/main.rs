@@ -7,6 +7,21 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    if !matches!(
+        args.command,
+        cli::Command::Run(_) | cli::Command::Serve(_) | cli::Command::Demo(_)
+    ) {
+        // A command whose output is piped into `head` or a pager ends
+        // quietly when the reader goes, as other command-line tools do,
+        // instead of failing on its next write. (Sockets are not affected:
+        // the standard library sends with MSG_NOSIGNAL.) The long-running
+        // commands keep the signal ignored.
+        // SAFETY: setting a signal's disposition to its default, before
+        // any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // RILL_LOG, else RUST_LOG, else: what a service does (start, partitions,
     // outages and recoveries, once each) for the long-running commands, and
     // warnings only for the ones that print their own summary.

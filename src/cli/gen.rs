@@ -78,12 +78,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         n
     } else {
         let path = &output;
-        let tmp = path.with_file_name(format!(
-            ".{}.tmp",
-            path.file_name().and_then(|s| s.to_str()).unwrap_or("gen")
-        ));
-        let file = std::fs::File::create(&tmp)
-            .with_context(|| format!("failed to create {}", tmp.display()))?;
+        // A file appears whole: written aside, then moved into place. Not
+        // so a device, a FIFO or what a symlink such as /dev/stdout points
+        // at: those are written directly (moving a file over /dev/stdout
+        // would replace it).
+        let special = std::fs::metadata(path).is_ok_and(|m| !m.file_type().is_file());
+        let tmp = (!special).then(|| {
+            path.with_file_name(format!(
+                ".{}.tmp",
+                path.file_name().and_then(|s| s.to_str()).unwrap_or("gen")
+            ))
+        });
+        let file = match &tmp {
+            Some(tmp) => std::fs::File::create(tmp)
+                .with_context(|| format!("failed to create {}", tmp.display()))?,
+            None => std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .with_context(|| format!("failed to open {}", path.display()))?,
+        };
         let bar = progress_bar(args.events);
         let tick = |n: u64| bar.set_position(n);
         let n = match GenFormat::from_path(path) {
@@ -113,8 +126,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         };
         bar.finish_and_clear();
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("failed to move {} into place", path.display()))?;
+        if let Some(tmp) = tmp {
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("failed to move {} into place", path.display()))?;
+        }
         n
     };
     eprintln!(

@@ -404,7 +404,13 @@ impl Output {
 }
 
 /// Where the output is written before it is renamed into place.
+/// Where the output is written before it is moved into place: beside it,
+/// or the output itself when that is a device, a FIFO or what a symlink
+/// such as /dev/stdout points at (moving a file over it would replace it).
 fn aside(output: &Path) -> PathBuf {
+    if std::fs::metadata(output).is_ok_and(|m| !m.file_type().is_file()) {
+        return output.to_path_buf();
+    }
     output.with_file_name(format!(
         ".{}.tmp",
         output
@@ -523,7 +529,9 @@ pub fn join_files(o: &FileJoinOptions) -> Result<JoinSummary, JoinError> {
         Ok(())
     })();
     if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
+        if tmp != o.output {
+            let _ = std::fs::remove_file(&tmp);
+        }
         return Err(e);
     }
     out.close(&tmp)?;

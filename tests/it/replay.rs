@@ -385,3 +385,33 @@ fn gen_is_deterministic() {
     let b = gen(tmp.path(), "b.jsonl", 5_000);
     assert_eq!(std::fs::read(a).expect("a"), std::fs::read(b).expect("b"));
 }
+
+/// Output piped into a reader that stops early (`rill gen ... | head -1`)
+/// ends the command quietly, as other command-line tools do: killed by
+/// SIGPIPE, never a panic or an error message.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = rill()
+        .args(["gen", "--events", "200000", "--output", "/dev/stdout"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rill starts");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut first)
+        .expect("one line");
+    // The reader is gone: 200,000 events are far more than a pipe holds.
+    assert!(first.contains("user_id"), "{first}");
+    let out = child.wait_with_output().expect("rill ends");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {err}",
+        out.status
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
