@@ -62,17 +62,63 @@ fn is_csv(p: &Path) -> bool {
     p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))
 }
 
-/// Reads a group's feature rows: keys, times, flags and the selected features.
+/// Reads a group's feature rows: keys, times, flags and the selected
+/// features, in file order. With more than one core available to the
+/// process, the files are read and decoded on that many threads (each file
+/// whole, by one thread); the batches come back in the same order.
 fn read_group(
     offline: &Path,
     spec: &GroupSpec,
     prune: &Prune,
 ) -> Result<Vec<RecordBatch>, JoinError> {
+    let files = group_files(offline, spec)?;
+    let wanted = columns_wanted(spec, prune);
+    let read = |f: &Path| -> Result<Vec<RecordBatch>, JoinError> {
+        let mut out = Vec::new();
+        file_batches(f, spec, &wanted, prune, &mut |b| {
+            out.push(b);
+            Ok(())
+        })?;
+        Ok(out)
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len());
+    if threads <= 1 {
+        let mut out = Vec::new();
+        for f in &files {
+            out.extend(read(f)?);
+        }
+        return Ok(out);
+    }
+    // File i goes to thread i % threads; each thread's files in order.
+    let per_thread: Vec<Result<Vec<Vec<RecordBatch>>, JoinError>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (files, read) = (&files, &read);
+                sc.spawn(move || {
+                    files
+                        .iter()
+                        .skip(t)
+                        .step_by(threads)
+                        .map(|f| read(f))
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a reading thread does not panic"))
+            .collect()
+    });
+    let mut per_thread: Vec<std::vec::IntoIter<Vec<RecordBatch>>> = per_thread
+        .into_iter()
+        .map(|r| r.map(Vec::into_iter))
+        .collect::<Result<_, _>>()?;
     let mut out = Vec::new();
-    for_each_group_batch(offline, spec, prune, &mut |b| {
-        out.push(b);
-        Ok(())
-    })?;
+    for i in 0..files.len() {
+        out.extend(per_thread[i % threads].next().expect("one result per file"));
+    }
     Ok(out)
 }
 
@@ -88,14 +134,8 @@ fn group_files(offline: &Path, spec: &GroupSpec) -> Result<Vec<PathBuf>, JoinErr
     load_group_files(&dir)
 }
 
-/// Passes a group's feature batches, file by file and row group by row
-/// group, to `sink`.
-fn for_each_group_batch(
-    offline: &Path,
-    spec: &GroupSpec,
-    prune: &Prune,
-    sink: &mut dyn FnMut(RecordBatch) -> Result<(), JoinError>,
-) -> Result<(), JoinError> {
+/// The columns a join reads from a group's files.
+fn columns_wanted(spec: &GroupSpec, prune: &Prune) -> Vec<String> {
     let mut wanted: Vec<String> = spec.keys.clone();
     for c in ["window_end", "pane_index", "is_final", "retraction"] {
         wanted.push(c.to_string());
@@ -109,12 +149,36 @@ fn for_each_group_batch(
             wanted.push(c);
         }
     }
+    wanted
+}
+
+/// Passes a group's feature batches, file by file and row group by row
+/// group, to `sink`.
+fn for_each_group_batch(
+    offline: &Path,
+    spec: &GroupSpec,
+    prune: &Prune,
+    sink: &mut dyn FnMut(RecordBatch) -> Result<(), JoinError>,
+) -> Result<(), JoinError> {
+    let wanted = columns_wanted(spec, prune);
     for f in group_files(offline, spec)? {
-        let (mut rg, _) = RowGroups::open(&f, &spec.keys, Some(&wanted))?;
-        rg.prune = Some(prune.clone());
-        while let Some(batch) = rg.next_batch() {
-            sink(batch?)?;
-        }
+        file_batches(&f, spec, &wanted, prune, sink)?;
+    }
+    Ok(())
+}
+
+/// Passes one file's batches, row group by row group, to `sink`.
+fn file_batches(
+    f: &Path,
+    spec: &GroupSpec,
+    wanted: &[String],
+    prune: &Prune,
+    sink: &mut dyn FnMut(RecordBatch) -> Result<(), JoinError>,
+) -> Result<(), JoinError> {
+    let (mut rg, _) = RowGroups::open(f, &spec.keys, Some(wanted))?;
+    rg.prune = Some(prune.clone());
+    while let Some(batch) = rg.next_batch() {
+        sink(batch?)?;
     }
     Ok(())
 }
