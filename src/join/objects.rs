@@ -33,16 +33,20 @@ pub fn stage_offline(
     let Some(m) = storage::Mirror::of(offline).map_err(storage_err)? else {
         return Ok(None);
     };
-    let staged = StagedOffline {
-        dir: m
+    // This call's own directory under the URL's staging directory.
+    let m = storage::Mirror {
+        local: m
             .local
             .join(format!("join-{}", CALLS.fetch_add(1, Ordering::Relaxed))),
+        url: m.url,
+    };
+    let staged = StagedOffline {
+        dir: m.local.clone(),
     };
     let _ = std::fs::remove_dir_all(&staged.dir);
     for g in groups {
         let name = g.split_once(':').map_or(g.as_str(), |(n, _)| n);
-        let local = name.split('/').fold(staged.dir.clone(), |p, c| p.join(c));
-        storage::download(&storage::join(&m.url, name), &local).map_err(storage_err)?;
+        storage::download(&storage::join(&m.url, name), &m.local_of(name)).map_err(storage_err)?;
     }
     Ok(Some(staged))
 }
