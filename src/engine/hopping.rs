@@ -19,13 +19,25 @@ use crate::time::Micros;
 use crate::window::hopping::{Grid, HopKey};
 use crate::window::tiles::{window_value, Use};
 
-/// Look-ahead: the lines of a key's hopping state (it spans several).
+/// Look-ahead: the lines of a key's hopping state an event reads (the
+/// first three of [`HopKey`]'s six).
 #[inline]
 pub(super) fn fetch_hop_key(k: &HopKey) {
     let p = (k as *const HopKey).cast::<u8>();
     super::prefetch_read(p);
     super::prefetch_read(p.wrapping_add(64));
     super::prefetch_read(p.wrapping_add(128));
+}
+
+/// Look-ahead: every line of a key's hopping state (a firing window reads
+/// its partials' rows, its schedule and the key's bytes too).
+#[inline]
+pub(super) fn fetch_hop_key_all(k: &HopKey) {
+    fetch_hop_key(k);
+    let p = (k as *const HopKey).cast::<u8>();
+    super::prefetch_read(p.wrapping_add(192));
+    super::prefetch_read(p.wrapping_add(256));
+    super::prefetch_read(p.wrapping_add(320));
 }
 
 /// Look-ahead: the newest tile's number and row, where events and the
@@ -164,7 +176,7 @@ impl Engine {
         if let Some(t) = timers.get(i + 8) {
             if t.kind == TimerKind::HopNext {
                 if let Some(k) = self.hops.get(t.slot as usize) {
-                    fetch_hop_key(k);
+                    fetch_hop_key_all(k);
                 }
             }
         }

@@ -12,8 +12,6 @@
 //! nothing else is left); every other window equals the one before it.
 //! [`HopKey::next_after`] finds the next such window in end order.
 
-use smallvec::SmallVec;
-
 use super::tiles::{Cursor, Tiles};
 use crate::event::EncodedKey;
 use crate::time::Micros;
@@ -65,25 +63,34 @@ impl Grid {
 /// the last window fired on time, and the windows that exist for their
 /// panes (fired and still kept, or opened early), by window number.
 #[derive(Debug, Clone)]
+// Laid out by hand, on cache-line boundaries: what every event reads
+// (the tiles, whether a cursor covers the tile, the windows holding it)
+// comes first, in the three lines the look-ahead fetches; what only a
+// firing window reads (the key's bytes, the partials' rows) follows.
+#[repr(C, align(64))]
 pub struct HopKey {
     /// Unique for the life of the engine (timers name it).
     pub id: u64,
-    pub key: EncodedKey,
-    pub key_hash: u64,
+    /// Tiles still open (windows of the engine until they close).
+    pub open_tiles: u32,
     pub live: bool,
     pub tiles: Tiles,
-    pub on_time: Cursor,
     /// Only made when a window is read other than on time.
     pub closing: Option<Box<Cursor>>,
+    /// (window number, engine window slot), ascending; mostly empty.
+    pub windows: Vec<(i64, u32)>,
+    pub on_time: Cursor,
     /// The last window fired on time; windows up to it have had their turn.
     pub fired: Option<i64>,
     /// The next window to fire on time, when one is scheduled.
     pub next: Option<i64>,
-    /// (window number, engine window slot), ascending.
-    pub windows: SmallVec<[(i64, u32); 2]>,
-    /// Tiles still open (windows of the engine until they close).
-    pub open_tiles: u32,
+    pub key: EncodedKey,
+    pub key_hash: u64,
 }
+
+// Six cache lines; an event reads only the first three.
+const _: () = assert!(std::mem::size_of::<HopKey>() == 384);
+const _: () = assert!(std::mem::offset_of!(HopKey, on_time) == 120);
 
 impl HopKey {
     pub fn new(id: u64, key: EncodedKey, key_hash: u64) -> HopKey {
@@ -97,7 +104,7 @@ impl HopKey {
             closing: None,
             fired: None,
             next: None,
-            windows: SmallVec::new(),
+            windows: Vec::new(),
             open_tiles: 0,
         }
     }

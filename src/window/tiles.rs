@@ -31,6 +31,7 @@ use crate::aggregate::{Heavy, RowLayout};
 /// Non-empty tiles of one key, by tile number (`start = offset + n · slide`),
 /// ascending, with their rows.
 #[derive(Debug, Clone, Default)]
+#[repr(C)]
 pub struct Tiles {
     pub idx: Vec<i64>,
     pub words: Vec<u64>,
@@ -231,20 +232,22 @@ fn gallop(idx: &[i64], n: i64) -> usize {
 /// The partials a cursor keeps: the suffixes of one chunk and a running
 /// prefix of another. See the module documentation.
 #[derive(Debug, Clone, Default)]
+// The positions first (every event checks them), then the rows.
+#[repr(C)]
 pub struct Cursor {
     /// Chunk whose suffixes are kept: one row per tile of the chunk, by the
     /// tile number it starts at.
     s_chunk: Option<i64>,
-    s: Tiles,
-    /// Where in `s` the last window's left part started (windows in end
-    /// order start there or after).
-    s_at: usize,
     /// Chunk of the running prefix, which folds its tiles numbered below `p_upto`.
     p_chunk: Option<i64>,
     p_upto: i64,
-    p: Row,
+    /// Where in `s` the last window's left part started (windows in end
+    /// order start there or after).
+    s_at: usize,
     /// Whether `p` folds any tile.
     p_any: bool,
+    p: Row,
+    s: Tiles,
 }
 
 impl Cursor {
