@@ -460,8 +460,11 @@ impl Engine {
             ));
         }
         // The windows that exist and hold the tile see the event.
-        let holding: SmallVec<[(i64, u32); 4]> =
-            self.hops[h as usize].windows_holding(n, g.k).collect();
+        let holding: SmallVec<[(i64, u32); 4]> = if self.hops[h as usize].windows.is_empty() {
+            SmallVec::new()
+        } else {
+            self.hops[h as usize].windows_holding(n, g.k).collect()
+        };
         for (_, slot) in holding {
             if self.accumulation == Accumulation::Discarding {
                 let (wr, hr) = self.row_range(slot);

@@ -1266,9 +1266,11 @@ impl Engine {
             // survive a restore, and the output must not depend on it).
             // A hopping key's next window fires after the tiles and windows
             // due with it (a tile closing first joins the window).
-            let order = |t: &Timer| (t.kind == TimerKind::HopNext, t.id);
+            // The kind breaks ties, so that the order is total and an
+            // unstable sort gives the one order.
+            let order = |t: &Timer| (t.kind == TimerKind::HopNext, t.id, t.kind as u8);
             if !timers.is_sorted_by_key(order) {
-                timers.sort_by_key(order);
+                timers.sort_unstable_by_key(order);
             }
             for (i, &t) in timers.iter().enumerate() {
                 if self.grid.is_some() {

@@ -28,6 +28,9 @@
 
 use crate::aggregate::{Heavy, RowLayout};
 
+/// Tiles a key's storage has room for when its first tile comes.
+const FIRST_TILES: usize = 4;
+
 /// Non-empty tiles of one key, by tile number (`start = offset + n · slide`),
 /// ascending, with their rows.
 #[derive(Debug, Clone, Default)]
@@ -106,6 +109,12 @@ impl Tiles {
             Some(&last) if last == n => return (self.idx.len() - 1, false),
             Some(&last) if last > n => {}
             _ => {
+                if self.idx.capacity() == 0 {
+                    // Room for a few tiles at once: a key's first tiles
+                    // would otherwise move it in memory at each one.
+                    self.idx.reserve_exact(FIRST_TILES);
+                    self.words.reserve_exact(FIRST_TILES * l.words());
+                }
                 self.idx.push(n);
                 l.push_empty(&mut self.words, &mut self.heavy);
                 return (self.idx.len() - 1, true);
