@@ -166,11 +166,16 @@ impl Engine {
     #[inline]
     pub(super) fn prefetch_tile_close(&self, timers: &[super::Timer], i: usize) {
         use super::prefetch_read as fetch;
-        // A key's newest tile and its running prefix.
-        fn fetch_newest(k: &HopKey) {
+        // A key's newest tile, its running prefix and where its next
+        // window's suffix is.
+        let row_words = self.row_words;
+        let fetch_newest = |k: &HopKey| {
             fetch_newest_tile(&k.tiles);
             fetch(k.on_time.prefix_ptr());
-        }
+            let (si, sw) = k.on_time.suffix_ptrs(row_words);
+            fetch(si);
+            fetch(sw);
+        };
         // A key's next window (events go straight to the tiles without
         // early panes): its state, then its tiles' newest end and partials.
         if let Some(t) = timers.get(i + 8) {

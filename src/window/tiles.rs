@@ -276,6 +276,16 @@ impl Cursor {
         self.p.words.as_ptr()
     }
 
+    /// Where the next window in end order finds its left part: the
+    /// suffixes' tile numbers and row at the last window's place
+    /// (look-ahead fetches; `row_words` is the layout's words per row).
+    pub fn suffix_ptrs(&self, row_words: usize) -> (*const i64, *const u64) {
+        (
+            self.s.idx.as_ptr().wrapping_add(self.s_at),
+            self.s.words.as_ptr().wrapping_add(self.s_at * row_words),
+        )
+    }
+
     /// Bytes held (memory reports).
     pub fn bytes(&self) -> usize {
         self.s.bytes()
