@@ -178,7 +178,16 @@ impl Engine {
         };
         // A key's next window (events go straight to the tiles without
         // early panes): its state, then its tiles' newest end and partials.
-        if let Some(t) = timers.get(i + 8) {
+        if let Some(t) = timers.get(i + 16) {
+            if t.kind == TimerKind::HopNext {
+                if let Some(k) = self.hops.get(t.slot as usize) {
+                    // A load, not a hint: a hint whose page is not in the
+                    // TLB may be dropped, and keys are spread over many pages.
+                    std::hint::black_box(unsafe { std::ptr::read_volatile(&k.id) });
+                }
+            }
+        }
+        if let Some(t) = timers.get(i + 10) {
             if t.kind == TimerKind::HopNext {
                 if let Some(k) = self.hops.get(t.slot as usize) {
                     fetch_hop_key_all(k);
