@@ -44,12 +44,9 @@ pub(super) fn fetch_hop_key_all(k: &HopKey) {
 /// window it completes go.
 #[inline]
 pub(super) fn fetch_newest_tile(t: &crate::window::tiles::Tiles) {
-    super::prefetch_read(t.idx.as_ptr().wrapping_add(t.idx.len().saturating_sub(1)));
-    super::prefetch_read(
-        t.words
-            .as_ptr()
-            .wrapping_add(t.words.len().saturating_sub(1)),
-    );
+    let p = t.newest_ptr();
+    super::prefetch_read(p);
+    super::prefetch_read(p.cast::<u8>().wrapping_add(64));
 }
 
 impl Engine {
@@ -168,13 +165,10 @@ impl Engine {
         use super::prefetch_read as fetch;
         // A key's newest tile, its running prefix and where its next
         // window's suffix is.
-        let row_words = self.row_words;
         let fetch_newest = |k: &HopKey| {
             fetch_newest_tile(&k.tiles);
             fetch(k.on_time.prefix_ptr());
-            let (si, sw) = k.on_time.suffix_ptrs(row_words);
-            fetch(si);
-            fetch(sw);
+            fetch(k.on_time.suffix_ptr());
         };
         // A key's next window (events go straight to the tiles without
         // early panes): its state, then its tiles' newest end and partials.
@@ -198,7 +192,7 @@ impl Engine {
             if t.kind == TimerKind::HopNext {
                 if let Some(k) = self.hops.get(t.slot as usize) {
                     // The oldest tile too: the next window may be where it leaves.
-                    fetch(k.tiles.idx.as_ptr());
+                    fetch(k.tiles.tile_ptr(0));
                     fetch_newest(k);
                 }
             }
@@ -246,7 +240,7 @@ impl Engine {
             let l = &self.plan.row;
             let key = &mut self.hops[h as usize];
             if key.tiles.last().is_none_or(|x| x < n) {
-                key.tiles.push(n, &self.words[wr], &mut self.heavy[hr]);
+                key.tiles.push(l, n, &self.words[wr], &mut self.heavy[hr]);
             } else {
                 let (pos, _) = key.tiles.find_or_insert(l, n);
                 let (tw, th) = key.tiles.row_mut(l, pos);

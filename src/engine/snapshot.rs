@@ -152,10 +152,9 @@ impl Engine {
                 next: k.next,
                 tiles: k
                     .tiles
-                    .idx
-                    .iter()
+                    .numbers()
                     .enumerate()
-                    .map(|(pos, &n)| {
+                    .map(|(pos, n)| {
                         let (w, h) = k.tiles.row(l, pos);
                         (n, l.export(w, h))
                     })

@@ -90,7 +90,7 @@ pub struct HopKey {
 
 // Six cache lines; an event reads only the first three.
 const _: () = assert!(std::mem::size_of::<HopKey>() == 384);
-const _: () = assert!(std::mem::offset_of!(HopKey, on_time) == 120);
+const _: () = assert!(std::mem::offset_of!(HopKey, on_time) == 104);
 
 impl HopKey {
     pub fn new(id: u64, key: EncodedKey, key_hash: u64) -> HopKey {
@@ -113,16 +113,15 @@ impl HopKey {
     /// differs from the one before it: `n + 1` or `n + 1 + k` of a
     /// non-empty tile `n`.
     pub fn next_after(&self, after: Option<i64>, k: i64) -> Option<i64> {
-        let idx = &self.tiles.idx;
+        let t = &self.tiles;
         let Some(a) = after else {
-            return idx.first().map(|n| n + 1);
+            return (!t.is_empty()).then(|| t.num(0) + 1);
         };
         // Newest tile n with n + 1 > a (near the newest end), and tile n
         // leaving with n + 1 + k > a (near the oldest tile kept).
-        let first_new = idx.get(self.tiles.first_from_back(a)).map(|n| n + 1);
-        let first_left = idx
-            .get(self.tiles.first_from_front(a - k))
-            .map(|n| n + 1 + k);
+        let at = |p: usize| (p < t.len()).then(|| t.num(p));
+        let first_new = at(t.first_from_back(a)).map(|n| n + 1);
+        let first_left = at(t.first_from_front(a - k)).map(|n| n + 1 + k);
         match (first_new, first_left) {
             (Some(x), Some(y)) => Some(x.min(y)),
             (x, y) => x.or(y),
@@ -185,10 +184,7 @@ mod tests {
 
     fn key_with(tiles: &[i64]) -> HopKey {
         let mut h = HopKey::new(0, EncodedKey::new(b"k"), 0);
-        let l = RowLayout::default();
-        for &n in tiles {
-            h.tiles.find_or_insert(&l, n);
-        }
+        h.tiles = Tiles::with_numbers(&RowLayout::default(), tiles);
         h
     }
 

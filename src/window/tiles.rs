@@ -32,13 +32,282 @@ use crate::aggregate::{Heavy, RowLayout};
 const FIRST_TILES: usize = 4;
 
 /// Non-empty tiles of one key, by tile number (`start = offset + n · slide`),
-/// ascending, with their rows.
+/// ascending, with their rows. A tile's number and the fixed-size words of
+/// its row lie next to each other (`stride` words per tile), so that the
+/// newest tile, where events go, is one place in memory.
 #[derive(Debug, Clone, Default)]
 #[repr(C)]
 pub struct Tiles {
-    pub idx: Vec<i64>,
-    pub words: Vec<u64>,
+    /// Per tile: its number (as `u64` bits), then its row's words.
+    data: Vec<u64>,
     pub heavy: Vec<Heavy>,
+    /// Words per tile (`1 +` the layout's words); set with the first tile.
+    stride: u32,
+    len: u32,
+}
+
+/// The tile numbers of a [`Tiles`], read in place.
+#[derive(Clone, Copy)]
+struct Nums<'a> {
+    data: &'a [u64],
+    stride: usize,
+    len: usize,
+}
+
+impl Nums<'_> {
+    #[inline]
+    fn get(&self, pos: usize) -> i64 {
+        self.data[pos * self.stride] as i64
+    }
+
+    /// The first position in `[lo, hi)` whose number is `n` or more (`hi`
+    /// when none is).
+    #[inline]
+    fn first_at_least(&self, mut lo: usize, mut hi: usize, n: i64) -> usize {
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.get(mid) < n {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// The first position from `from` on holding `n` or more, found in
+    /// growing steps forwards.
+    #[inline]
+    fn gallop(&self, from: usize, n: i64) -> usize {
+        let mut lo = from;
+        let mut step = 1;
+        while lo < self.len && self.get(lo) < n {
+            let hi = (lo + step).min(self.len);
+            if hi == self.len || self.get(hi) >= n {
+                return self.first_at_least(lo + 1, hi, n);
+            }
+            lo = hi;
+            step *= 2;
+        }
+        lo
+    }
+}
+
+impl Tiles {
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline]
+    fn nums(&self) -> Nums<'_> {
+        Nums {
+            data: &self.data,
+            stride: self.stride as usize,
+            len: self.len as usize,
+        }
+    }
+
+    /// The number of the tile at position `pos`.
+    #[inline]
+    pub fn num(&self, pos: usize) -> i64 {
+        self.nums().get(pos)
+    }
+
+    /// The tile numbers, oldest first.
+    pub fn numbers(&self) -> impl Iterator<Item = i64> + '_ {
+        let n = self.nums();
+        (0..n.len).map(move |p| n.get(p))
+    }
+
+    /// Empty tiles numbered `numbers` (ascending), rows of `l` (tests and
+    /// restores).
+    pub fn with_numbers(l: &RowLayout, numbers: &[i64]) -> Tiles {
+        let mut t = Tiles::default();
+        for &n in numbers {
+            t.find_or_insert(l, n);
+        }
+        t
+    }
+
+    #[inline]
+    fn fit(&mut self, l: &RowLayout) {
+        if self.stride == 0 {
+            self.stride = 1 + l.words() as u32;
+            // Room for a few tiles at once: a key's first tiles would
+            // otherwise move it in memory at each one.
+            self.data.reserve_exact(FIRST_TILES * self.stride as usize);
+        }
+    }
+
+    /// Where the tile at `pos` starts in memory (look-ahead fetches).
+    #[inline]
+    pub fn tile_ptr(&self, pos: usize) -> *const u64 {
+        self.data.as_ptr().wrapping_add(pos * self.stride as usize)
+    }
+
+    /// Where the newest tile starts in memory (look-ahead fetches).
+    #[inline]
+    pub fn newest_ptr(&self) -> *const u64 {
+        self.tile_ptr(self.len().saturating_sub(1))
+    }
+
+    /// The row of the tile at position `pos`.
+    #[inline]
+    pub fn row(&self, l: &RowLayout, pos: usize) -> (&[u64], &[Heavy]) {
+        let (st, h) = (self.stride as usize, l.heavies());
+        (
+            &self.data[pos * st + 1..(pos + 1) * st],
+            &self.heavy[pos * h..(pos + 1) * h],
+        )
+    }
+
+    #[inline]
+    pub fn row_mut(&mut self, l: &RowLayout, pos: usize) -> (&mut [u64], &mut [Heavy]) {
+        let (st, h) = (self.stride as usize, l.heavies());
+        (
+            &mut self.data[pos * st + 1..(pos + 1) * st],
+            &mut self.heavy[pos * h..(pos + 1) * h],
+        )
+    }
+
+    /// The position of tile `n`, inserting an empty one when it is new
+    /// (`true` then).
+    #[inline]
+    pub fn find_or_insert(&mut self, l: &RowLayout, n: i64) -> (usize, bool) {
+        match self.last() {
+            // Events mostly go to the newest tile, or start a newer one.
+            Some(last) if last == n => return (self.len() - 1, false),
+            Some(last) if last > n => {}
+            _ => {
+                self.fit(l);
+                self.data.push(n as u64);
+                l.push_empty(&mut self.data, &mut self.heavy);
+                self.len += 1;
+                return (self.len() - 1, true);
+            }
+        }
+        let p = self.nums().first_at_least(0, self.len(), n);
+        if self.num(p) == n {
+            return (p, false);
+        }
+        let (st, h) = (self.stride as usize, l.heavies());
+        let mut row = Row::empty(l);
+        self.data.splice(
+            p * st..p * st,
+            std::iter::once(n as u64).chain(row.words.drain(..)),
+        );
+        self.heavy.splice(p * h..p * h, row.heavy.drain(..));
+        self.len += 1;
+        (p, true)
+    }
+
+    /// Adds tile `n`, newer than every tile held, with its row (the
+    /// variable-size states are moved out of `heavy`).
+    #[inline]
+    pub fn push(&mut self, l: &RowLayout, n: i64, words: &[u64], heavy: &mut [Heavy]) {
+        debug_assert!(self.last().is_none_or(|x| x < n));
+        self.fit(l);
+        self.data.push(n as u64);
+        self.data.extend_from_slice(words);
+        self.heavy.extend(heavy.iter_mut().map(Heavy::take));
+        self.len += 1;
+    }
+
+    /// The newest tile's number.
+    #[inline]
+    pub fn last(&self) -> Option<i64> {
+        (self.len > 0).then(|| self.num(self.len() - 1))
+    }
+
+    /// The position of tile `n`, if it has events.
+    pub fn position(&self, n: i64) -> Option<usize> {
+        let p = self.nums().first_at_least(0, self.len(), n);
+        (p < self.len() && self.num(p) == n).then_some(p)
+    }
+
+    /// Positions of the tiles with numbers in `[from, to)`.
+    #[inline]
+    pub fn range(&self, from: i64, to: i64) -> std::ops::Range<usize> {
+        let n = self.len();
+        if n == 0 {
+            return 0..0;
+        }
+        let nums = self.nums();
+        // Windows mostly reach past a key's newest tile, and long ones
+        // start before its oldest: no search then.
+        let b = if to > nums.get(n - 1) {
+            n
+        } else {
+            nums.first_at_least(0, n, to)
+        };
+        let a = if from <= nums.get(0) {
+            0
+        } else {
+            nums.first_at_least(0, b, from)
+        };
+        a..b.max(a)
+    }
+
+    /// The position of the first tile numbered `n` or more, searched from
+    /// the oldest tile outwards (what callers look for is near it).
+    #[inline]
+    pub fn first_from_front(&self, n: i64) -> usize {
+        self.nums().gallop(0, n)
+    }
+
+    /// The position of the first tile numbered `n` or more, searched from
+    /// the newest tile back (what callers look for is near it).
+    #[inline]
+    pub fn first_from_back(&self, n: i64) -> usize {
+        let nums = self.nums();
+        let mut p = nums.len;
+        let mut step = 1;
+        // Back in growing steps to a tile below `n`, then a search in the last step.
+        while p > 0 && nums.get(p - 1) >= n {
+            let lo = p.saturating_sub(step);
+            if nums.get(lo) >= n {
+                p = lo;
+                step *= 2;
+            } else {
+                return nums.first_at_least(lo, p, n);
+            }
+        }
+        p
+    }
+
+    /// Drops the tiles numbered below `n`.
+    pub fn drop_before(&mut self, l: &RowLayout, n: i64) {
+        let cut = self.first_from_front(n);
+        if cut > 0 {
+            self.data.drain(..cut * self.stride as usize);
+            self.heavy.drain(..cut * l.heavies());
+            self.len -= cut as u32;
+        }
+    }
+
+    /// Makes these tiles a copy of `src`'s tiles at `positions`.
+    fn copy_range(&mut self, src: &Tiles, positions: std::ops::Range<usize>, l: &RowLayout) {
+        let (st, h) = (src.stride as usize, l.heavies());
+        self.stride = src.stride;
+        self.data.clear();
+        self.data
+            .extend_from_slice(&src.data[positions.start * st..positions.end * st]);
+        self.heavy.clear();
+        self.heavy
+            .extend_from_slice(&src.heavy[positions.start * h..positions.end * h]);
+        self.len = positions.len() as u32;
+    }
+
+    /// Bytes held (memory reports).
+    pub fn bytes(&self) -> usize {
+        self.data.capacity() * 8
+            + self.heavy.capacity() * std::mem::size_of::<Heavy>()
+            + self.heavy.iter().map(Heavy::heap_bytes).sum::<usize>()
+    }
 }
 
 /// A row outside the tiles (a window's value, a cached partial).
@@ -70,172 +339,6 @@ impl Row {
         }
         self.heavy.extend_from_slice(&heavy[n..]);
     }
-}
-
-impl Tiles {
-    pub fn len(&self) -> usize {
-        self.idx.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.idx.is_empty()
-    }
-
-    /// The row of the tile at position `pos`.
-    #[inline]
-    pub fn row(&self, l: &RowLayout, pos: usize) -> (&[u64], &[Heavy]) {
-        let (w, h) = (l.words(), l.heavies());
-        (
-            &self.words[pos * w..(pos + 1) * w],
-            &self.heavy[pos * h..(pos + 1) * h],
-        )
-    }
-
-    #[inline]
-    pub fn row_mut(&mut self, l: &RowLayout, pos: usize) -> (&mut [u64], &mut [Heavy]) {
-        let (w, h) = (l.words(), l.heavies());
-        (
-            &mut self.words[pos * w..(pos + 1) * w],
-            &mut self.heavy[pos * h..(pos + 1) * h],
-        )
-    }
-
-    /// The position of tile `n`, inserting an empty one when it is new
-    /// (`true` then).
-    #[inline]
-    pub fn find_or_insert(&mut self, l: &RowLayout, n: i64) -> (usize, bool) {
-        match self.idx.last() {
-            // Events mostly go to the newest tile, or start a newer one.
-            Some(&last) if last == n => return (self.idx.len() - 1, false),
-            Some(&last) if last > n => {}
-            _ => {
-                if self.idx.capacity() == 0 {
-                    // Room for a few tiles at once: a key's first tiles
-                    // would otherwise move it in memory at each one.
-                    self.idx.reserve_exact(FIRST_TILES);
-                    self.words.reserve_exact(FIRST_TILES * l.words());
-                }
-                self.idx.push(n);
-                l.push_empty(&mut self.words, &mut self.heavy);
-                return (self.idx.len() - 1, true);
-            }
-        }
-        match self.idx.binary_search(&n) {
-            Ok(p) => (p, false),
-            Err(p) => {
-                self.idx.insert(p, n);
-                let (w, h) = (l.words(), l.heavies());
-                let mut row = Row::empty(l);
-                self.words.splice(p * w..p * w, row.words.drain(..));
-                self.heavy.splice(p * h..p * h, row.heavy.drain(..));
-                (p, true)
-            }
-        }
-    }
-
-    /// Adds tile `n`, newer than every tile held, with its row (the
-    /// variable-size states are moved out of `heavy`).
-    #[inline]
-    pub fn push(&mut self, n: i64, words: &[u64], heavy: &mut [Heavy]) {
-        debug_assert!(self.idx.last().is_none_or(|&x| x < n));
-        self.idx.push(n);
-        self.words.extend_from_slice(words);
-        self.heavy.extend(heavy.iter_mut().map(Heavy::take));
-    }
-
-    /// The newest tile's number.
-    pub fn last(&self) -> Option<i64> {
-        self.idx.last().copied()
-    }
-
-    /// The position of tile `n`, if it has events.
-    pub fn position(&self, n: i64) -> Option<usize> {
-        self.idx.binary_search(&n).ok()
-    }
-
-    /// Positions of the tiles with numbers in `[from, to)`.
-    #[inline]
-    pub fn range(&self, from: i64, to: i64) -> std::ops::Range<usize> {
-        let n = self.idx.len();
-        if n == 0 {
-            return 0..0;
-        }
-        // Windows mostly reach past a key's newest tile, and long ones
-        // start before its oldest: no search then.
-        let b = if to > self.idx[n - 1] {
-            n
-        } else {
-            self.idx.partition_point(|&x| x < to)
-        };
-        let a = if from <= self.idx[0] {
-            0
-        } else {
-            self.idx[..b].partition_point(|&x| x < from)
-        };
-        a..b.max(a)
-    }
-
-    /// The position of the first tile numbered `n` or more, searched from
-    /// the oldest tile outwards (what callers look for is near it).
-    #[inline]
-    pub fn first_from_front(&self, n: i64) -> usize {
-        gallop(&self.idx, n)
-    }
-
-    /// The position of the first tile numbered `n` or more, searched from
-    /// the newest tile back (what callers look for is near it).
-    #[inline]
-    pub fn first_from_back(&self, n: i64) -> usize {
-        let idx = &self.idx;
-        let mut p = idx.len();
-        let mut step = 1;
-        // Back in growing steps to a tile below `n`, then a search in the last step.
-        while p > 0 && idx[p - 1] >= n {
-            let lo = p.saturating_sub(step);
-            if idx[lo] >= n {
-                p = lo;
-                step *= 2;
-            } else {
-                return lo + idx[lo..p].partition_point(|&x| x < n);
-            }
-        }
-        p
-    }
-
-    /// Drops the tiles numbered below `n`.
-    pub fn drop_before(&mut self, l: &RowLayout, n: i64) {
-        let cut = gallop(&self.idx, n);
-        if cut > 0 {
-            self.idx.drain(..cut);
-            self.words.drain(..cut * l.words());
-            self.heavy.drain(..cut * l.heavies());
-        }
-    }
-
-    /// Bytes held (memory reports).
-    pub fn bytes(&self) -> usize {
-        self.idx.capacity() * 8
-            + self.words.capacity() * 8
-            + self.heavy.capacity() * std::mem::size_of::<Heavy>()
-            + self.heavy.iter().map(Heavy::heap_bytes).sum::<usize>()
-    }
-}
-
-/// The first position of `idx` (ascending) holding `n` or more, found in
-/// growing steps from the front.
-#[inline]
-fn gallop(idx: &[i64], n: i64) -> usize {
-    let mut lo = 0;
-    let mut step = 1;
-    while lo < idx.len() && idx[lo] < n {
-        let hi = (lo + step).min(idx.len());
-        if hi == idx.len() || idx[hi] >= n {
-            return lo + 1 + idx[lo + 1..hi].partition_point(|&x| x < n);
-        }
-        lo = hi;
-        step *= 2;
-    }
-    lo
 }
 
 /// The partials a cursor keeps: the suffixes of one chunk and a running
@@ -277,13 +380,9 @@ impl Cursor {
     }
 
     /// Where the next window in end order finds its left part: the
-    /// suffixes' tile numbers and row at the last window's place
-    /// (look-ahead fetches; `row_words` is the layout's words per row).
-    pub fn suffix_ptrs(&self, row_words: usize) -> (*const i64, *const u64) {
-        (
-            self.s.idx.as_ptr().wrapping_add(self.s_at),
-            self.s.words.as_ptr().wrapping_add(self.s_at * row_words),
-        )
+    /// suffix at the last window's place (look-ahead fetches).
+    pub fn suffix_ptr(&self) -> *const u64 {
+        self.s.tile_ptr(self.s_at)
     }
 
     /// Bytes held (memory reports).
@@ -324,13 +423,13 @@ pub fn window_value(
         if cur.s_chunk != Some(c) {
             fill_suffixes(tiles, l, k, c, cur);
         }
-        let idx = &cur.s.idx;
-        if cur.s_at > 0 && idx.get(cur.s_at - 1).is_none_or(|&x| x >= i0) {
+        let nums = cur.s.nums();
+        if cur.s_at > 0 && (cur.s_at > nums.len || nums.get(cur.s_at - 1) >= i0) {
             cur.s_at = 0;
         }
-        let at = cur.s_at + gallop(&idx[cur.s_at..], i0);
+        let at = nums.gallop(cur.s_at, i0);
         cur.s_at = at;
-        if at == cur.s.idx.len() {
+        if at == cur.s.len() {
             l.reset(&mut out.words, &mut out.heavy);
         } else {
             let (w, h) = cur.s.row(l, at);
@@ -345,13 +444,13 @@ pub fn window_value(
     if left.is_empty() {
         l.reset(&mut out.words, &mut out.heavy);
     } else {
-        let first = tiles.idx[left.start];
+        let first = tiles.num(left.start);
         if cur.s_chunk != Some(c) {
             suffix_aside(tiles, l, tiles.range(first, split), out);
             peek_right_part(tiles, l, c + 1, split, i1, cur, out);
             return;
         }
-        let at = cur.s.idx.partition_point(|&x| x < first);
+        let at = cur.s.nums().first_at_least(0, cur.s.len(), first);
         let (w, h) = cur.s.row(l, at);
         out.copy_from(w, h);
     }
@@ -426,24 +525,17 @@ fn peek_right_part(
 /// then each row folded with the one after it, right to left.
 fn fill_suffixes(tiles: &Tiles, l: &RowLayout, k: i64, c: i64, cur: &mut Cursor) {
     let r = tiles.range(c * k, (c + 1) * k);
-    let (ww, hh) = (l.words(), l.heavies());
+    let (st, hh) = (tiles.stride as usize, l.heavies());
     cur.s_chunk = Some(c);
     cur.s_at = 0;
     let s = &mut cur.s;
-    s.idx.clear();
-    s.idx.extend_from_slice(&tiles.idx[r.clone()]);
-    s.words.clear();
-    s.words
-        .extend_from_slice(&tiles.words[r.start * ww..r.end * ww]);
-    s.heavy.clear();
-    s.heavy
-        .extend_from_slice(&tiles.heavy[r.start * hh..r.end * hh]);
+    s.copy_range(tiles, r.clone(), l);
     for j in (0..r.len().saturating_sub(1)).rev() {
-        let (wa, wb) = s.words.split_at_mut((j + 1) * ww);
+        let (wa, wb) = s.data.split_at_mut((j + 1) * st);
         let (ha, hb) = s.heavy.split_at_mut((j + 1) * hh);
         l.merge(
-            (&mut wa[j * ww..], &mut ha[j * hh..]),
-            (&wb[..ww], &hb[..hh]),
+            (&mut wa[j * st + 1..], &mut ha[j * hh..]),
+            (&wb[1..st], &hb[..hh]),
         );
     }
 }
@@ -508,8 +600,8 @@ mod tests {
         ) {
             idx.sort();
             idx.dedup();
-            let t = Tiles { idx, ..Default::default() };
-            let want = t.idx.partition_point(|&x| x < n);
+            let t = Tiles::with_numbers(&RowLayout::default(), &idx);
+            let want = idx.partition_point(|&x| x < n);
             prop_assert_eq!(t.first_from_front(n), want);
             prop_assert_eq!(t.first_from_back(n), want);
         }
