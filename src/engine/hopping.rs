@@ -29,17 +29,6 @@ pub(super) fn fetch_hop_key(k: &HopKey) {
     super::prefetch_read(p.wrapping_add(128));
 }
 
-/// Look-ahead: every line of a key's hopping state (a firing window reads
-/// its partials' rows, its schedule and the key's bytes too).
-#[inline]
-pub(super) fn fetch_hop_key_all(k: &HopKey) {
-    fetch_hop_key(k);
-    let p = (k as *const HopKey).cast::<u8>();
-    super::prefetch_read(p.wrapping_add(192));
-    super::prefetch_read(p.wrapping_add(256));
-    super::prefetch_read(p.wrapping_add(320));
-}
-
 /// Look-ahead: the newest tile's number and row, where events and the
 /// window it completes go.
 #[inline]
@@ -48,6 +37,9 @@ pub(super) fn fetch_newest_tile(t: &crate::window::tiles::Tiles) {
     super::prefetch_read(p);
     super::prefetch_read(p.cast::<u8>().wrapping_add(64));
 }
+
+/// Timers whose keys' state is read ahead together (see `warm_hop_block`).
+const HOP_BLOCK: usize = 32;
 
 impl Engine {
     fn grid(&self) -> Grid {
@@ -170,32 +162,11 @@ impl Engine {
             fetch(k.on_time.prefix_ptr());
             fetch(k.on_time.suffix_ptr());
         };
-        // A key's next window (events go straight to the tiles without
-        // early panes): its state, then its tiles' newest end and partials.
-        if let Some(t) = timers.get(i + 16) {
-            if t.kind == TimerKind::HopNext {
-                if let Some(k) = self.hops.get(t.slot as usize) {
-                    // A load, not a hint: a hint whose page is not in the
-                    // TLB may be dropped, and keys are spread over many pages.
-                    std::hint::black_box(unsafe { std::ptr::read_volatile(&k.id) });
-                }
-            }
-        }
-        if let Some(t) = timers.get(i + 10) {
-            if t.kind == TimerKind::HopNext {
-                if let Some(k) = self.hops.get(t.slot as usize) {
-                    fetch_hop_key_all(k);
-                }
-            }
-        }
-        if let Some(t) = timers.get(i + 3) {
-            if t.kind == TimerKind::HopNext {
-                if let Some(k) = self.hops.get(t.slot as usize) {
-                    // The oldest tile too: the next window may be where it leaves.
-                    fetch(k.tiles.tile_ptr(0));
-                    fetch_newest(k);
-                }
-            }
+        // Keys' next windows (events go straight to the tiles without
+        // early panes) are read in blocks ahead (`warm_hop_block`).
+        if i % HOP_BLOCK == 0 {
+            let end = (i + HOP_BLOCK).min(timers.len());
+            self.warm_hop_block(&timers[i..end]);
         }
         if let Some(t) = timers.get(i + 12) {
             if t.kind != TimerKind::HopNext {
@@ -223,6 +194,44 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Look-ahead for the keys whose next windows fire among `timers`: their
+    /// state's six lines, then their newest and oldest tiles, running
+    /// prefixes and suffixes, read in two passes of loads that do not wait
+    /// on each other, so that their misses (and the page walks of keys
+    /// spread over many pages) overlap, instead of each firing waiting on
+    /// its own chain of them.
+    fn warm_hop_block(&self, timers: &[super::Timer]) {
+        let keys = || {
+            timers
+                .iter()
+                .filter(|t| t.kind == TimerKind::HopNext)
+                .filter_map(|t| self.hops.get(t.slot as usize))
+        };
+        // SAFETY (both passes): each read is of a live object's own memory:
+        // a `HopKey`'s six lines (it is 384 bytes, 64-aligned), and the
+        // first word of a tile, prefix or suffix only where one exists.
+        let mut acc = 0u64;
+        for k in keys() {
+            let p = (k as *const HopKey).cast::<u64>();
+            for line in 0..6 {
+                acc ^= unsafe { std::ptr::read_volatile(p.wrapping_add(line * 8)) };
+            }
+        }
+        for k in keys() {
+            if !k.tiles.is_empty() {
+                acc ^= unsafe { std::ptr::read_volatile(k.tiles.newest_ptr()) };
+                acc ^= unsafe { std::ptr::read_volatile(k.tiles.tile_ptr(0)) };
+            }
+            if let Some(p) = k.on_time.prefix_row() {
+                acc ^= unsafe { std::ptr::read_volatile(p) };
+            }
+            if let Some(p) = k.on_time.suffix_row() {
+                acc ^= unsafe { std::ptr::read_volatile(p) };
+            }
+        }
+        std::hint::black_box(acc);
     }
 
     /// The watermark passed an open tile's end: it joins its key's tiles,

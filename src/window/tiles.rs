@@ -385,6 +385,16 @@ impl Cursor {
         self.s.tile_ptr(self.s_at)
     }
 
+    /// The running prefix's first word, when it has a row.
+    pub fn prefix_row(&self) -> Option<*const u64> {
+        (!self.p.words.is_empty()).then(|| self.p.words.as_ptr())
+    }
+
+    /// The suffix at the last window's place, when there is one.
+    pub fn suffix_row(&self) -> Option<*const u64> {
+        (self.s_at < self.s.len()).then(|| self.s.tile_ptr(self.s_at))
+    }
+
     /// Bytes held (memory reports).
     pub fn bytes(&self) -> usize {
         self.s.bytes()
