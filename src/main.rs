@@ -15,11 +15,15 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read when it starts: huge pages for its extents and
 /// its own metadata where the kernel allows them (`madvise` or `always` in
-/// /sys/kernel/mm/transparent_hugepage/enabled; nothing changes under `never`).
+/// /sys/kernel/mm/transparent_hugepage/enabled; nothing changes under
+/// `never`), and unused memory given back to the system after 30 s instead
+/// of 10 s (fewer pages cleared again when a growing state reuses them).
+/// `_RJEM_MALLOC_CONF` in the environment overrides them.
 #[cfg(target_os = "linux")]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: &[u8] = b"thp:always,metadata_thp:auto\0";
+pub static malloc_conf: &[u8] =
+    b"thp:always,metadata_thp:auto,dirty_decay_ms:30000,muzzy_decay_ms:30000\0";
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
