@@ -12,6 +12,7 @@ pub mod engine;
 pub mod event;
 pub mod gen;
 pub mod join;
+pub mod mem;
 pub mod metrics;
 pub mod plan;
 pub mod replay;

@@ -8,6 +8,8 @@
 //! ([`KeyIndex::prefetch_entry`]), so that the misses of several events
 //! overlap instead of stalling one after the other.
 
+use crate::mem::prefetch;
+
 /// Slots per entry at most (load factor 3/4).
 const MAX_LOAD_NUM: usize = 3;
 const MAX_LOAD_DEN: usize = 4;
@@ -22,17 +24,6 @@ pub(super) struct KeyIndex<E> {
 #[inline(always)]
 fn tag(hash: u64) -> u64 {
     hash & !0xFFFF_FFFF
-}
-
-#[inline(always)]
-pub fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint; it never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 impl<E> KeyIndex<E> {

@@ -25,7 +25,7 @@ pub use snapshot::{PartitionState, RestoreError, WindowState};
 
 use std::collections::BTreeMap;
 
-pub use keys::prefetch as prefetch_read;
+pub(crate) use crate::mem::prefetch as prefetch_read;
 use keys::KeyIndex;
 use smallvec::SmallVec;
 

@@ -29,6 +29,7 @@ use arrow_array::{new_null_array, Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use rustc_hash::FxBuildHasher;
 
+use crate::mem::prefetch;
 use crate::time::Micros;
 
 pub use groups::resolve_groups;
@@ -484,6 +485,13 @@ struct Slot {
     inline: [u8; INLINE],
 }
 
+const EMPTY: Slot = Slot {
+    hash: 0,
+    id: 0,
+    len: 0,
+    inline: [0; INLINE],
+};
+
 impl KeyIndex {
     fn new() -> KeyIndex {
         KeyIndex {
@@ -514,6 +522,22 @@ impl KeyIndex {
             let id = s.id as usize;
             &self.arena[self.offs[id] as usize..self.offs[id + 1] as usize] == key
         }
+    }
+
+    /// The keys by id.
+    fn in_order(&self) -> impl Iterator<Item = &[u8]> {
+        let mut by_id: Vec<&Slot> = vec![&EMPTY; self.len()];
+        for s in self.table.iter() {
+            by_id[s.id as usize] = s;
+        }
+        by_id.into_iter().map(|s| {
+            if s.len as usize <= INLINE {
+                &s.inline[..s.len as usize]
+            } else {
+                let id = s.id as usize;
+                &self.arena[self.offs[id] as usize..self.offs[id + 1] as usize]
+            }
+        })
     }
 
     #[inline]
@@ -670,43 +694,206 @@ enum Index {
 
 /// Places each eligible row at its key's next position (a counting sort,
 /// stable: offline rows mostly come in time order), one record written
-/// once per row, uninitialised memory before.
-fn place<P: Placed>(
+/// once per row, uninitialised memory before; then sorts the runs that are
+/// out of order (stable: rows equal in all three keys keep their input
+/// order) and calls `finish` on each run with its start. On `threads`
+/// threads, each owning the keys of a contiguous share of the positions:
+/// every thread reads all rows and writes only its own keys' places.
+fn place<P: Placed + Send>(
     ranges: &[(u32, u32)],
     row_ids: &[Vec<u32>],
-    make: impl Fn(usize, usize, u32) -> P,
+    make: impl Fn(usize, usize, u32) -> P + Sync,
+    threads: usize,
+    finish: impl Fn(&mut [P], u32) + Sync,
 ) -> Vec<P> {
     let n = ranges.last().map_or(0, |r| (r.0 + r.1) as usize);
-    let mut at: Vec<u32> = ranges.iter().map(|r| r.0).collect();
     let mut pos: Vec<P> = Vec::with_capacity(n);
-    let spare = &mut pos.spare_capacity_mut()[..n];
-    let mut global = 0u32;
-    for (bi, rid) in row_ids.iter().enumerate() {
-        for (i, &k) in rid.iter().enumerate() {
-            if k != u32::MAX {
-                let p = at[k as usize] as usize;
-                at[k as usize] += 1;
-                spare[p].write(make(bi, i, global + i as u32));
+    // Key cuts: thread t owns keys cuts[t]..cuts[t + 1].
+    let cuts = split_even(ranges.iter().map(|r| r.1 as u64), threads.max(1));
+    let base = Shared(pos.spare_capacity_mut()[..n].as_mut_ptr());
+    let fill = |keys: std::ops::Range<usize>| {
+        let mut at: Vec<u32> = ranges[keys.clone()].iter().map(|r| r.0).collect();
+        let (lo, hi) = (keys.start as u32, keys.end as u32);
+        let mut global = 0u32;
+        for (bi, rid) in row_ids.iter().enumerate() {
+            for (i, &k) in rid.iter().enumerate() {
+                if k >= lo && k < hi {
+                    let p = &mut at[(k - lo) as usize];
+                    // SAFETY: positions `ranges[k]` belong to key k alone,
+                    // and key k to this call alone; `p` stays inside them.
+                    unsafe { (*base.get().add(*p as usize)).write(make(bi, i, global + i as u32)) };
+                    *p += 1;
+                }
             }
+            global += rid.len() as u32;
         }
-        global += rid.len() as u32;
+    };
+    if cuts.len() <= 2 {
+        fill(0..ranges.len());
+    } else {
+        std::thread::scope(|sc| {
+            for w in cuts.windows(2) {
+                let fill = &fill;
+                let keys = w[0]..w[1];
+                sc.spawn(move || fill(keys));
+            }
+        });
     }
     // SAFETY: the counting sort wrote every position below `n` once:
     // `at[k]` runs from the start of key k's range through its end, and
     // the ranges tile 0..n.
     unsafe { pos.set_len(n) };
+    let order = |pos: &mut [P], offset: u32, keys: &[(u32, u32)]| {
+        for &(start, len) in keys {
+            let run = &mut pos[(start - offset) as usize..(start - offset + len) as usize];
+            if !run.windows(2).all(|w| w[0].sort_key() <= w[1].sort_key()) {
+                run.sort_by_key(|p| p.sort_key());
+            }
+            finish(run, start);
+        }
+    };
+    if cuts.len() <= 2 {
+        order(&mut pos, 0, ranges);
+    } else {
+        std::thread::scope(|sc| {
+            let mut rest: &mut [P] = &mut pos;
+            let mut offset = 0u32;
+            for w in cuts.windows(2) {
+                let keys = &ranges[w[0]..w[1]];
+                let len: u32 = keys.iter().map(|r| r.1).sum();
+                let (mine, tail) = rest.split_at_mut(len as usize);
+                rest = tail;
+                let order = &order;
+                sc.spawn(move || order(mine, offset, keys));
+                offset += len;
+            }
+        });
+    }
     pos
 }
 
-/// Sorts the runs that are out of order (stable: rows equal in all three
-/// keep their input order).
-fn sort_runs<P: Placed>(pos: &mut [P], ranges: &[(u32, u32)]) {
-    for &(start, len) in ranges {
-        let run = &mut pos[start as usize..(start + len) as usize];
-        if !run.windows(2).all(|w| w[0].sort_key() <= w[1].sort_key()) {
-            run.sort_by_key(|p| p.sort_key());
-        }
+/// A pointer that threads writing disjoint places share.
+struct Shared<T>(*mut T);
+
+impl<T> Shared<T> {
+    fn get(&self) -> *mut T {
+        self.0
     }
+}
+
+// SAFETY: only used for writes to disjoint places (see `place`).
+unsafe impl<T: Send> Send for Shared<T> {}
+unsafe impl<T: Send> Sync for Shared<T> {}
+
+/// Cuts `0..weights.len()` into at most `parts` contiguous ranges of about
+/// equal total weight: the cut points, first 0, last the length.
+fn split_even(weights: impl Iterator<Item = u64> + Clone, parts: usize) -> Vec<usize> {
+    let total: u64 = weights.clone().sum();
+    let mut cuts = vec![0];
+    let mut sum = 0u64;
+    let mut len = 0;
+    for (i, w) in weights.enumerate() {
+        let part = cuts.len() as u64;
+        if part < parts as u64
+            && sum >= total * part / parts as u64
+            && i > *cuts.last().unwrap_or(&0)
+        {
+            cuts.push(i);
+        }
+        sum += w;
+        len = i + 1;
+    }
+    cuts.push(len);
+    cuts.dedup();
+    cuts
+}
+
+/// One share of a group's batches after the first pass (see
+/// `FeatureTable::from_batches_typed`): keys numbered in a table of its own.
+struct Part {
+    keys: KeyIndex,
+    key_classes: Vec<Option<KeyClass>>,
+    row_ids: Vec<Vec<u32>>,
+    values: Vec<Vec<ArrayRef>>,
+    we: Vec<arrow_buffer::ScalarBuffer<Micros>>,
+    elig: Vec<arrow_buffer::ScalarBuffer<Micros>>,
+    pane: Vec<ArrayRef>,
+}
+
+/// The first pass over a run of batches: each eligible row's key id
+/// (u32::MAX: not eligible), its times and pane, and the selected columns
+/// cast to their output types.
+fn load_part(
+    spec: &GroupSpec,
+    mode: Mode,
+    batches: &[RecordBatch],
+    selected: &[String],
+    types: &[DataType],
+) -> Result<Part, JoinError> {
+    let mut p = Part {
+        keys: KeyIndex::new(),
+        key_classes: vec![None; spec.keys.len()],
+        row_ids: Vec::with_capacity(batches.len()),
+        values: Vec::with_capacity(batches.len()),
+        we: Vec::with_capacity(batches.len()),
+        elig: Vec::with_capacity(batches.len()),
+        pane: Vec::with_capacity(batches.len()),
+    };
+    let mut dict_cache: DictCache = None;
+    for b in batches {
+        for (k, name) in spec.keys.iter().enumerate() {
+            let c = column(b, name).map_err(|_| {
+                JoinError::Input(format!(
+                    "feature group {:?} has no key column {name:?}",
+                    spec.name
+                ))
+            })?;
+            if p.key_classes[k].is_none() {
+                p.key_classes[k] = key_class(c.data_type());
+            }
+        }
+        let keys = &mut p.keys;
+        let ids = key_ids(b, &spec.keys, &mut dict_cache, &mut |k: &[u8]| {
+            Some(keys.intern(k))
+        })?;
+        let we = micros_col(b, "window_end")?;
+        // In final mode a row is eligible at its window's end.
+        let elig = match mode {
+            Mode::Final => arrow_buffer::ScalarBuffer::from(Vec::new()),
+            Mode::AsOfEmit => micros_col(b, "emitted_at")?,
+        };
+        let pane = arrow_cast::cast(&column(b, "pane_index")?, &DataType::Int64)?;
+        let fin = column(b, "is_final")?;
+        let fin = fin.as_boolean();
+        let retr = column(b, "retraction")?;
+        let retr = retr.as_boolean();
+        let mut cols = Vec::with_capacity(selected.len());
+        for (i, f) in selected.iter().enumerate() {
+            let c = match b.column_by_name(f) {
+                Some(c) if c.data_type() == &types[i] => c.clone(),
+                Some(c) => arrow_cast::cast(c, &types[i])?,
+                None => new_null_array(&types[i], b.num_rows()),
+            };
+            cols.push(c);
+        }
+        let rid: Vec<u32> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let take = !retr.value(i) && (mode == Mode::AsOfEmit || fin.value(i));
+                match (take, id) {
+                    (true, Some(k)) => *k,
+                    _ => u32::MAX,
+                }
+            })
+            .collect();
+        p.row_ids.push(rid);
+        p.values.push(cols);
+        p.we.push(we);
+        p.elig.push(elig);
+        p.pane.push(pane);
+    }
+    Ok(p)
 }
 
 /// One indexed feature group.
@@ -746,6 +933,33 @@ impl FeatureTable {
         mode: Mode,
         batches: &[RecordBatch],
         given: Option<&[DataType]>,
+    ) -> Result<FeatureTable, JoinError> {
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let threads = if rows < PIECE_ROWS {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
+        Self::build(spec, mode, batches, given, threads)
+    }
+
+    /// As [`FeatureTable::from_batches`], indexed on `threads` threads (the
+    /// table is the same whatever the number).
+    pub fn from_batches_on(
+        spec: GroupSpec,
+        mode: Mode,
+        batches: &[RecordBatch],
+        threads: usize,
+    ) -> Result<FeatureTable, JoinError> {
+        Self::build(spec, mode, batches, None, threads)
+    }
+
+    fn build(
+        spec: GroupSpec,
+        mode: Mode,
+        batches: &[RecordBatch],
+        given: Option<&[DataType]>,
+        threads: usize,
     ) -> Result<FeatureTable, JoinError> {
         if mode == Mode::Final && spec.discarding {
             return Err(JoinError::Discarding(spec.name.clone()));
@@ -808,76 +1022,104 @@ impl FeatureTable {
                 }
             }
         }
+        // Pass 1, on every core over contiguous runs of batches, each with
+        // keys interned in a table of its own: the key id of each eligible
+        // row (u32::MAX: not eligible) and the loaded columns. The tables
+        // are then merged in batch order (so ids are numbered by first
+        // appearance, as one pass would), and each part's ids renumbered.
+        let threads = threads.clamp(1, batches.len().max(1));
+        let cuts = split_even(batches.iter().map(|b| b.num_rows() as u64), threads);
+        let load = |part: &[RecordBatch]| load_part(&spec, mode, part, &selected, &types);
+        let parts: Vec<Part> = if threads == 1 {
+            vec![load(batches)?]
+        } else {
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = cuts
+                    .windows(2)
+                    .map(|w| {
+                        let (part, load) = (&batches[w[0]..w[1]], &load);
+                        sc.spawn(move || load(part))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("an indexing thread does not panic"))
+                    .collect::<Result<Vec<Part>, JoinError>>()
+            })?
+        };
         let mut key_classes: Vec<Option<KeyClass>> = vec![None; spec.keys.len()];
-        let mut interned = KeyIndex::new();
-        let mut dict_cache: DictCache = None;
-        let mut values: Vec<Vec<ArrayRef>> = Vec::new();
-        // Pass 1: the key id of each eligible row (u32::MAX: not eligible)
-        // and the number of rows per key.
+        for p in &parts {
+            for (k, c) in key_classes.iter_mut().zip(&p.key_classes) {
+                if k.is_none() {
+                    *k = *c;
+                }
+            }
+        }
+        let mut parts = parts;
+        let (interned, maps): (KeyIndex, Vec<Vec<u32>>) = if parts.len() == 1 {
+            // One part: its numbering is the table's.
+            let keys = std::mem::replace(&mut parts[0].keys, KeyIndex::new());
+            let identity = (0..keys.len() as u32).collect();
+            (keys, vec![identity])
+        } else {
+            let mut interned = KeyIndex::new();
+            let maps = parts
+                .iter()
+                .map(|p| p.keys.in_order().map(|k| interned.intern(k)).collect())
+                .collect();
+            (interned, maps)
+        };
+        let keys = interned.len();
+        let mut values: Vec<Vec<ArrayRef>> = Vec::with_capacity(batches.len());
         let mut row_ids: Vec<Vec<u32>> = Vec::with_capacity(batches.len());
-        let mut count: Vec<u32> = Vec::new();
         let mut cols_we: Vec<arrow_buffer::ScalarBuffer<Micros>> =
             Vec::with_capacity(batches.len());
         let mut cols_elig: Vec<arrow_buffer::ScalarBuffer<Micros>> =
             Vec::with_capacity(batches.len());
         let mut cols_pane: Vec<ArrayRef> = Vec::with_capacity(batches.len());
-        for b in batches {
-            for (k, name) in spec.keys.iter().enumerate() {
-                let c = column(b, name).map_err(|_| {
-                    JoinError::Input(format!(
-                        "feature group {:?} has no key column {name:?}",
-                        spec.name
-                    ))
-                })?;
-                let cl = key_class(c.data_type());
-                if key_classes[k].is_none() {
-                    key_classes[k] = cl;
+        let renumber = |mut p: Part, map: &[u32]| {
+            let mut count = vec![0u32; keys];
+            for rid in &mut p.row_ids {
+                for k in rid.iter_mut().filter(|k| **k != u32::MAX) {
+                    *k = map[*k as usize];
+                    count[*k as usize] += 1;
                 }
             }
-            let ids = key_ids(b, &spec.keys, &mut dict_cache, &mut |k: &[u8]| {
-                Some(interned.intern(k))
-            })?;
-            let we = micros_col(b, "window_end")?;
-            // In final mode a row is eligible at its window's end.
-            let elig = match mode {
-                Mode::Final => arrow_buffer::ScalarBuffer::from(Vec::new()),
-                Mode::AsOfEmit => micros_col(b, "emitted_at")?,
-            };
-            let pane = arrow_cast::cast(&column(b, "pane_index")?, &DataType::Int64)?;
-            let fin = column(b, "is_final")?;
-            let fin = fin.as_boolean();
-            let retr = column(b, "retraction")?;
-            let retr = retr.as_boolean();
-            let mut cols = Vec::with_capacity(selected.len());
-            for (i, f) in selected.iter().enumerate() {
-                let c = match b.column_by_name(f) {
-                    Some(c) if c.data_type() == &types[i] => c.clone(),
-                    Some(c) => arrow_cast::cast(c, &types[i])?,
-                    None => new_null_array(&types[i], b.num_rows()),
-                };
-                cols.push(c);
+            (p, count)
+        };
+        let renumbered: Vec<(Part, Vec<u32>)> = if threads == 1 {
+            parts
+                .into_iter()
+                .zip(&maps)
+                .map(|(p, m)| renumber(p, m))
+                .collect()
+        } else {
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = parts
+                    .into_iter()
+                    .zip(&maps)
+                    .map(|(p, m)| {
+                        let renumber = &renumber;
+                        sc.spawn(move || renumber(p, m))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("an indexing thread does not panic"))
+                    .collect()
+            })
+        };
+        let mut count = vec![0u32; keys];
+        for (p, c) in renumbered {
+            for (a, b) in count.iter_mut().zip(c) {
+                *a += b;
             }
-            values.push(cols);
-            if count.len() < interned.len() {
-                count.resize(interned.len(), 0);
-            }
-            let mut rid = Vec::with_capacity(b.num_rows());
-            for (i, id) in ids.iter().enumerate() {
-                let take = !retr.value(i) && (mode == Mode::AsOfEmit || fin.value(i));
-                match (take, id) {
-                    (true, Some(k)) => {
-                        count[*k as usize] += 1;
-                        rid.push(*k);
-                    }
-                    _ => rid.push(u32::MAX),
-                }
-            }
-            row_ids.push(rid);
-            cols_we.push(we);
-            cols_elig.push(elig);
-            cols_pane.push(pane);
+            values.extend(p.values);
+            row_ids.extend(p.row_ids);
+            cols_we.extend(p.we);
+            cols_elig.extend(p.elig);
+            cols_pane.extend(p.pane);
         }
-        count.resize(interned.len(), 0);
         // Pass 2: each eligible row placed in its key's run (`place`), in
         // the layout of the mode.
         let mut ranges: Vec<(u32, u32)> = Vec::with_capacity(count.len());
@@ -908,34 +1150,42 @@ impl FeatureTable {
         let pane_of = |bi: usize, i: usize| panes[bi][i].clamp(0, u32::MAX as i64) as u32;
         let index = match mode {
             Mode::Final => {
-                let mut pos = place(&ranges, &row_ids, |bi, i, at| FinalPos {
-                    elig: cols_we[bi][i],
-                    pane: pane_of(bi, i),
-                    at,
-                });
-                sort_runs(&mut pos, &ranges);
+                let pos = place(
+                    &ranges,
+                    &row_ids,
+                    |bi, i, at| FinalPos {
+                        elig: cols_we[bi][i],
+                        pane: pane_of(bi, i),
+                        at,
+                    },
+                    threads,
+                    |_, _| {},
+                );
                 Index::Final(pos)
             }
             Mode::AsOfEmit => {
-                let mut pos = place(&ranges, &row_ids, |bi, i, at| EmitPos {
-                    elig: cols_elig[bi][i],
-                    we: cols_we[bi][i],
-                    pane: pane_of(bi, i),
-                    best: 0,
-                    at,
-                });
-                sort_runs(&mut pos, &ranges);
-                // The best row so far of each position.
-                for &(start, len) in &ranges {
-                    let run = &mut pos[start as usize..(start + len) as usize];
-                    let mut top = 0usize;
-                    for j in 0..run.len() {
-                        if (run[j].we, run[j].pane) >= (run[top].we, run[top].pane) {
-                            top = j;
+                let pos = place(
+                    &ranges,
+                    &row_ids,
+                    |bi, i, at| EmitPos {
+                        elig: cols_elig[bi][i],
+                        we: cols_we[bi][i],
+                        pane: pane_of(bi, i),
+                        best: 0,
+                        at,
+                    },
+                    threads,
+                    // The best row so far of each position.
+                    |run: &mut [EmitPos], start: u32| {
+                        let mut top = 0usize;
+                        for j in 0..run.len() {
+                            if (run[j].we, run[j].pane) >= (run[top].we, run[top].pane) {
+                                top = j;
+                            }
+                            run[j].best = start + top as u32;
                         }
-                        run[j].best = start + top as u32;
-                    }
-                }
+                    },
+                );
                 Index::Emit(pos)
             }
         };
@@ -1010,7 +1260,20 @@ impl FeatureTable {
         let order = by_key_and_time(ids, ts, self.ranges.len());
         let mut matched = 0;
         let mut i = 0;
+        // Each key's run is read ahead: the walk below waits on its first
+        // line otherwise (the runs of a piece's keys are far apart), and
+        // where the range of that key is, a few keys further ahead.
+        const AHEAD: usize = 8;
         while i < order.len() {
+            if let Some(o) = order.get(i + 2 * AHEAD) {
+                prefetch(self.ranges.as_ptr().wrapping_add(o.0 as usize));
+            }
+            if let Some(o) = order.get(i + AHEAD) {
+                prefetch(
+                    pos.as_ptr()
+                        .wrapping_add(self.ranges[o.0 as usize].0 as usize),
+                );
+            }
             let id = order[i].0;
             let (start, len) = self.ranges[id as usize];
             let (start, end) = (start as usize, (start + len) as usize);
@@ -1252,38 +1515,150 @@ impl Joiner {
     /// Joins one batch of entity rows: the same rows, in order, with the
     /// features appended.
     pub fn join_batch(&mut self, batch: &RecordBatch) -> Result<RecordBatch, JoinError> {
+        let schema = self.schema_for(batch)?;
+        let (out, matched) = join_piece(
+            &self.tables,
+            &self.opts.timestamp_column,
+            schema,
+            batch,
+            &mut self.dict_caches,
+            self.row_base,
+        )?;
+        for (m, n) in self.matched.iter_mut().zip(matched) {
+            *m += n;
+        }
+        self.rows += batch.num_rows() as u64;
+        self.row_base += batch.num_rows();
+        Ok(out)
+    }
+
+    /// Joins many batches of entity rows on up to `threads` threads: the
+    /// same rows in the same order as [`Joiner::join_batch`] over each in
+    /// turn, cut into pieces of at most [`PIECE_ROWS`] rows (slices, not
+    /// copies). Each thread takes every `threads`-th piece with dictionary
+    /// caches of its own; the feature tables are shared, read only. On
+    /// errors, the one of the earliest piece is returned, as a sequential
+    /// join would have met it first.
+    pub fn join_all(
+        &mut self,
+        batches: &[RecordBatch],
+        threads: usize,
+    ) -> Result<Vec<RecordBatch>, JoinError> {
+        let Some(first) = batches.first() else {
+            return Ok(Vec::new());
+        };
+        let schema = self.schema_for(first)?;
+        let mut pieces: Vec<(RecordBatch, usize)> = Vec::new();
+        let mut base = self.row_base;
+        for b in batches {
+            let mut at = 0;
+            while at < b.num_rows() {
+                let len = PIECE_ROWS.min(b.num_rows() - at);
+                pieces.push((b.slice(at, len), base + at));
+                at += len;
+            }
+            base += b.num_rows();
+        }
+        let threads = threads.clamp(1, pieces.len().max(1));
+        if threads == 1 {
+            return pieces.iter().map(|(p, _)| self.join_batch(p)).collect();
+        }
+        type Piece = Result<(RecordBatch, Vec<u64>), JoinError>;
+        let tables = &self.tables;
+        let column = &self.opts.timestamp_column;
+        let per_thread: Vec<Vec<Piece>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (pieces, schema) = (&pieces, schema.clone());
+                    sc.spawn(move || {
+                        let mut caches: Vec<DictCache> = vec![None; tables.len()];
+                        let mut out = Vec::new();
+                        for (p, base) in pieces.iter().skip(t).step_by(threads) {
+                            let r =
+                                join_piece(tables, column, schema.clone(), p, &mut caches, *base);
+                            let failed = r.is_err();
+                            out.push(r);
+                            if failed {
+                                break;
+                            }
+                        }
+                        out
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a joining thread does not panic"))
+                .collect()
+        });
+        let mut per_thread: Vec<std::vec::IntoIter<Piece>> =
+            per_thread.into_iter().map(Vec::into_iter).collect();
+        let mut out = Vec::with_capacity(pieces.len());
+        for (i, (p, _)) in pieces.iter().enumerate() {
+            // A thread stops at its first error, which comes before any
+            // piece it did not join.
+            let (joined, matched) = per_thread[i % threads]
+                .next()
+                .expect("a thread answers each of its pieces up to its first error")?;
+            for (m, n) in self.matched.iter_mut().zip(matched) {
+                *m += n;
+            }
+            self.rows += p.num_rows() as u64;
+            self.row_base += p.num_rows();
+            out.push(joined);
+        }
+        Ok(out)
+    }
+
+    /// The output schema, checked and set by the first batch.
+    fn schema_for(&mut self, batch: &RecordBatch) -> Result<SchemaRef, JoinError> {
         if self.schema.is_none() {
             self.check(&batch.schema())?;
             self.schema = Some(self.output_schema(&batch.schema())?);
         }
-        let schema = self.schema.clone().expect("set above");
-        let tcol = column(batch, &self.opts.timestamp_column)?;
-        let ts: arrow_buffer::ScalarBuffer<Micros> = if tcol.null_count() == 0 {
-            micros_col(batch, &self.opts.timestamp_column)?
-        } else {
-            let ts = timestamps_micros(&tcol, &self.opts.timestamp_column)?;
-            let nulls: Vec<usize> = ts
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| t.is_none())
-                .map(|(i, _)| i)
-                .collect();
-            return Err(JoinError::NullTimestamps {
-                column: self.opts.timestamp_column.clone(),
-                count: nulls.len(),
-                first: self.row_base + nulls.first().copied().unwrap_or(0),
-            });
-        };
-        let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
-        for (ti, t) in self.tables.iter().enumerate() {
-            let (features, matched) = t.features_for(batch, &ts, &mut self.dict_caches[ti])?;
-            self.matched[ti] += matched;
-            cols.extend(features);
-        }
-        self.rows += batch.num_rows() as u64;
-        self.row_base += batch.num_rows();
-        Ok(RecordBatch::try_new(schema, cols)?)
+        Ok(self.schema.clone().expect("set above"))
     }
+}
+
+/// Rows per piece of a parallel join ([`Joiner::join_all`]).
+pub const PIECE_ROWS: usize = 64 * 1024;
+
+/// One batch of entity rows joined with every table: the joined batch and
+/// the rows matched per table. `row_base` is the batch's first row among
+/// all entity rows (for errors).
+fn join_piece(
+    tables: &[FeatureTable],
+    timestamp_column: &str,
+    schema: SchemaRef,
+    batch: &RecordBatch,
+    caches: &mut [DictCache],
+    row_base: usize,
+) -> Result<(RecordBatch, Vec<u64>), JoinError> {
+    let tcol = column(batch, timestamp_column)?;
+    let ts: arrow_buffer::ScalarBuffer<Micros> = if tcol.null_count() == 0 {
+        micros_col(batch, timestamp_column)?
+    } else {
+        let ts = timestamps_micros(&tcol, timestamp_column)?;
+        let nulls: Vec<usize> = ts
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.is_none())
+            .map(|(i, _)| i)
+            .collect();
+        return Err(JoinError::NullTimestamps {
+            column: timestamp_column.to_string(),
+            count: nulls.len(),
+            first: row_base + nulls.first().copied().unwrap_or(0),
+        });
+    };
+    let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
+    let mut matched = Vec::with_capacity(tables.len());
+    for (t, cache) in tables.iter().zip(caches.iter_mut()) {
+        let (features, m) = t.features_for(batch, &ts, cache)?;
+        matched.push(m);
+        cols.extend(features);
+    }
+    Ok((RecordBatch::try_new(schema, cols)?, matched))
 }
 
 /// Loads a group's offline Parquet files (`DIR/<group>/date=*/part-*.parquet`).

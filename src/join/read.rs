@@ -81,9 +81,7 @@ fn read_group(
         })?;
         Ok(out)
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(files.len());
+    let threads = cores().min(files.len());
     if threads <= 1 {
         let mut out = Vec::new();
         for f in &files {
@@ -120,6 +118,11 @@ fn read_group(
         out.extend(per_thread[i % threads].next().expect("one result per file"));
     }
     Ok(out)
+}
+
+/// The cores this process may use.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn group_files(offline: &Path, spec: &GroupSpec) -> Result<Vec<PathBuf>, JoinError> {
@@ -581,11 +584,23 @@ pub fn join_files(o: &FileJoinOptions) -> Result<JoinSummary, JoinError> {
     let mut out = open_output(&o.output, &tmp, &out_schema)?;
     let result = (|| -> Result<(), JoinError> {
         let mut wrote_any = false;
-        while let Some(batch) = reader.next() {
-            let joined = joiner.join_batch(&batch?)?;
-            let joined = restore_types(joined, &out_schema)?;
-            out.write(&joined)?;
-            wrote_any = true;
+        // Entity batches joined a few at a time on every core (read and
+        // written on this one, in order).
+        let threads = cores();
+        let mut pending: Vec<RecordBatch> = Vec::with_capacity(threads);
+        let mut more = true;
+        while more {
+            match reader.next() {
+                Some(batch) => pending.push(batch?),
+                None => more = false,
+            }
+            if pending.len() == threads || (!more && !pending.is_empty()) {
+                for joined in joiner.join_all(&pending, threads)? {
+                    out.write(&restore_types(joined, &out_schema)?)?;
+                    wrote_any = true;
+                }
+                pending.clear();
+            }
         }
         if !wrote_any {
             out.write(&RecordBatch::new_empty(out_schema.clone()))?;
@@ -645,11 +660,11 @@ pub fn join_batches(
     let mut joiner = Joiner::new(tables, join.clone());
     joiner.check(&input)?;
     let out_schema = joiner.output_schema(&input)?;
-    let mut out = Vec::with_capacity(entities.len());
-    for b in entities {
-        let joined = joiner.join_batch(b)?;
-        out.push(restore_types(joined, &out_schema)?);
-    }
+    let out = joiner
+        .join_all(entities, cores())?
+        .into_iter()
+        .map(|b| restore_types(b, &out_schema))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok((out_schema, out))
 }
 

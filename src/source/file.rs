@@ -731,7 +731,7 @@ impl ParquetRows {
             let from = self.row_in_batch + at;
             for i in from..(from + n).min(rows) {
                 if let Some(&o) = offsets.get(ks.values()[i] as usize) {
-                    crate::engine::prefetch_read(bytes.wrapping_add(o as usize));
+                    crate::mem::prefetch(bytes.wrapping_add(o as usize));
                 }
             }
         }

@@ -404,6 +404,133 @@ fn empty_inputs() {
     );
 }
 
+/// A deterministic stream of numbers (a 64-bit LCG, high bits).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// SPEC 7 per key: the same rule as `reference`, over each key's own rows.
+fn reference_by_key(
+    features: &[FRow],
+    entities: &[(Option<i64>, i64, i64)],
+    mode: Mode,
+    ttl: Option<i64>,
+) -> Vec<Option<f64>> {
+    let mut by_key: std::collections::HashMap<(i64, i64), Vec<FRow>> = Default::default();
+    for f in features {
+        by_key.entry((f.k1, f.k2)).or_default().push(f.clone());
+    }
+    entities
+        .iter()
+        .map(|&(k1, k2, ts)| {
+            let rows = by_key.get(&(k1?, k2))?;
+            reference(rows, &[(k1, k2, ts)], mode, ttl)[0]
+        })
+        .collect()
+}
+
+/// At a size where the index is built and the entity rows joined on
+/// several threads (pieces of 65,536 rows): the same answers as a
+/// per-key brute force, and the same as on one thread, in both modes.
+#[test]
+fn threaded_index_and_join_equal_the_reference_at_scale() {
+    let mut rng = Lcg(7);
+    let mut features = Vec::new();
+    for k1 in 0..120 {
+        for k2 in 0..40 {
+            for w in 0..80 {
+                if rng.below(3) == 0 {
+                    continue;
+                }
+                for p in 0..=rng.below(2) as i64 {
+                    features.push(FRow {
+                        k1,
+                        k2,
+                        window_end: w * 10,
+                        pane: p,
+                        is_final: rng.below(4) != 0,
+                        retraction: rng.below(10) == 0,
+                        emitted_at: w * 10 + rng.below(30) as i64 - 5,
+                        id: features.len() as f64,
+                    });
+                }
+            }
+        }
+    }
+    // Out of order in places, so that some key runs need sorting.
+    for i in (1..features.len()).rev() {
+        if rng.below(5) == 0 {
+            let j = i.saturating_sub(rng.below(200) as usize);
+            features.swap(i, j);
+        }
+    }
+    assert!(features.len() > 4 * 65_536, "{} rows", features.len());
+    let fbatches: Vec<RecordBatch> = features.chunks(50_000).map(feature_batch).collect();
+    let entities: Vec<(Option<i64>, i64, i64)> = (0..150_000)
+        .map(|_| {
+            let k1 = (rng.below(50) != 0).then(|| rng.below(125) as i64);
+            (k1, rng.below(40) as i64, rng.below(900) as i64 - 20)
+        })
+        .collect();
+    let ebatches = [
+        entity_batch(&entities[..100_000]),
+        entity_batch(&entities[100_000..]),
+    ];
+    let opts = JoinOptions {
+        timestamp_column: "event_timestamp".into(),
+        full_names: false,
+    };
+    for (mode, ttl) in [
+        (Mode::Final, None),
+        (Mode::AsOfEmit, Some(25)),
+        (Mode::Final, Some(40)),
+    ] {
+        let want = reference_by_key(&features, &entities, mode, ttl);
+        let mut got_by_threads = Vec::new();
+        for threads in [1, 3] {
+            let t =
+                FeatureTable::from_batches_on(spec(ttl), mode, &fbatches, threads).expect("table");
+            let mut j = Joiner::new(vec![t], opts.clone());
+            let out = j.join_all(&ebatches, threads).expect("join");
+            let mut got = Vec::new();
+            for b in &out {
+                let labels = b
+                    .column_by_name("label")
+                    .expect("label")
+                    .as_primitive::<Int64Type>();
+                let v = b
+                    .column_by_name("v")
+                    .expect("v")
+                    .as_primitive::<Float64Type>();
+                for i in 0..b.num_rows() {
+                    // Labels count from 0 in each entity batch.
+                    let row = got.len();
+                    let want_label = if row < 100_000 { row } else { row - 100_000 };
+                    assert_eq!(labels.value(i) as usize, want_label, "input order kept");
+                    got.push((!v.is_null(i)).then(|| v.value(i)));
+                }
+            }
+            assert_eq!(got.len(), entities.len(), "one output row per entity row");
+            let wrong = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+            assert_eq!(
+                wrong, 0,
+                "{mode:?} ttl {ttl:?} on {threads} threads: rows differing"
+            );
+            assert_eq!(j.rows, entities.len() as u64);
+            got_by_threads.push((got, j.matched.clone()));
+        }
+        assert_eq!(got_by_threads[0], got_by_threads[1]);
+    }
+}
+
 #[test]
 fn discarding_pipelines_are_refused_in_final_mode() {
     let mut s = spec(None);
