@@ -1057,10 +1057,9 @@ impl FeatureTable {
         }
         let mut parts = parts;
         let (interned, maps): (KeyIndex, Vec<Vec<u32>>) = if parts.len() == 1 {
-            // One part: its numbering is the table's.
+            // One part: its numbering is the table's (no map: none needed).
             let keys = std::mem::replace(&mut parts[0].keys, KeyIndex::new());
-            let identity = (0..keys.len() as u32).collect();
-            (keys, vec![identity])
+            (keys, vec![Vec::new()])
         } else {
             let mut interned = KeyIndex::new();
             let maps = parts
@@ -1081,7 +1080,9 @@ impl FeatureTable {
             let mut count = vec![0u32; keys];
             for rid in &mut p.row_ids {
                 for k in rid.iter_mut().filter(|k| **k != u32::MAX) {
-                    *k = map[*k as usize];
+                    if !map.is_empty() {
+                        *k = map[*k as usize];
+                    }
                     count[*k as usize] += 1;
                 }
             }
@@ -1534,11 +1535,11 @@ impl Joiner {
 
     /// Joins many batches of entity rows on up to `threads` threads: the
     /// same rows in the same order as [`Joiner::join_batch`] over each in
-    /// turn, cut into pieces of at most [`PIECE_ROWS`] rows (slices, not
-    /// copies). Each thread takes every `threads`-th piece with dictionary
-    /// caches of its own; the feature tables are shared, read only. On
-    /// errors, the one of the earliest piece is returned, as a sequential
-    /// join would have met it first.
+    /// turn, batches larger than a share of the rows cut into pieces
+    /// (slices, not copies). Threads take pieces in turn, each with
+    /// dictionary caches of its own; the feature tables are shared, read
+    /// only. On errors, the one of the earliest piece is returned, as a
+    /// sequential join would have met it first.
     pub fn join_all(
         &mut self,
         batches: &[RecordBatch],
@@ -1548,12 +1549,41 @@ impl Joiner {
             return Ok(Vec::new());
         };
         let schema = self.schema_for(first)?;
+        // Null times are counted over all the batches, not per piece.
+        let mut nulls = 0;
+        let mut first_null = None;
+        let mut base = self.row_base;
+        for b in batches {
+            let t = column(b, &self.opts.timestamp_column)?;
+            if t.null_count() > 0 {
+                nulls += t.null_count();
+                first_null =
+                    first_null.or_else(|| (0..t.len()).find(|&i| t.is_null(i)).map(|i| base + i));
+            }
+            base += b.num_rows();
+        }
+        if let Some(first) = first_null {
+            return Err(JoinError::NullTimestamps {
+                column: self.opts.timestamp_column.clone(),
+                count: nulls,
+                first,
+            });
+        }
+        if threads <= 1 {
+            return batches.iter().map(|b| self.join_batch(b)).collect();
+        }
+        // Pieces as large as two per thread allow: each piece walks the
+        // runs of the keys it holds once, so smaller pieces revisit runs.
+        let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let target = PIECE_ROWS.max(total.div_ceil(threads * 2));
         let mut pieces: Vec<(RecordBatch, usize)> = Vec::new();
         let mut base = self.row_base;
         for b in batches {
+            let n = b.num_rows().div_ceil(target).max(1);
+            let len = b.num_rows().div_ceil(n);
             let mut at = 0;
             while at < b.num_rows() {
-                let len = PIECE_ROWS.min(b.num_rows() - at);
+                let len = len.min(b.num_rows() - at);
                 pieces.push((b.slice(at, len), base + at));
                 at += len;
             }
@@ -1563,24 +1593,33 @@ impl Joiner {
         if threads == 1 {
             return pieces.iter().map(|(p, _)| self.join_batch(p)).collect();
         }
+        // Each thread takes the next piece not yet taken, so pieces are
+        // taken in order: when one fails, every earlier one has been taken
+        // and is finished, and the earliest error is among the answers.
         type Piece = Result<(RecordBatch, Vec<u64>), JoinError>;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed = std::sync::atomic::AtomicBool::new(false);
         let tables = &self.tables;
         let column = &self.opts.timestamp_column;
-        let per_thread: Vec<Vec<Piece>> = std::thread::scope(|sc| {
+        let mut answers: Vec<(usize, Piece)> = std::thread::scope(|sc| {
             let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let (pieces, schema) = (&pieces, schema.clone());
+                .map(|_| {
+                    let (pieces, schema, next, failed) = (&pieces, schema.clone(), &next, &failed);
                     sc.spawn(move || {
+                        use std::sync::atomic::Ordering::SeqCst;
                         let mut caches: Vec<DictCache> = vec![None; tables.len()];
                         let mut out = Vec::new();
-                        for (p, base) in pieces.iter().skip(t).step_by(threads) {
+                        while !failed.load(SeqCst) {
+                            let i = next.fetch_add(1, SeqCst);
+                            let Some((p, base)) = pieces.get(i) else {
+                                break;
+                            };
                             let r =
                                 join_piece(tables, column, schema.clone(), p, &mut caches, *base);
-                            let failed = r.is_err();
-                            out.push(r);
-                            if failed {
-                                break;
+                            if r.is_err() {
+                                failed.store(true, SeqCst);
                             }
+                            out.push((i, r));
                         }
                         out
                     })
@@ -1588,18 +1627,14 @@ impl Joiner {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().expect("a joining thread does not panic"))
+                .flat_map(|h| h.join().expect("a joining thread does not panic"))
                 .collect()
         });
-        let mut per_thread: Vec<std::vec::IntoIter<Piece>> =
-            per_thread.into_iter().map(Vec::into_iter).collect();
+        answers.sort_unstable_by_key(|a| a.0);
         let mut out = Vec::with_capacity(pieces.len());
-        for (i, (p, _)) in pieces.iter().enumerate() {
-            // A thread stops at its first error, which comes before any
-            // piece it did not join.
-            let (joined, matched) = per_thread[i % threads]
-                .next()
-                .expect("a thread answers each of its pieces up to its first error")?;
+        for (i, r) in answers {
+            let (joined, matched) = r?;
+            let p = &pieces[i].0;
             for (m, n) in self.matched.iter_mut().zip(matched) {
                 *m += n;
             }
@@ -1620,7 +1655,8 @@ impl Joiner {
     }
 }
 
-/// Rows per piece of a parallel join ([`Joiner::join_all`]).
+/// Rows per piece of a parallel join at least ([`Joiner::join_all`]); also
+/// the fewest rows worth indexing on several threads.
 pub const PIECE_ROWS: usize = 64 * 1024;
 
 /// One batch of entity rows joined with every table: the joined batch and

@@ -594,7 +594,7 @@ pub fn join_files(o: &FileJoinOptions) -> Result<JoinSummary, JoinError> {
                 Some(batch) => pending.push(batch?),
                 None => more = false,
             }
-            if pending.len() == threads || (!more && !pending.is_empty()) {
+            if pending.len() == 4 * threads || (!more && !pending.is_empty()) {
                 for joined in joiner.join_all(&pending, threads)? {
                     out.write(&restore_types(joined, &out_schema)?)?;
                     wrote_any = true;

@@ -531,6 +531,55 @@ fn threaded_index_and_join_equal_the_reference_at_scale() {
     }
 }
 
+/// Null entity times across batches joined on several threads: the error
+/// counts them over all batches and names the first row, whatever piece
+/// or thread met it.
+#[test]
+fn threaded_join_names_the_first_null_time_of_all_batches() {
+    let features = vec![fr(1, 1, 100, 0, true, false, 105, 1.0)];
+    let t = FeatureTable::from_batches(spec(None), Mode::Final, &[feature_batch(&features)])
+        .expect("table");
+    let with_nulls = |rows: usize, nulls: &[usize]| {
+        let b = entity_batch(&vec![(Some(1), 1, 200); rows]);
+        let ts: ArrayRef = Arc::new(
+            TimestampMicrosecondArray::from(
+                (0..rows)
+                    .map(|i| (!nulls.contains(&i)).then_some(200))
+                    .collect::<Vec<_>>(),
+            )
+            .with_timezone("UTC"),
+        );
+        let mut cols = b.columns().to_vec();
+        cols[2] = ts;
+        let schema = Schema::new(
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        );
+        RecordBatch::try_new(Arc::new(schema), cols).expect("batch")
+    };
+    let batches = [
+        with_nulls(140_000, &[]),
+        with_nulls(140_000, &[139_999]),
+        with_nulls(140_000, &[5, 70_000]),
+    ];
+    let mut j = Joiner::new(
+        vec![t],
+        JoinOptions {
+            timestamp_column: "event_timestamp".into(),
+            full_names: false,
+        },
+    );
+    let e = j.join_all(&batches, 3).err().expect("refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("3 null value(s), the first at row 279999"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn discarding_pipelines_are_refused_in_final_mode() {
     let mut s = spec(None);
