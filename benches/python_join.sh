@@ -13,7 +13,7 @@
 # given by PY (default target/py-venv): `maturin develop --release`.
 #
 # ALL_CORES=1: nothing pinned, DuckDB with one thread per core (rill's join
-# uses one), the comparison a user makes on a whole machine.
+# uses every core too), the comparison a user makes on a whole machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-/tmp/rill-bench}
