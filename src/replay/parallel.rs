@@ -2,8 +2,9 @@
 //!
 //! The input is cut into chunks in order: about [`CHUNK_BYTES`] of whole
 //! lines of JSON (a range of the memory-mapped file, or lines copied from a
-//! stream), or a part of at most 65,536 rows of one Parquet row group
-//! (read through the offset index when the file has one). Each of the `N` worker threads
+//! stream), or a part of one Parquet row group, 65,536 rows or a quarter of
+//! the group when that is more (read through the offset index when the
+//! file has one). Each of the `N` worker threads
 //! decodes every `N`th chunk, and then reads every chunk in input order with
 //! its own engine:
 //!
@@ -215,8 +216,6 @@ impl Cutter<'_> {
                 Ok(Some(Piece::Lines(data, lines)))
             }
             Cutter::Parquet { groups, next, size } => {
-                // About 16 bytes per row: 65,536 rows for the default chunk.
-                let per_chunk = (chunk_bytes / 16).max(1);
                 while next.0 < groups.len() && next.1 as u64 >= groups[next.0] {
                     *next = (next.0 + 1, 0);
                 }
@@ -224,6 +223,13 @@ impl Cutter<'_> {
                     return Ok(None);
                 }
                 let (g, a) = *next;
+                // About 16 bytes per row: 65,536 rows for the default chunk;
+                // but a row group in at most four parts, as each part reads
+                // the footer and decodes the dictionaries and first page
+                // of its columns again.
+                let per_chunk = (chunk_bytes / 16)
+                    .max(groups[g].div_ceil(4) as usize)
+                    .max(1);
                 let b = (a + per_chunk).min(groups[g] as usize);
                 *next = (g, b);
                 let before = groups[..g].iter().sum::<u64>();
