@@ -15,7 +15,7 @@ use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use proptest::prelude::*;
 use rill::join::{FeatureTable, GroupSpec, JoinOptions, Joiner, Mode};
 
-use crate::util::{repo, rill, run_ok};
+use crate::util::{repo, rill, run_ok, Lcg};
 
 /// A feature row as the offline store has it.
 #[derive(Debug, Clone)]
@@ -402,19 +402,6 @@ fn empty_inputs() {
         ),
         Vec::<Option<f64>>::new()
     );
-}
-
-/// A deterministic stream of numbers (a 64-bit LCG, high bits).
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
 }
 
 /// SPEC 7 per key: the same rule as `reference`, over each key's own rows.

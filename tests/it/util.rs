@@ -572,3 +572,17 @@ impl SlowProxy {
         format!("redis://127.0.0.1:{}", self.port)
     }
 }
+
+/// A small deterministic generator (a 64-bit LCG, high bits): the seed is
+/// in the test, so a failure repeats.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}

@@ -19,7 +19,7 @@ use rdkafka::producer::Producer;
 use serde_json::Value;
 
 use super::{end_of, events, final_rows, group_by, wait_for_finals, Daemon, Ev, Kafka, PIPELINE};
-use crate::util::{read_rows, rill, run_ok, wait_for, RedisServer, SlowProxy};
+use crate::util::{read_rows, rill, run_ok, wait_for, Lcg, RedisServer, SlowProxy};
 
 /// Everything produced, in order per partition, so that a replay reads the
 /// same records.
@@ -201,20 +201,6 @@ fn assert_matches_replay(dir: &Path, redis: &RedisServer, log: &Log, evs: &[Ev])
 
 fn wait_exit(d: &mut Daemon, secs: u64, what: &str) {
     wait_for(secs, what, || d.child.try_wait().ok().flatten().is_some());
-}
-
-/// A small deterministic generator for the kill points (the seed is in
-/// the test, so a failure repeats).
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
 }
 
 #[test]
