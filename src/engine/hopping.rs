@@ -24,9 +24,9 @@ use crate::window::tiles::{window_value, Use};
 #[inline]
 pub(super) fn fetch_hop_key(k: &HopKey) {
     let p = (k as *const HopKey).cast::<u8>();
-    super::prefetch_read(p);
-    super::prefetch_read(p.wrapping_add(64));
-    super::prefetch_read(p.wrapping_add(128));
+    crate::mem::prefetch(p);
+    crate::mem::prefetch(p.wrapping_add(64));
+    crate::mem::prefetch(p.wrapping_add(128));
 }
 
 /// Look-ahead: the newest tile's number and row, where events and the
@@ -34,8 +34,8 @@ pub(super) fn fetch_hop_key(k: &HopKey) {
 #[inline]
 pub(super) fn fetch_newest_tile(t: &crate::window::tiles::Tiles) {
     let p = t.newest_ptr();
-    super::prefetch_read(p);
-    super::prefetch_read(p.cast::<u8>().wrapping_add(64));
+    crate::mem::prefetch(p);
+    crate::mem::prefetch(p.cast::<u8>().wrapping_add(64));
 }
 
 /// Timers whose keys' state is read ahead together (see `warm_hop_block`).
@@ -154,7 +154,7 @@ impl Engine {
     /// the key's newest tile and running prefix), so their misses overlap.
     #[inline]
     pub(super) fn prefetch_tile_close(&self, timers: &[super::Timer], i: usize) {
-        use super::prefetch_read as fetch;
+        use crate::mem::prefetch as fetch;
         // A key's newest tile, its running prefix and where its next
         // window's suffix is.
         let fetch_newest = |k: &HopKey| {

@@ -25,7 +25,7 @@ pub use snapshot::{PartitionState, RestoreError, WindowState};
 
 use std::collections::BTreeMap;
 
-pub(crate) use crate::mem::prefetch as prefetch_read;
+use crate::mem::prefetch;
 use keys::KeyIndex;
 use smallvec::SmallVec;
 
@@ -572,8 +572,8 @@ impl Engine {
                         hopping::fetch_hop_key(h);
                     }
                 } else if (r.slot as usize) < self.slab.len() {
-                    prefetch_read(&self.slab[r.slot as usize]);
-                    prefetch_read(
+                    prefetch(&self.slab[r.slot as usize]);
+                    prefetch(
                         self.words
                             .as_ptr()
                             .wrapping_add(r.slot as usize * self.row_words),

@@ -728,22 +728,12 @@ fn place<P: Placed + Send>(
             global += rid.len() as u32;
         }
     };
-    if cuts.len() <= 2 {
-        fill(0..ranges.len());
-    } else {
-        std::thread::scope(|sc| {
-            for w in cuts.windows(2) {
-                let fill = &fill;
-                let keys = w[0]..w[1];
-                sc.spawn(move || fill(keys));
-            }
-        });
-    }
+    on_threads(cuts.windows(2).map(|w| w[0]..w[1]).collect(), fill);
     // SAFETY: the counting sort wrote every position below `n` once:
     // `at[k]` runs from the start of key k's range through its end, and
     // the ranges tile 0..n.
     unsafe { pos.set_len(n) };
-    let order = |pos: &mut [P], offset: u32, keys: &[(u32, u32)]| {
+    let order = |(pos, offset, keys): (&mut [P], u32, &[(u32, u32)])| {
         for &(start, len) in keys {
             let run = &mut pos[(start - offset) as usize..(start - offset + len) as usize];
             if !run.windows(2).all(|w| w[0].sort_key() <= w[1].sort_key()) {
@@ -752,24 +742,38 @@ fn place<P: Placed + Send>(
             finish(run, start);
         }
     };
-    if cuts.len() <= 2 {
-        order(&mut pos, 0, ranges);
-    } else {
-        std::thread::scope(|sc| {
-            let mut rest: &mut [P] = &mut pos;
-            let mut offset = 0u32;
-            for w in cuts.windows(2) {
-                let keys = &ranges[w[0]..w[1]];
-                let len: u32 = keys.iter().map(|r| r.1).sum();
-                let (mine, tail) = rest.split_at_mut(len as usize);
-                rest = tail;
-                let order = &order;
-                sc.spawn(move || order(mine, offset, keys));
-                offset += len;
-            }
-        });
+    let mut shares = Vec::with_capacity(cuts.len());
+    let mut rest: &mut [P] = &mut pos;
+    let mut offset = 0u32;
+    for w in cuts.windows(2) {
+        let keys = &ranges[w[0]..w[1]];
+        let len: u32 = keys.iter().map(|r| r.1).sum();
+        let (mine, tail) = rest.split_at_mut(len as usize);
+        rest = tail;
+        shares.push((mine, offset, keys));
+        offset += len;
     }
+    on_threads(shares, order);
     pos
+}
+
+/// `f` of each item, each on a thread of its own (on this one when there
+/// is a single item), the answers in the items' order.
+fn on_threads<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    if items.len() <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let f = &f;
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = items
+            .into_iter()
+            .map(|item| sc.spawn(move || f(item)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a worker thread does not panic"))
+            .collect()
+    })
 }
 
 /// A pointer that threads writing disjoint places share.
@@ -1030,23 +1034,14 @@ impl FeatureTable {
         let threads = threads.clamp(1, batches.len().max(1));
         let cuts = split_even(batches.iter().map(|b| b.num_rows() as u64), threads);
         let load = |part: &[RecordBatch]| load_part(&spec, mode, part, &selected, &types);
-        let parts: Vec<Part> = if threads == 1 {
-            vec![load(batches)?]
+        let runs: Vec<&[RecordBatch]> = if threads == 1 {
+            vec![batches]
         } else {
-            std::thread::scope(|sc| {
-                let handles: Vec<_> = cuts
-                    .windows(2)
-                    .map(|w| {
-                        let (part, load) = (&batches[w[0]..w[1]], &load);
-                        sc.spawn(move || load(part))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("an indexing thread does not panic"))
-                    .collect::<Result<Vec<Part>, JoinError>>()
-            })?
+            cuts.windows(2).map(|w| &batches[w[0]..w[1]]).collect()
         };
+        let parts = on_threads(runs, load)
+            .into_iter()
+            .collect::<Result<Vec<Part>, JoinError>>()?;
         let mut key_classes: Vec<Option<KeyClass>> = vec![None; spec.keys.len()];
         for p in &parts {
             for (k, c) in key_classes.iter_mut().zip(&p.key_classes) {
@@ -1076,7 +1071,7 @@ impl FeatureTable {
         let mut cols_elig: Vec<arrow_buffer::ScalarBuffer<Micros>> =
             Vec::with_capacity(batches.len());
         let mut cols_pane: Vec<ArrayRef> = Vec::with_capacity(batches.len());
-        let renumber = |mut p: Part, map: &[u32]| {
+        let renumber = |(mut p, map): (Part, &Vec<u32>)| {
             let mut count = vec![0u32; keys];
             for rid in &mut p.row_ids {
                 for k in rid.iter_mut().filter(|k| **k != u32::MAX) {
@@ -1088,28 +1083,7 @@ impl FeatureTable {
             }
             (p, count)
         };
-        let renumbered: Vec<(Part, Vec<u32>)> = if threads == 1 {
-            parts
-                .into_iter()
-                .zip(&maps)
-                .map(|(p, m)| renumber(p, m))
-                .collect()
-        } else {
-            std::thread::scope(|sc| {
-                let handles: Vec<_> = parts
-                    .into_iter()
-                    .zip(&maps)
-                    .map(|(p, m)| {
-                        let renumber = &renumber;
-                        sc.spawn(move || renumber(p, m))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("an indexing thread does not panic"))
-                    .collect()
-            })
-        };
+        let renumbered = on_threads(parts.into_iter().zip(&maps).collect(), renumber);
         let mut count = vec![0u32; keys];
         for (p, c) in renumbered {
             for (a, b) in count.iter_mut().zip(c) {
@@ -1550,25 +1524,7 @@ impl Joiner {
         };
         let schema = self.schema_for(first)?;
         // Null times are counted over all the batches, not per piece.
-        let mut nulls = 0;
-        let mut first_null = None;
-        let mut base = self.row_base;
-        for b in batches {
-            let t = column(b, &self.opts.timestamp_column)?;
-            if t.null_count() > 0 {
-                nulls += t.null_count();
-                first_null =
-                    first_null.or_else(|| (0..t.len()).find(|&i| t.is_null(i)).map(|i| base + i));
-            }
-            base += b.num_rows();
-        }
-        if let Some(first) = first_null {
-            return Err(JoinError::NullTimestamps {
-                column: self.opts.timestamp_column.clone(),
-                count: nulls,
-                first,
-            });
-        }
+        no_null_times(batches, &self.opts.timestamp_column, self.row_base)?;
         if threads <= 1 {
             return batches.iter().map(|b| self.join_batch(b)).collect();
         }
@@ -1659,6 +1615,34 @@ impl Joiner {
 /// the fewest rows worth indexing on several threads.
 pub const PIECE_ROWS: usize = 64 * 1024;
 
+/// Refuses entity rows without a time: the count over `batches` and the
+/// first such row, counted from `row_base`.
+fn no_null_times(
+    batches: &[RecordBatch],
+    column_name: &str,
+    row_base: usize,
+) -> Result<(), JoinError> {
+    let mut count = 0;
+    let mut first = None;
+    let mut base = row_base;
+    for b in batches {
+        let t = column(b, column_name)?;
+        if t.null_count() > 0 {
+            count += t.null_count();
+            first = first.or_else(|| (0..t.len()).find(|&i| t.is_null(i)).map(|i| base + i));
+        }
+        base += b.num_rows();
+    }
+    match first {
+        None => Ok(()),
+        Some(first) => Err(JoinError::NullTimestamps {
+            column: column_name.to_string(),
+            count,
+            first,
+        }),
+    }
+}
+
 /// One batch of entity rows joined with every table: the joined batch and
 /// the rows matched per table. `row_base` is the batch's first row among
 /// all entity rows (for errors).
@@ -1670,23 +1654,8 @@ fn join_piece(
     caches: &mut [DictCache],
     row_base: usize,
 ) -> Result<(RecordBatch, Vec<u64>), JoinError> {
-    let tcol = column(batch, timestamp_column)?;
-    let ts: arrow_buffer::ScalarBuffer<Micros> = if tcol.null_count() == 0 {
-        micros_col(batch, timestamp_column)?
-    } else {
-        let ts = timestamps_micros(&tcol, timestamp_column)?;
-        let nulls: Vec<usize> = ts
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.is_none())
-            .map(|(i, _)| i)
-            .collect();
-        return Err(JoinError::NullTimestamps {
-            column: timestamp_column.to_string(),
-            count: nulls.len(),
-            first: row_base + nulls.first().copied().unwrap_or(0),
-        });
-    };
+    no_null_times(std::slice::from_ref(batch), timestamp_column, row_base)?;
+    let ts = micros_col(batch, timestamp_column)?;
     let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
     let mut matched = Vec::with_capacity(tables.len());
     for (t, cache) in tables.iter().zip(caches.iter_mut()) {
