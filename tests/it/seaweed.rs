@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
-use crate::util::{free_port, repo, wait_for};
+use crate::util::{repo, Lcg};
 
 pub const BUCKET: &str = "rill";
 pub const ACCESS_KEY: &str = "rilltestaccess";
@@ -63,6 +64,23 @@ fn s3_options(endpoint: &str) -> Vec<(&'static str, &str)> {
     ]
 }
 
+/// Ports for the server's ten listeners, below the kernel's ephemeral
+/// range (32768 and up here): `free_port` and every outgoing connection
+/// draw from that range, and the server binds its listeners one after the
+/// other over seconds, so a port drawn from it can be taken by another test
+/// before the server gets to it. Redis Cluster buses (port + 10000) are
+/// above 42768, out of this range too.
+fn quiet_ports(rng: &mut Lcg, n: usize) -> Vec<u16> {
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        let p = 20_000 + rng.below(12_000) as u16;
+        if !ports.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            ports.push(p);
+        }
+    }
+    ports
+}
+
 fn start() -> S3 {
     let bin = weed_bin();
     assert!(
@@ -84,8 +102,38 @@ fn start() -> S3 {
             }
         }
     }
-    let dir = std::env::temp_dir().join(format!("rill-test-seaweedfs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("server dir");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut rng = Lcg(seed ^ u64::from(std::process::id()));
+    // A server that exits (a port was taken after all) or is not ready in
+    // its time is killed and started again on other ports and a fresh
+    // directory; the last attempt's log is in the failure message.
+    let mut logs = String::new();
+    for attempt in 1..=3 {
+        let dir = std::env::temp_dir().join(format!(
+            "rill-test-seaweedfs-{}/{attempt}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("server dir");
+        match attempt_start(&bin, &dir, &mut rng) {
+            Ok(s) => return s,
+            Err(why) => {
+                let log = std::fs::read_to_string(dir.join("weed.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                logs = format!(
+                    "attempt {attempt}: {why}; the last lines of its log:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+                eprintln!("SeaweedFS: {logs}");
+            }
+        }
+    }
+    panic!("SeaweedFS did not start in three attempts; {logs}");
+}
+
+fn attempt_start(bin: &Path, dir: &Path, rng: &mut Lcg) -> Result<S3, String> {
     let iam = dir.join("s3.json");
     std::fs::write(
         &iam,
@@ -94,14 +142,8 @@ fn start() -> S3 {
         ),
     )
     .expect("s3 config");
-    let s3_port = free_port();
-    let mut cmd = Command::new(&bin);
-    cmd.arg("mini")
-        .arg(format!("-dir={}", dir.display()))
-        .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-        .arg(format!("-s3.port={s3_port}"))
-        .arg(format!("-s3.config={}", iam.display()));
-    for flag in [
+    let flags = [
+        "s3.port",
         "master.port",
         "master.port.grpc",
         "volume.port",
@@ -111,8 +153,16 @@ fn start() -> S3 {
         "s3.port.grpc",
         "admin.port",
         "admin.port.grpc",
-    ] {
-        cmd.arg(format!("-{flag}={}", free_port()));
+    ];
+    let ports = quiet_ports(rng, flags.len());
+    let s3_port = ports[0];
+    let mut cmd = Command::new(bin);
+    cmd.arg("mini")
+        .arg(format!("-dir={}", dir.display()))
+        .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+        .arg(format!("-s3.config={}", iam.display()));
+    for (flag, port) in flags.iter().zip(&ports) {
+        cmd.arg(format!("-{flag}={port}"));
     }
     cmd.args([
         "-s3.port.iceberg=0",
@@ -131,21 +181,33 @@ fn start() -> S3 {
             Ok(())
         });
     }
-    let child = cmd.spawn().expect("weed starts");
+    let mut child = cmd.spawn().expect("weed starts");
     let endpoint = format!("http://127.0.0.1:{s3_port}");
     let probe = format!("s3://{BUCKET}");
     rill::storage::configure(&probe, &s3_options(&endpoint)).expect("store configured");
-    wait_for(60, "SeaweedFS's S3 port to listen", || {
-        std::net::TcpStream::connect(("127.0.0.1", s3_port)).is_ok()
-    });
-    // Ready once the bucket takes a write.
-    wait_for(60, "SeaweedFS's S3 port to take writes", || {
-        rill::storage::put(&format!("s3://{BUCKET}/_ready"), b"ok".to_vec()).is_ok()
-    });
-    S3 {
-        endpoint,
-        _dir: dir,
-        _child: child,
+    // Ready once the bucket takes a write: 15 s on an idle machine, four
+    // times that allowed on a busy one.
+    let t = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("the server exited ({status})"));
+        }
+        // (A put retries on its own for minutes; it is tried only once the
+        // port listens, so that a server that died is seen at once.)
+        let listens = std::net::TcpStream::connect(("127.0.0.1", s3_port)).is_ok();
+        if listens && rill::storage::put(&format!("s3://{BUCKET}/_ready"), b"ok".to_vec()).is_ok() {
+            return Ok(S3 {
+                endpoint,
+                _dir: dir.to_path_buf(),
+                _child: child,
+            });
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("the bucket took no write in 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
