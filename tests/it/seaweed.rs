@@ -81,6 +81,43 @@ fn quiet_ports(rng: &mut Lcg, n: usize) -> Vec<u16> {
     ports
 }
 
+/// Where the servers keep their data: a memory file system when there is
+/// one. The volume server refuses every write when its disk has less than
+/// 1 % free (`weed mini` has no flag to lower that), and a build machine's
+/// disk can be that full while the data the tests write is a few MiB.
+fn data_base() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if writable(shm) {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+fn writable(dir: &Path) -> bool {
+    let probe = dir.join(format!("rill-test-probe-{}", std::process::id()));
+    let ok = std::fs::write(&probe, b"").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+/// The server's warnings and errors (the last 20) and any line that says
+/// why a part of it refused to work.
+fn log_excerpt(dir: &Path) -> String {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let mut out: Vec<String> = read("weed.INFO")
+        .lines()
+        .filter(|l| l.contains("required") || l.contains("Fatal") || l.contains("failed"))
+        .take(10)
+        .map(str::to_owned)
+        .collect();
+    let warnings = read("weed.WARNING");
+    let tail: Vec<&str> = warnings.lines().rev().take(20).collect();
+    out.extend(tail.into_iter().rev().map(str::to_owned));
+    out.push(read("weed.log"));
+    out.join("\n")
+}
+
 fn start() -> S3 {
     let bin = weed_bin();
     assert!(
@@ -90,11 +127,8 @@ fn start() -> S3 {
     );
     // One directory per test process; those of processes that are gone
     // (their server died with them) are removed.
-    for e in std::fs::read_dir(std::env::temp_dir())
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
+    let base = data_base();
+    for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(pid) = name.strip_prefix("rill-test-seaweedfs-") {
             if !Path::new(&format!("/proc/{pid}")).exists() {
@@ -111,7 +145,7 @@ fn start() -> S3 {
     // directory; the last attempt's log is in the failure message.
     let mut logs = String::new();
     for attempt in 1..=3 {
-        let dir = std::env::temp_dir().join(format!(
+        let dir = base.join(format!(
             "rill-test-seaweedfs-{}/{attempt}",
             std::process::id()
         ));
@@ -120,12 +154,7 @@ fn start() -> S3 {
         match attempt_start(&bin, &dir, &mut rng) {
             Ok(s) => return s,
             Err(why) => {
-                let log = std::fs::read_to_string(dir.join("weed.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                logs = format!(
-                    "attempt {attempt}: {why}; the last lines of its log:\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
+                logs = format!("attempt {attempt}: {why}; its log:\n{}", log_excerpt(&dir));
                 eprintln!("SeaweedFS: {logs}");
             }
         }
@@ -157,7 +186,8 @@ fn attempt_start(bin: &Path, dir: &Path, rng: &mut Lcg) -> Result<S3, String> {
     let ports = quiet_ports(rng, flags.len());
     let s3_port = ports[0];
     let mut cmd = Command::new(bin);
-    cmd.arg("mini")
+    cmd.arg(format!("-logdir={}", dir.display()))
+        .arg("mini")
         .arg(format!("-dir={}", dir.display()))
         .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
         .arg(format!("-s3.config={}", iam.display()));
