@@ -422,6 +422,7 @@ impl Decoding<'_> {
                             span,
                             self.shard,
                             self.threads,
+                            None,
                         );
                         at += advance;
                         continue;
@@ -460,7 +461,13 @@ impl Decoding<'_> {
                     self.columns,
                     Some(&part),
                 )?;
-                while let Some((row, decoded)) = rows.next_row(&mut self.dec)? {
+                rows.also_hash_keys(split_hash);
+                loop {
+                    rows.prefetch_dict_key_hashes(16);
+                    let hashes = rows.dict_key_hashes(0);
+                    let Some((row, decoded)) = rows.next_row(&mut self.dec)? else {
+                        break;
+                    };
                     c.records += 1;
                     Self::stage(
                         &mut c,
@@ -472,6 +479,7 @@ impl Decoding<'_> {
                         (0, 0),
                         self.shard,
                         self.threads,
+                        hashes,
                     );
                 }
             }
@@ -512,6 +520,7 @@ impl Decoding<'_> {
             span,
             self.shard,
             self.threads,
+            None,
         );
     }
 
@@ -529,6 +538,7 @@ impl Decoding<'_> {
         span: (u32, u32),
         shard: Shard,
         threads: u32,
+        hashes: Option<(u64, u64)>,
     ) {
         let ev = match decoded {
             Ok(ev) => ev,
@@ -541,10 +551,14 @@ impl Decoding<'_> {
         if let Err(r) = engine.admit(&ev, wall) {
             return c.refused.push((r, pos, span));
         }
-        let (s, t) = owner(split_hash(ev.key), shard.count, threads);
+        // (From a Parquet dictionary: the hashes of the key's encoding,
+        // computed once per distinct key of the row group.)
+        let (key, split) = hashes.unwrap_or_else(|| (key_hash(ev.key), split_hash(ev.key)));
+        debug_assert_eq!((key, split), (key_hash(ev.key), split_hash(ev.key)));
+        let (s, t) = owner(split, shard.count, threads);
         c.owner
             .push(if s == shard.index { t as u16 } else { FOREIGN });
-        c.events.push(&ev, key_hash(ev.key));
+        c.events.push(&ev, key);
         c.pos.push(pos);
         c.span.push(span);
     }

@@ -550,6 +550,12 @@ pub struct ParquetRows {
     /// another one while their addresses identify it.
     dict_hashes: Vec<u64>,
     hashed_dict: Option<arrow_array::StringArray>,
+    /// A second hash of each encoded key, asked for by a caller
+    /// ([`ParquetRows::also_hash_keys`]): then both hashes of each
+    /// dictionary value are kept side by side here instead (one cache line
+    /// read per row, not two), and `dict_hashes` stays empty.
+    extra_hash: Option<fn(&[u8]) -> u64>,
+    dict_pairs: Vec<(u64, u64)>,
     row_in_batch: usize,
     row: u64,
     file_size: u64,
@@ -697,6 +703,8 @@ impl ParquetRows {
             key_col: None,
             dict_hashes: Vec::new(),
             hashed_dict: None,
+            extra_hash: None,
+            dict_pairs: Vec::new(),
             row_in_batch: 0,
             row: first_row - 1,
             file_size,
@@ -1002,11 +1010,54 @@ impl ParquetRows {
         }
         let mut buf = Vec::new();
         self.dict_hashes.clear();
-        self.dict_hashes.extend((0..vs.len()).map(|j| {
+        self.dict_pairs.clear();
+        for j in 0..vs.len() {
             crate::event::encode_str_key(vs.value(j), &mut buf);
-            crate::engine::key_hash(&buf)
-        }));
+            let h = crate::engine::key_hash(&buf);
+            match self.extra_hash {
+                Some(f) => self.dict_pairs.push((h, f(&buf))),
+                None => self.dict_hashes.push(h),
+            }
+        }
         self.hashed_dict = Some(vs.clone());
+    }
+
+    /// Keeps `f` of each encoded key of a dictionary-encoded key column
+    /// beside its key hash, for [`ParquetRows::dict_key_hashes`] (a caller
+    /// that splits keys by another hash computes it once per distinct key
+    /// of a row group instead of once per row).
+    pub fn also_hash_keys(&mut self, f: fn(&[u8]) -> u64) {
+        self.extra_hash = Some(f);
+        self.hashed_dict = None;
+        if self.batch.is_some() {
+            self.hash_dictionary();
+        }
+    }
+
+    /// The key hash and the hash given to [`ParquetRows::also_hash_keys`]
+    /// of the key of the row `at` rows after the next one, when it is a
+    /// non-null value of a dictionary-encoded key column.
+    #[inline]
+    pub fn dict_key_hashes(&self, at: usize) -> Option<(u64, u64)> {
+        self.dict_pair_at(self.row_in_batch + at).copied()
+    }
+
+    /// Asks the CPU to fetch [`ParquetRows::dict_key_hashes`]`(at)`.
+    #[inline]
+    pub fn prefetch_dict_key_hashes(&self, at: usize) {
+        if let Some(p) = self.dict_pair_at(self.row_in_batch + at) {
+            crate::mem::prefetch(p as *const (u64, u64));
+        }
+    }
+
+    #[inline]
+    fn dict_pair_at(&self, i: usize) -> Option<&(u64, u64)> {
+        match self.key_col.map(|c| &self.cols[c]) {
+            Some(Col::Dict(ks, _)) if i < ks.len() && ks.is_valid(i) => {
+                self.dict_pairs.get(ks.values()[i] as usize)
+            }
+            _ => None,
+        }
     }
 
     /// The key hash of the row `at` rows after the next one, when its key is
