@@ -116,12 +116,14 @@ pub fn owner(h: u64, shards: u32, threads: u32) -> (u32, u32) {
 const FOREIGN: u16 = u16::MAX;
 
 /// Where the bytes of a chunk's dead letters are.
+#[derive(Default)]
 enum Raw {
     /// A range of the memory-mapped input, from this offset.
     Mapped(usize),
     /// Lines copied out of a stream.
     Owned(Vec<u8>),
     /// Parquet rows (a dead letter of a row has no raw bytes).
+    #[default]
     None,
 }
 
@@ -137,6 +139,7 @@ enum Piece {
 }
 
 /// A decoded chunk, read by every thread.
+#[derive(Default)]
 struct Chunk {
     events: EventBatch,
     /// Per event: the thread that owns its key, or [`FOREIGN`].
@@ -155,6 +158,24 @@ struct Chunk {
     out_of_range: u64,
     /// Input bytes consumed up to the end of this chunk.
     progress: u64,
+}
+
+impl Chunk {
+    /// Empties the chunk, keeping its buffers' memory.
+    fn clear(&mut self) {
+        self.events.clear();
+        self.owner.clear();
+        self.pos.clear();
+        self.span.clear();
+        self.refused.clear();
+        self.raw = Raw::None;
+        self.relative_lines = false;
+        self.lines = 0;
+        self.records = 0;
+        self.blank_lines = 0;
+        self.out_of_range = 0;
+        self.progress = 0;
+    }
 }
 
 /// What the input is, for cutting it into pieces.
@@ -268,6 +289,9 @@ struct BoardState {
     failed: bool,
     /// The mapped byte range of the chunk removed last.
     removed: Option<(usize, usize)>,
+    /// Emptied chunks every thread is done with, whose buffers the next
+    /// chunks decoded reuse (no growth, no fresh pages per chunk).
+    spare: Vec<Chunk>,
 }
 
 impl<'a> Board<'a> {
@@ -279,6 +303,7 @@ impl<'a> Board<'a> {
                 end: None,
                 failed: false,
                 removed: None,
+                spare: Vec::new(),
             }),
             changed: Condvar::new(),
             cutter: Mutex::new(cutter),
@@ -323,6 +348,20 @@ impl<'a> Board<'a> {
         drop(st);
         self.changed.notify_all();
         piece
+    }
+
+    /// An empty chunk to decode into.
+    fn empty_chunk(&self) -> Chunk {
+        self.lock().spare.pop().unwrap_or_default()
+    }
+
+    /// Keeps a chunk every thread is done with for reuse (at most `keep`).
+    fn recycle(&self, mut chunk: Chunk, keep: usize) {
+        chunk.clear();
+        let mut st = self.lock();
+        if st.spare.len() < keep {
+            st.spare.push(chunk);
+        }
     }
 
     fn publish(&self, c: usize, chunk: Chunk, readers: usize) {
@@ -380,21 +419,14 @@ struct Decoding<'a> {
 }
 
 impl Decoding<'_> {
-    fn decode(&mut self, engine: &mut Engine, piece: Piece) -> Result<Chunk, InputError> {
-        let mut c = Chunk {
-            events: EventBatch::new(),
-            owner: Vec::new(),
-            pos: Vec::new(),
-            span: Vec::new(),
-            refused: Vec::new(),
-            raw: Raw::None,
-            relative_lines: false,
-            lines: 0,
-            records: 0,
-            blank_lines: 0,
-            out_of_range: 0,
-            progress: 0,
-        };
+    /// Decodes `piece` into `c` (an empty chunk, maybe one read before,
+    /// whose buffers are reused).
+    fn decode(
+        &mut self,
+        engine: &mut Engine,
+        piece: Piece,
+        mut c: Chunk,
+    ) -> Result<Chunk, InputError> {
         let wall = self.wall.now();
         match piece {
             Piece::Mapped(start, end) => {
@@ -672,7 +704,7 @@ fn work(
             match sh.board.cut(next_decode, sh.chunk_bytes)? {
                 None => break,
                 Some(piece) => {
-                    let chunk = decoding.decode(&mut engine, piece)?;
+                    let chunk = decoding.decode(&mut engine, piece, sh.board.empty_chunk())?;
                     sh.board.publish(next_decode, chunk, sh.threads as usize);
                     next_decode += sh.threads as usize;
                 }
@@ -763,6 +795,10 @@ fn work(
         sink.on_watermark(engine.watermark())?;
         if let Some(f) = progress.as_mut() {
             f(chunk.progress, sh.size, d.records);
+        }
+        // The last thread done with the chunk hands its buffers back.
+        if let Some(done) = Arc::into_inner(chunk) {
+            sh.board.recycle(done, sh.threads as usize + 1);
         }
     }
     if sh.board.lock().failed {
