@@ -1052,12 +1052,7 @@ impl ParquetRows {
 
     #[inline]
     fn dict_pair_at(&self, i: usize) -> Option<&(u64, u64)> {
-        match self.key_col.map(|c| &self.cols[c]) {
-            Some(Col::Dict(ks, _)) if i < ks.len() && ks.is_valid(i) => {
-                self.dict_pairs.get(ks.values()[i] as usize)
-            }
-            _ => None,
-        }
+        self.dict_pairs.get(self.dict_index_at(i)?)
     }
 
     /// The key hash of the row `at` rows after the next one, when its key is
@@ -1071,9 +1066,16 @@ impl ParquetRows {
     /// [`ParquetRows::dict_key_hash`] of row `i` of the batch.
     #[inline]
     fn dict_hash_at(&self, i: usize) -> Option<u64> {
+        self.dict_hashes.get(self.dict_index_at(i)?).copied()
+    }
+
+    /// The dictionary index of row `i` of the batch, when the key is one
+    /// dictionary-encoded column and the row's key is not null.
+    #[inline]
+    fn dict_index_at(&self, i: usize) -> Option<usize> {
         match self.key_col.map(|c| &self.cols[c]) {
             Some(Col::Dict(ks, _)) if i < ks.len() && ks.is_valid(i) => {
-                self.dict_hashes.get(ks.values()[i] as usize).copied()
+                Some(ks.values()[i] as usize)
             }
             _ => None,
         }
