@@ -213,8 +213,14 @@ impl Plan {
                 .zip(&self.finishes)
                 .map(|(o, f)| match (f, o) {
                     (Finish::Count(w), _) => Value::Int(words[*w] as i64),
-                    (Finish::Sum(w), _) => float(Moments::load(&words[*w..*w + 5]).sum()),
-                    (Finish::Mean(w), _) => float(Moments::load(&words[*w..*w + 5]).mean()),
+                    (Finish::Sum(w), _) => float(
+                        Moments::load(&words[*w..*w + crate::aggregate::moments::MOMENTS_WORDS])
+                            .sum(),
+                    ),
+                    (Finish::Mean(w), _) => float(
+                        Moments::load(&words[*w..*w + crate::aggregate::moments::MOMENTS_WORDS])
+                            .mean(),
+                    ),
                     (Finish::Min(w), _) => {
                         float(crate::aggregate::extremes::min(&words[*w..*w + 2]))
                     }

@@ -1,15 +1,18 @@
 //! Counts and moments: `count`, `sum`, `mean`, `std`, `std_pop`, `var`.
 //!
-//! [`Moments`] keeps a compensated (Neumaier) sum and Welford's mean and
-//! sum of squared deviations; two states merge with Chan's formula, never
-//! through `sum_sq - sum²/n` (SPEC 4). A state is five words of a row.
+//! [`Moments`] keeps a compensated (Neumaier) sum and Welford's sum of
+//! squared deviations; two states merge with Chan's formula, never through
+//! `sum_sq - sum²/n` (SPEC 4). The mean both recurrences use is the
+//! compensated sum over the count, so it is not stored: a state is four
+//! words of a row (a hopping tile of the six basic aggregates is then one
+//! 64-byte line with its number, docs/semantics.md §2).
 
 use super::f64_bits;
 
 /// Words of a row a [`Moments`] takes.
-pub const MOMENTS_WORDS: usize = 5;
+pub const MOMENTS_WORDS: usize = 4;
 
-/// Count, compensated sum and Welford mean/M2 of a numeric field.
+/// Count, compensated sum and Welford M2 of a numeric field.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Moments {
     pub n: u64,
@@ -17,8 +20,6 @@ pub struct Moments {
     pub sum: f64,
     #[serde(with = "f64_bits")]
     pub comp: f64,
-    #[serde(with = "f64_bits")]
-    pub mean: f64,
     #[serde(with = "f64_bits")]
     pub m2: f64,
 }
@@ -41,8 +42,7 @@ impl Moments {
             n: w[0],
             sum: f64::from_bits(w[1]),
             comp: f64::from_bits(w[2]),
-            mean: f64::from_bits(w[3]),
-            m2: f64::from_bits(w[4]),
+            m2: f64::from_bits(w[3]),
         }
     }
 
@@ -51,17 +51,29 @@ impl Moments {
         w[0] = self.n;
         w[1] = self.sum.to_bits();
         w[2] = self.comp.to_bits();
-        w[3] = self.mean.to_bits();
-        w[4] = self.m2.to_bits();
+        w[3] = self.m2.to_bits();
     }
 
+    /// The mean of a non-empty state: the compensated sum over the count.
+    #[inline]
+    fn mean_of(&self) -> f64 {
+        (self.sum + self.comp) / self.n as f64
+    }
+
+    /// Welford's step, `M2 += (x - mean_before) · (x - mean_after)`.
     #[inline]
     pub fn update(&mut self, x: f64) {
+        if self.n == 0 {
+            // One value: its mean is itself and M2 stays 0.
+            self.n = 1;
+            self.sum = x;
+            self.comp = 0.0;
+            return;
+        }
+        let before = self.mean_of();
         self.n += 1;
         neumaier(&mut self.sum, &mut self.comp, x);
-        let delta = x - self.mean;
-        self.mean += delta / self.n as f64;
-        self.m2 += delta * (x - self.mean);
+        self.m2 += (x - before) * (x - self.mean_of());
     }
 
     /// Chan et al.'s parallel merge.
@@ -74,9 +86,8 @@ impl Moments {
             return;
         }
         let n = self.n + o.n;
-        let delta = o.mean - self.mean;
+        let delta = o.mean_of() - self.mean_of();
         let (na, nb, nf) = (self.n as f64, o.n as f64, n as f64);
-        self.mean += delta * nb / nf;
         self.m2 += o.m2 + delta * delta * na * nb / nf;
         neumaier(&mut self.sum, &mut self.comp, o.sum);
         neumaier(&mut self.sum, &mut self.comp, o.comp);
@@ -87,7 +98,7 @@ impl Moments {
         (self.n > 0).then_some(self.sum + self.comp)
     }
     pub fn mean(&self) -> Option<f64> {
-        (self.n > 0).then_some(self.mean)
+        (self.n > 0).then(|| self.mean_of())
     }
     pub fn var_sample(&self) -> Option<f64> {
         (self.n > 1).then(|| (self.m2 / (self.n - 1) as f64).max(0.0))
