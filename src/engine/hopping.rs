@@ -271,7 +271,7 @@ impl Engine {
             (_, None) => self.hops[h as usize].next = Some(n + 1),
             (_, Some(out)) => {
                 self.hops[h as usize].next = Some(n + 1);
-                self.fire_hop_next(h, id, g.at(n + 1), out);
+                self.fire_hop_next(h, id, n + 1, out);
             }
         }
     }
@@ -426,18 +426,28 @@ impl Engine {
     }
 
     /// An event of a hopping pipeline (after the checks every event passes).
+    /// An event of tile `n` (`grid.tile(ev.time)`) straight to its key's tiles.
     pub(super) fn process_hop(
         &mut self,
         ev: &EventRef<'_>,
         hash: u64,
+        n: i64,
         found: Option<Option<WinRef>>,
         out: &mut PaneBuf,
     ) -> Result<(), Refusal> {
         let g = self.grid();
         let (t, w) = (ev.time, self.wm.current());
-        let n = g.tile(t);
-        // The event belongs to windows n+1 ..= n+k; those below `kept` are gone.
-        let kept = self.first_kept_window(w);
+        debug_assert_eq!(n, g.tile(t));
+        // The event belongs to windows n+1 ..= n+k; those below `kept` are
+        // gone (remembered for the watermark it was found at).
+        let kept = match self.kept_at {
+            Some((at, kept)) if at == w => kept,
+            _ => {
+                let kept = self.first_kept_window(w);
+                self.kept_at = Some((w, kept));
+                kept
+            }
+        };
         if n + g.k < kept {
             self.stats.late_dropped += 1;
             let (start, end) = g.bounds(n + g.k);
@@ -555,12 +565,12 @@ impl Engine {
     }
 
     /// The timer of hopping key `h` for the window ending at `at`.
-    pub(super) fn fire_hop_next(&mut self, h: u32, id: u64, at: Micros, out: &mut PaneBuf) {
+    /// Window `m` of key `h` comes due (its end is the deadline).
+    pub(super) fn fire_hop_next(&mut self, h: u32, id: u64, m: i64, out: &mut PaneBuf) {
         let g = self.grid();
-        let m = g.window_of_end(at);
         {
             let k = &self.hops[h as usize];
-            if !k.live || k.id != id || k.next != Some(m) || g.at(m) != at {
+            if !k.live || k.id != id || k.next != Some(m) {
                 return; // stale: an earlier window was scheduled since
             }
         }

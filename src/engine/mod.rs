@@ -326,6 +326,8 @@ fn to_input(f: FieldVal<'_>) -> Input<'_> {
 pub struct Engine {
     window: WindowKind,
     last_tumbling: LastTumbling,
+    /// Hopping: the first kept window, and the watermark it is for.
+    kept_at: Option<(Micros, i64)>,
     allowed_lateness: Micros,
     early_every: Option<Micros>,
     late: LateTrigger,
@@ -385,6 +387,7 @@ impl Engine {
         Engine {
             window: p.window,
             last_tumbling: LastTumbling::default(),
+            kept_at: None,
             allowed_lateness: p.allowed_lateness,
             early_every: p.early_every,
             late: p.late,
@@ -661,7 +664,7 @@ impl Engine {
                 // watermark passes its end) it is a window of the slab, found
                 // and updated as a tumbling window is; once closed it lives
                 // with its key's other tiles, and events into it are late.
-                let start = self.last_tumbling.start(t, slide, offset);
+                let (start, n) = self.last_tumbling.start_and_number(t, slide, offset);
                 let end = start.saturating_add(slide);
                 // One lookup: the key's open tile for `start` (if in the
                 // slab) and its hopping reference (its first entry).
@@ -673,7 +676,7 @@ impl Engine {
                     None => (None, None),
                 };
                 if w >= end {
-                    return self.process_hop(ev, hash, hop, out);
+                    return self.process_hop(ev, hash, n, hop, out);
                 }
                 match found {
                     Some(s) => s,
@@ -683,7 +686,7 @@ impl Engine {
                     // key (open tiles in the slab are only left by a
                     // checkpoint that has them).
                     None if self.early_every.is_none() => {
-                        return self.process_hop(ev, hash, hop, out)
+                        return self.process_hop(ev, hash, n, hop, out)
                     }
                     None => self.open_tile(ev.key, hash, start, end),
                 }
@@ -1261,6 +1264,12 @@ impl Engine {
                 break;
             }
             let mut timers = entry.remove();
+            // The window a key's timer at this deadline is for (hopping;
+            // none when the deadline is not a window's end).
+            let due = self.grid.and_then(|g| {
+                let m = g.window_of_end(at);
+                (g.at(m) == at).then_some(m)
+            });
             // Deadlines that fall together fire in window-opening order, which
             // a checkpoint keeps (the order timers were added in does not
             // survive a restore, and the output must not depend on it).
@@ -1277,7 +1286,9 @@ impl Engine {
                     self.prefetch_tile_close(&timers, i);
                 }
                 if t.kind == TimerKind::HopNext {
-                    self.fire_hop_next(t.slot, t.id, at, out);
+                    if let Some(m) = due {
+                        self.fire_hop_next(t.slot, t.id, m, out);
+                    }
                     continue;
                 }
                 if !self.valid(t.slot, t.id) {

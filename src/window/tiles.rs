@@ -364,12 +364,15 @@ pub struct Cursor {
 
 impl Cursor {
     /// Forgets what covers tile `n` (it changed, or was added).
+    /// (Every event calls this: a chunk is compared by its bounds, with
+    /// no division.)
+    #[inline]
     pub fn invalidate(&mut self, n: i64, k: i64) {
-        let c = n.div_euclid(k);
-        if self.s_chunk == Some(c) {
+        let within = |c: i64| n >= c.saturating_mul(k) && n < c.saturating_add(1).saturating_mul(k);
+        if self.s_chunk.is_some_and(within) {
             self.s_chunk = None;
         }
-        if self.p_chunk == Some(c) && n < self.p_upto {
+        if n < self.p_upto && self.p_chunk.is_some_and(within) {
             self.p_chunk = None;
         }
     }
@@ -423,7 +426,11 @@ pub fn window_value(
     how: Use,
     out: &mut Row,
 ) {
-    let c = i0.div_euclid(k);
+    // The chunk of `i0`: mostly the one the cursor's suffixes are of.
+    let c = match cur.s_chunk {
+        Some(c) if i0 >= c.saturating_mul(k) && i0 < c.saturating_add(1).saturating_mul(k) => c,
+        _ => i0.div_euclid(k),
+    };
     let split = (c + 1) * k;
     let i1 = i0 + k;
     if how == Use::Advance {

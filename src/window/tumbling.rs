@@ -15,6 +15,8 @@ pub fn tumbling_start(t: Micros, size: Micros, offset: Micros) -> Micros {
 pub struct LastTumbling {
     start: Micros,
     end: Micros,
+    /// The window's number, `(start - offset) / size` (hopping tiles).
+    n: i64,
 }
 
 impl LastTumbling {
@@ -28,8 +30,20 @@ impl LastTumbling {
         *self = LastTumbling {
             start,
             end: start.saturating_add(size),
+            n: (start - offset).div_euclid(size),
         };
         start
+    }
+
+    /// [`LastTumbling::start`] and the window's number
+    /// (`(t - offset).div_euclid(size)`), both remembered.
+    #[inline]
+    pub fn start_and_number(&mut self, t: Micros, size: Micros, offset: Micros) -> (Micros, i64) {
+        if self.start <= t && t < self.end {
+            return (self.start, self.n);
+        }
+        let start = self.start(t, size, offset);
+        (start, self.n)
     }
 }
 
@@ -64,8 +78,13 @@ mod tests {
             ], 1..60),
         ) {
             let mut last = LastTumbling::default();
+            let mut numbered = LastTumbling::default();
             for t in times {
                 prop_assert_eq!(last.start(t, size, offset), tumbling_start(t, size, offset));
+                prop_assert_eq!(
+                    numbered.start_and_number(t, size, offset),
+                    (tumbling_start(t, size, offset), (t - offset).div_euclid(size))
+                );
             }
         }
     }
