@@ -5,7 +5,7 @@
 //! `sum_sq - sum²/n` (SPEC 4). The mean both recurrences use is the
 //! compensated sum over the count, so it is not stored: a state is four
 //! words of a row (a hopping tile of the six basic aggregates is then one
-//! 64-byte line with its number, docs/semantics.md §2).
+//! 64-byte line with its number, benches/README.md).
 
 use super::f64_bits;
 
