@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use crate::aggregate::moments::MOMENTS_WORDS;
 use crate::aggregate::{AccKind, AggKind, AggParams, Heavy, Moments, RowLayout, Value};
 use crate::config::expr::{Compiled, Val};
 use crate::config::{FeatureKind, KeyType, Pipeline, ValueType};
@@ -213,14 +214,12 @@ impl Plan {
                 .zip(&self.finishes)
                 .map(|(o, f)| match (f, o) {
                     (Finish::Count(w), _) => Value::Int(words[*w] as i64),
-                    (Finish::Sum(w), _) => float(
-                        Moments::load(&words[*w..*w + crate::aggregate::moments::MOMENTS_WORDS])
-                            .sum(),
-                    ),
-                    (Finish::Mean(w), _) => float(
-                        Moments::load(&words[*w..*w + crate::aggregate::moments::MOMENTS_WORDS])
-                            .mean(),
-                    ),
+                    (Finish::Sum(w), _) => {
+                        float(Moments::load(&words[*w..*w + MOMENTS_WORDS]).sum())
+                    }
+                    (Finish::Mean(w), _) => {
+                        float(Moments::load(&words[*w..*w + MOMENTS_WORDS]).mean())
+                    }
                     (Finish::Min(w), _) => {
                         float(crate::aggregate::extremes::min(&words[*w..*w + 2]))
                     }

@@ -425,8 +425,8 @@ impl Engine {
         }
     }
 
-    /// An event of a hopping pipeline (after the checks every event passes).
-    /// An event of tile `n` (`grid.tile(ev.time)`) straight to its key's tiles.
+    /// An event of a hopping pipeline (after the checks every event passes),
+    /// of tile `n` (`grid.tile(ev.time)`), straight to its key's tiles.
     pub(super) fn process_hop(
         &mut self,
         ev: &EventRef<'_>,
@@ -564,8 +564,7 @@ impl Engine {
         }
     }
 
-    /// The timer of hopping key `h` for the window ending at `at`.
-    /// Window `m` of key `h` comes due (its end is the deadline).
+    /// The timer of hopping key `h` for window `m` (the deadline is its end).
     pub(super) fn fire_hop_next(&mut self, h: u32, id: u64, m: i64, out: &mut PaneBuf) {
         let g = self.grid();
         {
