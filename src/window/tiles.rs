@@ -368,7 +368,7 @@ impl Cursor {
     /// no division.)
     #[inline]
     pub fn invalidate(&mut self, n: i64, k: i64) {
-        let within = |c: i64| n >= c.saturating_mul(k) && n < c.saturating_add(1).saturating_mul(k);
+        let within = |c: i64| in_chunk(n, c, k);
         if self.s_chunk.is_some_and(within) {
             self.s_chunk = None;
         }
@@ -407,6 +407,13 @@ impl Cursor {
     }
 }
 
+/// Whether tile `n` is in chunk `c` (tiles `[c·k, (c+1)·k)`), without
+/// the division that finds a tile's chunk.
+#[inline]
+fn in_chunk(n: i64, c: i64, k: i64) -> bool {
+    n >= c.saturating_mul(k) && n < c.saturating_add(1).saturating_mul(k)
+}
+
 /// How a query may use a cursor's partials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Use {
@@ -428,7 +435,7 @@ pub fn window_value(
 ) {
     // The chunk of `i0`: mostly the one the cursor's suffixes are of.
     let c = match cur.s_chunk {
-        Some(c) if i0 >= c.saturating_mul(k) && i0 < c.saturating_add(1).saturating_mul(k) => c,
+        Some(c) if in_chunk(i0, c, k) => c,
         _ => i0.div_euclid(k),
     };
     let split = (c + 1) * k;

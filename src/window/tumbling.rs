@@ -26,11 +26,15 @@ impl LastTumbling {
         if self.start <= t && t < self.end {
             return self.start;
         }
-        let start = tumbling_start(t, size, offset);
+        // One division gives both the window's number and its start (as
+        // `tumbling_start`: the remainder is `d - n·size`).
+        let d = t - offset;
+        let n = d.div_euclid(size);
+        let start = t - (d - n * size);
         *self = LastTumbling {
             start,
             end: start.saturating_add(size),
-            n: (start - offset).div_euclid(size),
+            n,
         };
         start
     }
@@ -39,9 +43,6 @@ impl LastTumbling {
     /// (`(t - offset).div_euclid(size)`), both remembered.
     #[inline]
     pub fn start_and_number(&mut self, t: Micros, size: Micros, offset: Micros) -> (Micros, i64) {
-        if self.start <= t && t < self.end {
-            return (self.start, self.n);
-        }
         let start = self.start(t, size, offset);
         (start, self.n)
     }
