@@ -16,7 +16,7 @@ N=${N:-10000000}
 RILL=./target/release/rill
 mkdir -p "$DATA"
 [ -f "$DATA/events.jsonl" ] || $RILL gen --events "$N" --output "$DATA/events.jsonl"
-PIPES=(bench_tumbling_5m bench_hopping_30d_1h bench_hopping_30d_5m bench_hopping_30d_1h_sketches)
+PIPES=(${PIPES:-bench_tumbling_5m bench_hopping_30d_1h bench_hopping_30d_5m bench_hopping_30d_1h_sketches})
 declare -A secs mem
 for i in $(seq "$RUNS"); do
   for p in "${PIPES[@]}"; do

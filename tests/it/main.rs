@@ -9,6 +9,7 @@ mod examples;
 mod fuzz_corpus;
 mod golden;
 mod join;
+mod online_cas;
 mod object_storage;
 mod parallel_replay;
 mod registry;
