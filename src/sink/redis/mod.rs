@@ -59,12 +59,7 @@ pub const ROWS_PER_CALL: usize = 128;
 /// that are null now are deleted unless the stored `_v` says the hash
 /// already lacks exactly those. Returns how many hashes were written. (On
 /// a Redis Cluster the keys of one call share a slot.)
-///
-/// `--FAST--` is where [`cas_body`] writes the usual case out for the
-/// group's feature count: every feature present and a stored hash of
-/// layout 2 (or none), one `HSET` whose arguments are named one by one
-/// instead of copied into a table (about a tenth less Redis CPU per hash).
-const CAS_TEMPLATE: &str = r#"
+pub const CAS_BODY: &str = r#"
 local n = tonumber(ARGV[1])
 local names = {}
 for j = 1, n do names[j] = ARGV[1 + j] end
@@ -82,25 +77,26 @@ local function shape(mask)
   shapes[mask] = s
   return s
 end
-local call = redis.call
 local i = n + 2
 local written = 0
 for k = 1, #KEYS do
   local key, v = KEYS[k], ARGV[i]
-  local full = #v == 40
-  local cur = call('HGET', key, '_v')
+  local s
+  if #v == 40 then s = shape('') else s = shape(string.sub(v, 49)) end
+  local t, nv, d = s[1], s[2], s[3]
+  local cur = redis.call('HGET', key, '_v')
   local ok, legacy = true, false
   if cur then
     if cur > v and string.sub(cur, 1, 40) ~= string.sub(v, 1, 40) then ok = false end
   else
-    local cwe = call('HGET', key, '_window_end')
+    local cwe = redis.call('HGET', key, '_window_end')
     if cwe then
       legacy = true
       cwe = tonumber(cwe)
       local we = tonumber(ARGV[i + 2])
       if cwe > we then ok = false
       elseif cwe == we then
-        local c = call('HMGET', key, '_gen', '_pane')
+        local c = redis.call('HMGET', key, '_gen', '_pane')
         local gen = tonumber(string.sub(v, 17, 32), 16)
         local pane = tonumber(string.sub(v, 33, 40), 16)
         local cgen, cpane = tonumber(c[1]) or 0, tonumber(c[2]) or 0
@@ -108,55 +104,23 @@ for k = 1, #KEYS do
       end
     end
   end
-  local nv = n
-  if ok and full and not legacy then
---FAST--
-  else
-    local s
-    if full then s = shape('') else s = shape(string.sub(v, 49)) end
-    local t, d = s[1], s[3]
-    nv = s[2]
-    if ok then
-      t[2] = v; t[4] = ARGV[i + 1]; t[6] = ARGV[i + 2]; t[8] = ARGV[i + 3]; t[10] = ARGV[i + 4]
-      for j = 1, nv do t[10 + 2 * j] = ARGV[i + 5 + j] end
-      call('HSET', key, unpack(t))
-      if legacy then
-        call('HDEL', key, '_gen', unpack(d))
-      elseif cur and #d > 0 and string.sub(cur, 41) ~= string.sub(v, 41) then
-        call('HDEL', key, unpack(d))
-      end
-    end
-  end
   if ok then
+    t[2] = v; t[4] = ARGV[i + 1]; t[6] = ARGV[i + 2]; t[8] = ARGV[i + 3]; t[10] = ARGV[i + 4]
+    for j = 1, nv do t[10 + 2 * j] = ARGV[i + 5 + j] end
+    redis.call('HSET', key, unpack(t))
+    if legacy then
+      redis.call('HDEL', key, '_gen', unpack(d))
+    elseif cur and #d > 0 and string.sub(cur, 41) ~= string.sub(v, 41) then
+      redis.call('HDEL', key, unpack(d))
+    end
     local ttl = ARGV[i + 5]
-    if ttl ~= '0' then call('PEXPIRE', key, ttl) end
+    if ttl ~= '0' then redis.call('PEXPIRE', key, ttl) end
     written = written + 1
   end
   i = i + 6 + nv
 end
 return written
 "#;
-
-/// Feature counts up to this get the written-out fast path; a larger group
-/// always takes the general one.
-const FAST_MAX_FEATURES: usize = 64;
-
-/// The compare-and-set ([`CAS_TEMPLATE`]) for a group of `n` features.
-pub fn cas_body(n: usize) -> String {
-    use std::fmt::Write as _;
-    if n > FAST_MAX_FEATURES {
-        return CAS_TEMPLATE.replace("if ok and full and not legacy then\n--FAST--", "if false then");
-    }
-    let mut fast = String::from(
-        "    call('HSET', key, '_v', v, '_window_start', ARGV[i + 1], '_window_end', ARGV[i + 2],\n      \
-         '_emitted_at', ARGV[i + 3], '_pane', ARGV[i + 4]",
-    );
-    for j in 1..=n {
-        let _ = write!(fast, ",\n      names[{j}], ARGV[i + {}]", 5 + j);
-    }
-    fast.push(')');
-    CAS_TEMPLATE.replace("--FAST--", &fast)
-}
 
 /// The compare-and-set as Redis calls it: a Redis Function (Redis 7 and
 /// later: stored, replicated and persisted by the server, so a promoted
@@ -166,7 +130,6 @@ pub fn cas_body(n: usize) -> String {
 /// with different bodies can share a server.
 #[derive(Debug)]
 pub struct Cas {
-    body: String,
     sha: String,
     library: String,
     function: String,
@@ -175,12 +138,9 @@ pub struct Cas {
 }
 
 impl Cas {
-    /// The compare-and-set of a group of `features` features.
-    pub fn new(features: usize) -> Cas {
-        let body = cas_body(features);
-        let sha = redis::Script::new(&body).get_hash().to_string();
+    pub fn new() -> Cas {
+        let sha = redis::Script::new(CAS_BODY).get_hash().to_string();
         Cas {
-            body,
             library: format!("rill_{}", &sha[..12]),
             function: format!("rill_cas_{}", &sha[..12]),
             sha,
@@ -191,8 +151,8 @@ impl Cas {
     /// The library source for `FUNCTION LOAD`.
     fn library_code(&self) -> String {
         format!(
-            "#!lua name={}\nlocal function cas(KEYS, ARGV)\n{}\nend\nredis.register_function('{}', cas)\n",
-            self.library, self.body, self.function
+            "#!lua name={}\nlocal function cas(KEYS, ARGV)\n{CAS_BODY}\nend\nredis.register_function('{}', cas)\n",
+            self.library, self.function
         )
     }
 
@@ -214,7 +174,7 @@ impl Cas {
             Err(e) if is_unknown_command(&e) || is_no_permission(&e) => {
                 let sha: String = redis::cmd("SCRIPT")
                     .arg("LOAD")
-                    .arg(&self.body)
+                    .arg(CAS_BODY)
                     .query_async(c)
                     .await?;
                 debug_assert_eq!(sha, self.sha);
@@ -239,6 +199,12 @@ impl Cas {
         };
         c.arg(nkeys);
         c
+    }
+}
+
+impl Default for Cas {
+    fn default() -> Self {
+        Cas::new()
     }
 }
 
@@ -550,7 +516,7 @@ pub async fn run_writer_with_marker(
 ) {
     let mut conn: Option<conn::OnlineConn> = None;
     let cluster = endpoint.cluster_nodes().is_some();
-    let script = Cas::new(layout.names.len());
+    let script = Cas::new();
     let mut pending: Vec<OnlineBatch> = Vec::new();
     let mut rows = 0usize;
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
