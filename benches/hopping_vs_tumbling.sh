@@ -5,6 +5,7 @@
 # and the 1-hour one with count_distinct, quantile and collect_set added.
 #
 #   benches/hopping_vs_tumbling.sh [DATA_DIR] [RUNS]
+#   PIPES="bench_tumbling_5m bench_hopping_30d_5m" benches/hopping_vs_tumbling.sh ...   # only some
 #
 # Needs a release build (cargo build --release). Prints each run, then the
 # median seconds, events/s, the ratio to tumbling and the peak memory.
