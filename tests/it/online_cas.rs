@@ -6,12 +6,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use rill::sink::redis::{names_digest, version_field, CAS_BODY};
+use rill::sink::redis::{names_digest, online_key_text, version_field, CAS_BODY};
 
 use crate::util::RedisServer;
 
 /// A pane as the writer sends it.
-#[derive(Clone, Debug)]
 struct Write {
     key: usize,
     version: (i64, u64, u32),
@@ -99,7 +98,9 @@ fn compare_and_set_matches_the_model() {
             batches.push(&rest[..take]);
             rest = &rest[take..];
         }
+        // Each round writes keys of its own.
         let prefix = format!("t{round}");
+        let redis_key = |key: usize| online_key_text(&prefix, "g", &[key.to_string()]);
         let mut model: HashMap<usize, (String, BTreeMap<String, String>)> = HashMap::new();
         let mut written_total = 0i64;
         let mut expected_total = 0i64;
@@ -107,7 +108,7 @@ fn compare_and_set_matches_the_model() {
             let mut cmd = redis::cmd("EVAL");
             cmd.arg(CAS_BODY).arg(batch.len());
             for w in *batch {
-                cmd.arg(format!("{prefix}:{{{}}}:g", w.key));
+                cmd.arg(redis_key(w.key));
             }
             cmd.arg(names.len());
             for n in &names {
@@ -130,7 +131,7 @@ fn compare_and_set_matches_the_model() {
         assert_eq!(written_total, expected_total, "round {round}");
         for key in 0..4 {
             let got: BTreeMap<String, String> = redis::cmd("HGETALL")
-                .arg(format!("{prefix}:{{{key}}}:g"))
+                .arg(redis_key(key))
                 .query(&mut c)
                 .expect("hgetall");
             let want = model.get(&key).map(|(_, h)| h.clone()).unwrap_or_default();
