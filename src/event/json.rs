@@ -356,7 +356,7 @@ impl<'a> Scan<'a> {
 
 /// The `"name":` bytes of a member, with its first 16 bytes as two words
 /// so that most names are recognised with two loads and compares.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberName {
     bytes: Box<[u8]>,
     words: [u64; 2],
@@ -407,7 +407,7 @@ impl MemberName {
 /// A member position of the records of a stream: the `"name":` bytes the
 /// last record had there, the field they name, and whether its value was a
 /// string or a number.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShapeMember {
     name: MemberName,
     target: Option<usize>,
@@ -539,6 +539,65 @@ pub fn unescape(raw: &str, out: &mut String) {
     out.push_str(&raw[last..]);
 }
 
+/// How many compact record shapes a decoder keeps.
+const COMPACT_SHAPES: usize = 4;
+
+/// Reads the members of `shape` from member `from` on, `s` at its first
+/// byte, into `raw`. `Err(k)` when member `k` does not match: `s` is then at
+/// member `k`'s first byte, members before it were read (each with the
+/// `,` after it) and nothing of member `k` was stored.
+#[inline(always)]
+fn compact_members(
+    shape: &[ShapeMember],
+    from: usize,
+    s: &mut Scan<'_>,
+    raw: &mut [Option<RawValue>],
+) -> Result<(), usize> {
+    let line = s.b;
+    for (k, m) in shape.iter().enumerate().skip(from) {
+        let at = s.i;
+        let fail = |s: &mut Scan<'_>| {
+            s.i = at;
+            Err(k)
+        };
+        if !m.name.is_at(line, s.i) {
+            return fail(s);
+        }
+        s.i += m.name.byte_len();
+        let v = if m.string {
+            if line.get(s.i) != Some(&b'"') {
+                return fail(s);
+            }
+            let Ok((start, end, esc)) = s.string() else {
+                return fail(s);
+            };
+            RawValue {
+                kind: if esc { RawKind::StrEsc } else { RawKind::Str },
+                start: start as u32,
+                end: end as u32,
+            }
+        } else {
+            let Ok((start, end)) = s.number() else {
+                return fail(s);
+            };
+            RawValue {
+                kind: RawKind::Num,
+                start: start as u32,
+                end: end as u32,
+            }
+        };
+        let close = if k + 1 == shape.len() { b'}' } else { b',' };
+        if line.get(s.i) != Some(&close) {
+            return fail(s);
+        }
+        if let Some(t) = m.target {
+            raw[t] = Some(v);
+        }
+        s.i += 1;
+    }
+    Ok(())
+}
+
 impl Decoder {
     /// Decodes one JSON record.
     pub fn decode_json(&mut self, line: &[u8]) -> Result<EventRef<'_>, Refusal> {
@@ -637,7 +696,7 @@ impl Decoder {
         for r in self.raw.iter_mut() {
             *r = None;
         }
-        if self.compact_members > 0 {
+        if !self.compact.is_empty() {
             if let Some(found) = self.scan_compact(line) {
                 return Ok(found);
             }
@@ -777,15 +836,37 @@ impl Decoder {
                 }
             }
         }
-        self.compact_members = if compact { member } else { 0 };
+        if compact && member > 0 {
+            self.remember_compact(member);
+        }
         Ok((s.i, s.non_ascii))
     }
 
-    /// [`Decoder::scan_record`] for a record with the members of the last
-    /// compact one, in its order, with values of the same types and no white
-    /// space: the usual record of a stream. `None` for anything else (the
-    /// caller then scans the record in full); a record it accepts is valid
-    /// JSON and gives the values the full scan gives.
+    /// Keeps the first `members` entries of the learned shape as a compact
+    /// shape, the most recent first; at most [`COMPACT_SHAPES`] are kept.
+    #[cold]
+    fn remember_compact(&mut self, members: usize) {
+        let shape = &self.shape[..members];
+        match self.compact.iter().position(|c| c[..] == *shape) {
+            Some(k) => self.compact[..=k].rotate_right(1),
+            None => {
+                if self.compact.len() == COMPACT_SHAPES {
+                    self.compact.pop();
+                }
+                self.compact.insert(0, shape.to_vec());
+            }
+        }
+    }
+
+    /// [`Decoder::scan_record`] for a record of one of the compact shapes
+    /// seen last (members in that order, values of the same types, no white
+    /// space): the usual records of a stream, which may have a few shapes
+    /// (events of some types carry more members). `None` for anything else
+    /// (the caller then scans the record in full); a record it accepts is
+    /// valid JSON and gives the values the full scan gives.
+    ///
+    /// The shapes are tried most recent first. When one fails at a member,
+    /// the next one goes on from that member: the members read stay read.
     #[inline(always)]
     fn scan_compact(&mut self, line: &[u8]) -> Option<(usize, bool)> {
         if line.first() != Some(&b'{') {
@@ -797,40 +878,24 @@ impl Decoder {
             newlines: false,
             non_ascii: false,
         };
-        let members = &self.shape[..self.compact_members];
-        for (k, m) in members.iter().enumerate() {
-            if !m.name.is_at(line, s.i) {
-                return None;
+        // Members read so far: they are the record's, whichever shape read
+        // them, so any longer shape may go on from there.
+        let mut done = 0usize;
+        for k in 0..self.compact.len() {
+            if self.compact[k].len() <= done {
+                continue;
             }
-            s.i += m.name.byte_len();
-            let v = if m.string {
-                if line.get(s.i) != Some(&b'"') {
-                    return None;
+            match compact_members(&self.compact[k], done, &mut s, &mut self.raw) {
+                Ok(()) => {
+                    if k > 0 {
+                        self.compact[..=k].rotate_right(1);
+                    }
+                    return Some((s.i, s.non_ascii));
                 }
-                let (start, end, esc) = s.string().ok()?;
-                RawValue {
-                    kind: if esc { RawKind::StrEsc } else { RawKind::Str },
-                    start: start as u32,
-                    end: end as u32,
-                }
-            } else {
-                let (start, end) = s.number().ok()?;
-                RawValue {
-                    kind: RawKind::Num,
-                    start: start as u32,
-                    end: end as u32,
-                }
-            };
-            if let Some(t) = m.target {
-                self.raw[t] = Some(v);
+                Err(read) => done = read,
             }
-            let close = if k + 1 == members.len() { b'}' } else { b',' };
-            if line.get(s.i) != Some(&close) {
-                return None;
-            }
-            s.i += 1;
         }
-        Some((s.i, s.non_ascii))
+        None
     }
 
     /// Turns the used members noted by [`Decoder::scan_record`] into the

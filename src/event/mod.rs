@@ -441,9 +441,9 @@ pub struct Decoder {
     /// Per member position, the `"name":` bytes, target and value type of
     /// the last record (see `decode_json`).
     shape: Vec<json::ShapeMember>,
-    /// How many members the last record had when it was compact (no white
-    /// space, names remembered, values strings or numbers); 0 otherwise.
-    compact_members: usize,
+    /// The shapes of the last compact records (no white space, names
+    /// remembered, values strings or numbers), the most recent first.
+    compact: Vec<Vec<json::ShapeMember>>,
     /// The record's time from outside the payload (`kafka_timestamp`).
     external_time: Option<Micros>,
 }
@@ -463,7 +463,7 @@ impl Decoder {
             raw: vec![None; n_fields],
             dates: crate::time::DateCache::default(),
             shape: Vec::new(),
-            compact_members: 0,
+            compact: Vec::new(),
             external_time: None,
         }
     }
