@@ -64,8 +64,8 @@ impl Grid {
 /// panes (fired and still kept, or opened early), by window number.
 #[derive(Debug, Clone)]
 // Laid out by hand, on cache-line boundaries: what every event reads
-// (the tiles, whether a cursor covers the tile, the windows holding it)
-// comes first, in the three lines the look-ahead fetches; what only a
+// (the tiles, the windows holding it, the window scheduled next, whether a
+// cursor covers the tile) comes first, in the three lines the look-ahead fetches; what only a
 // firing window reads (the key's bytes, the partials' rows) follows.
 #[repr(C, align(64))]
 pub struct HopKey {
@@ -79,18 +79,21 @@ pub struct HopKey {
     pub closing: Option<Box<Cursor>>,
     /// (window number, engine window slot), ascending; mostly empty.
     pub windows: Vec<(i64, u32)>,
-    pub on_time: Cursor,
     /// The last window fired on time; windows up to it have had their turn.
     pub fired: Option<i64>,
-    /// The next window to fire on time, when one is scheduled.
+    /// The next window to fire on time, when one is scheduled (a new tile
+    /// reads it).
     pub next: Option<i64>,
+    pub on_time: Cursor,
     pub key: EncodedKey,
     pub key_hash: u64,
 }
 
 // Six cache lines; an event reads only the first three.
 const _: () = assert!(std::mem::size_of::<HopKey>() == 384);
-const _: () = assert!(std::mem::offset_of!(HopKey, on_time) == 104);
+// A cursor's positions, which every event checks, end within line three.
+const _: () = assert!(std::mem::offset_of!(HopKey, on_time) == 136);
+const _: () = assert!(std::mem::offset_of!(HopKey, next) + 16 <= 192);
 
 impl HopKey {
     pub fn new(id: u64, key: EncodedKey, key_hash: u64) -> HopKey {
